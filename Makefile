@@ -1,0 +1,37 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both build the virtual environment first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.lesionlab-installed
+
+.PHONY: demo test test-fast lint browser clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# Pin the CPU build of torch first so nothing later can pull a CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0 torchvision==0.28.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lesionlab demo
+
+# Browser tests need Debian's chromium; install it when missing (root on CI and dev machines).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian chromium for the browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	  || echo "could not install chromium: browser tests will be skipped"; }
+
+test: $(STAMP) browser
+	$(BIN)/ruff check src tests
+	$(BIN)/pytest
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

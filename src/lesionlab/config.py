@@ -1,0 +1,196 @@
+"""Typed configuration: pydantic models, YAML files under ``configs/`` and ``key=value`` overrides.
+
+Unknown keys are errors (with a near-match suggestion) so that a typo never silently trains the wrong model.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message names the file and key."""
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def default_cache_dir() -> Path:
+    """Where decoded images and embeddings are cached unless configured (``LESIONLAB_CACHE`` overrides)."""
+    import os
+
+    return Path(os.environ.get("LESIONLAB_CACHE", Path.home() / ".cache" / "lesionlab"))
+
+
+class DataConfig(Strict):
+    """Which images, which split, at which size."""
+
+    source: Literal["auto", "ham10000", "npz", "isic", "synthetic"] = "auto"
+    # HAM10000: metadata CSV + image folders; npz: the MedMNIST file; isic: ground-truth CSV + folder.
+    metadata_csv: Path | None = None
+    image_dirs: list[Path] = []
+    npz: Path | None = None
+    # Split: "dermamnist_c", "dermamnist" (published maps, HAM10000 only), "lesion" (lesionlab's own grouped
+    # split, seeded) or a path to a split CSV written by `lesionlab data split`.
+    split: str = "dermamnist_c"
+    split_file: Path | None = None
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    image_size: tuple[int, int] = (64, 64)  # (height, width)
+    resize: Literal["square", "aspect"] = "square"
+    cache_dir: Path | None = None
+    synthetic_n: int = 700
+    synthetic_seed: int = 0
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return (v, v) if isinstance(v, int) else v
+
+
+class AugmentConfig(Strict):
+    """Training-time augmentation (the HAM10000 study's rotation, zoom, shear, flips, camera-like changes)."""
+
+    enabled: bool = True
+    rotation: float = 180.0  # degrees, uniform in [-rotation, rotation]
+    zoom: tuple[float, float] = (0.9, 1.1)
+    shear: float = 10.0
+    translate: float = 0.05
+    hflip: bool = True
+    vflip: bool = True
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.1
+    hue: float = 0.02
+    blur_p: float = 0.1
+
+
+class ModelConfig(Strict):
+    """Backbone, weights, head and clinical-data fusion."""
+
+    name: str = "tf_efficientnet_lite0"
+    pretrained: bool = True
+    weights: Path | None = None  # a local safetensors / torch state dict; overrides the hub source
+    head: Literal["linear", "simple", "conv", "mlp"] = "linear"
+    head_preset: str | None = None  # effv1..effv4 (DermaMNIST study)
+    head_hidden: int = 64
+    dropout: float = 0.0
+    fusion: Literal["none", "concat", "metablock"] = "none"
+    fusion_hidden: int = 64
+    timm_kwargs: dict[str, Any] = {}
+
+
+class TrainConfig(Strict):
+    """The training engine's settings; defaults follow the DermaMNIST study (Adam, lr 1e-4)."""
+
+    mode: Literal["scratch", "finetune", "frozen"] = "finetune"
+    epochs: int = 20
+    batch_size: int = 64
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    schedule: Literal["none", "onecycle", "cosine"] = "none"
+    class_weights: Literal["none", "balanced", "sqrt"] = "none"
+    label_smoothing: float = 0.0
+    sampler: Literal["none", "balanced"] = "none"
+    monitor: str = "balanced_accuracy"
+    patience: int | None = 10
+    unfreeze_after: int | None = None
+    embed_cache_views: int = 0  # frozen mode with augmentation: cache this many augmented views (0 = bypass)
+    tta: bool = True  # flip-averaged validation/test predictions
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    bf16: Literal["auto", "on", "off"] = "off"
+    max_train_batches: int | None = None  # for smoke tests only
+
+
+class RunConfig(Strict):
+    """Everything one training run needs; saved resolved inside the run directory."""
+
+    name: str = "run"
+    output_dir: Path = Path("runs")
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def _suggest(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=3)
+    return f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(sorted(options))}"
+
+
+def _check_keys(model: type[BaseModel], data: dict[str, Any], where: str, prefix: str = "") -> None:
+    """Walk a raw dict against a model so an unknown key is reported with its full dotted path."""
+    fields = model.model_fields
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown config key '{prefix}{key}'{_suggest(key, list(fields))}")
+        ann = fields[key].annotation
+        if isinstance(value, dict) and isinstance(ann, type) and issubclass(ann, BaseModel):
+            _check_keys(ann, value, where, f"{prefix}{key}.")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], where: str = "overrides") -> dict[str, Any]:
+    """Apply ``a.b=value`` strings (values parsed as YAML) to a nested dict, returning a new dict."""
+    out = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{where}: override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: {key!r} descends into a non-section value")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def build_config(model: type[BaseModel], data: dict[str, Any], where: str) -> Any:
+    """Validate a raw dict into a config model with file-and-key error messages."""
+    _check_keys(model, data, where)
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        lines = [f"{where}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise ConfigError("\n".join(lines)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                model: type[BaseModel] = RunConfig) -> Any:
+    """Load a YAML config (or the defaults) and apply overrides; unknown keys raise :class:`ConfigError`."""
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides or [], where=str(path or "overrides"))
+    return build_config(model, data, where=str(path or "config"))
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """The resolved config as YAML (paths as strings), for saving into a run directory."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
