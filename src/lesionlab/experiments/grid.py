@@ -1,0 +1,259 @@
+"""The grid file: which runs an experiment consists of, how to evaluate them and which tables and tests to report.
+
+A grid is a base :class:`~lesionlab.config.RunConfig` plus named axes of override sets; the product of the axes,
+repeated over seeds or lesion-grouped folds, is the list of runs. Every key is checked, at every depth, so that a
+typo in a 160-run GPU grid is caught before the first run rather than silently training the wrong thing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from lesionlab.config import ConfigError, RunConfig, Strict, apply_overrides, build_config, read_yaml
+
+#: Label columns the repeat dimension adds next to the axes; axis names may not reuse them.
+REPEAT_LABELS = ("seed", "fold")
+
+
+class RepeatSpec(Strict):
+    """How each condition is repeated: over training seeds (fixed test split) or over lesion-grouped folds."""
+
+    seeds: list[int] | None = None
+    folds: int | None = Field(default=None, ge=2)
+    fold_seed: int = 0  # shuffles lesions into folds; changing it changes every fold's run id
+    val_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)  # of each fold's training part, lesion-grouped
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> RepeatSpec:
+        if self.seeds is not None and self.folds is not None:
+            raise ValueError("give either repeat.seeds or repeat.folds, not both")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError("repeat.seeds must be a non-empty list of distinct integers")
+        return self
+
+    @property
+    def kind(self) -> Literal["seed", "fold"]:
+        """``fold`` when the test split changes per repeat, ``seed`` otherwise."""
+        return "fold" if self.folds is not None else "seed"
+
+    @property
+    def levels(self) -> list[int]:
+        """The seeds, or the fold indices 0..k-1 (a grid without ``repeat`` runs once, with the base seed)."""
+        if self.folds is not None:
+            return list(range(self.folds))
+        return list(self.seeds) if self.seeds is not None else []
+
+
+class EvaluateSpec(Strict):
+    """Arguments of ``lesionlab evaluate`` for every run of the grid."""
+
+    split: Literal["val", "test"] = "test"
+    tta: bool | None = None  # None: the evaluator's default
+    extra_args: list[str] = Field(default_factory=list)  # passed to evaluate verbatim
+
+
+class ReportSpec(Strict):
+    """Layout of the mean +- sd tables: one table per level combination of ``pages``, ``rows`` x ``columns``."""
+
+    rows: list[str] = Field(default_factory=list)  # default: the first axis
+    columns: list[str] = Field(default_factory=list)  # default: the remaining axes not used as rows or pages
+    pages: list[str] = Field(default_factory=list)
+    metrics: list[str] = Field(default_factory=lambda: ["accuracy", "error_rate"])
+    decimals: int = Field(default=3, ge=0, le=6)
+
+
+class CompareSpec(Strict):
+    """Mann-Whitney U tests between the levels of one axis, separately within each combination of the others."""
+
+    axis: str
+    pairs: list[tuple[str, str]] | None = None  # default: every pair of the axis's levels
+    metric: str = "accuracy"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"axis": v} if isinstance(v, str) else v
+
+
+class SlurmSpec(Strict):
+    """``#SBATCH`` lines of the array script written by ``--slurm``."""
+
+    partition: str | None = None
+    time: str | None = None
+    cpus_per_task: int | None = None
+    mem: str | None = None
+    gres: str | None = None
+    max_parallel: int | None = Field(default=None, ge=1)  # the array's %N throttle
+    extra: list[str] = Field(default_factory=list)  # further lines, written as "#SBATCH <line>"
+    setup: list[str] = Field(default_factory=list)  # shell lines run first, e.g. "source .venv/bin/activate"
+
+
+class ExperimentConfig(Strict):
+    """One grid file, validated. Paths in ``base_config`` are relative to the grid file itself."""
+
+    name: str
+    description: str = ""
+    base_config: Path | None = None
+    base: dict[str, Any] = Field(default_factory=dict)
+    axes: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    repeat: RepeatSpec = RepeatSpec()
+    evaluate: EvaluateSpec = EvaluateSpec()
+    report: ReportSpec = ReportSpec()
+    compare: list[CompareSpec] = Field(default_factory=list)
+    workers: int = Field(default=1, ge=1)
+    threads_per_worker: int | None = Field(default=None, ge=1)  # default: usable cores // workers
+    output_dir: Path = Path("runs/grids")
+    slurm: SlurmSpec = SlurmSpec()
+
+    @field_validator("axes", mode="before")
+    @classmethod
+    def _axes_levels(cls, v: Any) -> Any:
+        # YAML reads unquoted levels such as on/off/28 as bool/int; labels are strings everywhere downstream.
+        if isinstance(v, dict):
+            out = {}
+            for axis, levels in v.items():
+                if isinstance(levels, dict):
+                    levels = {_level_name(k): ({} if val is None else val) for k, val in levels.items()}
+                out[str(axis)] = levels
+            return out
+        return v
+
+    @property
+    def axis_names(self) -> list[str]:
+        """Axis names in file order, which is also the order of labels in run ids and tables."""
+        return list(self.axes)
+
+    @property
+    def label_names(self) -> list[str]:
+        """Every label column of a run: the axes, then ``seed`` or ``fold`` when the grid repeats."""
+        return self.axis_names + ([self.repeat.kind] if self.repeat.levels else [])
+
+
+def _level_name(key: Any) -> str:
+    if isinstance(key, bool):
+        return "on" if key else "off"
+    return str(key)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c.d": 2}`` -> ``{"a.b": 1, "c.d": 2}``: axis levels may be written either way."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def override_strings(overrides: dict[str, Any]) -> list[str]:
+    """Dotted overrides as ``key=value`` strings (values in JSON, which is YAML) for :func:`apply_overrides`."""
+    import json
+
+    return [f"{key}={json.dumps(value, default=str)}" for key, value in overrides.items()]
+
+
+def _suggest(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=3)
+    return f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(sorted(options))}"
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``Model``, ``Model | None`` or ``list[Model]``, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, list):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def check_keys(model: type[BaseModel], data: Any, where: str, prefix: str = "") -> None:
+    """Reject unknown keys at any depth (also inside lists of sections), naming the file and the dotted key."""
+    if isinstance(data, list):
+        for i, item in enumerate(data):
+            check_keys(model, item, where, f"{prefix[:-1]}[{i}].")
+        return
+    if not isinstance(data, dict):
+        return
+    fields = model.model_fields
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key '{prefix}{key}'{_suggest(str(key), list(fields))}")
+        inner = _model_in(fields[key].annotation)
+        if inner is not None:
+            check_keys(inner, value, where, f"{prefix}{key}.")
+
+
+def base_dict(cfg: ExperimentConfig, grid_path: Path | None) -> dict[str, Any]:
+    """The grid's base run config as a raw dict: ``base_config`` file (if any) with ``base`` applied on top."""
+    data: dict[str, Any] = {}
+    if cfg.base_config is not None:
+        path = cfg.base_config
+        if not path.is_absolute() and grid_path is not None:
+            path = grid_path.parent / path
+        data = read_yaml(path)
+    return apply_overrides(data, override_strings(flatten(cfg.base)), where=f"{grid_path or 'grid'}: base")
+
+
+def validate_grid(cfg: ExperimentConfig, where: str, base: dict[str, Any]) -> None:
+    """Cross-field checks: axis names, report/compare references, and every axis level against RunConfig."""
+    names = cfg.axis_names
+    for axis, levels in cfg.axes.items():
+        if axis in REPEAT_LABELS:
+            raise ConfigError(f"{where}: axis name '{axis}' is reserved for the repeat dimension; rename the axis")
+        if not levels:
+            raise ConfigError(f"{where}: axes.{axis} has no levels")
+        for level, overrides in levels.items():
+            if not isinstance(overrides, dict):
+                raise ConfigError(f"{where}: axes.{axis}.{level} must be a mapping of config keys to values")
+            merged = apply_overrides(base, override_strings(flatten(overrides)), where=f"{where}: axes.{axis}.{level}")
+            build_config(RunConfig, merged, where=f"{where}: axes.{axis}.{level}")
+    known = [*names, *REPEAT_LABELS]
+    for field in ("rows", "columns", "pages"):
+        for axis in getattr(cfg.report, field):
+            if axis not in names:
+                raise ConfigError(f"{where}: report.{field} names unknown axis '{axis}'{_suggest(axis, known)}")
+    for i, spec in enumerate(cfg.compare):
+        if spec.axis not in names:
+            raise ConfigError(f"{where}: compare[{i}].axis: unknown axis '{spec.axis}'{_suggest(spec.axis, names)}")
+        for a, b in spec.pairs or []:
+            for level in (a, b):
+                if level not in cfg.axes[spec.axis]:
+                    raise ConfigError(f"{where}: compare[{i}].pairs: '{level}' is not a level of axis "
+                                      f"'{spec.axis}'{_suggest(level, list(cfg.axes[spec.axis]))}")
+
+
+def _keep_order(new: Any, original: Any) -> Any:
+    """``new`` with its mapping keys in ``original``'s order (then new keys): axis order is meaningful here, and
+    :func:`apply_overrides` round-trips through a key-sorting YAML dump."""
+    if not (isinstance(new, dict) and isinstance(original, dict)):
+        return new
+    keys = [k for k in original if k in new] + [k for k in new if k not in original]
+    return {k: _keep_order(new[k], original.get(k)) for k in keys}
+
+
+def load_grid(path: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """Read, check and validate a grid file; returns the config and its resolved base run-config dict.
+
+    ``overrides`` are ``key=value`` strings on the grid itself (``workers=2``, ``repeat.seeds=[0]``).
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    data = _keep_order(apply_overrides(raw, overrides or [], where=f"{path} (overrides)"), raw)
+    check_keys(ExperimentConfig, data, str(path))
+    cfg: ExperimentConfig = build_config(ExperimentConfig, data, where=str(path))
+    base = base_dict(cfg, path)
+    build_config(RunConfig, base, where=f"{path}: base")
+    validate_grid(cfg, str(path), base)
+    return cfg, base

@@ -1,0 +1,139 @@
+"""Planned runs -> ``lesionlab train`` + ``lesionlab evaluate`` jobs, run locally or written for a cluster.
+
+Each run's resolved config is written to ``<output_dir>/configs/<run_id>.yaml`` first, so every run is one
+self-contained command line, identical whether the local scheduler or a Slurm array task runs it. Status is kept
+in ``<output_dir>/status.json`` (updated as each run ends); "finished" is still decided from the files themselves
+(run.json and eval metrics.json), so a killed grid resumes correctly even if the status file is stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lesionlab.config import dump_config
+from lesionlab.experiments.execute import Job, JobResult, run_jobs, shell_command, slurm_script, thread_env
+from lesionlab.experiments.grid import EvaluateSpec, ExperimentConfig
+from lesionlab.experiments.plan import PlannedRun, config_path
+
+#: How the local scheduler calls lesionlab: the same interpreter (and so the same environment) as this process.
+LOCAL_EXE: tuple[str, ...] = (sys.executable, "-m", "lesionlab.cli")
+#: How written command files call it: whatever ``lesionlab`` is on the cluster's PATH.
+SHELL_EXE: tuple[str, ...] = ("lesionlab",)
+STEP_NAMES = ("train", "evaluate")
+
+
+def log_path(run: PlannedRun) -> Path:
+    """The run's scheduler log (both steps' output), inside its run directory."""
+    return run.run_dir / "experiment.log"
+
+
+def write_run_configs(plan: Sequence[PlannedRun], output_dir: Path) -> None:
+    """Write every run's resolved config (the file the train step reads)."""
+    for run in plan:
+        path = config_path(output_dir, run.run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = dump_config(run.config)
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+
+
+def run_steps(run: PlannedRun, output_dir: Path, evaluate: EvaluateSpec,
+              exe: Sequence[str] = LOCAL_EXE, skip_trained: bool = True) -> tuple[tuple[str, ...], ...]:
+    """The argv steps of one run: train (left out when run.json exists and ``skip_trained``), then evaluate."""
+    steps: list[tuple[str, ...]] = []
+    if not (skip_trained and (run.run_dir / "run.json").is_file()):
+        steps.append((*exe, "train", "--config", str(config_path(output_dir, run.run_id)),
+                      "--run-dir", str(run.run_dir)))
+    ev = [*exe, "evaluate", str(run.run_dir), "--split", evaluate.split, "--out", str(run.eval_dir)]
+    if evaluate.tta is not None:
+        ev.append("--tta" if evaluate.tta else "--no-tta")
+    steps.append((*ev, *evaluate.extra_args))
+    return tuple(steps)
+
+
+def pending_runs(plan: Sequence[PlannedRun]) -> list[PlannedRun]:
+    """The runs still to do (not trained and evaluated), in plan order."""
+    return [run for run in plan if not run.is_finished]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def read_status(output_dir: Path) -> dict[str, Any]:
+    """The grid's status.json (empty before the first run); an unreadable file is an error naming it."""
+    path = output_dir / "status.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); delete it to rebuild the status from the run dirs") from None
+
+
+def execute_local(plan: Sequence[PlannedRun], cfg: ExperimentConfig, workers: int | None = None,
+                  threads: int | None = None, progress: bool = True,
+                  exe: Sequence[str] = LOCAL_EXE) -> list[JobResult]:
+    """Run every unfinished run of ``plan`` with local workers; failures are recorded in status.json, not raised."""
+    output_dir = cfg.output_dir
+    todo = pending_runs(plan)
+    write_run_configs(plan, output_dir)
+    by_id = {run.run_id: run for run in todo}
+    step_names: dict[str, tuple[str, ...]] = {}
+    jobs = []
+    for run in todo:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        steps = run_steps(run, output_dir, cfg.evaluate, exe)
+        step_names[run.run_id] = STEP_NAMES[len(STEP_NAMES) - len(steps):]
+        jobs.append(Job(run.run_id, steps, log_path(run)))
+    status = read_status(output_dir)
+
+    def record(result: JobResult) -> None:
+        run = by_id[result.job_id]
+        failed = None if result.failed_step is None else step_names[result.job_id][result.failed_step]
+        status[result.job_id] = {
+            "status": "ok" if result.ok else "failed", "returncode": result.returncode, "failed_step": failed,
+            "seconds": round(result.seconds, 1), "log": str(result.log), "labels": run.labels,
+            "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        _atomic_write(output_dir / "status.json", json.dumps(status, indent=2))
+
+    return run_jobs(jobs, workers or cfg.workers, threads or cfg.threads_per_worker, progress, record,
+                    desc=f"grid {cfg.name}")
+
+
+def write_commands(plan: Sequence[PlannedRun], cfg: ExperimentConfig, path: Path,
+                   threads: int | None = None) -> int:
+    """Write one shell line per unfinished run (for any scheduler); returns how many lines were written."""
+    todo = pending_runs(plan)
+    write_run_configs(plan, cfg.output_dir)
+    env = thread_env(threads) if threads else None
+    lines = [shell_command(run_steps(run, cfg.output_dir, cfg.evaluate, SHELL_EXE), env) for run in todo]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return len(lines)
+
+
+def write_slurm(plan: Sequence[PlannedRun], cfg: ExperimentConfig, script: Path) -> tuple[Path, int]:
+    """Write ``script`` (a Slurm array) and its commands file beside it; returns (commands file, task count)."""
+    commands = script.with_name(f"{script.stem}.commands.txt")
+    s = cfg.slurm
+    n = write_commands(plan, cfg, commands, threads=s.cpus_per_task)
+    (cfg.output_dir / "logs").mkdir(parents=True, exist_ok=True)
+    sbatch = {"partition": s.partition, "time": s.time, "cpus_per_task": s.cpus_per_task, "mem": s.mem,
+              "gres": s.gres}
+    script.write_text(slurm_script(cfg.name, commands, n, cfg.output_dir / "logs", sbatch, s.extra, s.setup,
+                                   s.max_parallel))
+    script.chmod(0o755)
+    return commands, n

@@ -1,0 +1,136 @@
+"""Grid files: validation with file-and-key errors, and expansion into runs with stable ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lesionlab.config import ConfigError
+from lesionlab.experiments.grid import load_grid
+from lesionlab.experiments.plan import expand
+
+GRID = {
+    "name": "toy",
+    "base": {"data": {"source": "synthetic"}, "train": {"epochs": 1}},
+    "axes": {
+        "model": {"a": {"model.name": "resnet18"}, "b": {"model": {"name": "mobilenetv2_100"}}},
+        "resolution": {"64x64": {"data.image_size": [64, 64]}, "48x64": {"data.image_size": [48, 64],
+                                                                          "data.resize": "aspect"}},
+        "clinical": {"off": {"model.fusion": "none"}, "on": {"model.fusion": "concat"}},
+    },
+    "repeat": {"seeds": [0, 1, 2]},
+    "compare": ["resolution", {"axis": "clinical", "metric": "balanced_accuracy"}],
+}
+
+
+def write(tmp_path: Path, data: dict, name: str = "grid.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_expansion_is_the_full_product_with_labels(tmp_path: Path) -> None:
+    cfg, base = load_grid(write(tmp_path, {**GRID, "output_dir": str(tmp_path / "out")}))
+    plan = expand(cfg, base)
+    assert len(plan) == 2 * 2 * 2 * 3
+    assert cfg.label_names == ["model", "resolution", "clinical", "seed"]
+    first = plan[0]
+    assert first.labels == {"model": "a", "resolution": "64x64", "clinical": "off", "seed": "0"}
+    assert first.config.model.name == "resnet18" and first.config.train.seed == 0
+    assert first.config.train.epochs == 1 and first.config.data.source == "synthetic"
+    run = next(r for r in plan if r.labels == {"model": "b", "resolution": "48x64", "clinical": "on", "seed": "2"})
+    assert run.config.data.image_size == (48, 64) and run.config.data.resize == "aspect"
+    assert run.config.model.fusion == "concat" and run.config.train.seed == 2
+    assert run.run_id.startswith("b-48x64-on-2-")
+    assert run.run_dir == tmp_path / "out" / "runs" / run.run_id
+    assert run.config.name == run.run_id
+    assert len({r.run_id for r in plan}) == len(plan)
+
+
+def test_run_ids_are_stable_and_follow_the_config(tmp_path: Path) -> None:
+    cfg, base = load_grid(write(tmp_path, GRID))
+    ids = [r.run_id for r in expand(cfg, base)]
+    assert ids == [r.run_id for r in expand(*load_grid(write(tmp_path, GRID)))]
+    # where outputs go and execution-only settings do not change what a run computes
+    moved = load_grid(write(tmp_path, {**GRID, "output_dir": "elsewhere"}), ["base.train.device=cpu"])
+    assert [r.run_id for r in expand(*moved)] == ids
+    # a changed training setting changes every id
+    changed = load_grid(write(tmp_path, GRID), ["base.train.epochs=2"])
+    assert not set(r.run_id for r in expand(*changed)) & set(ids)
+
+
+def test_base_config_file_is_relative_to_the_grid(tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "base.yaml").write_text("train:\n  epochs: 7\n  lr: 0.01\n")
+    (tmp_path / "configs" / "grids").mkdir()
+    grid = {**GRID, "base_config": "../base.yaml", "base": {"train.lr": 0.5}}
+    cfg, base = load_grid(write(tmp_path / "configs" / "grids", grid))
+    run = expand(cfg, base)[0]
+    assert run.config.train.epochs == 7 and run.config.train.lr == 0.5
+
+
+def test_yaml_boolean_levels_become_on_off(tmp_path: Path) -> None:
+    path = tmp_path / "grid.yaml"
+    path.write_text("name: t\naxes:\n  clinical:\n    off: {model.fusion: none}\n    on: {model.fusion: concat}\n")
+    cfg, base = load_grid(path)
+    assert list(cfg.axes["clinical"]) == ["off", "on"]
+    assert [r.labels["clinical"] for r in expand(cfg, base)] == ["off", "on"]
+
+
+def test_folds_give_each_fold_its_own_split_file(tmp_path: Path) -> None:
+    grid = {**GRID, "repeat": {"folds": 3, "fold_seed": 4}, "output_dir": str(tmp_path / "o")}
+    cfg, base = load_grid(write(tmp_path, grid))
+    plan = expand(cfg, base)
+    assert len(plan) == 8 * 3 and cfg.label_names[-1] == "fold"
+    assert {r.fold for r in plan} == {0, 1, 2}
+    assert plan[1].config.data.split == str(tmp_path / "o" / "splits" / "fold1-of3-seed4.csv")
+    assert plan[1].config.train.seed == 0
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"axis": {}}, "unknown key 'axis'; did you mean axes"),
+    ({"repeat": {"sedes": [0]}}, "unknown key 'repeat.sedes'; did you mean seeds"),
+    ({"compare": [{"axsi": "model"}]}, "unknown key 'compare[0].axsi'; did you mean axis"),
+    ({"evaluate": {"split": "test", "ttta": True}}, "unknown key 'evaluate.ttta'; did you mean tta"),
+    ({"base": {"train": {"epoch": 3}}}, "unknown config key 'train.epoch'; did you mean epochs"),
+    ({"axes": {"model": {"a": {"model.nmae": "x"}}}}, "axes.model.a: unknown config key 'model.nmae'"),
+    ({"axes": {"model": {"a": {"model.name": "x"}, "b": {"model.name": "x"}}}, "compare": []},
+     "resolve to the same config"),
+    ({"axes": {"seed": {"a": {"train.lr": 0.1}}}}, "reserved for the repeat dimension"),
+    ({"repeat": {"seeds": [0], "folds": 5}}, "either repeat.seeds or repeat.folds"),
+    ({"compare": ["resolutoin"]}, "unknown axis 'resolutoin'; did you mean resolution"),
+    ({"compare": [{"axis": "clinical", "pairs": [["off", "of"]]}]}, "'of' is not a level of axis 'clinical'"),
+    ({"report": {"rows": ["modle"]}}, "report.rows names unknown axis 'modle'"),
+    ({"axes": {"model": {"a": {"model.fusion": "concat"}},
+               "clinical": {"off": {"model.fusion": "none"}}}, "compare": []}, "both set 'model.fusion'"),
+    ({"workers": 0}, "workers"),
+])
+def test_bad_grids_name_the_file_and_key(tmp_path: Path, change: dict, message: str) -> None:
+    path = write(tmp_path, {**GRID, **change})
+    with pytest.raises(ConfigError) as err:
+        expand(*load_grid(path), where=str(path))
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_folds_and_an_axis_setting_the_split_conflict(tmp_path: Path) -> None:
+    grid = {**GRID, "repeat": {"folds": 2}, "compare": [],
+            "axes": {"split": {"a": {"data.split": "lesion"}, "b": {"data.split": "dermamnist"}}}}
+    path = write(tmp_path, grid)
+    with pytest.raises(ConfigError, match=r"repeat\.folds gives each fold its own split"):
+        expand(*load_grid(path), where=str(path))
+
+
+def test_missing_grid_file_and_base_config_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_grid(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"base\.yaml"):
+        load_grid(write(tmp_path, {**GRID, "base_config": "base.yaml"}))
+
+
+def test_overrides_apply_to_the_grid(tmp_path: Path) -> None:
+    cfg, base = load_grid(write(tmp_path, GRID), ["workers=3", "repeat.seeds=[5]"])
+    assert cfg.workers == 3
+    assert [r.labels["seed"] for r in expand(cfg, base)] == ["5"] * 8
