@@ -217,3 +217,27 @@ def compare_groups(rows: pd.DataFrame, metric: str, by: str, within: Sequence[st
             results.append(mann_whitney(a, b, names=(str(la), str(lb)), label=label))
     adjusted = holm_adjust([r.p_value for r in results]) if results else []
     return [replace(r, detail={**r.detail, "p_holm": p}) for r, p in zip(results, adjusted, strict=True)]
+
+
+def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str] = ("A", "B"),
+                        metrics: Sequence[str] = ("accuracy", "balanced_accuracy"), n_boot: int = 1000,
+                        seed: int = 0) -> list[TestResult]:
+    """McNemar on per-image correctness plus a paired bootstrap per metric, for two predictions tables.
+
+    The tables must cover the same images with the same labels (see
+    :func:`lesionlab.evaluate.predictions.align_predictions`).
+    """
+    from lesionlab.evaluate.metrics import METRIC_FUNCTIONS
+    from lesionlab.evaluate.predictions import align_predictions, arrays
+
+    unknown = [m for m in metrics if m not in METRIC_FUNCTIONS]
+    if unknown:
+        raise StatsInputError(f"unknown metric(s) {unknown}; choose from {', '.join(METRIC_FUNCTIONS)}")
+    a, b = align_predictions(a, b, names)
+    y, pa = arrays(a)
+    _, pb = arrays(b)
+    results = [mcnemar(pa.argmax(axis=1) == y, pb.argmax(axis=1) == y, names=names, label="per-image correctness")]
+    for m in metrics:
+        results.append(paired_bootstrap(y, pa, pb, METRIC_FUNCTIONS[m], m, names=names, n=n_boot, seed=seed,
+                                        label=m))
+    return results

@@ -1,0 +1,197 @@
+"""``lesionlab evaluate | report | compare``: argument parsing and printing only; the work is in the package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from lesionlab.evaluate.calibration import DEFAULT_TARGET_SENSITIVITY
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the evaluation commands to the ``lesionlab`` parser."""
+    ev = sub.add_parser("evaluate", help="score a run on a split or an external ISIC test set",
+                        description="Write predictions.csv, metrics.json (with bootstrap CIs) and model_card.json "
+                                    "for a run, plus report.html/report.md. By default the run's own data config "
+                                    "and its test split are used.")
+    ev.add_argument("run", type=Path, help="run directory (holds run.json and model.safetensors)")
+    ev.add_argument("--config", type=Path, help="a run config YAML whose data section replaces the run's")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a data setting, e.g. --set source=synthetic (repeatable)")
+    ev.add_argument("--source", choices=["auto", "ham10000", "npz", "isic", "synthetic"],
+                    help="shorthand for --set source=...")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to score (default test)")
+    ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                    help="flip test-time augmentation (default: as the run was validated in training)")
+    ev.add_argument("--calibrate", action="store_true",
+                    help="fit temperature and referral threshold on the validation split; store them in run.json")
+    ev.add_argument("--target-sensitivity", type=float, default=DEFAULT_TARGET_SENSITIVITY,
+                    help="malignant sensitivity the referral threshold must reach on validation (default 0.90)")
+    ev.add_argument("--isic-csv", type=Path, help="external test set: ISIC-challenge ground-truth CSV")
+    ev.add_argument("--isic-images", type=Path, help="external test set: folder of its images")
+    ev.add_argument("--out", type=Path, help="output directory (default RUN/eval-<split> or RUN/eval-isic)")
+    ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for CIs (0: none)")
+    ev.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    ev.add_argument("--timing-images", type=int, default=64, help="images timed at batch 1 and batched (0: skip)")
+    ev.add_argument("--no-report", action="store_true", help="do not render report.html / report.md")
+    ev.add_argument("--debug", action="store_true", help="show tracebacks")
+    ev.set_defaults(func=cmd_evaluate)
+
+    rep = sub.add_parser("report", help="render the HTML + Markdown report of a run or evaluation directory")
+    rep.add_argument("path", type=Path, help="evaluation directory (metrics.json) or run directory (its eval*/)")
+    rep.add_argument("--out", type=Path, help="where to write report.html and report.md (default: beside metrics)")
+    rep.add_argument("--debug", action="store_true", help="show tracebacks")
+    rep.set_defaults(func=cmd_report)
+
+    cmp = sub.add_parser("compare", help="McNemar + paired bootstrap between two evaluations on the same images")
+    cmp.add_argument("a", type=Path, help="evaluation directory or predictions.csv of model A")
+    cmp.add_argument("b", type=Path, help="evaluation directory or predictions.csv of model B")
+    cmp.add_argument("--metric", action="append", dest="metrics", metavar="NAME",
+                     help="metric for the paired bootstrap (repeatable; default accuracy and balanced_accuracy)")
+    cmp.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates")
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--json", type=Path, help="also write the tests as JSON here")
+    cmp.add_argument("--debug", action="store_true", help="show tracebacks")
+    cmp.set_defaults(func=cmd_compare)
+
+
+def _data_config(args: argparse.Namespace) -> Any | None:
+    """The data config to evaluate on, or ``None`` for the run's own (resolved once the run is loaded)."""
+    from lesionlab.config import DataConfig, apply_overrides, build_config, read_yaml
+    from lesionlab.runs import read_info
+
+    overrides = list(args.overrides) + ([f"source={args.source}"] if args.source else [])
+    if args.config is None and not overrides:
+        return None
+    if args.config is not None:
+        base = read_yaml(args.config).get("data", {})
+        where = f"{args.config} (data)"
+    else:
+        base = (read_info(args.run).get("config") or {}).get("data", {})
+        where = "run data config"
+    return build_config(DataConfig, apply_overrides(base, overrides, where="--set"), where=where)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate, print the headline table, render the report."""
+    from lesionlab.evaluate.evaluation import evaluate_run
+    from lesionlab.evaluate.report import render_run_report
+
+    if args.split != "test" and args.isic_csv is not None:
+        raise ValueError("--split does not apply to an external ISIC test set (all its images are scored)")
+    result = evaluate_run(args.run, data_cfg=_data_config(args), split=args.split, tta=args.tta,
+                          calibrate=args.calibrate, target_sensitivity=args.target_sensitivity,
+                          isic_csv=args.isic_csv, isic_images=args.isic_images, out_dir=args.out,
+                          bootstrap=args.bootstrap, seed=args.seed, batch_size=args.batch_size, device=args.device,
+                          timing_images=args.timing_images, progress=sys.stderr.isatty())
+    print_metrics(result.metrics)
+    console = _console()
+    console.print(f"predictions: {result.predictions_path}")
+    console.print(f"metrics:     {result.metrics_path}")
+    if not args.no_report:
+        paths = render_run_report(result.out_dir)
+        console.print(f"report:      {paths['html']}")
+    return 0
+
+
+def print_metrics(doc: dict[str, Any]) -> None:
+    """Headline metrics with CIs, per-class rates, and calibration/referral/timing lines, as rich tables."""
+    from rich.table import Table
+
+    from lesionlab.evaluate.report import METRIC_NAMES, fmt, fmt_ci
+
+    console = _console()
+    data = doc.get("data") or {}
+    title = f"{(doc.get('run') or {}).get('name', 'run')} on {data.get('source', '?')} / {data.get('split', '?')} " \
+            f"({doc['n']} images)"
+    table = Table(title=title)
+    for col in ("metric", "value", "95% CI"):
+        table.add_column(col)
+    ci = doc.get("ci") or {}
+    for name in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece"):
+        table.add_row(METRIC_NAMES[name], fmt(doc.get(name)), fmt_ci(ci.get(name)) if name in ci else "")
+    console.print(table)
+    pc = Table(title="per class")
+    for col in ("class", "n", "TPR", "TNR", "G-mean", "precision", "F1", "AUC"):
+        pc.add_column(col)
+    for code, v in doc["per_class"].items():
+        pc.add_row(code, str(v["support"]), *(fmt(v[k]) for k in ("tpr", "tnr", "gmean", "precision", "f1", "auc")))
+    console.print(pc)
+    ev = doc.get("evaluation") or {}
+    if ev.get("temperature"):
+        unc = doc.get("uncalibrated") or {}
+        console.print(f"temperature {ev['temperature']:.3f} ({ev.get('temperature_source')}): ECE "
+                      f"{fmt(unc.get('ece'))} -> {fmt(doc.get('ece'))}")
+    if doc.get("referral"):
+        r = doc["referral"]
+        console.print(f"referral threshold {r['threshold']:.3f} ({r.get('source')}): sensitivity "
+                      f"{fmt(r.get('sensitivity'))}, specificity {fmt(r.get('specificity'))}, referral rate "
+                      f"{fmt(r.get('referral_rate'))}")
+    if doc.get("timing"):
+        t = doc["timing"]
+        console.print(f"runtime on {t['device']}: {t['ms_per_image_batch1']:.2f} ms/image at batch 1, "
+                      f"{t['ms_per_image_batched']:.2f} ms/image at batch {t['batch_size']} (tta {fmt(t['tta'])})")
+    for key, reason in (doc.get("undefined") or {}).items():
+        console.print(f"[yellow]undefined[/yellow] {key}: {reason}")
+    if ev.get("warning"):
+        console.print(f"[bold red]warning[/bold red]: {ev['warning']}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Render and print the HTML path."""
+    from lesionlab.evaluate.report import render_run_report
+
+    paths = render_run_report(args.path, args.out)
+    print(paths["html"])
+    return 0
+
+
+def _predictions_path(path: Path) -> Path:
+    from lesionlab.evaluate.report import PREDICTIONS_FILE
+
+    return path / PREDICTIONS_FILE if path.is_dir() else path
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Run the paired tests and print each with its sizes and effect size."""
+    from rich.table import Table
+
+    from lesionlab.evaluate.predictions import read_predictions
+    from lesionlab.evaluate.stats import compare_predictions, format_p
+
+    pa, pb = _predictions_path(args.a), _predictions_path(args.b)
+    names = (str(args.a), str(args.b))
+    if names[0] == names[1]:
+        raise ValueError(f"comparing {args.a} with itself")
+    results = compare_predictions(read_predictions(pa), read_predictions(pb), names=("A", "B"),
+                                  metrics=args.metrics or ("accuracy", "balanced_accuracy"), n_boot=args.bootstrap,
+                                  seed=args.seed)
+    console = _console()
+    console.print(f"A = {names[0]}\nB = {names[1]}")
+    table = Table(title="paired tests, A vs B")
+    for col in ("comparison", "test", "statistic", "p", "n", "effect size"):
+        table.add_column(col)
+    for r in results:
+        effect = "undefined" if r.effect_size is None else f"{r.effect_size:.4g}"
+        if r.ci is not None:
+            effect += f" [{r.ci[0]:.4f}, {r.ci[1]:.4f}]"
+        table.add_row(r.label, r.test, f"{r.statistic_name} = {r.statistic:.4g}", format_p(r.p_value),
+                      ", ".join(f"{k}={v}" for k, v in r.n.items()), f"{r.effect_name} = {effect}")
+    console.print(table)
+    for r in results:
+        print(r)
+    if args.json:
+        from lesionlab.runs import atomic_write_json
+
+        atomic_write_json(args.json, {"a": names[0], "b": names[1], "tests": [r.to_dict() for r in results]})
+    return 0

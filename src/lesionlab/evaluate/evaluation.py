@@ -1,0 +1,239 @@
+"""Evaluate a run on a split (or an external ISIC-format test set): predictions, metrics, calibration, timing.
+
+``evaluate_run`` writes into one evaluation directory (default ``RUN/eval-<split>/``):
+
+* ``predictions.csv`` - image_id, label, dx, pred, lesion_id, p_akiec ... p_vasc (probabilities after the
+  temperature in use);
+* ``metrics.json`` - :func:`~lesionlab.evaluate.metrics.compute_metrics` at the top level (so grid aggregation
+  reads ``accuracy``, ``per_class.mel.tpr`` directly), plus ``run``, ``data``, ``audit``, ``evaluation``,
+  ``uncalibrated``, ``calibration``, ``referral`` and ``timing`` context blocks;
+* ``model_card.json`` - the model card the report and the service show.
+
+With ``calibrate`` the temperature and the referral threshold are fitted on the *validation* split of the run's
+own data only and stored in ``run.json`` (``temperature``, ``referral_threshold``, ``calibration``, ``referral``),
+where the service reads them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lesionlab.classes import CLASS_CODES
+from lesionlab.evaluate.calibration import (
+    DEFAULT_TARGET_SENSITIVITY,
+    apply_temperature,
+    fit_referral_threshold,
+    fit_temperature,
+    referral_rates,
+)
+from lesionlab.evaluate.metrics import brier_score, compute_metrics, expected_calibration_error, negative_log_likelihood
+from lesionlab.evaluate.predictions import (
+    PredictionsError,
+    arrays,
+    load_images,
+    meta_rows,
+    predict_split,
+    split_rows,
+    time_inference,
+    write_predictions,
+)
+from lesionlab.evaluate.report import (
+    INTENDED_USE,
+    KNOWN_LIMITS,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    data_licence,
+)
+
+MODEL_CARD_FILE = "model_card.json"
+
+
+@dataclass
+class EvaluationResult:
+    """Where an evaluation wrote its files, and the metrics document it wrote."""
+
+    out_dir: Path
+    metrics: dict[str, Any]
+    predictions_path: Path
+    metrics_path: Path
+    card_path: Path
+
+
+def default_out_dir(run_dir: Path, split: str | None, external: bool) -> Path:
+    """``RUN/eval-<split>`` (``RUN/eval-isic`` for an external set)."""
+    return Path(run_dir) / ("eval-isic" if external else f"eval-{split or 'all'}")
+
+
+def now() -> str:
+    """UTC timestamp for provenance fields."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_context(run: Any) -> dict[str, Any]:
+    """The ``run`` block: which model, from where, trained on what."""
+    info = run.info
+    model = info.get("model") or {}
+    data_cfg = (info.get("config") or {}).get("data") or {}
+    split = info.get("split") or {}
+    return {"name": Path(run.path).name, "path": str(run.path), "model": model.get("name"),
+            "parameters": model.get("parameters"), "head": model.get("head"), "fusion": model.get("fusion"),
+            "created": info.get("created"), "classes": list(run.classes),
+            "training_data": f"{data_cfg.get('source', 'unknown')} source, split '{split.get('name', 'n/a')}' "
+                             f"(hash {split.get('hash') or 'n/a'})",
+            "train_split_hash": split.get("hash")}
+
+
+def source_context(source: Any, split: str | None, split_name: str, split_hash: str | None) -> dict[str, Any]:
+    """The ``data`` block: which images, which split, under which licence."""
+    return {"source": source.name, "synthetic": bool(getattr(source, "synthetic", False)), "split": split or "all",
+            "split_name": split_name, "split_hash": split_hash,
+            "licence": data_licence(source.name, bool(getattr(source, "synthetic", False)))}
+
+
+def metrics_document(y: np.ndarray, proba: np.ndarray, raw_proba: np.ndarray | None = None,
+                     classes: tuple[str, ...] | list[str] = CLASS_CODES, bootstrap: int = 1000, seed: int = 0,
+                     referral_threshold: float | None = None, referral_source: str | None = None,
+                     context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The metrics.json content (pure): metrics with CIs, uncalibrated calibration figures, referral, context."""
+    doc = compute_metrics(y, proba, classes, bootstrap=bootstrap, seed=seed)
+    if raw_proba is not None:
+        doc["uncalibrated"] = {"ece": expected_calibration_error(y, raw_proba),
+                               "nll": negative_log_likelihood(y, raw_proba), "brier": brier_score(y, raw_proba)}
+    if referral_threshold is not None:
+        rates = referral_rates(y, proba, referral_threshold, classes)
+        doc["referral"] = {**rates, "source": referral_source or "run.json"}
+    doc.update(context or {})
+    return doc
+
+
+def card_document(doc: dict[str, Any]) -> dict[str, Any]:
+    """``model_card.json``: data, split, audit, licence, intended use, limits and headline results with CIs."""
+    ci = doc.get("ci") or {}
+    return {
+        "model": doc.get("run"), "data": doc.get("data"), "audit": doc.get("audit"),
+        "evaluation": doc.get("evaluation"),
+        "results": {name: {"value": doc.get(name), "ci95": [ci[name]["low"], ci[name]["high"]] if name in ci
+                           and ci[name].get("low") is not None else None}
+                    for name in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")},
+        "malignant": doc.get("malignant"), "referral": doc.get("referral"), "timing": doc.get("timing"),
+        "intended_use": INTENDED_USE, "known_limits": list(KNOWN_LIMITS),
+    }
+
+
+def _split_hash(source: Any) -> str | None:
+    try:
+        from lesionlab.data.splits import split_hash
+    except ImportError:
+        return None
+    return split_hash(source.table)
+
+
+def _audit(source: Any) -> dict[str, Any] | None:
+    """The data layer's leakage audit of the split, as a dict (``None`` when the data layer has none)."""
+    try:
+        from lesionlab.data import audit_split
+    except ImportError:
+        return None
+    result = audit_split(source)
+    return result.to_dict() if hasattr(result, "to_dict") else dict(result)
+
+
+def open_eval_source(run: Any, data_cfg: Any | None = None, isic_csv: Path | None = None,
+                     isic_images: Path | None = None) -> tuple[Any, Any]:
+    """The data to evaluate on and its config: an ISIC ground truth + folder, the given config, or the run's own."""
+    from lesionlab.config import DataConfig
+    from lesionlab.data import open_source
+
+    if (isic_csv is None) != (isic_images is None):
+        raise PredictionsError("an external ISIC test set needs both --isic-csv and --isic-images")
+    if isic_csv is not None:
+        base = run.config.data
+        cfg = DataConfig(source="isic", metadata_csv=Path(isic_csv), image_dirs=[Path(isic_images)],
+                         image_size=base.image_size, resize=base.resize, cache_dir=base.cache_dir)
+    else:
+        cfg = data_cfg if data_cfg is not None else run.config.data
+    return open_source(cfg), cfg
+
+
+def calibrate_run(run: Any, source: Any, tta: bool, target_sensitivity: float, batch_size: int,
+                  progress: bool) -> dict[str, Any]:
+    """Fit temperature and referral threshold on the validation split of ``source``; store both in run.json."""
+    from lesionlab.runs import softmax_np, update_run_info
+
+    frame, logits = predict_split(run, source, "val", tta=tta, batch_size=batch_size, temperature=1.0,
+                                  progress=progress, return_logits=True)
+    y, _ = arrays(frame, run.classes)
+    raw = softmax_np(logits)
+    fit = fit_temperature(y, raw, run.classes)
+    referral = fit_referral_threshold(y, apply_temperature(raw, fit["temperature"]), run.classes, target_sensitivity)
+    provenance = {"split": "val", "source": source.name, "tta": tta, "fitted": now(), "split_hash": _split_hash(source)}
+    calibration = {**fit, **provenance}
+    referral = {**referral, **provenance, "applies_to": "probabilities after temperature scaling"}
+    info = update_run_info(run.path, temperature=fit["temperature"], referral_threshold=referral["threshold"],
+                           calibration=calibration, referral=referral)
+    run.info = info
+    return {"calibration": calibration, "referral_fit": referral}
+
+
+def evaluate_run(run_dir: str | Path, data_cfg: Any | None = None, split: str | None = "test", tta: bool | None = None,
+                 calibrate: bool = False, target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY,
+                 isic_csv: str | Path | None = None, isic_images: str | Path | None = None,
+                 out_dir: str | Path | None = None, bootstrap: int = 1000, seed: int = 0, batch_size: int = 64,
+                 device: str = "cpu", timing_images: int = 64, progress: bool = True) -> EvaluationResult:
+    """Score ``split`` of the run's data (or ``data_cfg``, or an ISIC set) and write the evaluation directory."""
+    from lesionlab.runs import atomic_write_json, load_run, softmax_np
+
+    run = load_run(run_dir, device=device)
+    external = isic_csv is not None
+    source, cfg = open_eval_source(run, data_cfg, Path(isic_csv) if isic_csv else None,
+                                   Path(isic_images) if isic_images else None)
+    eval_split = None if external else split
+    rows = split_rows(source, eval_split)  # fail on an empty split before any model work
+    use_tta = run.tta if tta is None else bool(tta)
+    extra: dict[str, Any] = {}
+    if calibrate:
+        cal_source = source
+        if external or (data_cfg is not None and data_cfg != run.config.data):
+            cal_source, _ = open_eval_source(run)  # the run's own validation split, never the test data
+        extra.update(calibrate_run(run, cal_source, use_tta, target_sensitivity, batch_size, progress))
+    temperature = run.temperature
+    frame, logits = predict_split(run, source, eval_split, tta=use_tta, batch_size=batch_size,
+                                  temperature=temperature or 1.0, progress=progress, return_logits=True)
+    y, proba = arrays(frame, run.classes)
+    raw = softmax_np(logits) if temperature else None
+    threshold = run.info.get("referral_threshold")
+    split_name = f"external ISIC set {Path(isic_csv).name}" if external else str(cfg.split)
+    hash_ = _split_hash(source)
+    context: dict[str, Any] = {
+        "run": run_context(run),
+        "data": source_context(source, eval_split, split_name, hash_),
+        "audit": _audit(source),
+        "evaluation": {"tta": use_tta, "temperature": temperature,
+                       "temperature_source": "fitted on val (this evaluation)" if calibrate
+                       else ("run.json" if temperature else "none (raw softmax)"),
+                       "bootstrap": bootstrap, "seed": seed, "created": now(),
+                       "lesionlab_version": run.info.get("lesionlab_version"), "device": str(run.device)},
+        **extra,
+    }
+    if not external and hash_ and context["run"]["train_split_hash"] and hash_ != context["run"]["train_split_hash"]:
+        context["evaluation"]["warning"] = (f"split hash {hash_} differs from the run's training split "
+                                            f"{context['run']['train_split_hash']}: test images may have been seen")
+    if timing_images > 0:
+        timed = rows[:timing_images]
+        prep = run.preprocessing
+        images = load_images(source, timed, getattr(prep, "size", None), getattr(prep, "resize", None), False)
+        metas = meta_rows(source, timed) if run.meta_encoder is not None else None
+        context["timing"] = time_inference(run, images, metas, tta=use_tta, batch_size=batch_size)
+    doc = metrics_document(y, proba, raw, run.classes, bootstrap, seed, threshold,
+                           "fitted on val (this evaluation)" if calibrate else "run.json", context)
+    out = Path(out_dir) if out_dir else default_out_dir(run.path, eval_split, external)
+    out.mkdir(parents=True, exist_ok=True)
+    pred_path = write_predictions(frame, out / PREDICTIONS_FILE)
+    metrics_path = atomic_write_json(out / METRICS_FILE, doc)
+    card_path = atomic_write_json(out / MODEL_CARD_FILE, card_document(doc))
+    return EvaluationResult(out, doc, pred_path, metrics_path, card_path)
