@@ -90,9 +90,11 @@ def run_context(run: Any) -> dict[str, Any]:
 
 def source_context(source: Any, split: str | None, split_name: str, split_hash: str | None) -> dict[str, Any]:
     """The ``data`` block: which images, which split, under which licence."""
-    return {"source": source.name, "synthetic": bool(getattr(source, "synthetic", False)), "split": split or "all",
-            "split_name": split_name, "split_hash": split_hash,
-            "licence": data_licence(source.name, bool(getattr(source, "synthetic", False)))}
+    synthetic = bool(getattr(source, "synthetic", False))
+    kind = str(getattr(source, "kind", source.name))
+    return {"source": source.name, "kind": kind, "synthetic": synthetic, "split": split or "all",
+            "split_name": split_name, "split_hash": split_hash, "licence": data_licence(kind, synthetic),
+            "notes": list(getattr(source, "notes", []))}
 
 
 def metrics_document(y: np.ndarray, proba: np.ndarray, raw_proba: np.ndarray | None = None,
@@ -207,7 +209,7 @@ def evaluate_run(run_dir: str | Path, data_cfg: Any | None = None, split: str | 
     y, proba = arrays(frame, run.classes)
     raw = softmax_np(logits) if temperature else None
     threshold = run.info.get("referral_threshold")
-    split_name = f"external ISIC set {Path(isic_csv).name}" if external else str(cfg.split)
+    split_name = getattr(source, "split_name", "") or str(cfg.split)
     hash_ = _split_hash(source)
     context: dict[str, Any] = {
         "run": run_context(run),

@@ -185,7 +185,8 @@ def load_images(source: Any, rows: np.ndarray, size: tuple[int, int] | None = No
         except ImportError:
             cached_images = None
         if cached_images is not None:
-            cache = cached_images(source, tuple(size), resize)
+            cache = cached_images(source, tuple(size), resize, cache_dir=getattr(source, "cache_dir", None),
+                                  progress=progress)
             return [cache[int(i)] for i in rows]
     return [source.load_image(int(i)) for i in tqdm(rows, desc="reading images", disable=not progress)]
 
