@@ -1,0 +1,197 @@
+"""The FastAPI application: ``create_app(run_or_path, settings)`` builds it, ``lesionlab serve`` runs it.
+
+Endpoints are synchronous on purpose: decoding and inference are CPU work, so FastAPI runs them in its worker
+threads and the event loop keeps answering ``/healthz`` and refusals while a prediction is being computed.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Form, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lesionlab import __version__
+from lesionlab.serve.decode import decode_image
+from lesionlab.serve.errors import ServeError, error_response, install_error_handlers
+from lesionlab.serve.service import SEXES, Patient, Predictor, Timer
+from lesionlab.serve.settings import ServeSettings
+
+FORM_OVERHEAD = 256 * 1024  # multipart boundaries, headers and the small text fields around the images
+
+DESCRIPTION = """Decision support for dermoscopy images of pigmented skin lesions (HAM10000's seven classes).
+
+Every error is JSON `{"error": {"code", "message", "field"}}` with a 4xx status. Probabilities use the run's
+temperature when `lesionlab evaluate --calibrate` fitted one; the referral flag compares the summed probability of
+the malignant classes (mel, bcc, akiec) with the run's validation-fitted `referral_threshold`, or with the
+default (0.5) when none was fitted, and says which in `threshold_source`. Research use only: see `GET /v1/model`.
+"""
+
+
+def static_dir() -> Path:
+    """The page's files, shipped as package data."""
+    return Path(str(resources.files("lesionlab.serve") / "static"))
+
+
+class UploadGuard:
+    """Checks on prediction uploads before any body is parsed: multipart only (415), and a byte limit (413).
+
+    The limit covers the whole body (every image plus form overhead); a declared ``Content-Length`` over it is
+    refused at once, and a body without one is counted as it arrives and cut off at the limit.
+    """
+
+    def __init__(self, app: ASGIApp, limits: dict[str, int]) -> None:
+        self.app = app
+        self.limits = limits  # path -> largest body in bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.limits.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if limit is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        ctype = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+        if ctype != "multipart/form-data":
+            response = error_response(415, "not_multipart", f"send the image as multipart/form-data (a form upload "
+                                      f"with field 'image'), not {ctype or 'no content type'!r}")
+            await response(scope, receive, send)
+            return
+        too_large = f"request body is over the limit of {limit:,} bytes for {scope['path']}"
+        declared = headers.get(b"content-length", b"").decode("latin-1")
+        if declared.isdigit() and int(declared) > limit:
+            await error_response(413, "too_large", too_large)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise StarletteHTTPException(413, too_large)  # FastAPI re-raises HTTP errors met while parsing
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _load(run_or_path: Any) -> Any:
+    if isinstance(run_or_path, (str, Path)):
+        from lesionlab.runs import load_run
+
+        return load_run(run_or_path)
+    return run_or_path
+
+
+def _pick(values: list[str] | None, n: int, name: str) -> list[str | None]:
+    """Per-image form values for a batch: none, one for all images, or exactly one per image."""
+    if not values:
+        return [None] * n
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise ServeError(422, "field_count_mismatch",
+                         f"{len(values)} values of '{name}' for {n} images: send none, one, or one per image", name)
+    return list(values)
+
+
+def create_app(run_or_path: Any, settings: ServeSettings | None = None) -> FastAPI:
+    """The service for one run (a loaded ``Run`` or its directory); pure apart from loading the model."""
+    settings = settings or ServeSettings()
+    predictor = Predictor(_load(run_or_path), settings)
+    app = FastAPI(title="lesionlab decision support", version=__version__, description=DESCRIPTION)
+    app.state.predictor = predictor
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(UploadGuard, limits={
+        "/v1/predict": settings.max_bytes + FORM_OVERHEAD,
+        "/v1/predict/batch": settings.max_batch * settings.max_bytes + FORM_OVERHEAD})
+    app.mount("/static", StaticFiles(directory=static_dir()), name="static")
+
+    def read_upload(upload: UploadFile, field: str) -> tuple[bytes, str]:
+        name = upload.filename or field
+        if upload.size is not None and upload.size > settings.max_bytes:
+            raise ServeError(413, "too_many_bytes", f"{name}: {upload.size:,} bytes is over the limit of "
+                             f"{settings.max_bytes:,} bytes", field)
+        return upload.file.read(settings.max_bytes + 1), name
+
+    def run_predict(uploads: list[UploadFile], patients: list[Patient], fields: list[str], explain: bool,
+                    explain_class: str | None) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        start = time.perf_counter()
+        timer = Timer()
+        images, names = [], []
+        t = start
+        for upload, field in zip(uploads, fields, strict=True):
+            data, name = read_upload(upload, field)
+            images.append(decode_image(data, settings, name, upload.content_type, field))
+            names.append(name)
+        timer.add("decode", t)
+        if explain_class:
+            from lesionlab.classes import UnknownClassError, by_code
+
+            try:
+                by_code(explain_class)
+            except UnknownClassError as err:
+                raise ServeError(422, "unknown_class", str(err), "explain_class") from None
+        results = predictor.predict(images, patients, names, timer, explain=explain, explain_class=explain_class)
+        timer.add("total", start)
+        timing = {k: round(v, 3) for k, v in timer.stages.items()}
+        timing["overhead"] = round(timing["total"] - timing.get("model", 0.0) - timing.get("explain", 0.0), 3)
+        return results, timing
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(static_dir() / "index.html", media_type="text/html")
+
+    @app.get("/healthz", summary="Liveness: the model is loaded and answering")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "model": predictor.model_info()}
+
+    @app.get("/v1/model", summary="The model card")
+    def model_card() -> dict[str, Any]:
+        return predictor.card()
+
+    @app.get("/v1/options", summary="Accepted values and limits, for forms")
+    def options() -> dict[str, Any]:
+        return {"sexes": list(SEXES), "sites": list(predictor.sites), "age_range": list(settings.age_range),
+                "max_bytes": settings.max_bytes, "max_pixels": settings.max_pixels, "max_batch": settings.max_batch,
+                "content_types": list(settings.content_types), "uses_metadata": predictor.uses_meta}
+
+    @app.post("/v1/predict", summary="Classify one image")
+    def predict(image: Annotated[UploadFile, File(description="the dermoscopy image (JPEG, PNG, ...)")],
+                age: Annotated[str | None, Form(description="years")] = None,
+                sex: Annotated[str | None, Form(description="male, female or unknown")] = None,
+                site: Annotated[str | None, Form(description="HAM10000 localization")] = None,
+                explain: Annotated[bool, Form(description="add a Grad-CAM heatmap overlay (PNG)")] = False,
+                explain_class: Annotated[str | None, Form(description="class code to explain; default top-1")]
+                = None) -> JSONResponse:
+        patient = predictor.check_patient(age, sex, site)
+        results, timing = run_predict([image], [patient], ["image"], explain, explain_class)
+        body = {"model": predictor.model_info(), **results[0], "temperature": predictor.temperature,
+                "timing_ms": timing}
+        return JSONResponse(body)
+
+    @app.post("/v1/predict/batch", summary="Classify several images")
+    def predict_batch(images: Annotated[list[UploadFile], File(description="the images, as repeated 'images'")],
+                      age: Annotated[list[str] | None, Form(description="none, one, or one per image")] = None,
+                      sex: Annotated[list[str] | None, Form()] = None,
+                      site: Annotated[list[str] | None, Form()] = None,
+                      explain: Annotated[bool, Form()] = False) -> JSONResponse:
+        n = len(images)
+        if n > settings.max_batch:
+            raise ServeError(413, "too_many_images", f"{n} images in one batch; the limit is {settings.max_batch}",
+                             "images")
+        ages, sexes, sites = _pick(age, n, "age"), _pick(sex, n, "sex"), _pick(site, n, "site")
+        rows = enumerate(zip(ages, sexes, sites, strict=True))
+        patients = [predictor.check_patient(a, s, t, prefix=f"images[{i}]." if n > 1 else "") for i, (a, s, t) in rows]
+        fields = [f"images[{i}]" for i in range(n)]
+        results, timing = run_predict(images, patients, fields, explain, None)
+        return JSONResponse({"model": predictor.model_info(), "temperature": predictor.temperature,
+                             "results": results, "timing_ms": timing})
+
+    return app

@@ -1,0 +1,85 @@
+"""Inference backends: the same model behind one small interface, run by PyTorch (eager) or ONNX Runtime.
+
+Both take the already preprocessed batch (the run's own ``Preprocessing`` and metadata encoder, applied once by
+the service) and return raw logits; temperature scaling and the referral rule are applied by the service, so the
+two backends cannot drift apart in anything but arithmetic.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+
+class Backend(Protocol):
+    """Anything that turns a preprocessed batch into logits ``[N, 7]``."""
+
+    name: str
+
+    def logits(self, images: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
+        """Logits for ``images`` ``[N, C, H, W]`` float32 and ``meta`` ``[N, D]`` float32 (or None)."""
+        ...
+
+
+class TorchBackend:
+    """PyTorch eager inference on the run's model (eval mode, no autograd)."""
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, threads: int | None = None) -> None:
+        self.model = model.eval()
+        self.uses_meta = int(getattr(model, "meta_dim", 0) or 0) > 0
+        if threads:
+            torch.set_num_threads(threads)
+        # One forward at a time: Grad-CAM registers hooks on this model, and on a few cores parallel forwards
+        # only fight over the same threads.
+        self.lock = threading.Lock()
+
+    def logits(self, images: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
+        """Run the model under ``inference_mode``; ``meta`` is passed only when the model fuses metadata."""
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        m = torch.from_numpy(np.ascontiguousarray(meta, dtype=np.float32)) if meta is not None else None
+        with self.lock, torch.inference_mode():
+            out = self.model(x, m) if m is not None else self.model(x)
+        return out.float().numpy()
+
+
+def ort_session(path: str | Path, threads: int = 2):
+    """An ONNX Runtime CPU session with all graph optimisations and a fixed number of intra-op threads."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path} (write it with `lesionlab export RUN --onnx`)")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+class OnnxBackend:
+    """ONNX Runtime inference on a file written by :func:`lesionlab.serve.onnx_export.export_onnx`."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, threads: int = 2) -> None:
+        self.path = Path(path)
+        self.session = ort_session(path, threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        if "image" not in self.input_names:
+            raise ValueError(f"{path}: ONNX model has inputs {self.input_names}, expected 'image' (and 'meta')")
+        self.uses_meta = "meta" in self.input_names
+
+    def logits(self, images: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
+        """Run the session; ``meta`` is required exactly when the exported model has a ``meta`` input."""
+        feeds = {"image": np.ascontiguousarray(images, dtype=np.float32)}
+        if self.uses_meta:
+            if meta is None:
+                raise ValueError(f"{self.path}: this ONNX model needs a 'meta' input")
+            feeds["meta"] = np.ascontiguousarray(meta, dtype=np.float32)
+        return self.session.run(None, feeds)[0]

@@ -1,0 +1,122 @@
+"""Latency benchmarks of the serving path: model time (PyTorch eager vs ONNX Runtime) and the service's overhead.
+
+Batch 1, one image at a time, as a clinician's request arrives; warm-up runs are discarded; medians and p95 are
+reported in milliseconds. Thread counts are fixed (``threads``) so numbers are comparable between runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def time_calls(fn: Callable[[], object], runs: int = 50, warmup: int = 5) -> dict[str, float]:
+    """Median / p95 / min wall time of ``fn()`` in ms, after ``warmup`` discarded calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(1000.0 * (time.perf_counter() - t))
+    arr = np.asarray(times)
+    return {"p50": float(np.median(arr)), "p95": float(np.percentile(arr, 95)), "min": float(arr.min()),
+            "runs": float(runs)}
+
+
+def model_latency(model: torch.nn.Module, size: tuple[int, int], meta_dim: int = 0, runs: int = 50,
+                  warmup: int = 5, threads: int = 2, workdir: str | Path | None = None) -> dict[str, Any]:
+    """Batch-1 latency of ``model`` in PyTorch eager and in ONNX Runtime (exported here), plus their agreement."""
+    from lesionlab.serve.backend import ort_session
+    from lesionlab.serve.onnx_export import export_module
+
+    torch.set_num_threads(threads)
+    model = model.eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, *size, generator=g)
+    meta = torch.zeros(1, meta_dim) if meta_dim else None
+    with torch.inference_mode():
+        eager = time_calls(lambda: model(x, meta) if meta is not None else model(x), runs, warmup)
+        ref = (model(x, meta) if meta is not None else model(x)).float().numpy()
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        path = export_module(model, Path(tmp) / "model.onnx", size, meta_dim)
+        session = ort_session(path, threads)
+        feeds = {"image": x.numpy()}
+        if meta is not None:
+            feeds["meta"] = meta.numpy()
+        ort = time_calls(lambda: session.run(None, feeds), runs, warmup)
+        got = session.run(None, feeds)[0]
+    return {"size": list(size), "threads": threads, "eager_ms": eager, "onnxruntime_ms": ort,
+            "speedup_p50": eager["p50"] / ort["p50"], "max_abs_logit_diff": float(np.abs(ref - got).max()),
+            "torch": torch.__version__, "onnxruntime": _ort_version()}
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def service_overhead(predictor: Any, image_bytes: bytes, content_type: str = "image/jpeg", runs: int = 100,
+                     warmup: int = 5) -> dict[str, dict[str, float]]:
+    """The service's own time per image, without the model: decode, preprocess (+ metadata), JSON encoding.
+
+    Measured in-process on the same code the endpoint runs; ``total`` is their sum per call.
+    """
+    from lesionlab.serve.decode import decode_image
+
+    patient = predictor.check_patient("55", "female", "back")
+    image = decode_image(image_bytes, predictor.settings, "bench", content_type)
+    x, meta = predictor.prepare(image, patient)
+    probs = predictor.probabilities(x.unsqueeze(0), meta.unsqueeze(0) if meta is not None else None)[0]
+    body = {"model": predictor.model_info(), "image": {"name": "bench", "width": image.width, "height": image.height},
+            **predictor.describe(probs), "metadata": {**patient.as_dict(), "used_by_model": predictor.uses_meta},
+            "heatmap": None, "temperature": predictor.temperature,
+            "timing_ms": {"decode": 1.0, "preprocess": 1.0, "model": 1.0, "total": 3.0, "overhead": 2.0}}
+    stages = {
+        "decode": lambda: decode_image(image_bytes, predictor.settings, "bench", content_type),
+        "preprocess": lambda: predictor.prepare(image, predictor.check_patient("55", "female", "back")),
+        "json": lambda: json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+    }
+    out = {name: time_calls(fn, runs, warmup) for name, fn in stages.items()}
+
+    def everything() -> None:
+        im = decode_image(image_bytes, predictor.settings, "bench", content_type)
+        predictor.prepare(im, predictor.check_patient("55", "female", "back"))
+        json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    out["total"] = time_calls(everything, runs, warmup)
+    return out
+
+
+def jpeg_bytes(image: Any, quality: int = 90) -> bytes:
+    """Encode a PIL image as JPEG bytes (for synthetic benchmark inputs)."""
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def synthetic_lesion(size: tuple[int, int] = (600, 450), seed: int = 0) -> Any:
+    """A seeded lesion-like RGB image (dark ellipse on noisy skin tone) of ``size`` = (width, height).
+
+    Only for checks that need some image when no real one is present (parity, benchmarks, tests); it carries no
+    diagnostic content.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[:h, :w]
+    cy, cx = h * rng.uniform(0.4, 0.6), w * rng.uniform(0.4, 0.6)
+    blob = ((yy - cy) ** 2 / (h / 3) ** 2 + (xx - cx) ** 2 / (w / 3) ** 2) < 1
+    skin = np.array([205, 150, 130]) + rng.normal(0, 10, 3)
+    arr = skin + rng.normal(0, 12, (h, w, 3)) - rng.uniform(60, 120) * blob[..., None]
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))

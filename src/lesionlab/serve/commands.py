@@ -1,0 +1,302 @@
+"""Command-line entry points of the service: ``serve``, ``export``, ``predict`` and ``serve-bench``.
+
+Argument parsing and printing only; the work is done by the pure functions of :mod:`lesionlab.serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT = 8000
+
+
+def _limit_args(p: argparse.ArgumentParser) -> None:
+    from lesionlab.serve.settings import ServeSettings
+
+    d = ServeSettings()
+    p.add_argument("--max-bytes", type=int, default=d.max_bytes, help="largest upload per image (bytes)")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest width x height per image")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="most images per batch request")
+    p.add_argument("--content-types", default=",".join(d.content_types), help="accepted image content types")
+    p.add_argument("--threshold", type=float, default=None,
+                   help=f"default referral threshold when the run has none fitted (default {d.default_threshold})")
+    p.add_argument("--threads", type=int, default=d.threads, help="intra-op threads for inference")
+    p.add_argument("--no-tta", action="store_true", help="single view instead of the run's flip averaging")
+
+
+def _settings(args: argparse.Namespace, onnx_path: str | None = None) -> Any:
+    from lesionlab.serve.settings import ServeSettings
+
+    values: dict[str, Any] = {"max_bytes": args.max_bytes, "max_pixels": args.max_pixels,
+                              "max_batch": args.max_batch, "content_types": args.content_types,
+                              "threads": args.threads, "onnx_path": onnx_path}
+    if args.threshold is not None:
+        values["default_threshold"] = args.threshold
+    if args.no_tta:
+        values["tta"] = False
+    return ServeSettings(**values)
+
+
+def _onnx_for(run: Any, flag: str | None) -> str | None:
+    """The ONNX file to serve with: ``--onnx PATH``, or ``<run>/model.onnx`` (exported now if missing)."""
+    if flag is None:
+        return None
+    if flag != "auto":
+        return flag
+    from lesionlab.serve.onnx_export import export_onnx
+
+    path = Path(run.path) / "model.onnx"
+    if not path.is_file():
+        print(f"exporting {path} (first use of --onnx)", file=sys.stderr)
+        export_onnx(run, path)
+    return str(path)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the API and the clinician page under uvicorn."""
+    import uvicorn
+
+    from lesionlab.runs import load_run
+    from lesionlab.serve.app import create_app
+
+    run = load_run(args.run)
+    app = create_app(run, _settings(args, _onnx_for(run, args.onnx)))
+    print(f"serving {args.run} on http://{args.host}:{args.port}/  (API docs: /docs)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write ``model.onnx`` and check it against PyTorch on real images (synthetic ones when none are present)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lesionlab.runs import load_run
+    from lesionlab.serve.onnx_export import PARITY_TOL, export_onnx, parity, parity_images
+
+    if not args.onnx:
+        raise ValueError("choose an export format: --onnx (the only one so far)")
+    run = load_run(args.run)
+    path = export_onnx(run, args.out)
+    images, source = parity_images(args.check_images)
+    result = parity(run, path, images, threads=args.threads)
+    table = Table(title=f"ONNX export {path}")
+    table.add_column("check")
+    table.add_column("value", justify="right")
+    table.add_row("parity images", f"{int(result['n'])} ({source})")
+    table.add_row("max |p_torch - p_onnx|", f"{result['max_abs_prob_diff']:.2e}")
+    table.add_row("max |logit diff|", f"{result['max_abs_logit_diff']:.2e}")
+    table.add_row("top-1 agreement", f"{result['top1_agreement']:.3f}")
+    Console(stderr=True).print(table)
+    if result["max_abs_prob_diff"] > PARITY_TOL:
+        raise RuntimeError(f"{path}: ONNX probabilities differ from PyTorch by {result['max_abs_prob_diff']:.2e} "
+                           f"> {PARITY_TOL:g}; do not serve this file")
+    print(path)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Score images into a CSV; rows that cannot be scored carry their error and make the exit status 1."""
+    from lesionlab.runs import load_run
+    from lesionlab.serve.predict_cli import input_table, predict_table, read_input_csv
+    from lesionlab.serve.service import Predictor
+
+    if args.csv and (args.images or args.age or args.sex or args.site):
+        raise ValueError("give either --csv FILE or IMAGE... with --age/--sex/--site, not both")
+    if not args.csv and not args.images:
+        raise ValueError("nothing to predict: give image files or --csv FILE")
+    table = read_input_csv(args.csv) if args.csv else input_table(args.images, args.age, args.sex, args.site)
+    run = load_run(args.run)
+    predictor = Predictor(run, _settings(args, _onnx_for(run, args.onnx)))
+    result = predict_table(predictor, table)
+    if args.out == "-":
+        result.to_csv(sys.stdout, index=False)
+    else:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        result.to_csv(args.out, index=False)
+        print(f"wrote {len(result)} rows to {args.out}", file=sys.stderr)
+    failed = result[result["error"] != ""]
+    for message in failed["error"]:
+        print(f"lesionlab predict: {message}", file=sys.stderr)
+    return 1 if len(failed) else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Latency (eager vs ONNX Runtime), service overhead, or a loopback load test; prints a table and JSON."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    if args.what == "latency":
+        result = _bench_latency(args)
+        table = Table(title=f"batch-1 latency, {result['model']} at {result['size']}, {args.threads} threads (ms)")
+        for col in ("backend", "p50", "p95", "min"):
+            table.add_column(col, justify="right")
+        for key, name in (("eager_ms", "PyTorch eager"), ("onnxruntime_ms", "ONNX Runtime")):
+            r = result[key]
+            table.add_row(name, f"{r['p50']:.2f}", f"{r['p95']:.2f}", f"{r['min']:.2f}")
+        console.print(table)
+    elif args.what == "overhead":
+        result = _bench_overhead(args)
+        table = Table(title="service overhead per image, in-process (ms)")
+        for col in ("stage", "p50", "p95"):
+            table.add_column(col, justify="right")
+        for stage, r in result["stages"].items():
+            table.add_row(stage, f"{r['p50']:.2f}", f"{r['p95']:.2f}")
+        console.print(table)
+    else:
+        result = _bench_load(args)
+        table = Table(title=f"load test: {args.requests} requests, {args.concurrency} clients, loopback")
+        for col in ("ok", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "server overhead p50 ms"):
+            table.add_column(col, justify="right")
+        r = result["load"]
+        table.add_row(str(r["ok"]), str(r["errors"]), f"{r['throughput']:.1f}", f"{r['p50']:.1f}", f"{r['p95']:.1f}",
+                      f"{r['p99']:.1f}", f"{r['server_overhead_p50']:.2f}" if r["server_overhead_p50"] else "-")
+        console.print(table)
+        for sample in r["error_samples"]:
+            console.print(f"error: {sample}")
+    print(json.dumps(result, indent=2))
+    return 1 if args.what == "load" and result["load"]["errors"] else 0
+
+
+def _bench_latency(args: argparse.Namespace) -> dict[str, Any]:
+    from lesionlab.serve.bench import model_latency
+
+    if args.run:
+        from lesionlab.runs import load_run
+        from lesionlab.serve.onnx_export import input_shape, meta_width, run_uses_meta
+
+        run = load_run(args.run)
+        model, size = run.model, input_shape(run)
+        meta_dim = meta_width(run) if run_uses_meta(run) else 0
+        name = f"run {Path(args.run).name} ({(run.info.get('model') or {}).get('name')})"
+    else:
+        from lesionlab.config import ModelConfig
+        from lesionlab.models import create_model
+
+        model = create_model(ModelConfig(name=args.arch, pretrained=False), num_classes=7)
+        size, meta_dim, name = (args.size, args.size), 0, f"{args.arch} (random weights)"
+    result = model_latency(model, size, meta_dim, runs=args.runs, threads=args.threads)
+    return {"model": name, **result}
+
+
+def _bench_image(args: argparse.Namespace) -> tuple[bytes, str]:
+    if args.image:
+        path = Path(args.image)
+        if not path.is_file():
+            raise FileNotFoundError(f"benchmark image not found: {path}")
+        return path.read_bytes(), path.name
+    from lesionlab.serve.onnx_export import parity_images
+
+    images, _ = parity_images(None, limit=1, full_size_only=True)
+    from lesionlab.serve.bench import jpeg_bytes
+
+    return jpeg_bytes(images[0]), "image.jpg"
+
+
+def _bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
+    from lesionlab.runs import load_run
+    from lesionlab.serve.bench import service_overhead
+    from lesionlab.serve.service import Predictor
+
+    if not args.run:
+        raise ValueError("serve-bench overhead needs --run RUN")
+    data, name = _bench_image(args)
+    predictor = Predictor(load_run(args.run), _settings(args))
+    return {"run": args.run, "image": name, "bytes": len(data),
+            "stages": service_overhead(predictor, data, runs=args.runs)}
+
+
+def _bench_load(args: argparse.Namespace) -> dict[str, Any]:
+    """Start ``lesionlab serve`` in a subprocess (so client and server do not share a GIL) and load it."""
+    import subprocess
+    import time
+
+    import httpx
+
+    from lesionlab.serve.loadtest import free_port, load_test
+
+    if not args.run:
+        raise ValueError("serve-bench load needs --run RUN")
+    data, name = _bench_image(args)
+    port = free_port()
+    cmd = [sys.executable, "-m", "lesionlab.cli", "serve", args.run, "--port", str(port), "--threads",
+           str(args.threads), "--log-level", "warning"] + (["--onnx"] if args.onnx else [])
+    proc = subprocess.Popen(cmd)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited with status {proc.returncode} during start-up")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not answer /healthz within 120 s")
+            time.sleep(0.25)
+        fields = {"age": "55", "sex": "female", "site": "back"}
+        load_test(f"{base}/v1/predict", data, requests=min(10, args.requests), concurrency=1, filename=name,
+                  fields=fields)  # warm-up, not reported
+        result = load_test(f"{base}/v1/predict", data, requests=args.requests, concurrency=args.concurrency,
+                           filename=name, fields=fields, max_seconds=args.max_seconds)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {"run": args.run, "image": name, "backend": "onnxruntime" if args.onnx else "torch",
+            "load": result.as_dict()}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``serve``, ``export``, ``predict`` and ``serve-bench``."""
+    p = sub.add_parser("serve", help="run the decision-support API and clinician page",
+                       description="Serve a run: POST /v1/predict, /v1/predict/batch, GET /v1/model, /healthz, page /.")
+    p.add_argument("run", help="run directory (runs/<name>)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--onnx", nargs="?", const="auto", default=None, metavar="PATH",
+                   help="score with ONNX Runtime (default file <run>/model.onnx, exported when missing)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    _limit_args(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="export a run's model (ONNX) and check parity with PyTorch")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--onnx", action="store_true", help="write ONNX (image and metadata inputs, dynamic batch)")
+    p.add_argument("--out", default=None, help="output file (default <run>/model.onnx)")
+    p.add_argument("--check-images", default=None, metavar="DIR",
+                   help="folder of images for the parity check (default ../shared/data images, else synthetic)")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="score image files into a CSV")
+    p.add_argument("run", help="run directory")
+    p.add_argument("images", nargs="*", help="image files")
+    p.add_argument("--age", default=None)
+    p.add_argument("--sex", default=None, help="male, female or unknown")
+    p.add_argument("--site", default=None, help="HAM10000 localization")
+    p.add_argument("--csv", default=None, help="CSV with columns image[,age,sex,site] instead of IMAGE...")
+    p.add_argument("--out", default="predictions.csv", help="output CSV ('-' for standard output)")
+    p.add_argument("--onnx", nargs="?", const="auto", default=None, metavar="PATH", help="score with ONNX Runtime")
+    _limit_args(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve-bench", help="latency (eager vs ONNX Runtime), service overhead, loopback load test")
+    p.add_argument("what", choices=["latency", "overhead", "load"])
+    p.add_argument("--run", default=None, help="run directory (latency: instead of --arch)")
+    p.add_argument("--arch", default="resnet50", help="latency without a run: this architecture, random weights")
+    p.add_argument("--size", type=int, default=224, help="latency without a run: input size")
+    p.add_argument("--runs", type=int, default=50, help="timed calls per measurement")
+    p.add_argument("--image", default=None, help="image for overhead/load (default: a real 600x450 HAM10000 image)")
+    p.add_argument("--requests", type=int, default=200)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--max-seconds", type=float, default=300.0, help="load test wall-clock bound")
+    p.add_argument("--onnx", action="store_true", help="load test: serve with ONNX Runtime")
+    _limit_args(p)
+    p.set_defaults(func=cmd_bench)

@@ -1,0 +1,157 @@
+"""ONNX export of a run's model and the parity check that guards it.
+
+The exported graph is the bare model: ``image`` ``[N, 3, H, W]`` float32 (after the run's preprocessing) and, for
+a model that fuses clinical data, ``meta`` ``[N, D]`` float32, giving ``logits`` ``[N, 7]``; the batch axis is
+dynamic. Preprocessing, flip averaging and temperature stay in Python, shared with the PyTorch backend, so the two
+backends differ only in arithmetic. The file carries the class order and the run's identity as ONNX metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lesionlab.classes import CLASS_CODES
+
+OPSET = 17
+# Parity tolerance on probabilities (max abs difference, ONNX Runtime vs PyTorch eager, float32 both). Observed
+# differences are around 1e-6; 1e-4 leaves room for other CPUs' kernels while still catching any wrong op.
+PARITY_TOL = 1e-4
+
+
+class _Exportable(torch.nn.Module):
+    """The run's model with explicit positional inputs, as the exporter needs."""
+
+    def __init__(self, model: torch.nn.Module, uses_meta: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.uses_meta = uses_meta
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(image, meta) if self.uses_meta else self.model(image)
+
+
+def run_uses_meta(run: Any) -> bool:
+    """Whether the run's model fuses clinical data (an encoder was fitted and the model has a metadata input)."""
+    if getattr(run, "meta_encoder", None) is None or meta_width(run) <= 0:
+        return False
+    fusion = getattr(run.model, "fusion", None)
+    return bool(getattr(fusion, "needs_meta", True))  # an encoder saved beside an image-only model is not used
+
+
+def input_shape(run: Any) -> tuple[int, int]:
+    """The ``(height, width)`` the run's preprocessing produces."""
+    size = getattr(run.preprocessing, "size", None)
+    if size is None:
+        raise ValueError(f"{getattr(run, 'path', 'run')}: preprocessing has no size; cannot export")
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def meta_width(run: Any) -> int:
+    """``D``, the width of the encoded metadata row."""
+    return int(((getattr(run, "info", None) or {}).get("model") or {}).get("meta_dim") or 0)
+
+
+def export_module(model: torch.nn.Module, path: str | Path, size: tuple[int, int], meta_dim: int = 0,
+                  props: dict[str, str] | None = None, opset: int = OPSET) -> Path:
+    """Export a ``LesionModel``-like module (``forward(image, meta=None)``) to ``path``, atomically; returns it."""
+    import onnx
+
+    from lesionlab.runs import atomic_write
+
+    path = Path(path)
+    uses_meta = meta_dim > 0
+    module = _Exportable(model.eval(), uses_meta).eval()
+    image = torch.zeros(2, 3, int(size[0]), int(size[1]))
+    args: tuple[torch.Tensor, ...] = (image, torch.zeros(2, meta_dim)) if uses_meta else (image,)
+    names = ["image", "meta"] if uses_meta else ["image"]
+    axes = {name: {0: "batch"} for name in [*names, "logits"]}
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            # The TorchScript exporter is deprecated in favour of torch.export + onnxscript (not a dependency here);
+            # it is still the supported path for plain CNNs and is checked by the parity test.
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx.*")
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+            torch.onnx.export(module, args, str(tmp), dynamo=False, input_names=names, output_names=["logits"],
+                              dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
+        proto = onnx.load(str(tmp))
+        onnx.helper.set_model_props(proto, {"lesionlab.classes": json.dumps(list(CLASS_CODES)),
+                                            "lesionlab.meta_dim": str(meta_dim), **(props or {})})
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+
+    return atomic_write(path, write)
+
+
+def export_onnx(run: Any, path: str | Path | None = None, opset: int = OPSET) -> Path:
+    """Write the run's model as ONNX (default ``<run>/model.onnx``) and return the path."""
+    path = Path(path) if path is not None else Path(run.path) / "model.onnx"
+    info = run.info or {}
+    props = {"lesionlab.run": str(info.get("name") or Path(getattr(run, "path", "run")).name),
+             "lesionlab.preprocessing": json.dumps(info.get("preprocessing"))}
+    meta_dim = meta_width(run) if run_uses_meta(run) else 0
+    return export_module(run.model, path, input_shape(run), meta_dim, props, opset)
+
+
+def onnx_classes(path: str | Path) -> list[str] | None:
+    """The class order stored in an exported file (``None`` for a file not written by lesionlab)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    return json.loads(props["lesionlab.classes"]) if "lesionlab.classes" in props else None
+
+
+def parity(run: Any, onnx_path: str | Path, images: Sequence[Any], meta_rows: Sequence[dict[str, Any]] | None = None,
+           threads: int = 2) -> dict[str, float]:
+    """Max abs difference of logits and probabilities, ONNX Runtime vs PyTorch eager, on the same preprocessed batch.
+
+    ``images`` are PIL images or uint8 arrays that go through the run's preprocessing; the temperature is applied
+    to both. The two sides see identical inputs, so any difference is the runtimes' arithmetic.
+    """
+    from lesionlab.runs import softmax_np
+    from lesionlab.serve.backend import OnnxBackend, TorchBackend
+
+    x = torch.stack([run.preprocessing(im) for im in images]).float().numpy()
+    meta = None
+    if run_uses_meta(run):
+        rows = list(meta_rows) if meta_rows is not None else [{"age": float("nan"), "sex": "unknown",
+                                                               "site": "unknown"}] * len(x)
+        meta = np.asarray(run.meta_encoder.transform(rows), dtype=np.float32)
+    ref = TorchBackend(run.model).logits(x, meta)
+    got = OnnxBackend(onnx_path, threads).logits(x, meta)
+    t = (run.info or {}).get("temperature")
+    return {"n": float(len(x)), "max_abs_logit_diff": float(np.abs(ref - got).max()),
+            "max_abs_prob_diff": float(np.abs(softmax_np(ref, t) - softmax_np(got, t)).max()),
+            "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean())}
+
+
+def parity_images(folder: str | Path | None = None, limit: int = 32, full_size_only: bool = False
+                  ) -> tuple[list[Any], str]:
+    """Images for parity checks and benchmarks: ``folder``, else the real HAM10000 images in the shared folder
+    (the seven 600x450 ones first, then 64x64 ones), else seeded synthetic images; returns them and their source.
+    """
+    from lesionlab.data.images import IMAGE_SUFFIXES, decode_image
+    from lesionlab.models.weights import shared_dir
+
+    if folder is not None:
+        paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+        if not paths:
+            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+        return [decode_image(p, convert_mode=True) for p in paths], str(folder)
+    data = shared_dir() / "data"
+    paths = sorted((data / "ham10000-600x450").glob("ISIC_*.jpg"))
+    if not full_size_only:
+        paths += sorted((data / "ham10000-64" / "images").glob("ISIC_*.jpg"))[: max(0, limit - len(paths))]
+    if paths:
+        return [decode_image(p) for p in paths[:limit]], f"real HAM10000 images in {data}"
+    from lesionlab.serve.bench import synthetic_lesion
+
+    return [synthetic_lesion(seed=i) for i in range(min(limit, 8))], "synthetic images (no ../shared/data found)"

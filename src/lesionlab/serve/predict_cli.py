@@ -1,0 +1,93 @@
+"""``lesionlab predict``: score image files from the command line into a CSV, with the service's own code path.
+
+Each input row is checked on its own: a file that is missing, not an image or has bad metadata gets its message in
+the ``error`` column and no probabilities, while every other row is still scored and written.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lesionlab.classes import CLASS_CODES
+from lesionlab.serve.decode import decode_image
+from lesionlab.serve.errors import ServeError
+from lesionlab.serve.service import Patient, Predictor, Timer
+
+INPUT_COLUMNS = ("image", "age", "sex", "site")
+
+
+def read_input_csv(path: str | Path) -> pd.DataFrame:
+    """A CSV with an ``image`` column (paths relative to the CSV's folder, or absolute) and optional age/sex/site."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input CSV not found: {path}")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable CSV ({err})") from None
+    if "image" not in table.columns:
+        raise ValueError(f"{path}: needs an 'image' column (optional: age, sex, site); found {list(table.columns)}")
+    unknown = sorted(set(table.columns) - set(INPUT_COLUMNS))
+    if unknown:
+        raise ValueError(f"{path}: unknown columns {unknown}; expected {', '.join(INPUT_COLUMNS)}")
+    table = table.copy()
+    table["image"] = [str(p if Path(p).is_absolute() else path.parent / p) for p in table["image"]]
+    for col in ("age", "sex", "site"):
+        if col not in table.columns:
+            table[col] = ""
+    return table[list(INPUT_COLUMNS)]
+
+
+def input_table(images: list[str], age: str | None = None, sex: str | None = None, site: str | None = None
+                ) -> pd.DataFrame:
+    """The same table from command-line arguments: one row per image, the same metadata for each."""
+    return pd.DataFrame({"image": images, "age": age or "", "sex": sex or "", "site": site or ""})
+
+
+def predict_table(predictor: Predictor, table: pd.DataFrame, batch_size: int = 16) -> pd.DataFrame:
+    """Score every row; returns the input columns plus probabilities, top-1, referral, timing and ``error``."""
+    out_rows: list[dict[str, Any]] = []
+    pending: list[tuple[int, Any, Patient, str]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        timer = Timer()
+        start = time.perf_counter()
+        results = predictor.predict([p[1] for p in pending], [p[2] for p in pending], [p[3] for p in pending], timer)
+        per_image = 1000.0 * (time.perf_counter() - start) / len(pending)
+        for (row_no, _, _, _), res in zip(pending, results, strict=True):
+            row = out_rows[row_no]
+            for cls in res["probabilities"]:
+                row[f"p_{cls['code']}"] = cls["probability"]
+            row["top1"] = res["top"][0]["code"]
+            row["top1_name"] = res["top"][0]["name"]
+            ref = res["referral"]
+            row.update(malignant_probability=ref["malignant_probability"], refer=ref["refer"],
+                       threshold=ref["threshold"], threshold_source=ref["threshold_source"], ms=round(per_image, 2))
+        pending.clear()
+
+    for i, rec in enumerate(table.to_dict("records")):
+        row: dict[str, Any] = {k: rec.get(k, "") for k in INPUT_COLUMNS}
+        row.update({f"p_{c}": None for c in CLASS_CODES})
+        row.update(top1=None, top1_name=None, malignant_probability=None, refer=None, threshold=None,
+                   threshold_source=None, ms=None, error="")
+        out_rows.append(row)
+        path = Path(str(rec["image"]))
+        try:
+            patient = predictor.check_patient(rec.get("age"), rec.get("sex"), rec.get("site"))
+            if not path.is_file():
+                raise ServeError(404, "missing_file", f"{path}: file not found", "image")
+            image = decode_image(path.read_bytes(), predictor.settings, str(path))
+        except ServeError as err:
+            row["error"] = f"row {i + 1}: {err.message}"
+            continue
+        pending.append((i, image, patient, path.name))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return pd.DataFrame(out_rows)

@@ -1,0 +1,50 @@
+"""Limits and options of the decision-support service, in one typed object the CLI flags fill in.
+
+Every limit that protects the server from a hostile or mistaken upload lives here, so that a deployment can
+tighten it without touching code and a test can lower it to provoke each error cheaply.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lesionlab.data.metadata import AGE_RANGE
+
+DEFAULT_CONTENT_TYPES: tuple[str, ...] = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/tiff")
+
+# Used when the run has no ``referral_threshold`` fitted on validation data by ``lesionlab evaluate --calibrate``.
+# 0.5 means "refer when the malignant classes together are at least as likely as the benign ones"; the response
+# says ``threshold_source: "default"`` so that nobody mistakes it for a validated operating point.
+DEFAULT_REFERRAL_THRESHOLD = 0.5
+
+
+class ServeSettings(BaseModel):
+    """What the service accepts and how it answers; all sizes are per image."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_bytes: int = Field(10 * 1024 * 1024, gt=0, description="largest accepted upload per image, in bytes")
+    max_pixels: int = Field(40_000_000, gt=0, description="largest accepted width x height per image")
+    max_batch: int = Field(16, gt=0, description="most images in one /v1/predict/batch request")
+    content_types: tuple[str, ...] = Field(DEFAULT_CONTENT_TYPES, description="accepted image content types")
+    age_range: tuple[float, float] = Field(AGE_RANGE, description="accepted patient age, years, inclusive")
+    default_threshold: float = Field(DEFAULT_REFERRAL_THRESHOLD, ge=0.0, le=1.0)
+    top_k: int = Field(3, ge=1, le=7)
+    heatmap_max_side: int = Field(512, ge=32, description="long side of the returned heatmap PNG, pixels")
+    onnx_path: str | None = Field(None, description="serve with ONNX Runtime from this file instead of PyTorch")
+    tta: bool | None = Field(None, description="flip-averaged predictions; None: as the run was validated")
+    threads: int = Field(2, ge=1, description="intra-op threads of the inference backend")
+
+    @field_validator("content_types", mode="before")
+    @classmethod
+    def _lower(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = [p for p in v.split(",") if p.strip()]
+        return tuple(str(p).strip().lower() for p in v) if isinstance(v, (list, tuple)) else v
+
+    @field_validator("age_range")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] > v[1]:
+            raise ValueError(f"age_range {v} is not (low, high)")
+        return v

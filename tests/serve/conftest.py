@@ -1,0 +1,66 @@
+"""Tiny real runs for the service tests: a timm test network saved with ``save_run`` and read with ``load_run``.
+
+Two flavours: an image-only run that was never calibrated (so the default referral threshold is in use) and a
+metadata-fusion run whose temperature and referral threshold were written to run.json as evaluation does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from lesionlab.config import load_config
+from lesionlab.data.metadata import MetadataEncoder
+from lesionlab.data.transforms import Preprocessing
+from lesionlab.models import create_model
+from lesionlab.runs import save_run, update_run_info
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_run(root: Path, fusion: str = "none", size: int = 64, resize: str = "square", calibrated: bool = False
+             ) -> Path:
+    """Save a randomly initialised ``test_efficientnet`` run; calibrated runs get temperature 1.7, threshold 0.3."""
+    cfg = load_config(None, ["model.name=test_efficientnet", "model.pretrained=false", f"model.fusion={fusion}",
+                             f"data.image_size={size}", f"data.resize={resize}", "name=tiny"])
+    table = pd.DataFrame({"age": [30.0, 50.0, 70.0], "sex": ["male", "female", "unknown"],
+                          "site": ["back", "face", "unknown"], "split": ["train"] * 3})
+    encoder = MetadataEncoder.fit(table) if fusion != "none" else None
+    torch.manual_seed(0)
+    model = create_model(cfg.model, meta_dim=encoder.dim if encoder else 0).eval()
+    pre = Preprocessing(size=(size, size), resize=resize, mean=model.data_config["mean"],
+                        std=model.data_config["std"])
+    run_dir = save_run(root / f"tiny-{fusion}-{resize}", model, cfg, pre, encoder, "hash0",
+                       {"epoch": 1, "balanced_accuracy": 0.2},
+                       extra={"data": {"source": "synthetic", "synthetic": True}})
+    if calibrated:
+        update_run_info(run_dir, temperature=1.7, referral_threshold=0.3)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Image-only, uncalibrated."""
+    return make_run(tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="session")
+def meta_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Concat fusion of age/sex/site, calibrated (temperature and referral threshold in run.json)."""
+    return make_run(tmp_path_factory.mktemp("runs"), fusion="concat", calibrated=True)
+
+
+@pytest.fixture(scope="session")
+def real_image_paths() -> list[Path]:
+    """The seven full-size HAM10000 images in ../shared/data (empty when absent)."""
+    from lesionlab.models.weights import shared_dir
+
+    candidates = [Path(p) for p in (REPO.parent / "shared", shared_dir())]
+    for root in candidates:
+        paths = sorted((root / "data" / "ham10000-600x450").glob("ISIC_*.jpg"))
+        if paths:
+            return paths
+    return []
