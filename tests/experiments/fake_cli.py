@@ -34,6 +34,9 @@ def main(argv: list[str]) -> int:
     e.add_argument("--split", required=True)
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--tta", action="store_true")
+    for flag in ("--bootstrap", "--timing-images", "--device", "--batch-size"):
+        e.add_argument(flag)
+    e.add_argument("--no-report", action="store_true")
     args = parser.parse_args(argv)
     if args.cmd == "train":
         cfg = yaml.safe_load(args.config.read_text())
@@ -44,7 +47,7 @@ def main(argv: list[str]) -> int:
         args.run_dir.mkdir(parents=True, exist_ok=True)
         counter = args.run_dir / "train_calls.txt"
         counter.write_text(str(int(counter.read_text()) + 1 if counter.exists() else 1))
-        (args.run_dir / "run.json").write_text(json.dumps({"config": cfg,
+        (args.run_dir / "run.json").write_text(json.dumps({"config": cfg, "status": "complete",
                                                            "threads": os.environ.get("OMP_NUM_THREADS")}))
         return 0
     info = json.loads((args.run / "run.json").read_text())

@@ -26,15 +26,17 @@ def write_plan(cfg: ExperimentConfig, plan: Sequence[PlannedRun], grid_path: Pat
     pd.DataFrame(rows).to_csv(out / "plan.csv", index=False)
 
 
-def prepare_grid(cfg: ExperimentConfig, plan: Sequence[PlannedRun], grid_path: Path | None = None,
-                 progress: bool = True) -> None:
-    """Everything before the first run: plan files, k-fold split files, and the test-split agreement check."""
+def prepare_grid(cfg: ExperimentConfig, plan: Sequence[PlannedRun], grid_path: Path | None = None) -> dict[str, str]:
+    """Everything before the first run: plan files, k-fold split files, and the test-split agreement check.
+
+    Returns run id -> hash of its test image ids (one hash for seed designs, one per fold for k-fold designs).
+    """
     from lesionlab.experiments.datasplits import check_test_splits, write_fold_splits
 
     write_plan(cfg, plan, grid_path)
     if cfg.repeat.kind == "fold" and cfg.repeat.levels:
         write_fold_splits(cfg, plan)
-    check_test_splits(cfg, plan, progress=progress)
+    return check_test_splits(cfg, plan)
 
 
 def aggregate_grid(cfg: ExperimentConfig, plan: Sequence[PlannedRun]) -> tuple[Tables, list[Path]]:
@@ -45,4 +47,12 @@ def aggregate_grid(cfg: ExperimentConfig, plan: Sequence[PlannedRun]) -> tuple[T
         tables.notes.append(f"{len(missing)} of {len(plan)} runs not finished yet (left out): "
                             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     paths = write_outputs(tables, cfg, cfg.output_dir, len(plan))
+    if not results.empty:
+        from lesionlab.evaluate.report import render_grid_report
+
+        metrics = list(dict.fromkeys([*cfg.report.metrics, "balanced_accuracy", "macro_auc"]))
+        report = render_grid_report(results, tables.tests, cfg.output_dir, title=f"Experiment grid {cfg.name}",
+                                    metrics=metrics, group_by=cfg.axis_names, tables=tables.tables,
+                                    notes=tables.notes)
+        paths += list(report.values())
     return tables, paths

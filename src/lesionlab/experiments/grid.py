@@ -51,10 +51,15 @@ class RepeatSpec(Strict):
 
 
 class EvaluateSpec(Strict):
-    """Arguments of ``lesionlab evaluate`` for every run of the grid."""
+    """Arguments of ``lesionlab evaluate`` for every run of the grid (None: the evaluator's own default)."""
 
     split: Literal["val", "test"] = "test"
-    tta: bool | None = None  # None: the evaluator's default
+    tta: bool | None = None
+    bootstrap: int | None = Field(default=0, ge=0)  # per-run CIs; the grid's spread comes from seeds/folds instead
+    timing_images: int | None = Field(default=0, ge=0)  # per-run latency timing; off: it is noise in a busy grid
+    report: bool = False  # per-run HTML/Markdown report (the grid report is written either way)
+    device: str | None = None  # e.g. cuda on GPU machines (the evaluator defaults to cpu)
+    batch_size: int | None = Field(default=None, ge=1)
     extra_args: list[str] = Field(default_factory=list)  # passed to evaluate verbatim
 
 

@@ -49,9 +49,21 @@ class PlannedRun:
         return self.run_dir / EVAL_DIR
 
     @property
+    def is_trained(self) -> bool:
+        """Training completed: run.json exists and says so (it is also written, as "training", after each epoch)."""
+        path = self.run_dir / "run.json"
+        if not path.is_file():
+            return False
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):  # half-written by a killed trainer: not trained, train again
+            return False
+        return isinstance(info, dict) and info.get("status") == "complete"
+
+    @property
     def is_finished(self) -> bool:
-        """Finished means trained (run.json) and evaluated (metrics.json); anything less is run again."""
-        return (self.run_dir / "run.json").is_file() and (self.eval_dir / "metrics.json").is_file()
+        """Finished means trained (run.json, complete) and evaluated (metrics.json); anything less is run again."""
+        return (self.eval_dir / "metrics.json").is_file() and self.is_trained
 
 
 def fold_split_path(output_dir: Path, fold: int, folds: int, fold_seed: int) -> Path:

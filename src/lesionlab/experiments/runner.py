@@ -46,14 +46,23 @@ def write_run_configs(plan: Sequence[PlannedRun], output_dir: Path) -> None:
 
 def run_steps(run: PlannedRun, output_dir: Path, evaluate: EvaluateSpec,
               exe: Sequence[str] = LOCAL_EXE, skip_trained: bool = True) -> tuple[tuple[str, ...], ...]:
-    """The argv steps of one run: train (left out when run.json exists and ``skip_trained``), then evaluate."""
+    """The argv steps of one run: train (left out when training completed and ``skip_trained``), then evaluate.
+
+    An interrupted training run is simply started again: the trainer resumes from its checkpoint.
+    """
     steps: list[tuple[str, ...]] = []
-    if not (skip_trained and (run.run_dir / "run.json").is_file()):
+    if not (skip_trained and run.is_trained):
         steps.append((*exe, "train", "--config", str(config_path(output_dir, run.run_id)),
                       "--run-dir", str(run.run_dir)))
     ev = [*exe, "evaluate", str(run.run_dir), "--split", evaluate.split, "--out", str(run.eval_dir)]
     if evaluate.tta is not None:
         ev.append("--tta" if evaluate.tta else "--no-tta")
+    for flag, value in (("--bootstrap", evaluate.bootstrap), ("--timing-images", evaluate.timing_images),
+                        ("--device", evaluate.device), ("--batch-size", evaluate.batch_size)):
+        if value is not None:
+            ev += [flag, str(value)]
+    if not evaluate.report:
+        ev.append("--no-report")
     steps.append((*ev, *evaluate.extra_args))
     return tuple(steps)
 

@@ -8,6 +8,7 @@ split per fold (the same for every condition) whose test parts partition the lab
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -64,31 +65,41 @@ def check_fold_partition(fold_tests: Mapping[int, Sequence[str]], all_ids: Seque
                                  f"(e.g. {extra[:3]})")
 
 
-def assign_folds(table: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
-    """Fold index per row: lesion-grouped (no lesion in two folds), stratified by label as far as groups allow."""
+def _stratified_group_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
     from sklearn.model_selection import StratifiedGroupKFold
 
-    if folds < 2:
-        raise ValueError(f"k-fold needs at least 2 folds, got {folds}")
-    n_groups = table["lesion_id"].nunique()
-    if n_groups < folds:
-        raise ValueError(f"{folds} folds need at least {folds} lesions; the data has {n_groups}")
-    out = np.full(len(table), -1, dtype=np.int64)
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for k, (_, test_idx) in enumerate(splitter.split(np.zeros(len(table)), table["label"], table["lesion_id"])):
-        out[test_idx] = k
+    out = np.full(len(labels), -1, dtype=np.int64)
+    with warnings.catch_warnings():  # rare classes with fewer lesions than folds are expected (df, vasc)
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        for k, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+            out[held] = k
     return out
 
 
-def fold_split(table: pd.DataFrame, fold_of: np.ndarray, fold: int, val_fraction: float, seed: int) -> pd.DataFrame:
-    """``image_id, lesion_id, split`` for one fold: its test part, and a lesion-grouped val part of the rest."""
-    from sklearn.model_selection import GroupShuffleSplit
+def assign_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold index per row: grouped (no lesion group in two folds), stratified by label as far as groups allow."""
+    if folds < 2:
+        raise ValueError(f"k-fold needs at least 2 folds, got {folds}")
+    n_groups = len(np.unique(groups))
+    if n_groups < folds:
+        raise ValueError(f"{folds} folds need at least {folds} lesions; the data has {n_groups}")
+    return _stratified_group_folds(np.asarray(labels), np.asarray(groups), folds, seed)
 
+
+def fold_split(table: pd.DataFrame, groups: np.ndarray, fold_of: np.ndarray, fold: int, val_fraction: float,
+               seed: int) -> pd.DataFrame:
+    """``image_id, lesion_id, split`` for one fold: its test part, and a grouped, stratified val part of the rest.
+
+    The val part is one of ``round(1 / val_fraction)`` stratified group folds of the rest (the data layer realises
+    fractions the same way), seeded per fold so that each fold's val set is reproducible.
+    """
     test = fold_of == fold
     rest = np.flatnonzero(~test)
+    k_val = max(2, round(1.0 / val_fraction))
+    val_of = _stratified_group_folds(table["label"].to_numpy()[rest], np.asarray(groups)[rest], k_val,
+                                     seed + 1000 * (fold + 1))
     split = np.where(test, "test", "train").astype(object)
-    gss = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed + 1000 * (fold + 1))
-    _, val_idx = next(gss.split(rest, groups=table["lesion_id"].to_numpy()[rest]))
-    split[rest[val_idx]] = "val"
-    return pd.DataFrame({"image_id": table["image_id"].to_numpy(), "lesion_id": table["lesion_id"].to_numpy(),
-                         "split": split})
+    split[rest[val_of == 0]] = "val"
+    return pd.DataFrame({"image_id": table["image_id"].astype(str).to_numpy(),
+                         "lesion_id": table["lesion_id"].astype(str).to_numpy(), "split": split})

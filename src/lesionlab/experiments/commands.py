@@ -1,0 +1,139 @@
+"""``lesionlab experiment GRID``: expand a grid, run what is not finished, aggregate the tables.
+
+Argument parsing and printing only; the work is in :mod:`lesionlab.experiments`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``experiment`` command."""
+    p = subparsers.add_parser(
+        "experiment", help="run an experiment grid (models x resolutions x clinical data x folds/seeds)",
+        description="Expand a grid file into runs, skip finished ones, run the rest with local workers (or write "
+                    "a Slurm array / command list), then aggregate mean ± sd tables and Mann-Whitney U tests.")
+    p.add_argument("grid", type=Path, help="grid YAML, e.g. configs/grids/ham10000-cpu.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="overrides of the grid file itself, e.g. workers=2 'repeat.seeds=[0]'")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--dry-run", action="store_true", help="print the plan (runs and their state) and stop")
+    what.add_argument("--aggregate-only", action="store_true", help="only collect finished runs into the tables")
+    what.add_argument("--slurm", type=Path, metavar="SCRIPT",
+                      help="write a Slurm array script (+ SCRIPT-stem.commands.txt) for the unfinished runs")
+    what.add_argument("--commands", type=Path, metavar="FILE", help="write one shell command per unfinished run")
+    p.add_argument("--workers", type=int, default=None, help="parallel runs (default: the grid's 'workers')")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // workers)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    p.set_defaults(func=_main)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _plan_table(plan: list, label_names: list[str]) -> Table:
+    table = Table(title=f"{len(plan)} runs", show_lines=False)
+    table.add_column("#", justify="right")
+    for name in label_names:
+        table.add_column(name)
+    table.add_column("run id")
+    table.add_column("state")
+    for i, run in enumerate(plan):
+        state = "[green]finished[/]" if run.is_finished else (
+            "trained" if run.is_trained else ("started" if run.run_dir.is_dir() else "to do"))
+        table.add_row(str(i), *[run.labels.get(n, "") for n in label_names], run.run_id, state)
+    return table
+
+
+def _frame_table(title: str, frame: Any) -> Table:
+    table = Table(title=title)
+    table.add_column(str(frame.index.name or ""))
+    for col in frame.columns:
+        table.add_column(str(col), justify="right")
+    for idx, row in frame.iterrows():
+        table.add_row(str(idx), *[str(v) for v in row.tolist()])
+    return table
+
+
+def _aggregate(cfg: Any, plan: list, console: Console) -> None:
+    from lesionlab.experiments.api import aggregate_grid
+
+    tables, paths = aggregate_grid(cfg, plan)
+    for title, frame in tables.tables.items():
+        console.print(_frame_table(title, frame))
+    if not tables.tests_table.empty:
+        t = Table(title="Mann-Whitney U tests (Holm-adjusted within each compared axis)")
+        for col in ("test", "n", "U", "p", "p_holm", "r"):
+            t.add_column(col, justify="right" if col != "test" else "left")
+        for test in tables.tests:
+            t.add_row(test.label, " vs ".join(str(v) for v in test.n.values()), f"{test.statistic:.1f}",
+                      f"{test.p_value:.3g}", f"{test.detail['p_holm']:.3g}",
+                      "-" if test.effect_size is None else f"{test.effect_size:+.2f}")
+        console.print(t)
+    for note in tables.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"{len(tables.results)} of {len(plan)} runs aggregated into {cfg.output_dir} "
+                  f"({', '.join(p.name for p in paths[:4])}, ...)")
+
+
+def _main(args: argparse.Namespace) -> int:
+    from lesionlab.experiments.api import prepare_grid
+    from lesionlab.experiments.grid import load_grid
+    from lesionlab.experiments.plan import expand
+    from lesionlab.experiments.runner import execute_local, pending_runs, write_commands, write_slurm
+
+    console = Console()
+    cfg, base = load_grid(args.grid, args.overrides)
+    if args.workers is not None:
+        cfg = cfg.model_copy(update={"workers": args.workers})
+    plan = expand(cfg, base, where=str(args.grid))
+    todo = pending_runs(plan)
+    console.print(f"grid [bold]{cfg.name}[/]: {len(plan)} runs, {len(plan) - len(todo)} finished, "
+                  f"{len(todo)} to do -> {cfg.output_dir}")
+    if args.dry_run:
+        console.print(_plan_table(plan, cfg.label_names))
+        return 0
+    if args.aggregate_only:
+        _aggregate(cfg, plan, console)
+        return 0
+    hashes = prepare_grid(cfg, plan, grid_path=args.grid)
+    n_splits = len(set(hashes.values()))
+    console.print(f"test split check passed: {n_splits} distinct {cfg.evaluate.split} split(s) over {len(plan)} runs"
+                  + (" (one per fold; the folds partition the data)" if cfg.repeat.kind == "fold" else ""))
+    if args.commands:
+        n = write_commands(plan, cfg, args.commands, threads=args.threads)
+        console.print(f"wrote {n} commands to {args.commands}")
+        return 0
+    if args.slurm:
+        commands, n = write_slurm(plan, cfg, args.slurm)
+        console.print(f"wrote {args.slurm} ({n} array tasks, commands in {commands}); submit from this directory: "
+                      f"sbatch {args.slurm}")
+        return 0
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a scheduler's kill stops children cleanly too
+    try:
+        results = execute_local(plan, cfg, threads=args.threads, progress=not args.no_progress)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _aggregate(cfg, plan, console)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        table = Table(title=f"[red]{len(failed)} of {len(results)} runs failed[/] (the others were kept)")
+        for col in ("run id", "exit status", "log"):
+            table.add_column(col)
+        for r in failed:
+            table.add_row(r.job_id, str(r.returncode), str(r.log))
+        console.print(table)
+        print(f"lesionlab experiment: {len(failed)} runs failed; see their logs, fix, and re-run to resume",
+              file=sys.stderr)
+        return 1
+    return 0
