@@ -81,11 +81,14 @@ class ModelConfig(Strict):
     pretrained: bool = True
     weights: Path | None = None  # a local safetensors / torch state dict; overrides the hub source
     head: Literal["linear", "simple", "conv", "mlp"] = "linear"
-    head_preset: str | None = None  # effv1..effv4 (DermaMNIST study)
+    head_preset: str | None = None  # effv1..effv4 (DermaMNIST study); see lesionlab.models.presets
     head_hidden: int = 64
-    dropout: float = 0.0
+    head_grid: int = 2  # `simple` head: the feature map is pooled to grid x grid before Flatten (2 = 64 px input)
+    dropout: float | None = None  # None: the head's own default (0.5 for `mlp`, 0 otherwise)
     fusion: Literal["none", "concat", "metablock"] = "none"
     fusion_hidden: int = 64
+    meta_dropout: float = 0.1  # training only: share of samples whose metadata is blanked (missing-value robustness)
+    freeze_bn: bool | None = None  # None: as the weights require (True for mobilenetv2_shared, folded BatchNorm)
     timm_kwargs: dict[str, Any] = {}
 
 
