@@ -39,7 +39,7 @@ def write_eval_dir(path: Path, frame: pd.DataFrame, synthetic: bool = False, boo
                 "training_data": "synthetic source, split 'lesion'"},
         "data": {"source": "synthetic" if synthetic else "ham10000", "synthetic": synthetic, "split": "test",
                  "split_name": "dermamnist_c", "split_hash": "0123abcd"},
-        "audit": {"verdict": "passed", "summary": "no lesion in two splits"},
+        "audit": {"status": "PASS", "verdict": "no lesion in two splits", "images_hashed": 10},
         "evaluation": {"tta": True, "temperature": 1.25, "temperature_source": "run.json", "created": "now"},
         "timing": {"device": "cpu (test CPU, 2 threads)", "tta": True, "ms_per_image_batch1": 4.2, "n_batch1": 8,
                    "ms_per_image_batched": 1.3, "batch_size": 64, "n_batched": len(y), "torch": "2"},

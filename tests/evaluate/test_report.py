@@ -28,7 +28,7 @@ def test_run_report_sections_and_self_contained(make_eval_dir: Callable[..., Pat
     assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched from the network
     assert "<script" not in html
     for text in ("CC BY-NC 4.0", "not a diagnostic device", "Fitzpatrick", "Dermoscopy only", "Seven classes",
-                 "hash 0123abcd", "passed: no lesion in two splits", "95% CI"):
+                 "hash 0123abcd", "PASS: no lesion in two splits", "95% CI"):
         assert text in html, text
     md = paths["markdown"].read_text()
     for title in ("### Metrics", "### Per-class metrics", "### Confusion matrix", "### Malignancy triage",

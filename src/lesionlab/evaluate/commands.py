@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     ev.add_argument("--timing-images", type=int, default=64, help="images timed at batch 1 and batched (0: skip)")
+    ev.add_argument("--audit", choices=["none", "lesions", "full"], default="lesions",
+                    help="leakage audit of the split for the model card: lesions (metadata, instant), full (also "
+                         "hashes every image for duplicates), none")
     ev.add_argument("--no-report", action="store_true", help="do not render report.html / report.md")
     ev.add_argument("--debug", action="store_true", help="show tracebacks")
     ev.set_defaults(func=cmd_evaluate)
@@ -93,7 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           calibrate=args.calibrate, target_sensitivity=args.target_sensitivity,
                           isic_csv=args.isic_csv, isic_images=args.isic_images, out_dir=args.out,
                           bootstrap=args.bootstrap, seed=args.seed, batch_size=args.batch_size, device=args.device,
-                          timing_images=args.timing_images, progress=sys.stderr.isatty())
+                          timing_images=args.timing_images, audit=args.audit, progress=sys.stderr.isatty())
     print_metrics(result.metrics)
     console = _console()
     console.print(f"predictions: {result.predictions_path}")

@@ -51,6 +51,7 @@ from lesionlab.evaluate.report import (
 )
 
 MODEL_CARD_FILE = "model_card.json"
+AUDIT_FILE = "audit.json"
 
 
 @dataclass
@@ -135,14 +136,26 @@ def _split_hash(source: Any) -> str | None:
     return split_hash(source.table)
 
 
-def _audit(source: Any) -> dict[str, Any] | None:
-    """The data layer's leakage audit of the split, as a dict (``None`` when the data layer has none)."""
-    try:
-        from lesionlab.data import audit_split
-    except ImportError:
+def audit_summary(audit: dict[str, Any]) -> dict[str, Any]:
+    """The compact part of the data layer's audit that metrics.json and the model card carry."""
+    return {"status": audit.get("status"), "verdict": audit.get("verdict"), "split": audit.get("split"),
+            "lesion_disjoint": audit.get("lesion_disjoint"), "split_sizes": audit.get("split_sizes"),
+            "images_hashed": audit.get("images_hashed"),
+            "exact_across": sum(bool(p.get("across")) for p in audit.get("exact") or []),
+            "near_across": sum(bool(p.get("across")) for p in audit.get("near") or []),
+            "known_across": sum(bool(p.get("across")) for p in audit.get("known") or [])}
+
+
+def run_audit(source: Any, mode: str, progress: bool) -> dict[str, Any] | None:
+    """The data layer's leakage audit of the split: ``lesions`` (metadata only, instant), ``full`` (also exact and
+    near-duplicate images, hashing every image) or ``none``."""
+    if mode == "none":
         return None
-    result = audit_split(source)
-    return result.to_dict() if hasattr(result, "to_dict") else dict(result)
+    if mode not in ("lesions", "full"):
+        raise ValueError(f"audit mode {mode!r} is not one of none, lesions, full")
+    from lesionlab.data import audit_split
+
+    return audit_split(source, hash_images=mode == "full", progress=progress).to_dict()
 
 
 def open_eval_source(run: Any, data_cfg: Any | None = None, isic_csv: Path | None = None,
@@ -186,8 +199,13 @@ def evaluate_run(run_dir: str | Path, data_cfg: Any | None = None, split: str | 
                  calibrate: bool = False, target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY,
                  isic_csv: str | Path | None = None, isic_images: str | Path | None = None,
                  out_dir: str | Path | None = None, bootstrap: int = 1000, seed: int = 0, batch_size: int = 64,
-                 device: str = "cpu", timing_images: int = 64, progress: bool = True) -> EvaluationResult:
-    """Score ``split`` of the run's data (or ``data_cfg``, or an ISIC set) and write the evaluation directory."""
+                 device: str = "cpu", timing_images: int = 64, audit: str = "lesions", progress: bool = True
+                 ) -> EvaluationResult:
+    """Score ``split`` of the run's data (or ``data_cfg``, or an ISIC set) and write the evaluation directory.
+
+    ``audit``: see :func:`run_audit`; the full audit is written to ``audit.json``, its summary into metrics.json.
+    An external ISIC set is not a split, so it is not audited.
+    """
     from lesionlab.runs import atomic_write_json, load_run, softmax_np
 
     run = load_run(run_dir, device=device)
@@ -214,7 +232,7 @@ def evaluate_run(run_dir: str | Path, data_cfg: Any | None = None, split: str | 
     context: dict[str, Any] = {
         "run": run_context(run),
         "data": source_context(source, eval_split, split_name, hash_),
-        "audit": _audit(source),
+        "audit": None,
         "evaluation": {"tta": use_tta, "temperature": temperature,
                        "temperature_source": "fitted on val (this evaluation)" if calibrate
                        else ("run.json" if temperature else "none (raw softmax)"),
@@ -235,6 +253,13 @@ def evaluate_run(run_dir: str | Path, data_cfg: Any | None = None, split: str | 
                            "fitted on val (this evaluation)" if calibrate else "run.json", context)
     out = Path(out_dir) if out_dir else default_out_dir(run.path, eval_split, external)
     out.mkdir(parents=True, exist_ok=True)
+    full_audit = None if external else run_audit(source, audit, progress)
+    if external:
+        doc["audit"] = {"status": "n/a", "verdict": "external test set, not a split of the training data; overlap "
+                                                    "with the training images was not checked"}
+    elif full_audit is not None:
+        doc["audit"] = audit_summary(full_audit)
+        atomic_write_json(out / AUDIT_FILE, full_audit)
     pred_path = write_predictions(frame, out / PREDICTIONS_FILE)
     metrics_path = atomic_write_json(out / METRICS_FILE, doc)
     card_path = atomic_write_json(out / MODEL_CARD_FILE, card_document(doc))

@@ -187,7 +187,7 @@ def load_images(source: Any, rows: np.ndarray, size: tuple[int, int] | None = No
         if cached_images is not None:
             cache = cached_images(source, tuple(size), resize, cache_dir=getattr(source, "cache_dir", None),
                                   progress=progress)
-            return [cache[int(i)] for i in rows]
+            return [np.array(cache[int(i)]) for i in rows]  # writable copies, detached from the memory map
     return [source.load_image(int(i)) for i in tqdm(rows, desc="reading images", disable=not progress)]
 
 

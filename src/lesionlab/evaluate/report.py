@@ -359,13 +359,13 @@ def _runtime_table(doc: dict[str, Any]) -> Table | None:
 
 def _audit_text(audit: Any) -> str:
     if not audit:
-        return "no audit available for this split (run `lesionlab data audit`)"
+        return "no audit available for this split (run `lesionlab data audit`, or evaluate with --audit)"
     if isinstance(audit, dict):
-        verdict = audit.get("verdict") or audit.get("status") or ("passed" if audit.get("ok") else None)
-        summary = audit.get("summary") or audit.get("message") or ""
-        if verdict is None and "ok" in audit:
-            verdict = "passed" if audit["ok"] else "failed"
-        return f"{verdict or 'see audit'}{': ' + str(summary) if summary else ''}"
+        status, verdict = audit.get("status"), audit.get("verdict")
+        text = ": ".join(str(v) for v in (status, verdict) if v) or "see audit.json"
+        if audit.get("images_hashed") == 0:
+            text += " (lesion overlap checked from metadata; images not hashed for duplicates)"
+        return text
     return str(audit)
 
 

@@ -1,0 +1,152 @@
+"""`lesionlab evaluate` end to end on a small real run directory and the synthetic data source.
+
+The run is a randomly initialised timm test network saved with ``save_run`` (training quality is irrelevant here:
+these tests check files, contracts, calibration storage and errors), evaluated on the lesion split of the
+synthetic set, on an ISIC-format external set made from the same images, and on a set with a foreign class.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from lesionlab.classes import CLASS_CODES, ISIC_COLUMNS
+from lesionlab.cli import main
+from lesionlab.config import load_config
+from lesionlab.evaluate.calibration import apply_temperature, fit_referral_threshold, fit_temperature
+from lesionlab.evaluate.predictions import arrays, read_predictions
+
+DATA = ["data.source=synthetic", "data.split=lesion", "data.synthetic_n=140", "data.synthetic_size=32",
+        "data.image_size=32"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved run on the synthetic source, with the split hash training would record."""
+    from lesionlab.data import open_source, split_hash
+    from lesionlab.data.transforms import Preprocessing
+    from lesionlab.models import create_model
+    from lesionlab.runs import save_run
+
+    cfg = load_config(None, ["model.name=test_efficientnet", "model.pretrained=false", "name=tiny", *DATA])
+    torch.manual_seed(0)
+    model = create_model(cfg.model).eval()
+    pre = Preprocessing(size=(32, 32), mean=model.data_config["mean"], std=model.data_config["std"])
+    source = open_source(cfg.data)
+    return save_run(tmp_path_factory.mktemp("runs") / "tiny", model, cfg, pre, None, split_hash(source.table),
+                    {"epoch": 1, "balanced_accuracy": 0.2})
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_evaluate_writes_predictions_metrics_card_report(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(run_dir), "--bootstrap", "50", "--timing-images", "6", "--no-tta"]) == 0
+    out = run_dir / "eval-test"
+    names = {p.name for p in out.iterdir()}
+    assert {"predictions.csv", "metrics.json", "model_card.json", "audit.json", "report.html", "report.md"} <= names
+    doc = _json(out / "metrics.json")
+    frame = read_predictions(out / "predictions.csv")
+    from lesionlab.data import open_source
+
+    table = open_source(load_config(None, DATA).data).table
+    test_ids = table.loc[table["split"] == "test", "image_id"].tolist()
+    assert doc["n"] == len(frame) and list(frame["image_id"]) == test_ids
+    assert doc["data"]["synthetic"] is True and doc["data"]["split"] == "test" and doc["data"]["kind"] == "synthetic"
+    assert doc["data"]["split_hash"] == doc["run"]["train_split_hash"] and "warning" not in doc["evaluation"]
+    assert doc["audit"]["status"] in ("PASS", "WARN") and doc["audit"]["lesion_disjoint"] is True
+    assert doc["timing"]["device"].startswith("cpu (") and doc["timing"]["ms_per_image_batch1"] > 0
+    assert set(doc["ci"]) == {"accuracy", "balanced_accuracy", "macro_f1", "macro_auc"}
+    assert doc["evaluation"]["tta"] is False and doc["evaluation"]["temperature"] is None
+    y, p = arrays(frame)
+    assert doc["accuracy"] == pytest.approx(float(np.mean(p.argmax(1) == y)))
+    card = _json(out / "model_card.json")
+    assert "not a diagnostic device" in card["intended_use"] and card["results"]["accuracy"]["ci95"] is not None
+    printed = capsys.readouterr().out
+    assert "Balanced accuracy" in printed and "ms/image at batch 1" in printed and "report.html" in printed
+
+
+def test_calibrate_fits_on_val_and_stores_in_run_json(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval-cal"
+    assert main(["evaluate", str(run_dir), "--calibrate", "--target-sensitivity", "0.8", "--bootstrap", "20",
+                 "--timing-images", "0", "--audit", "none", "--no-report", "--out", str(out)]) == 0
+    info = _json(run_dir / "run.json")
+    t, threshold = info["temperature"], info["referral_threshold"]
+    assert t > 0 and 0 <= threshold <= 1
+    assert info["calibration"]["split"] == "val" and info["referral"]["target_sensitivity"] == 0.8
+    doc = _json(out / "metrics.json")
+    assert doc["evaluation"]["temperature"] == t and doc["referral"]["threshold"] == threshold
+    assert doc["uncalibrated"]["ece"] is not None and doc["audit"] is None
+    # refit by hand on the validation split: same numbers, so nothing from the test split leaked in
+    assert main(["evaluate", str(run_dir), "--split", "val", "--bootstrap", "0", "--timing-images", "0",
+                 "--audit", "none", "--no-report", "--out", str(tmp_path / "val"), "--tta"]) == 0
+    val = read_predictions(tmp_path / "val" / "predictions.csv")
+    y, p_cal = arrays(val)
+    raw = apply_temperature(p_cal, 1.0 / t)  # undo the stored temperature
+    assert fit_temperature(y, raw)["temperature"] == pytest.approx(t, rel=1e-3)
+    assert fit_referral_threshold(y, p_cal, target_sensitivity=0.8)["threshold"] == pytest.approx(threshold,
+                                                                                                  rel=1e-4)
+
+
+def _isic_set(root: Path, extra_column: str | None = None, n: int = 20) -> tuple[Path, Path]:
+    from lesionlab.data import generate_synthetic
+
+    meta, pixels = generate_synthetic(n=n, seed=3, size=32)
+    images = root / "images"
+    images.mkdir(parents=True)
+    rows = []
+    for image_id, dx, px in zip(meta["image_id"], meta["dx"], pixels, strict=True):
+        Image.fromarray(px).save(images / f"{image_id}.png")
+        row = {"image": image_id, **{col: float(code == dx) for col, code in ISIC_COLUMNS.items()}}
+        if extra_column:
+            row[extra_column] = 0.0
+        rows.append(row)
+    csv = root / "GroundTruth.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    return csv, images
+
+
+def test_external_isic_set(run_dir: Path, tmp_path: Path) -> None:
+    csv, images = _isic_set(tmp_path / "isic")
+    assert main(["evaluate", str(run_dir), "--isic-csv", str(csv), "--isic-images", str(images), "--bootstrap",
+                 "20", "--timing-images", "2", "--no-report"]) == 0
+    doc = _json(run_dir / "eval-isic" / "metrics.json")
+    assert doc["n"] == 20 and doc["data"]["kind"] == "isic" and doc["audit"]["status"] == "n/a"
+    assert "ISIC Archive" in doc["data"]["licence"]
+    frame = read_predictions(run_dir / "eval-isic" / "predictions.csv")
+    assert sorted(frame["image_id"]) == sorted(p.stem for p in images.iterdir())
+
+
+def test_data_with_another_class_set_is_refused(run_dir: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    csv, images = _isic_set(tmp_path / "isic2019", extra_column="SCC")
+    assert main(["evaluate", str(run_dir), "--isic-csv", str(csv), "--isic-images", str(images)]) == 1
+    err = capsys.readouterr().err
+    assert "lesionlab evaluate: error:" in err and "SCC" in err and str(csv) in err
+    assert not (run_dir / "eval-isic2019").exists()
+
+
+def test_run_with_another_class_order_is_refused(run_dir: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    other = tmp_path / "shuffled"
+    shutil.copytree(run_dir, other)
+    info = _json(other / "run.json")
+    info["classes"] = list(reversed(CLASS_CODES))
+    (other / "run.json").write_text(json.dumps(info))
+    assert main(["evaluate", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert "class order" in err and "run.json" in err
+
+
+def test_isic_flags_must_come_together(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(run_dir), "--isic-csv", "gt.csv"]) == 1
+    assert "needs both --isic-csv and --isic-images" in capsys.readouterr().err
