@@ -150,3 +150,30 @@ def test_run_with_another_class_order_is_refused(run_dir: Path, tmp_path: Path,
 def test_isic_flags_must_come_together(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", str(run_dir), "--isic-csv", "gt.csv"]) == 1
     assert "needs both --isic-csv and --isic-images" in capsys.readouterr().err
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_evaluate_on_real_ham10000_test_split(shared_data: Path, tmp_path: Path) -> None:
+    """The DermaMNIST-C test split of the shared 64px HAM10000: 908 images, the README's class counts, audit PASS."""
+    from lesionlab.data.transforms import Preprocessing
+    from lesionlab.models import create_model
+    from lesionlab.runs import save_run
+
+    data = ["data.source=ham10000", f"data.metadata_csv={shared_data / 'ham10000' / 'HAM10000_metadata.csv'}",
+            f"data.image_dirs=[{shared_data / 'ham10000-64' / 'images'}]", "data.split=dermamnist_c",
+            "data.image_size=64"]
+    cfg = load_config(None, ["model.name=test_efficientnet", "model.pretrained=false", "name=real", *data])
+    torch.manual_seed(0)
+    model = create_model(cfg.model).eval()
+    pre = Preprocessing(size=(64, 64), mean=model.data_config["mean"], std=model.data_config["std"])
+    run = save_run(tmp_path / "real", model, cfg, pre, None, "not-the-eval-split", {"epoch": 0})
+    assert main(["evaluate", str(run), "--bootstrap", "50", "--timing-images", "8", "--no-tta"]) == 0
+    doc = _json(run / "eval-test" / "metrics.json")
+    assert doc["n"] == 908 and doc["data"]["synthetic"] is False
+    assert doc["class_counts"] == {"akiec": 26, "bcc": 28, "bkl": 71, "df": 8, "mel": 43, "nv": 719, "vasc": 13}
+    assert doc["audit"]["status"] == "PASS" and doc["audit"]["lesion_disjoint"] is True
+    assert "CC BY-NC 4.0" in doc["data"]["licence"]
+    assert "differs from the run's training split" in doc["evaluation"]["warning"]
+    html = (run / "eval-test" / "report.html").read_text()
+    assert "CC BY-NC 4.0" in html and "SYNTHETIC" not in html
