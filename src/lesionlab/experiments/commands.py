@@ -46,7 +46,7 @@ def _plan_table(plan: list, label_names: list[str]) -> Table:
     table.add_column("#", justify="right")
     for name in label_names:
         table.add_column(name)
-    table.add_column("run id")
+    table.add_column("run id", overflow="fold")
     table.add_column("state")
     for i, run in enumerate(plan):
         state = "[green]finished[/]" if run.is_finished else (

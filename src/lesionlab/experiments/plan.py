@@ -37,6 +37,15 @@ class PlannedRun:
     labels: dict[str, str]
     config: RunConfig = field(repr=False)
     fold: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # base + overrides only: what the config file says
+
+    def config_file_dict(self) -> dict[str, Any]:
+        """The run's config file content: the keys the grid sets, plus its name and output dir.
+
+        Not the fully resolved config: settings the grid leaves alone stay unset, so that the trainer can still
+        tell them from explicit ones (a head preset refuses to override an explicitly set head, for example).
+        """
+        return {**self.raw, "name": self.config.name, "output_dir": str(self.config.output_dir)}
 
     @property
     def run_dir(self) -> Path:
@@ -145,5 +154,5 @@ def expand(cfg: ExperimentConfig, base: dict[str, Any], where: str = "grid") -> 
                                   f"(hash {digest}); two axis levels set identical values")
             seen[digest] = labels
             run_cfg = run_cfg.model_copy(update={"name": run_id, "output_dir": runs_root})
-            plan.append(PlannedRun(run_id, overrides, labels, run_cfg, rep if repeat.kind == "fold" else None))
+            plan.append(PlannedRun(run_id, overrides, labels, run_cfg, rep if repeat.kind == "fold" else None, raw))
     return plan

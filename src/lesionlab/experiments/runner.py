@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lesionlab.config import dump_config
+import yaml
+
 from lesionlab.experiments.execute import Job, JobResult, run_jobs, shell_command, slurm_script, thread_env
 from lesionlab.experiments.grid import EvaluateSpec, ExperimentConfig
 from lesionlab.experiments.plan import PlannedRun, config_path
@@ -35,11 +36,11 @@ def log_path(run: PlannedRun) -> Path:
 
 
 def write_run_configs(plan: Sequence[PlannedRun], output_dir: Path) -> None:
-    """Write every run's resolved config (the file the train step reads)."""
+    """Write every run's config file (the one the train step reads; see :meth:`PlannedRun.config_file_dict`)."""
     for run in plan:
         path = config_path(output_dir, run.run_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = dump_config(run.config)
+        text = yaml.safe_dump(run.config_file_dict(), sort_keys=False)
         if not path.is_file() or path.read_text() != text:
             path.write_text(text)
 
