@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="leakage audit of the split for the model card: lesions (metadata, instant), full (also "
                          "hashes every image for duplicates), none")
     ev.add_argument("--no-report", action="store_true", help="do not render report.html / report.md")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     ev.add_argument("--debug", action="store_true", help="show tracebacks")
     ev.set_defaults(func=cmd_evaluate)
 
@@ -96,7 +97,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           calibrate=args.calibrate, target_sensitivity=args.target_sensitivity,
                           isic_csv=args.isic_csv, isic_images=args.isic_images, out_dir=args.out,
                           bootstrap=args.bootstrap, seed=args.seed, batch_size=args.batch_size, device=args.device,
-                          timing_images=args.timing_images, audit=args.audit, progress=sys.stderr.isatty())
+                          timing_images=args.timing_images, audit=args.audit,
+                          progress=sys.stderr.isatty() and not args.no_progress)
     print_metrics(result.metrics)
     console = _console()
     console.print(f"predictions: {result.predictions_path}")
