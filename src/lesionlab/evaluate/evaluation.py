@@ -80,12 +80,15 @@ def run_context(run: Any) -> dict[str, Any]:
     info = run.info
     model = info.get("model") or {}
     data_cfg = (info.get("config") or {}).get("data") or {}
+    data = info.get("data") or {}
     split = info.get("split") or {}
+    sizes = ", ".join(f"{data[k]} {k[2:]}" for k in ("n_train", "n_val") if data.get(k) is not None)
     return {"name": Path(run.path).name, "path": str(run.path), "model": model.get("name"),
             "parameters": model.get("parameters"), "head": model.get("head"), "fusion": model.get("fusion"),
             "created": info.get("created"), "classes": list(run.classes),
-            "training_data": f"{data_cfg.get('source', 'unknown')} source, split '{split.get('name', 'n/a')}' "
-                             f"(hash {split.get('hash') or 'n/a'})",
+            "training_data": f"{data.get('source') or data_cfg.get('source', 'unknown')}"
+                             f"{' (SYNTHETIC)' if data.get('synthetic') else ''}"
+                             f"{f'; {sizes} images' if sizes else ''}; split hash {split.get('hash') or 'n/a'}",
             "train_split_hash": split.get("hash")}
 
 

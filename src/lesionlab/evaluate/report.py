@@ -136,7 +136,7 @@ def fmt_ci(ci: dict[str, Any] | None) -> str:
 def png_data_uri(fig: Figure) -> str:
     """Encode a matplotlib figure as ``data:image/png;base64,...`` (no pyplot, no display needed)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -213,7 +213,10 @@ def curves_figure(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], kind
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right" if kind == "roc" else "lower left")
+    if kind == "roc":
+        ax.legend(fontsize=8, loc="lower right")
+    else:  # precision-recall curves fill any corner; keep the legend off the axes
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3)
     fig.tight_layout()
     return fig
 
@@ -233,8 +236,8 @@ def reliability_figure(y: np.ndarray, proba: np.ndarray, n_bins: int) -> Figure:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability diagram (top-label confidence, {n_bins} bins)")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"Reliability diagram (top-label confidence, {n_bins} bins)", pad=24)
+    ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, frameon=False)
     hist.bar(centers, bins["count"], width=width * 0.95, color="grey")
     hist.set_xlim(0, 1)
     hist.set_xlabel("confidence (max probability)")
