@@ -156,3 +156,23 @@ def test_report_in_headless_chromium(make_eval_dir: Callable[..., Path], tmp_pat
         finally:
             browser.close()
     assert (tmp_path / "report.png").stat().st_size > 50_000
+
+
+def test_cli_report_of_a_grid_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = _grid_rows().assign(n=908, ece_bins=15, **{"per_class.mel.tpr": 0.5})
+    tests = compare_groups(rows, "balanced_accuracy", by="image_size", within=["model"])
+    grid = tmp_path / "grid"
+    (grid / "tables").mkdir(parents=True)
+    rows.to_csv(grid / "results.csv", index=False)
+    (grid / "tests.json").write_text(json.dumps([t.to_dict() for t in tests]))
+    pd.DataFrame({"64": ["0.63 ± 0.01"], "224": ["0.71 ± 0.01"]}, index=pd.Index(["lite0"], name="model")).to_csv(
+        grid / "tables" / "00_balanced_accuracy.csv")
+    assert main(["report", str(grid)]) == 0
+    assert capsys.readouterr().out.strip() == str(grid / "report.html")
+    md = (grid / "report.md").read_text()
+    assert "| model | image_size | accuracy | balanced_accuracy |" in md  # n and ece_bins are not conditions
+    assert "### balanced accuracy" in md and "| lite0 | 0.63 ± 0.01 | 0.71 ± 0.01 |" in md
+    assert md.count("| Mann-Whitney U |") == 2
+    (grid / "tests.json").write_text('[{"test": "x"}]')
+    with pytest.raises(R.ReportError, match=r"tests\.json: cannot read saved tests"):
+        R.render_grid_dir(grid)

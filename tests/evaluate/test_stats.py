@@ -136,3 +136,12 @@ def test_compare_groups_within_models() -> None:
     assert results[0].detail["p_holm"] == pytest.approx(min(1.0, 2 * min(r.p_value for r in results)))
     with pytest.raises(S.StatsInputError, match="column 'seed' not in the runs table"):
         S.compare_groups(rows, "balanced_accuracy", by="seed")
+
+
+def test_test_result_round_trip() -> None:
+    y = np.r_[np.arange(7), np.random.default_rng(0).integers(0, 7, 100)]
+    res = S.paired_bootstrap(y, _model(y, 2.0, 1), _model(y, 1.0, 2), M.accuracy, "accuracy", n=50)
+    back = S.TestResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    assert back == res and str(back) == str(res)
+    with pytest.raises(S.StatsInputError, match="not a saved test result"):
+        S.TestResult.from_dict({"test": "x"})

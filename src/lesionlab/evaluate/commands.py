@@ -45,8 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--debug", action="store_true", help="show tracebacks")
     ev.set_defaults(func=cmd_evaluate)
 
-    rep = sub.add_parser("report", help="render the HTML + Markdown report of a run or evaluation directory")
-    rep.add_argument("path", type=Path, help="evaluation directory (metrics.json) or run directory (its eval*/)")
+    rep = sub.add_parser("report", help="render the HTML + Markdown report of a run, evaluation or grid directory")
+    rep.add_argument("path", type=Path, help="evaluation directory (metrics.json), run directory (its eval*/), or "
+                                             "an aggregated grid directory (results.csv, tests.json)")
     rep.add_argument("--out", type=Path, help="where to write report.html and report.md (default: beside metrics)")
     rep.add_argument("--debug", action="store_true", help="show tracebacks")
     rep.set_defaults(func=cmd_report)
@@ -154,9 +155,12 @@ def print_metrics(doc: dict[str, Any]) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Render and print the HTML path."""
-    from lesionlab.evaluate.report import render_run_report
+    from lesionlab.evaluate.report import GRID_RESULTS_FILE, render_grid_dir, render_run_report
 
-    paths = render_run_report(args.path, args.out)
+    if (args.path / GRID_RESULTS_FILE).is_file():
+        paths = render_grid_dir(args.path, args.out)
+    else:
+        paths = render_run_report(args.path, args.out)
     print(paths["html"])
     return 0
 

@@ -31,6 +31,7 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 HTML_FILE = "report.html"
 MARKDOWN_FILE = "report.md"
+GRID_RESULTS_FILE = "results.csv"
 
 INTENDED_USE = ("Assistive decision support for clinicians who already examine dermoscopy images: a second opinion "
                 "and a triage aid that suggests which lesions to refer. It is not a diagnostic device, has not been "
@@ -441,10 +442,15 @@ def run_report(doc: dict[str, Any], predictions: pd.DataFrame) -> Document:
 # ----------------------------------------------------------------------------------------- grid document
 
 
+#: Top-level scalar keys of metrics.json: never condition labels, even when a CSV round trip makes them integers.
+METRIC_KEYS = frozenset({"n", "accuracy", "error_rate", "balanced_accuracy", "macro_f1", "macro_auc", "macro_ap",
+                         "macro_gmean", "ece", "ece_bins", "nll", "brier"})
+
+
 def _group_columns(rows: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
-    skip = {"run_id", "run", "seed", "fold", "path", *metrics}
-    return [c for c in rows.columns if c not in skip and "." not in c
-            and not pd.api.types.is_float_dtype(rows[c])]
+    """Condition labels: columns that are neither ids, repeats, metrics nor dotted metric leaves."""
+    skip = {"run_id", "run", "seed", "fold", "path", *metrics, *METRIC_KEYS}
+    return [c for c in rows.columns if c not in skip and "." not in c and not pd.api.types.is_float_dtype(rows[c])]
 
 
 def tests_table(tests: Sequence[TestResult]) -> Table:
@@ -601,6 +607,26 @@ def render_run_report(path: str | Path, out_dir: str | Path | None = None) -> di
     doc = read_metrics_doc(eval_dir / METRICS_FILE)
     predictions = read_predictions(eval_dir / PREDICTIONS_FILE, doc["classes"])
     return write_report(run_report(doc, predictions), out_dir or eval_dir)
+
+
+def render_grid_dir(path: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Report of an aggregated grid directory (``results.csv``, optional ``tests.json`` and ``tables/*.csv``)."""
+    path = Path(path)
+    results = path / GRID_RESULTS_FILE
+    try:
+        rows = pd.read_csv(results)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ReportError(f"{results}: not a readable CSV ({err})") from None
+    tests: list[TestResult] = []
+    tests_file = path / "tests.json"
+    if tests_file.is_file():
+        try:
+            tests = [TestResult.from_dict(t) for t in json.loads(tests_file.read_text(encoding="utf-8"))]
+        except (json.JSONDecodeError, TypeError, ValueError) as err:
+            raise ReportError(f"{tests_file}: cannot read saved tests ({err})") from None
+    tables = {p.stem.split("_", 1)[-1].replace("_", " "): pd.read_csv(p, index_col=0)
+              for p in sorted((path / "tables").glob("*.csv"))}
+    return render_grid_report(rows, tests, out_dir or path, title=f"Experiment grid: {path.name}", tables=tables)
 
 
 def render_grid_report(rows: pd.DataFrame, tests: Sequence[TestResult], out_dir: str | Path,

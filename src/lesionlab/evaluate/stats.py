@@ -66,6 +66,17 @@ class TestResult:
             text += f" ({self.detail['effect_undefined']})"
         return f"{self.label}: {text}" if self.label else text
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TestResult:
+        """Inverse of :meth:`to_dict` (``text`` is recomputed), so saved tests can be reported again."""
+        fields = {k: v for k, v in data.items() if k != "text"}
+        if fields.get("ci") is not None:
+            fields["ci"] = tuple(fields["ci"])
+        try:
+            return cls(**fields)
+        except TypeError as err:
+            raise StatsInputError(f"not a saved test result ({err})") from None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the grid report and experiment tables store it)."""
         out = asdict(self)
