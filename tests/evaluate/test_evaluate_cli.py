@@ -60,7 +60,7 @@ def test_evaluate_writes_predictions_metrics_card_report(run_dir: Path, capsys: 
     test_ids = table.loc[table["split"] == "test", "image_id"].tolist()
     assert doc["n"] == len(frame) and list(frame["image_id"]) == test_ids
     assert doc["data"]["synthetic"] is True and doc["data"]["split"] == "test" and doc["data"]["kind"] == "synthetic"
-    assert doc["data"]["split_hash"] == doc["run"]["train_split_hash"] and "warning" not in doc["evaluation"]
+    assert doc["data"]["split_hash"] == doc["run"]["train_split_hash"] and doc["evaluation"]["warnings"] == []
     assert doc["audit"]["status"] in ("PASS", "WARN") and doc["audit"]["lesion_disjoint"] is True
     assert doc["timing"]["device"].startswith("cpu (") and doc["timing"]["ms_per_image_batch1"] > 0
     assert set(doc["ci"]) == {"accuracy", "balanced_accuracy", "macro_f1", "macro_auc"}
@@ -174,6 +174,6 @@ def test_evaluate_on_real_ham10000_test_split(shared_data: Path, tmp_path: Path)
     assert doc["class_counts"] == {"akiec": 26, "bcc": 28, "bkl": 71, "df": 8, "mel": 43, "nv": 719, "vasc": 13}
     assert doc["audit"]["status"] == "PASS" and doc["audit"]["lesion_disjoint"] is True
     assert "CC BY-NC 4.0" in doc["data"]["licence"]
-    assert "differs from the run's training split" in doc["evaluation"]["warning"]
+    assert "differs from the run's training split" in doc["evaluation"]["warnings"][0]
     html = (run / "eval-test" / "report.html").read_text()
-    assert "CC BY-NC 4.0" in html and "SYNTHETIC" not in html
+    assert "CC BY-NC 4.0" in html and "SYNTHETIC" not in html and "may have been seen in training" in html

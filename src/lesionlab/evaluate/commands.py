@@ -149,8 +149,8 @@ def print_metrics(doc: dict[str, Any]) -> None:
                       f"{t['ms_per_image_batched']:.2f} ms/image at batch {t['batch_size']} (tta {fmt(t['tta'])})")
     for key, reason in (doc.get("undefined") or {}).items():
         console.print(f"[yellow]undefined[/yellow] {key}: {reason}")
-    if ev.get("warning"):
-        console.print(f"[bold red]warning[/bold red]: {ev['warning']}")
+    for warning in ev.get("warnings") or []:
+        console.print(f"[bold red]warning[/bold red]: {warning}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

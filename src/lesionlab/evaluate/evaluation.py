@@ -240,12 +240,17 @@ def evaluate_run(run_dir: str | Path, data_cfg: Any | None = None, split: str | 
                        "temperature_source": "fitted on val (this evaluation)" if calibrate
                        else ("run.json" if temperature else "none (raw softmax)"),
                        "bootstrap": bootstrap, "seed": seed, "created": now(),
-                       "lesionlab_version": run.info.get("lesionlab_version"), "device": str(run.device)},
+                       "lesionlab_version": run.info.get("lesionlab_version"), "device": str(run.device),
+                       "warnings": []},
         **extra,
     }
     if not external and hash_ and context["run"]["train_split_hash"] and hash_ != context["run"]["train_split_hash"]:
-        context["evaluation"]["warning"] = (f"split hash {hash_} differs from the run's training split "
-                                            f"{context['run']['train_split_hash']}: test images may have been seen")
+        context["evaluation"]["warnings"].append(f"split hash {hash_} differs from the run's training split "
+                                                 f"{context['run']['train_split_hash']}: test images may have been "
+                                                 "seen in training")
+    if calibrate and eval_split == "val" and not external:
+        context["evaluation"]["warnings"].append("temperature and referral threshold were fitted on this same "
+                                                 "validation split: its calibration figures are optimistic")
     if timing_images > 0:
         timed = rows[:timing_images]
         prep = run.preprocessing

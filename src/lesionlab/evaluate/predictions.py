@@ -263,7 +263,8 @@ def time_inference(run: Any, images: Sequence[Any], metas: list[dict[str, Any]] 
                    batch_size: int = 64, n_single: int = 32, warmup: int = 3) -> dict[str, Any]:
     """Milliseconds per image at batch 1 (median over ``n_single`` images) and batched (one pass over ``images``).
 
-    Preprocessing is included (it is part of serving one image); the first ``warmup`` calls are not timed.
+    The run's preprocessing of the given (decoded) images is included, decoding is not; the first ``warmup``
+    calls are not timed.
     """
     if not len(images):
         raise PredictionsError("no images to time")

@@ -358,7 +358,9 @@ def _runtime_table(doc: dict[str, Any]) -> Table | None:
             ["ms / image, batch 1 (median)", f"{t['ms_per_image_batch1']:.2f} (n={t.get('n_batch1')})"],
             [f"ms / image, batch {t.get('batch_size')}", f"{t['ms_per_image_batched']:.2f} (n={t.get('n_batched')})"],
             ["torch", str(t.get("torch"))]]
-    return Table("Runtime", "table-runtime", ["quantity", "value"], rows, "Includes preprocessing of each image.")
+    return Table("Runtime", "table-runtime", ["quantity", "value"], rows,
+                 "Model forward passes plus the run's preprocessing (resize check, normalisation) of already decoded "
+                 "images; JPEG decoding is not included. Other jobs may have shared the machine.")
 
 
 def _audit_text(audit: Any) -> str:
@@ -412,6 +414,7 @@ def run_report(doc: dict[str, Any], predictions: pd.DataFrame) -> Document:
     warnings = []
     if data.get("synthetic"):
         warnings.append("Evaluated on SYNTHETIC images: these numbers test the software, not clinical performance.")
+    warnings += [str(w) for w in (doc.get("evaluation") or {}).get("warnings") or []]
     if doc.get("absent_classes"):
         warnings.append(f"Classes absent from this split: {', '.join(doc['absent_classes'])}; their sensitivity, "
                         "AUC and AP are undefined (n/a) and the macro averages leave them out.")
