@@ -33,10 +33,15 @@ def time_calls(fn: Callable[[], object], runs: int = 50, warmup: int = 5) -> dic
 
 
 def model_latency(model: torch.nn.Module, size: tuple[int, int], meta_dim: int = 0, runs: int = 50,
-                  warmup: int = 5, threads: int = 2, workdir: str | Path | None = None) -> dict[str, Any]:
-    """Batch-1 latency of ``model`` in PyTorch eager and in ONNX Runtime (exported here), plus their agreement."""
+                  warmup: int = 5, threads: int = 2, workdir: str | Path | None = None,
+                  int8_feeds: list[dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
+    """Batch-1 latency of ``model`` in PyTorch eager and in ONNX Runtime (exported here), plus their agreement.
+
+    With ``int8_feeds`` (calibration inputs) an int8 ONNX Runtime variant is measured too, with its logit difference
+    from PyTorch on the benchmark input.
+    """
     from lesionlab.serve.backend import ort_session
-    from lesionlab.serve.onnx_export import export_module
+    from lesionlab.serve.onnx_export import export_module, quantize_int8
 
     torch.set_num_threads(threads)
     model = model.eval()
@@ -54,9 +59,15 @@ def model_latency(model: torch.nn.Module, size: tuple[int, int], meta_dim: int =
             feeds["meta"] = meta.numpy()
         ort = time_calls(lambda: session.run(None, feeds), runs, warmup)
         got = session.run(None, feeds)[0]
-    return {"size": list(size), "threads": threads, "eager_ms": eager, "onnxruntime_ms": ort,
-            "speedup_p50": eager["p50"] / ort["p50"], "max_abs_logit_diff": float(np.abs(ref - got).max()),
-            "torch": torch.__version__, "onnxruntime": _ort_version()}
+        result = {"size": list(size), "threads": threads, "eager_ms": eager, "onnxruntime_ms": ort,
+                  "speedup_p50": eager["p50"] / ort["p50"], "max_abs_logit_diff": float(np.abs(ref - got).max()),
+                  "torch": torch.__version__, "onnxruntime": _ort_version()}
+        if int8_feeds:
+            q_path = quantize_int8(path, Path(tmp) / "model.int8.onnx", int8_feeds)
+            q_session = ort_session(q_path, threads)
+            result["onnxruntime_int8_ms"] = time_calls(lambda: q_session.run(None, feeds), runs, warmup)
+            result["int8_max_abs_logit_diff"] = float(np.abs(ref - q_session.run(None, feeds)[0]).max())
+    return result
 
 
 def _ort_version() -> str:

@@ -136,7 +136,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         table = Table(title=f"batch-1 latency, {result['model']} at {result['size']}, {args.threads} threads (ms)")
         for col in ("backend", "p50", "p95", "min"):
             table.add_column(col, justify="right")
-        for key, name in (("eager_ms", "PyTorch eager"), ("onnxruntime_ms", "ONNX Runtime")):
+        for key, name in (("eager_ms", "PyTorch eager"), ("onnxruntime_ms", "ONNX Runtime"),
+                          ("onnxruntime_int8_ms", "ONNX Runtime int8")):
+            if key not in result:
+                continue
             r = result[key]
             table.add_row(name, f"{r['p50']:.2f}", f"{r['p95']:.2f}", f"{r['min']:.2f}")
         console.print(table)
@@ -180,8 +183,26 @@ def _bench_latency(args: argparse.Namespace) -> dict[str, Any]:
 
         model = create_model(ModelConfig(name=args.arch, pretrained=False), num_classes=7)
         size, meta_dim, name = (args.size, args.size), 0, f"{args.arch} (random weights)"
-    result = model_latency(model, size, meta_dim, runs=args.runs, threads=args.threads)
+        run = None
+    feeds = None
+    if args.int8:
+        feeds = _int8_feeds(run, model, size, args.calibration)
+    result = model_latency(model, size, meta_dim, runs=args.runs, threads=args.threads, int8_feeds=feeds)
     return {"model": name, **result}
+
+
+def _int8_feeds(run: Any, model: Any, size: tuple[int, int], count: int) -> list[Any]:
+    """Calibration inputs for int8: real images through the run's preprocessing (or the model's normalisation)."""
+    from types import SimpleNamespace
+
+    from lesionlab.data.transforms import Preprocessing
+    from lesionlab.serve.onnx_export import calibration_feeds, parity_images
+
+    images, _ = parity_images(limit=count)
+    if run is None:
+        pre = Preprocessing(size=size, mean=model.data_config["mean"], std=model.data_config["std"])
+        run = SimpleNamespace(preprocessing=pre, meta_encoder=None, info={}, model=model)
+    return calibration_feeds(run, images)
 
 
 def _bench_image(args: argparse.Namespace) -> tuple[bytes, str]:
@@ -298,5 +319,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--max-seconds", type=float, default=300.0, help="load test wall-clock bound")
     p.add_argument("--onnx", action="store_true", help="load test: serve with ONNX Runtime")
+    p.add_argument("--int8", action="store_true", help="latency: also an int8 ONNX Runtime model (static quantisation)")
+    p.add_argument("--calibration", type=int, default=32, help="latency --int8: calibration images")
     _limit_args(p)
     p.set_defaults(func=cmd_bench)

@@ -17,21 +17,25 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
+MIN_CAM_CELLS = 4  # smallest side of the feature map Grad-CAM is taken from, when the network has one that size
+
 
 def find_target_layer(model: torch.nn.Module, example: torch.Tensor, meta: torch.Tensor | None = None
                       ) -> tuple[str, torch.nn.Module]:
-    """The last module, in execution order, that outputs a 4-D feature map: the usual Grad-CAM layer.
+    """The Grad-CAM layer: the last module, in execution order, whose 4-D output is at least 4x4 cells.
 
     Found by running the model once with forward hooks rather than by name, so it works for every timm family
-    (EfficientNet ``bn2``, ResNet ``layer4``, MobileNet ``bn2``, ...) without a table of layer names.
+    without a table of layer names. Usually that is the last convolutional stage (EfficientNet ``bn2``, ResNet
+    ``layer4``); at small inputs (64 px gives Lite0 a 2x2 final map) it is the last stage that still has 4x4 cells,
+    a little less class-specific but not a single blurred blob. Pooling layers (1x1 outputs) never qualify.
     """
     root = getattr(model, "backbone", model)
     names = {m: n for n, m in root.named_modules() if n}
-    finished: list[torch.nn.Module] = []
+    finished: list[tuple[torch.nn.Module, int]] = []
 
     def hook(module: torch.nn.Module, _inp: object, out: object) -> None:
         if isinstance(out, torch.Tensor) and out.dim() == 4:
-            finished.append(module)
+            finished.append((module, min(int(out.shape[-2]), int(out.shape[-1]))))
 
     handles = [m.register_forward_hook(hook) for m in names]
     try:
@@ -42,7 +46,11 @@ def find_target_layer(model: torch.nn.Module, example: torch.Tensor, meta: torch
             h.remove()
     if not finished:
         raise ValueError(f"{type(model).__name__}: no layer outputs a 4-D feature map; Grad-CAM needs a CNN")
-    layer = finished[-1]
+    for minimum in (MIN_CAM_CELLS, 2, 1):
+        chosen = [m for m, cells in finished if cells >= minimum]
+        if chosen:
+            layer = chosen[-1]
+            break
     prefix = "backbone." if root is not model else ""
     return prefix + names[layer], layer
 
@@ -121,7 +129,8 @@ def overlay_png(cam: np.ndarray, max_side: int = 512, colormap: str = "jet") -> 
         cam = np.asarray(Image.fromarray(cam.astype(np.float32)).resize(size, Image.Resampling.BILINEAR))
     cam = np.clip(cam, 0.0, 1.0)
     rgba = colormaps[colormap](cam)  # [H, W, 4] floats
-    rgba[..., 3] = 0.65 * np.clip(cam, 0.0, 1.0) ** 0.7  # cold regions stay see-through
+    ramp = np.clip((cam - 0.2) / 0.8, 0.0, 1.0)  # the weakest fifth fully transparent, the lesion stays visible
+    rgba[..., 3] = 0.65 * ramp * ramp * (3 - 2 * ramp)  # smoothstep: no hard edge where the overlay starts
     buf = io.BytesIO()
     Image.fromarray((rgba * 255).round().astype(np.uint8)).save(buf, format="PNG", optimize=False)
     return buf.getvalue()

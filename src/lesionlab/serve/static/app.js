@@ -84,7 +84,7 @@ function renderBars(probabilities, topCodes) {
     const li = document.createElement("li");
     li.className = "bar" + (c.malignant ? " malignant" : "") + (topCodes.includes(c.code) ? " top" : "");
     li.dataset.code = c.code;
-    li.innerHTML = `<span class="label"><b></b> <span class="name"></span> <em></em></span>
+    li.innerHTML = `<span class="label"><b></b> <em></em> <span class="name"></span></span>
       <span class="track"><span class="fill"></span></span><span class="value"></span>`;
     li.querySelector("b").textContent = c.code;
     li.querySelector(".name").textContent = c.name;

@@ -1,0 +1,131 @@
+"""End to end in Debian's headless chromium: the clinician page uploads an image and shows bars, heatmap, referral.
+
+Screenshots at desktop and phone width go to the test's temporary folder, or to ``$LESIONLAB_SCREENSHOTS`` when
+set (to look at them).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from lesionlab.runs import load_run
+from lesionlab.serve.app import create_app
+from lesionlab.serve.bench import synthetic_lesion
+from lesionlab.serve.loadtest import serve_in_thread
+from lesionlab.serve.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (make browser) to run the browser tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(meta_run: Path) -> Iterator[str]:
+    with serve_in_thread(create_app(load_run(meta_run), ServeSettings())) as base:
+        yield base
+
+
+def _lesion_image(real_image_paths: list[Path], tmp_path: Path) -> Path:
+    if real_image_paths:
+        mel = [p for p in real_image_paths if "mel" in p.name.lower()]
+        return (mel or real_image_paths)[0]
+    path = tmp_path / "synthetic_lesion.jpg"
+    synthetic_lesion((600, 450)).save(path, quality=92)
+    return path
+
+
+def _shots(tmp_path: Path) -> Path:
+    out = Path(os.environ.get("LESIONLAB_SCREENSHOTS", tmp_path))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@pytest.mark.parametrize(("name", "viewport"), [("desktop", {"width": 1280, "height": 900}),
+                                                ("phone", {"width": 390, "height": 844})])
+def test_upload_shows_bars_heatmap_referral_and_disclaimer(browser: Browser, server: str,
+                                                           real_image_paths: list[Path], tmp_path: Path, name: str,
+                                                           viewport: dict) -> None:
+    page = browser.new_page(viewport=viewport)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server + "/")
+    disclaimer = page.get_by_test_id("intended-use")
+    assert disclaimer.is_visible() and "Intended use" in disclaimer.inner_text()  # before any script ran
+    page.wait_for_function("document.querySelectorAll('#site option').length > 10")
+    assert "not a diagnostic device" in disclaimer.inner_text()  # the model card's own wording
+    assert "lower extremity" in page.locator("#site").inner_text()
+
+    page.get_by_test_id("file").set_input_files(str(_lesion_image(real_image_paths, tmp_path)))
+    page.get_by_test_id("age").fill("62")
+    page.get_by_test_id("sex").select_option("male")
+    page.get_by_test_id("site").select_option("back")
+    page.get_by_test_id("submit").click()
+    page.get_by_test_id("result").wait_for(state="visible", timeout=60_000)
+
+    bars = page.locator("#bars li")
+    assert bars.count() == 7
+    widths = [float(b.locator(".fill").evaluate("e => e.getBoundingClientRect().width")) for b in bars.all()]
+    assert widths == sorted(widths, reverse=True) and widths[0] > 0
+    heatmap = page.get_by_test_id("heatmap")
+    heatmap.wait_for(state="visible")
+    assert heatmap.evaluate("e => e.naturalWidth") > 0
+    photo_box = page.locator("#photo").bounding_box()
+    heat_box = heatmap.bounding_box()
+    assert abs(photo_box["width"] - heat_box["width"]) < 2 and abs(photo_box["height"] - heat_box["height"]) < 2
+    referral = page.get_by_test_id("referral").inner_text()
+    assert "threshold 30.0%" in referral and "fitted on validation data" in referral
+    assert disclaimer.is_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]  # no sideways scrolling
+    shots = _shots(tmp_path)
+    page.screenshot(path=str(shots / f"serve-{name}.png"), full_page=True)
+
+    page.get_by_test_id("overlay-toggle").uncheck()
+    assert heatmap.is_hidden()
+    page.get_by_test_id("overlay-toggle").check()
+    assert heatmap.is_visible()
+    assert errors == []
+    page.close()
+
+
+def test_bad_input_shows_the_services_message(browser: Browser, server: str, tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(server + "/")
+    page.wait_for_function("document.querySelectorAll('#site option').length > 10")
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("these are notes, not a picture")
+    page.get_by_test_id("file").set_input_files(str(notes))
+    page.get_by_test_id("submit").click()
+    error = page.get_by_test_id("error")
+    error.wait_for(state="visible")
+    assert "notes.jpg" in error.inner_text() and "not a readable image" in error.inner_text()
+    lesion = tmp_path / "lesion.jpg"
+    synthetic_lesion((300, 225)).save(lesion)
+    page.get_by_test_id("file").set_input_files(str(lesion))
+    page.get_by_test_id("age").fill("150")
+    page.get_by_test_id("submit").click()
+    page.wait_for_function("document.getElementById('error').textContent.includes('150')")
+    assert "(field: age)" in error.inner_text()
+    assert page.get_by_test_id("result").is_hidden()
+    page.close()

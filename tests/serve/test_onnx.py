@@ -1,0 +1,82 @@
+"""ONNX export: inputs as documented, parity with PyTorch, and the service answering the same through ONNX Runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from fastapi.testclient import TestClient
+
+from lesionlab.classes import CLASS_CODES
+from lesionlab.cli import main
+from lesionlab.runs import load_run
+from lesionlab.serve.app import create_app
+from lesionlab.serve.bench import jpeg_bytes, synthetic_lesion
+from lesionlab.serve.onnx_export import PARITY_TOL, export_onnx, onnx_classes, parity, parity_images
+from lesionlab.serve.settings import ServeSettings
+
+
+@pytest.mark.parametrize(("fixture", "inputs"), [("image_run", ["image"]), ("meta_run", ["image", "meta"])])
+def test_export_has_documented_inputs_and_dynamic_batch(fixture: str, inputs: list[str], tmp_path: Path,
+                                                        request: pytest.FixtureRequest) -> None:
+    run = load_run(request.getfixturevalue(fixture))
+    path = export_onnx(run, tmp_path / "m.onnx")
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == inputs
+    image = graph.input[0].type.tensor_type.shape.dim
+    assert image[0].dim_param == "batch" and [d.dim_value for d in image[1:]] == [3, 64, 64]
+    if "meta" in inputs:
+        assert graph.input[1].type.tensor_type.shape.dim[1].dim_value == run.meta_encoder.dim
+    assert [o.name for o in graph.output] == ["logits"]
+    assert onnx_classes(path) == list(CLASS_CODES)
+
+
+@pytest.mark.parametrize("fixture", ["image_run", "meta_run"])
+def test_parity_on_synthetic_images(fixture: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    run = load_run(request.getfixturevalue(fixture))
+    path = export_onnx(run, tmp_path / "m.onnx")
+    images = [synthetic_lesion(seed=i) for i in range(5)]
+    rows = [{"age": 30.0 + 10 * i, "sex": "female", "site": "back"} for i in range(5)]
+    result = parity(run, path, images, rows)
+    assert result["max_abs_prob_diff"] < PARITY_TOL and result["top1_agreement"] == 1.0
+
+
+@pytest.mark.realdata
+def test_parity_on_real_images(shared_data: Path, meta_run: Path, tmp_path: Path) -> None:
+    run = load_run(meta_run)
+    path = export_onnx(run, tmp_path / "m.onnx")
+    images, source = parity_images(limit=32)
+    assert "real HAM10000" in source and len(images) == 32
+    result = parity(run, path, images)
+    assert result["max_abs_prob_diff"] < PARITY_TOL, result
+
+
+def test_service_on_onnx_runtime_answers_like_pytorch(meta_run: Path, tmp_path: Path) -> None:
+    run = load_run(meta_run)
+    path = export_onnx(run, tmp_path / "m.onnx")
+    files = {"image": ("l.jpg", jpeg_bytes(synthetic_lesion((200, 150))), "image/jpeg")}
+    data = {"age": "60", "sex": "male", "site": "trunk", "explain": "true"}
+    answers = {}
+    for backend, settings in (("torch", ServeSettings()), ("onnxruntime", ServeSettings(onnx_path=str(path)))):
+        with TestClient(create_app(run, settings)) as client:
+            body = client.post("/v1/predict", files=files, data=data).json()
+            assert body["model"]["backend"] == backend
+            assert body["heatmap"]["png_base64"]  # Grad-CAM still available (computed with the torch model)
+            answers[backend] = [c["probability"] for c in body["probabilities"]]
+    assert max(abs(a - b) for a, b in zip(answers["torch"], answers["onnxruntime"], strict=True)) < PARITY_TOL
+
+
+def test_onnx_file_for_another_input_layout_is_refused(image_run: Path, meta_run: Path, tmp_path: Path) -> None:
+    image_only = export_onnx(load_run(image_run), tmp_path / "image-only.onnx")
+    with pytest.raises(ValueError, match="meta"):
+        create_app(load_run(meta_run), ServeSettings(onnx_path=str(image_only)))
+
+
+def test_export_command_writes_into_the_run_and_checks_parity(image_run: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "exported.onnx"
+    assert main(["export", str(image_run), "--onnx", "--out", str(out)]) == 0
+    assert out.is_file() and str(out) in capsys.readouterr().out
+    assert main(["export", str(image_run)]) == 1  # no format chosen: a clear error, not a traceback
+    assert "--onnx" in capsys.readouterr().err

@@ -1,0 +1,37 @@
+"""A newcomer's path in miniature: train the smoke config, calibrate it, serve it, upload an image, get a heatmap."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from lesionlab.cli import main
+from lesionlab.serve.app import create_app
+from lesionlab.serve.bench import jpeg_bytes, synthetic_lesion
+from lesionlab.serve.settings import ServeSettings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_train_calibrate_serve_predict(tmp_path: Path, real_image_paths: list[Path]) -> None:
+    run = tmp_path / "smoke"
+    assert main(["train", "--config", str(REPO / "configs" / "smoke.yaml"), "--run-dir", str(run),
+                 "--no-progress"]) == 0
+    assert main(["evaluate", str(run), "--calibrate", "--no-report", "--bootstrap", "50",
+                 "--timing-images", "0"]) == 0
+    image = real_image_paths[0].read_bytes() if real_image_paths else jpeg_bytes(synthetic_lesion())
+    with TestClient(create_app(run, ServeSettings())) as client:
+        body = client.post("/v1/predict", files={"image": ("lesion.jpg", image, "image/jpeg")},
+                           data={"age": "45", "sex": "female", "site": "back", "explain": "true"}).json()
+        card = client.get("/v1/model").json()
+    assert body["referral"]["threshold_source"] == "validation" and body["temperature"] > 0
+    assert card["evaluation_source"] == "eval-test" and card["evaluation"]["results"]["accuracy"]["value"] > 0
+    heatmap = Image.open(io.BytesIO(base64.b64decode(body["heatmap"]["png_base64"])))
+    assert heatmap.getchannel("A").getextrema()[1] > 0  # a pretrained backbone gives a non-empty map
+    assert main(["export", str(run), "--onnx"]) == 0 and (run / "model.onnx").is_file()
