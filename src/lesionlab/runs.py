@@ -1,0 +1,392 @@
+"""The run directory: one folder that *is* the checkpoint of a trained model.
+
+``runs/<name>/`` holds ``model.safetensors`` (the weights) and ``run.json`` (architecture, timm kwargs, class codes
+in order, preprocessing, the fitted metadata encoder, the resolved training config, the split hash, the best
+validation metrics and, once evaluation fits them, temperature and referral threshold), plus ``config.yaml`` and the
+per-epoch ``history.csv`` / ``history.json``. Evaluation, the service and the reader study load models only through
+:func:`load_run`, so they always score with the preprocessing that training used.
+
+Every write is atomic (temporary file + ``os.replace``): a run killed mid-write keeps its previous complete files.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lesionlab.classes import CLASS_CODES, check_class_order
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+INFO_FILE = "run.json"
+CONFIG_FILE = "config.yaml"
+HISTORY_CSV = "history.csv"
+HISTORY_JSON = "history.json"
+
+
+class RunError(ValueError):
+    """A run directory that cannot be read or written; the message names the file."""
+
+
+# ------------------------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path`` and rename it into place, so readers never see half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:  # flush to disk before the rename makes the file visible
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically (UTF-8)."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically; NaN/inf become null so every reader can parse the file."""
+    return atomic_write_text(path, json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
+
+
+def atomic_save_state_dict(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+                           ) -> Path:
+    """Save tensors as safetensors atomically (contiguous CPU copies; shared storage is split)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON types: numpy scalars/arrays, paths and tuples converted; non-finite floats become None."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def model_info(model: torch.nn.Module, model_cfg: Any) -> dict[str, Any]:
+    """The architecture part of ``run.json``: enough to rebuild the module with ``create_model`` and no download."""
+    cfg = model_cfg.model_dump(mode="json") if hasattr(model_cfg, "model_dump") else dict(model_cfg)
+    spec = getattr(model, "spec", None)
+    weights = getattr(model, "weights", None)
+    return {
+        "name": cfg.get("name"),
+        "timm_name": getattr(spec, "timm_name", cfg.get("name")),
+        "timm_kwargs": {**dict(getattr(spec, "timm_kwargs", {}) or {}), **dict(cfg.get("timm_kwargs") or {})},
+        "head": cfg.get("head"),
+        "head_preset": cfg.get("head_preset"),
+        "fusion": cfg.get("fusion"),
+        "meta_dim": int(getattr(model, "meta_dim", 0) or 0),
+        "num_features": getattr(model, "num_features", None),
+        "feature_kind": getattr(model, "feature_kind", None),
+        "pretrained_weights": weights.describe() if hasattr(weights, "describe") else None,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "config": cfg,
+    }
+
+
+def save_run(run_dir: str | Path, model: torch.nn.Module, cfg: Any, preprocessing: Any, meta_encoder: Any,
+             split_hash: str, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+    """Write weights and ``run.json`` (plus ``config.yaml``) into ``run_dir``; returns the directory.
+
+    ``cfg`` is the resolved :class:`~lesionlab.config.RunConfig`; ``metrics`` the best validation metrics (with
+    ``epoch``); ``extra`` adds or overrides top-level ``run.json`` fields (``data``, ``training``, ...).
+    The weights are written first, so a ``run.json`` on disk always describes complete weights.
+    """
+    from lesionlab import __version__
+    from lesionlab.config import dump_config
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    atomic_save_state_dict(run_dir / WEIGHTS_FILE, state, metadata={"format": "pt", "lesionlab": __version__})
+    previous = _read_info_if_any(run_dir)
+    info: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "lesionlab_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": model_info(model, cfg.model),
+        "classes": list(CLASS_CODES),
+        "preprocessing": preprocessing.to_dict() if preprocessing is not None else None,
+        "metadata_encoder": meta_encoder.to_dict() if meta_encoder is not None else None,
+        "config": cfg.model_dump(mode="json"),
+        "split": {"name": str(cfg.data.split), "hash": split_hash},
+        "data": {},
+        "best": metrics,
+        "temperature": previous.get("temperature"),
+        "referral_threshold": previous.get("referral_threshold"),
+    }
+    info.update(extra or {})
+    atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg))
+    atomic_write_json(run_dir / INFO_FILE, info)
+    return run_dir
+
+
+def _read_info_if_any(run_dir: Path) -> dict[str, Any]:
+    """The existing ``run.json`` (so a re-save keeps fitted temperature/threshold), or ``{}``."""
+    path = run_dir / INFO_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_history(run_dir: str | Path, history: list[dict[str, Any]]) -> None:
+    """Per-epoch metrics as ``history.csv`` and ``history.json`` (both rewritten atomically each epoch)."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    atomic_write_json(run_dir / HISTORY_JSON, history)
+    frame = pd.DataFrame(_json_safe(history))
+    atomic_write(run_dir / HISTORY_CSV, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def update_run_info(path: str | Path, **fields: Any) -> dict[str, Any]:
+    """Set top-level ``run.json`` fields (e.g. ``temperature``, ``referral_threshold``) atomically; returns the info.
+
+    Class order and format are checked first, so an evaluation never annotates a run it could not load.
+    """
+    run_dir = Path(path)
+    info = read_info(run_dir)
+    for key in ("format_version", "classes", "model", "config"):
+        if key in fields:
+            raise RunError(f"{run_dir / INFO_FILE}: field {key!r} describes the weights and cannot be updated")
+    info.update(fields)
+    atomic_write_json(run_dir / INFO_FILE, info)
+    return info
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def read_info(run_dir: str | Path) -> dict[str, Any]:
+    """Parse and check ``run.json``: present, valid JSON, known format, the project's class order."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"run directory not found: {run_dir}")
+    path = run_dir / INFO_FILE
+    if not path.is_file():
+        raise RunError(f"{path}: missing (not a lesionlab run directory, or training did not finish an epoch)")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(info, dict):
+        raise RunError(f"{path}: expected a JSON object at the top level")
+    version = info.get("format_version")
+    if version != FORMAT_VERSION:
+        raise RunError(f"{path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+    for key in ("classes", "model", "config", "preprocessing"):
+        if key not in info:
+            raise RunError(f"{path}: missing field {key!r}")
+    try:
+        check_class_order(info["classes"], where=str(path))
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    return info
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file with an error that names it when it is missing, truncated or corrupt."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: weights file missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise RunError(f"{path}: cannot read weights (truncated or corrupt safetensors: {err})") from None
+
+
+@dataclass
+class Run:
+    """A trained model ready for inference, with everything needed to feed it exactly as in training."""
+
+    path: Path
+    model: torch.nn.Module
+    classes: tuple[str, ...]
+    preprocessing: Any
+    meta_encoder: Any
+    info: dict[str, Any]
+    config: Any
+    tta: bool = True
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def temperature(self) -> float | None:
+        """The fitted temperature (``None`` until evaluation fits one)."""
+        t = self.info.get("temperature")
+        return float(t) if t else None
+
+    def prepare_images(self, images: Sequence[Any] | torch.Tensor) -> torch.Tensor:
+        """A float batch ``[N, C, H, W]``: PIL images / uint8 arrays go through the saved preprocessing."""
+        if isinstance(images, torch.Tensor):
+            if images.ndim != 4 or not images.is_floating_point():
+                raise RunError(f"{self.path}: a tensor batch must be float [N, C, H, W], got {tuple(images.shape)} "
+                               f"{images.dtype}")
+            return images
+        if self.preprocessing is None:
+            raise RunError(f"{self.path / INFO_FILE}: no preprocessing saved; pass a preprocessed tensor batch")
+        return torch.stack([self.preprocessing(img) for img in images])
+
+    def prepare_meta(self, meta_rows: Sequence[dict[str, Any]] | None, n: int) -> torch.Tensor | None:
+        """Encoded clinical data for a fusion model (``None`` for an image-only model)."""
+        if self.meta_encoder is None:
+            return None
+        if meta_rows is None:
+            raise RunError(f"{self.path}: this model fuses clinical data; pass meta_rows (age, sex, site per image)")
+        if len(meta_rows) != n:
+            raise RunError(f"{self.path}: {len(meta_rows)} meta rows for {n} images")
+        for i, row in enumerate(meta_rows):
+            unknown = set(row) - {"age", "sex", "site"}
+            if unknown:
+                raise RunError(f"{self.path}: meta row {i} has unknown keys {sorted(unknown)}; expected age, sex, site")
+        encoded = [self.meta_encoder.encode_one(r.get("age"), r.get("sex"), r.get("site")) for r in meta_rows]
+        return torch.as_tensor(np.stack(encoded).astype(np.float32))
+
+    @torch.inference_mode()
+    def predict_logits(self, images: Sequence[Any] | torch.Tensor, meta_rows: Sequence[dict[str, Any]] | None = None,
+                       batch_size: int = 64, tta: bool | None = None) -> np.ndarray:
+        """Logits ``[N, 7]``, averaged over flip views when ``tta`` (default: as the run was validated)."""
+        x = self.prepare_images(images)
+        meta = self.prepare_meta(meta_rows, len(x))
+        use_tta = self.tta if tta is None else tta
+        out = []
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size].to(self.device)
+            mb = meta[start:start + batch_size].to(self.device) if meta is not None else None
+            out.append(view_averaged_logits(self.model, xb, mb, use_tta).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+    def predict_proba(self, images: Sequence[Any] | torch.Tensor, meta_rows: Sequence[dict[str, Any]] | None = None,
+                      batch_size: int = 64, tta: bool | None = None) -> np.ndarray:
+        """Probabilities ``[N, 7]`` (columns in :data:`lesionlab.classes.CLASS_CODES` order), temperature applied."""
+        logits = self.predict_logits(images, meta_rows, batch_size=batch_size, tta=tta)
+        return softmax_np(logits, self.temperature)
+
+
+def flip_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The views averaged at test time: identity, horizontal and vertical flip (lesions have no orientation)."""
+    return [x, torch.flip(x, dims=[-1]), torch.flip(x, dims=[-2])]
+
+
+def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor | None, tta: bool
+                         ) -> torch.Tensor:
+    """Model logits, averaged over :func:`flip_views` when ``tta``; the one definition used in training and serving."""
+    views = flip_views(x) if tta else [x]
+    total = None
+    for v in views:
+        out = model(v, meta) if meta is not None else model(v)
+        total = out.float() if total is None else total + out.float()
+    assert total is not None
+    return total / len(views)
+
+
+def softmax_np(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
+    """Softmax of ``logits / T`` in float64 (``T = 1`` when none was fitted)."""
+    t = float(temperature) if temperature else 1.0
+    z = np.asarray(logits, dtype=np.float64) / t
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def build_model_from_info(info: dict[str, Any], where: str) -> torch.nn.Module:
+    """The architecture described by ``run.json``, without any pretrained download."""
+    from lesionlab.config import ModelConfig, build_config
+    from lesionlab.models import create_model
+
+    raw = dict(info["model"].get("config") or info["config"].get("model") or {})
+    raw["pretrained"] = False  # our own weights follow; never reach for the hub or a local weights file
+    raw["weights"] = None
+    model_cfg = build_config(ModelConfig, raw, where=f"{where} (model)")
+    meta_dim = int(info["model"].get("meta_dim") or 0)
+    return create_model(model_cfg, num_classes=len(CLASS_CODES), meta_dim=meta_dim)
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Rebuild a ready model (eval mode) from a run directory; every error names the file at fault."""
+    from lesionlab.config import RunConfig, build_config
+
+    run_dir = Path(path)
+    info = read_info(run_dir)
+    info_path = run_dir / INFO_FILE
+    state = read_weights(run_dir / WEIGHTS_FILE)
+    try:
+        config = build_config(RunConfig, info["config"], where=f"{info_path} (config)")
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    model = build_model_from_info(info, str(info_path))
+    missing, unexpected = _state_mismatch(model, state)
+    if missing or unexpected:
+        raise RunError(f"{run_dir / WEIGHTS_FILE}: weights do not match the architecture in {info_path} "
+                       f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                       f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise RunError(f"{run_dir / WEIGHTS_FILE}: weights do not match the architecture in {info_path}: "
+                       f"{str(err).splitlines()[0]} {_first_shape_error(err)}") from None
+    device = torch.device(device)
+    model.to(device).eval()
+    preprocessing = None
+    if info.get("preprocessing") is not None:
+        from lesionlab.data.transforms import Preprocessing
+
+        preprocessing = Preprocessing.from_dict(info["preprocessing"])
+    meta_encoder = None
+    if info.get("metadata_encoder") is not None:
+        from lesionlab.data.metadata import MetadataEncoder
+
+        meta_encoder = MetadataEncoder.from_dict(info["metadata_encoder"])
+    return Run(path=run_dir, model=model, classes=tuple(info["classes"]), preprocessing=preprocessing,
+               meta_encoder=meta_encoder, info=info, config=config, tta=bool(config.train.tta), device=device)
+
+
+def _state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    expected = set(model.state_dict())
+    got = set(state)
+    return sorted(expected - got), sorted(got - expected)
+
+
+def _first_shape_error(err: RuntimeError) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln]
+    return lines[0] if lines else ""

@@ -1,0 +1,89 @@
+"""``lesionlab train``: argument parsing and printing only; the work is :func:`lesionlab.train.fit`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+EPILOG = """examples:
+  lesionlab train --config configs/smoke.yaml
+  lesionlab train --config configs/cpu-lite0-64.yaml train.epochs=6 train.seed=1
+  lesionlab train --config configs/cpu-lite0-64.yaml --run-dir runs/lite0-a     (re-run to resume after a kill)
+  lesionlab train --resume --run-dir runs/lite0-a                               (resume with the saved config)
+  torchrun --nproc_per_node=2 -m lesionlab.train.ddp --config configs/smoke.yaml   (data parallel)
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The train command's arguments (shared with ``python -m lesionlab.train.ddp``)."""
+    parser.add_argument("--config", type=Path, help="YAML run config (configs/*.yaml); defaults when omitted")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. train.epochs=5 model.name=lite0 data.image_size=128")
+    parser.add_argument("--run-dir", type=Path, help="run directory (default: <output_dir>/<name> from the config)")
+    parser.add_argument("--resume", action="store_true",
+                        help="require a checkpoint in the run directory and continue from it; without --config the "
+                             "run's saved config.yaml is used")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``train`` to the ``lesionlab`` command line."""
+    parser = subparsers.add_parser("train", help="train a model into a run directory",
+                                   description="Train one run (scratch, finetune or frozen) into a run directory. "
+                                               "Under torchrun it trains data-parallel.",
+                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(func=run_train)
+
+
+def resolve_config(args: argparse.Namespace) -> Any:
+    """The run config from ``--config`` + overrides, or the saved one of ``--run-dir`` when resuming."""
+    from lesionlab.config import ConfigError, load_config
+    from lesionlab.runs import CONFIG_FILE
+
+    path = args.config
+    if path is None and args.resume:
+        if args.run_dir is None:
+            raise ConfigError("--resume without --config needs --run-dir (the run's config.yaml is used)")
+        path = args.run_dir / CONFIG_FILE
+        if not path.is_file():
+            raise ConfigError(f"{path}: missing; pass --config with the run's original config")
+    return load_config(path, args.overrides)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train and print where the run went and its best validation metrics."""
+    from lesionlab.train import fit
+    from lesionlab.train.distributed import launched_by_torchrun
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = resolve_config(args)
+    run_dir = fit(cfg, run_dir=args.run_dir, resume=True if args.resume else None, progress=not args.no_progress)
+    if not launched_by_torchrun() or int(__import__("os").environ.get("RANK", "0")) == 0:
+        print_summary(run_dir)
+    return 0
+
+
+def print_summary(run_dir: Path) -> None:
+    """A rich table of the best epoch's validation metrics."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lesionlab.runs import read_info
+
+    info = read_info(run_dir)
+    best = info.get("best", {})
+    table = Table(title=f"best epoch {int(best.get('epoch', -1)) + 1} (by val {best.get('monitor', '?')})")
+    table.add_column("validation metric")
+    table.add_column("value", justify="right")
+    for key, value in best.items():
+        if key.startswith("val_"):
+            table.add_row(key.removeprefix("val_"), "n/a" if value is None else f"{value:.4f}")
+    console = Console()
+    console.print(table)
+    training = info.get("training", {})
+    console.print(f"run directory: {run_dir}  (status {info.get('status')}, {info.get('epochs_run', '?')} epochs, "
+                  f"{training.get('seconds', 0.0):.0f} s)")

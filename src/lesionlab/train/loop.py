@@ -1,0 +1,190 @@
+"""The inner loop: seeding, precision settings, one training epoch, and prediction.
+
+Batches are the data layer's sample dicts (``image`` or, for the frozen-backbone cache, ``features``; ``label``;
+optional ``meta``). The trained module is called as ``module(x, meta)`` (or ``module(x)`` without metadata), so the
+same loop trains a whole :class:`~lesionlab.models.LesionModel`, a head on cached embeddings, or either under DDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lesionlab.runs import view_averaged_logits
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so a run is repeatable."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch: every epoch reseeds from (seed, epoch), so a resumed run repeats the same draws."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader workers: derive NumPy/Python seeds from torch's per-worker seed (itself from the loader generator)."""
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` = CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but CUDA is not available here")
+    return device
+
+
+@dataclass
+class Precision:
+    """How tensors are computed: autocast dtype (or none), memory format, and a gradient scaler for CUDA fp16."""
+
+    device: torch.device
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+    scaler: Any = None  # torch.amp.GradScaler for CUDA fp16
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """An autocast context (a no-op when running in float32)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def to_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Move an input batch to the device (channels-last for 4-D images when enabled)."""
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary for ``run.json``."""
+        return {"device": str(self.device), "autocast": str(self.dtype).removeprefix("torch.") if self.dtype else None,
+                "channels_last": self.channels_last, "grad_scaler": self.scaler is not None}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def _forward(model: nn.Module, x: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
+    return model(x, meta) if meta is not None else model(x)
+
+
+def _batch_inputs(batch: dict[str, Any], precision: Precision) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model input of a batch: ``image``, one cached ``features`` view, or all ``feature_views`` [B, V, ...]."""
+    for key in ("feature_views", "features", "image"):
+        if key in batch:
+            x = batch[key]
+            break
+    else:
+        raise KeyError(f"batch has none of image, features, feature_views (keys: {sorted(batch)})")
+    meta = batch.get("meta")
+    return precision.to_input(x), (meta.to(precision.device, non_blocking=True) if meta is not None else None)
+
+
+def train_one_epoch(model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, *,
+                    precision: Precision, scheduler: Any = None, grad_clip: float | None = None,
+                    max_batches: int | None = None, progress: bool = True, desc: str = "train") -> dict[str, float]:
+    """One pass over ``loader`` (the caller sets train mode); returns mean loss, samples, seconds and images/s."""
+    loss_fn = loss_fn.to(precision.device)
+    total, count, steps = 0.0, 0, 0
+    n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
+    bar = tqdm(total=n_batches, desc=desc, leave=False, disable=not progress, unit="batch", dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        for batch in loader:
+            if steps >= n_batches:
+                break
+            x, meta = _batch_inputs(batch, precision)
+            y = batch["label"].to(precision.device, non_blocking=True)
+            with precision.autocast():
+                logits = _forward(model, x, meta)
+            loss = loss_fn(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at step {steps} of {desc}; lower "
+                                         "train.lr or turn off reduced precision (train.bf16 / train.amp)")
+            optimizer.zero_grad(set_to_none=True)
+            if precision.scaler is not None:
+                precision.scaler.scale(loss).backward()
+                if grad_clip:
+                    precision.scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                precision.scaler.step(optimizer)
+                precision.scaler.update()
+            else:
+                loss.backward()
+                if grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+            steps += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    return {"loss": total / max(count, 1), "samples": count, "steps": steps, "seconds": seconds,
+            "images_per_s": count / seconds if seconds > 0 else float("nan")}
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader: Any, *, precision: Precision | None = None, tta: bool = False,
+            progress: bool = False, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities ``[N, K]`` and labels ``[N]`` over a loader, in eval mode.
+
+    ``tta`` averages logits over flip views of image batches; feature batches shaped ``[B, V, D]`` (cached views)
+    (``feature_views``) are averaged over their ``V`` views the same way. The caller's train/eval mode is restored
+    afterwards.
+    """
+    precision = precision or Precision(torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    probs, labels = [], []
+    try:
+        for batch in tqdm(loader, desc=desc, leave=False, disable=not progress,
+                          unit="batch", dynamic_ncols=True):
+            x, meta = _batch_inputs(batch, precision)
+            with precision.autocast():
+                logits = view_logits(model, x, meta, tta, feature_views="feature_views" in batch)
+            probs.append(torch.softmax(logits.float(), dim=1).cpu())
+            labels.append(torch.as_tensor(batch["label"]).cpu())
+    finally:
+        model.train(was_training)
+    if not probs:
+        return np.zeros((0, 0), dtype=np.float64), np.zeros(0, dtype=np.int64)
+    return torch.cat(probs).double().numpy(), torch.cat(labels).long().numpy()
+
+
+def view_logits(model: nn.Module, x: torch.Tensor, meta: torch.Tensor | None, tta: bool,
+                feature_views: bool = False) -> torch.Tensor:
+    """Logits averaged over views: cached feature views (``x`` is ``[B, V, ...]``) or, with ``tta``, image flips."""
+    if not feature_views:
+        return view_averaged_logits(model, x, meta, tta)
+    total = None
+    for v in range(x.shape[1]):
+        out = _forward(model, x[:, v], meta).float()
+        total = out if total is None else total + out
+    assert total is not None
+    return total / x.shape[1]

@@ -1,0 +1,176 @@
+"""Small pure pieces of the training loop: loss, class weights, sampler, optimizer, schedule, early stopping.
+
+Each takes the config section and plain inputs, so it can be tested alone and reused by the DDP entry point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lesionlab.classes import NUM_CLASSES
+from lesionlab.config import TrainConfig
+
+#: Validation metrics where lower is better; every other monitored metric is maximised.
+MINIMISED = frozenset({"loss", "nll", "ece", "brier"})
+
+
+def class_counts(labels: Sequence[int] | np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """How many training samples each class has (length ``num_classes``, zeros kept)."""
+    y = np.asarray(labels, dtype=np.int64)
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"training labels must be in 0..{num_classes - 1}; got {int(y.min())}..{int(y.max())}")
+    return np.bincount(y, minlength=num_classes)
+
+
+def class_weights(counts: Sequence[int] | np.ndarray, kind: str) -> np.ndarray | None:
+    """Per-class loss weights: ``balanced`` = n / (K * count), ``sqrt`` = its square root; mean weight 1.
+
+    Classes absent from training get weight 0 (they cannot be learned; a finite weight keeps the loss defined).
+    """
+    if kind == "none":
+        return None
+    c = np.asarray(counts, dtype=np.float64)
+    present = c > 0
+    if not present.any():
+        raise ValueError("class weights need at least one training sample")
+    w = np.zeros_like(c)
+    w[present] = c[present].sum() / (present.sum() * c[present])
+    if kind == "sqrt":
+        w = np.sqrt(w)
+    elif kind != "balanced":
+        raise ValueError(f"unknown class_weights {kind!r}; expected none, balanced or sqrt")
+    w[present] /= w[present].mean()
+    return w
+
+
+def make_loss(cfg: TrainConfig, counts: Sequence[int] | np.ndarray) -> nn.Module:
+    """Cross-entropy with optional class weights and label smoothing."""
+    w = class_weights(counts, cfg.class_weights)
+    weight = torch.as_tensor(w, dtype=torch.float32) if w is not None else None
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=float(cfg.label_smoothing))
+
+
+def sample_weights(labels: Sequence[int] | np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Per-sample weights that make every present class equally likely to be drawn."""
+    y = np.asarray(labels, dtype=np.int64)
+    counts = class_counts(y, num_classes)
+    return 1.0 / counts[y]
+
+
+def make_sampler(cfg: TrainConfig, labels: Sequence[int] | np.ndarray, generator: torch.Generator | None = None
+                 ) -> torch.utils.data.Sampler | None:
+    """A class-balanced sampler (with replacement, one epoch = as many draws as samples) or ``None`` (shuffle)."""
+    if cfg.sampler == "none":
+        return None
+    weights = torch.as_tensor(sample_weights(labels), dtype=torch.double)
+    return torch.utils.data.WeightedRandomSampler(weights, num_samples=len(weights), replacement=True,
+                                                  generator=generator)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay weights only: biases and normalisation parameters (1-D tensors) are left alone, as usual."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def make_optimizer(cfg: TrainConfig, params: nn.Module | Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """Adam (the DermaMNIST study's default, lr 1e-4), AdamW or SGD with Nesterov momentum.
+
+    All parameters are registered, frozen or not: a parameter without a gradient is skipped by the optimizer, so
+    unfreezing the backbone later needs no new optimizer (and resume restores one state).
+    """
+    groups = param_groups(params, cfg.weight_decay) if isinstance(params, nn.Module) else list(params)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+                   ) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """A per-step schedule over ``cfg.epochs`` epochs: one-cycle (peak ``lr``), cosine to zero, or none."""
+    total = max(1, int(cfg.epochs) * max(1, int(steps_per_epoch)))
+    if cfg.schedule == "none":
+        return None
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
+                                                   pct_start=cfg.warmup_fraction)
+    if cfg.schedule == "cosine":
+        warm = round(cfg.warmup_fraction * total)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}")
+
+
+def monitor_mode(metric: str) -> str:
+    """``"min"`` for losses and calibration errors, ``"max"`` for accuracies and AUCs."""
+    return "min" if metric.removeprefix("val_") in MINIMISED else "max"
+
+
+@dataclass
+class EarlyStopping:
+    """Tracks the monitored validation metric: which epoch is best, and when to stop (``patience`` epochs of no gain).
+
+    Its state is a plain dict (``state_dict`` / ``load_state_dict``) so a resumed run stops at the same epoch.
+    """
+
+    mode: str = "max"
+    patience: int | None = 10
+    min_delta: float = 0.0
+    best: float | None = None
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+    def improved(self, value: float | None) -> bool:
+        """Whether ``value`` beats the best so far (an undefined metric never does)."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        if self.best is None:
+            return True
+        if self.mode == "max":
+            return value > self.best + self.min_delta
+        return value < self.best - self.min_delta
+
+    def step(self, value: float | None, epoch: int) -> bool:
+        """Record one epoch's metric; returns True when this epoch is the new best."""
+        if self.improved(value):
+            self.best = float(value)  # type: ignore[arg-type]
+            self.best_epoch = int(epoch)
+            self.bad_epochs = 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        """True once ``patience`` epochs in a row brought no improvement."""
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain-data state for checkpoints."""
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        for key, value in state.items():
+            setattr(self, key, value)

@@ -1,0 +1,51 @@
+"""``lesionlab train`` from the command line, and every shipped config file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lesionlab.cli import main
+from lesionlab.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_config_is_valid(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+
+
+def test_train_smoke_config_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "smoke"
+    rc = main(["train", "--config", str(REPO / "configs" / "smoke.yaml"), "train.epochs=3", "--run-dir",
+               str(run_dir), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "best epoch" in out and str(run_dir) in out and "balanced_accuracy" in out
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "complete" and info["data"]["synthetic"] is True
+    saved = load_config(run_dir / "config.yaml")
+    assert saved.train.epochs == 3 and saved.train.mode == "frozen"
+    # --resume with only --run-dir reads the saved config; the run is complete, so nothing is retrained
+    assert main(["train", "--resume", "--run-dir", str(run_dir), "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train.lrr=1"], "unknown config key 'train.lrr'; did you mean lr"),
+    (["train.epochs"], "not of the form key=value"),
+    (["--resume"], "--resume without --config needs --run-dir"),
+])
+def test_cli_errors_are_one_clear_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 1
+    assert "config file not found" in capsys.readouterr().err

@@ -1,0 +1,125 @@
+"""Loss, class weights, sampler, optimizer, schedule and early stopping, each on tiny inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lesionlab.config import TrainConfig
+from lesionlab.train.pieces import (
+    EarlyStopping,
+    class_counts,
+    class_weights,
+    make_loss,
+    make_optimizer,
+    make_sampler,
+    make_scheduler,
+    monitor_mode,
+)
+
+COUNTS = np.array([10, 20, 40, 0, 10, 400, 20])
+
+
+def test_class_counts_keeps_empty_classes_and_rejects_bad_labels() -> None:
+    assert class_counts([0, 0, 5, 6]).tolist() == [2, 0, 0, 0, 0, 1, 1]
+    with pytest.raises(ValueError, match=r"0\.\.6"):
+        class_counts([0, 7])
+
+
+@pytest.mark.parametrize(("kind", "ratio"), [("balanced", 40.0), ("sqrt", math.sqrt(40.0))])
+def test_class_weights_rare_class_weighs_more(kind: str, ratio: float) -> None:
+    w = class_weights(COUNTS, kind)
+    assert w is not None
+    assert w[3] == 0.0  # absent class
+    assert np.isclose(w[COUNTS > 0].mean(), 1.0)
+    assert np.isclose(w[0] / w[5], ratio)
+
+
+def test_class_weights_none_and_unknown() -> None:
+    assert class_weights(COUNTS, "none") is None
+    with pytest.raises(ValueError, match="unknown class_weights"):
+        class_weights(COUNTS, "inverse")
+
+
+def test_make_loss_applies_weights_and_smoothing() -> None:
+    loss = make_loss(TrainConfig(class_weights="balanced", label_smoothing=0.1), COUNTS)
+    assert isinstance(loss, nn.CrossEntropyLoss)
+    assert loss.label_smoothing == pytest.approx(0.1)
+    assert loss.weight is not None and loss.weight.shape == (7,)
+    plain = make_loss(TrainConfig(), COUNTS)
+    assert plain.weight is None and plain.label_smoothing == 0.0
+
+
+def test_balanced_sampler_draws_classes_evenly() -> None:
+    labels = np.array([0] * 10 + [5] * 990)
+    assert make_sampler(TrainConfig(), labels) is None
+    sampler = make_sampler(TrainConfig(sampler="balanced"), labels, generator=torch.Generator().manual_seed(0))
+    drawn = labels[list(sampler)]
+    assert len(drawn) == len(labels)
+    assert 0.4 < (drawn == 0).mean() < 0.6
+
+
+@pytest.mark.parametrize(("name", "cls"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
+                                           ("sgd", torch.optim.SGD)])
+def test_make_optimizer(name: str, cls: type) -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 7))
+    opt = make_optimizer(TrainConfig(optimizer=name, lr=1e-3, weight_decay=0.05), model)
+    assert isinstance(opt, cls)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    decays = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decays[id(model[0].weight)] == 0.05 and decays[id(model[0].bias)] == 0.0
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_default_optimizer_is_the_dermamnist_study_adam() -> None:
+    opt = make_optimizer(TrainConfig(), nn.Linear(3, 7))
+    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_schedules_peak_at_lr_and_end_low(schedule: str) -> None:
+    cfg = TrainConfig(optimizer="adamw", lr=0.01, schedule=schedule, epochs=4, warmup_fraction=0.25)
+    model = nn.Linear(3, 7)
+    opt = make_optimizer(cfg, model)
+    sched = make_scheduler(cfg, opt, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert max(lrs) == pytest.approx(0.01, rel=0.05)
+    assert lrs[-1] < 0.001
+    assert int(np.argmax(lrs)) in range(8, 12)  # peak after a quarter of the steps
+
+
+def test_no_schedule() -> None:
+    assert make_scheduler(TrainConfig(), make_optimizer(TrainConfig(), nn.Linear(2, 2)), 5) is None
+
+
+@pytest.mark.parametrize(("metric", "mode"), [("balanced_accuracy", "max"), ("val_macro_auc", "max"),
+                                              ("nll", "min"), ("val_loss", "min")])
+def test_monitor_mode(metric: str, mode: str) -> None:
+    assert monitor_mode(metric) == mode
+
+
+def test_early_stopping_tracks_best_and_stops_after_patience() -> None:
+    stop = EarlyStopping(mode="max", patience=2)
+    flags = [stop.step(v, e) for e, v in enumerate([0.5, 0.6, 0.55, None, 0.7, 0.6, 0.6])]
+    assert flags == [True, True, False, False, True, False, False]
+    assert stop.best == pytest.approx(0.7) and stop.best_epoch == 4
+    assert stop.should_stop
+    again = EarlyStopping()
+    again.load_state_dict(stop.state_dict())
+    assert again == stop
+
+
+def test_early_stopping_min_mode_and_no_patience() -> None:
+    stop = EarlyStopping(mode="min", patience=None)
+    assert stop.step(1.0, 0) and stop.step(0.5, 1) and not stop.step(0.7, 2)
+    for e in range(3, 50):
+        stop.step(0.9, e)
+    assert not stop.should_stop and stop.best_epoch == 1

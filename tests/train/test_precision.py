@@ -1,0 +1,56 @@
+"""The channels-last / bf16 decision: measured on a copy, never changing the real model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lesionlab.config import ModelConfig, TrainConfig
+from lesionlab.models import create_model
+from lesionlab.train.loop import Precision, predict
+from lesionlab.train.precision import check_cpu_precision, choose_precision
+
+
+@pytest.fixture
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model(ModelConfig(name="test_efficientnet", pretrained=False))
+
+
+def test_auto_check_measures_both_and_leaves_the_model_untouched(model: torch.nn.Module) -> None:
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(8, 3, 32, 32)
+    cl, bf, report = check_cpu_precision(model, x, None, channels_last="auto", bf16="auto", repeats=1)
+    for key in ("step_s_contiguous", "step_s_channels_last", "step_s_fp32", "step_s_bf16", "bf16_speedup",
+                "bf16_argmax_agreement", "bf16_max_prob_diff"):
+        assert report[key] >= 0
+    assert report["channels_last"] == cl and report["bf16"] == bf
+    assert 0.0 <= report["bf16_argmax_agreement"] <= 1.0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize(("cl", "bf", "dtype"), [("on", "on", torch.bfloat16), ("off", "off", None)])
+def test_fixed_settings_need_no_check(cl: str, bf: str, dtype: torch.dtype | None) -> None:
+    precision, report = choose_precision(TrainConfig(channels_last=cl, bf16=bf), torch.device("cpu"))
+    assert precision.dtype == dtype and precision.channels_last == (cl == "on")
+    assert report["reason"] == "set in the config"
+
+
+def test_yaml_on_off_booleans_are_accepted() -> None:
+    cfg = TrainConfig.model_validate({"channels_last": True, "bf16": False})
+    assert cfg.channels_last == "on" and cfg.bf16 == "off"
+
+
+def test_head_on_cached_embeddings_is_float32() -> None:
+    precision, _ = choose_precision(TrainConfig(bf16="on"), torch.device("cpu"), images=False)
+    assert precision.dtype is None
+
+
+def test_bf16_predictions_stay_close_to_float32(model: torch.nn.Module) -> None:
+    model.eval()
+    batches = [{"image": torch.randn(4, 3, 32, 32), "label": torch.arange(4)} for _ in range(2)]
+    p32, y = predict(model, batches, precision=Precision(torch.device("cpu")))
+    p16, _ = predict(model, batches, precision=Precision(torch.device("cpu"), torch.bfloat16, True))
+    assert p32.shape == (8, 7) and y.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert abs(p32 - p16).max() < 0.05
