@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -42,19 +42,29 @@ class DataConfig(Strict):
     # split, seeded) or a path to a split CSV written by `lesionlab data split`.
     split: str = "dermamnist_c"
     split_file: Path | None = None
+    split_fold: int | None = None  # with a k-fold split CSV: which fold is validation (the rest is train)
     split_seed: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     image_size: tuple[int, int] = (64, 64)  # (height, width)
-    resize: Literal["square", "aspect"] = "square"
+    resize: Literal["square", "aspect"] = "square"  # square: squash (MedMNIST); aspect: cover + centre crop
+    convert_mode: bool = False  # convert non-RGB images (greyscale, alpha, 16-bit) instead of rejecting them
     cache_dir: Path | None = None
-    synthetic_n: int = 700
+    synthetic_n: int = Field(700, ge=14)
     synthetic_seed: int = 0
+    synthetic_size: int = Field(64, ge=16)
 
     @field_validator("image_size", mode="before")
     @classmethod
     def _size(cls, v: Any) -> Any:
         return (v, v) if isinstance(v, int) else v
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} "
+                             "leaves under 10% for training")
+        return self
 
 
 class AugmentConfig(Strict):
