@@ -166,7 +166,7 @@ def offline_source_available(spec: ModelSpec) -> str:
         cfg = _hub_cfg(spec.timm_name)
     except WeightsError:
         return "no (no pretrained weights)"
-    return "yes (hub cache)" if cfg.hf_hub_id and _hub_cached(cfg.hf_hub_id, cfg.hf_hub_filename) else "no"
+    return "yes (hub cache)" if cfg.hf_hub_id and _hub_cached(cfg.hf_hub_id, cfg.hf_hub_filename) else "no (hub only)"
 
 
 # ---------------------------------------------------------------------------------------------------------------- hub
