@@ -83,6 +83,7 @@ def test_calibrate_fits_on_val_and_stores_in_run_json(run_dir: Path, tmp_path: P
     assert info["calibration"]["split"] == "val" and info["referral"]["target_sensitivity"] == 0.8
     doc = _json(out / "metrics.json")
     assert doc["evaluation"]["temperature"] == t and doc["referral"]["threshold"] == threshold
+    assert doc["referral"]["target_sensitivity"] == 0.8 and doc["referral"]["val_sensitivity"] >= 0.8
     assert doc["uncalibrated"]["ece"] is not None and doc["audit"] is None
     # refit by hand on the validation split: same numbers, so nothing from the test split leaked in
     assert main(["evaluate", str(run_dir), "--split", "val", "--bootstrap", "0", "--timing-images", "0",

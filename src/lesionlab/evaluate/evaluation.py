@@ -104,7 +104,8 @@ def source_context(source: Any, split: str | None, split_name: str, split_hash: 
 def metrics_document(y: np.ndarray, proba: np.ndarray, raw_proba: np.ndarray | None = None,
                      classes: tuple[str, ...] | list[str] = CLASS_CODES, bootstrap: int = 1000, seed: int = 0,
                      referral_threshold: float | None = None, referral_source: str | None = None,
-                     context: dict[str, Any] | None = None) -> dict[str, Any]:
+                     context: dict[str, Any] | None = None, referral_fit: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
     """The metrics.json content (pure): metrics with CIs, uncalibrated calibration figures, referral, context."""
     doc = compute_metrics(y, proba, classes, bootstrap=bootstrap, seed=seed)
     if raw_proba is not None:
@@ -112,7 +113,9 @@ def metrics_document(y: np.ndarray, proba: np.ndarray, raw_proba: np.ndarray | N
                                "nll": negative_log_likelihood(y, raw_proba), "brier": brier_score(y, raw_proba)}
     if referral_threshold is not None:
         rates = referral_rates(y, proba, referral_threshold, classes)
-        doc["referral"] = {**rates, "source": referral_source or "run.json"}
+        fitted = {k: referral_fit[k] for k in ("target_sensitivity", "val_sensitivity", "val_specificity",
+                                                "val_referral_rate", "fitted") if k in (referral_fit or {})}
+        doc["referral"] = {**rates, **fitted, "source": referral_source or "run.json"}
     doc.update(context or {})
     return doc
 
@@ -258,7 +261,8 @@ def evaluate_run(run_dir: str | Path, data_cfg: Any | None = None, split: str | 
         metas = meta_rows(source, timed) if run.meta_encoder is not None else None
         context["timing"] = time_inference(run, images, metas, tta=use_tta, batch_size=batch_size)
     doc = metrics_document(y, proba, raw, run.classes, bootstrap, seed, threshold,
-                           "fitted on val (this evaluation)" if calibrate else "run.json", context)
+                           "fitted on val (this evaluation)" if calibrate else "run.json", context,
+                           referral_fit=run.info.get("referral"))
     out = Path(out_dir) if out_dir else default_out_dir(run.path, eval_split, external)
     out.mkdir(parents=True, exist_ok=True)
     full_audit = None if external else run_audit(source, audit, progress)
