@@ -47,6 +47,7 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_evaluate_writes_predictions_metrics_card_report(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", str(run_dir), "--bootstrap", "50", "--timing-images", "6", "--no-tta"]) == 0
     out = run_dir / "eval-test"
@@ -73,6 +74,7 @@ def test_evaluate_writes_predictions_metrics_card_report(run_dir: Path, capsys: 
     assert "Balanced accuracy" in printed and "ms/image at batch 1" in printed and "report.html" in printed
 
 
+@pytest.mark.slow
 def test_calibrate_fits_on_val_and_stores_in_run_json(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval-cal"
     assert main(["evaluate", str(run_dir), "--calibrate", "--target-sensitivity", "0.8", "--bootstrap", "20",
@@ -114,6 +116,7 @@ def _isic_set(root: Path, extra_column: str | None = None, n: int = 20) -> tuple
     return csv, images
 
 
+@pytest.mark.slow
 def test_external_isic_set(run_dir: Path, tmp_path: Path) -> None:
     csv, images = _isic_set(tmp_path / "isic")
     assert main(["evaluate", str(run_dir), "--isic-csv", str(csv), "--isic-images", str(images), "--bootstrap",
