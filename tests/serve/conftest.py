@@ -6,6 +6,7 @@ metadata-fusion run whose temperature and referral threshold were written to run
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -21,10 +22,12 @@ from lesionlab.runs import save_run, update_run_info
 REPO = Path(__file__).resolve().parents[2]
 
 
-def make_run(root: Path, fusion: str = "none", size: int = 64, resize: str = "square", calibrated: bool = False
-             ) -> Path:
-    """Save a randomly initialised ``test_efficientnet`` run; calibrated runs get temperature 1.7, threshold 0.3."""
-    cfg = load_config(None, ["model.name=test_efficientnet", "model.pretrained=false", f"model.fusion={fusion}",
+def make_run(root: Path, fusion: str = "none", size: int = 64, resize: str = "square", calibrated: bool = False,
+             name: str = "test_efficientnet") -> Path:
+    """Save a randomly initialised run (timm's tiny ``test_efficientnet`` unless ``name`` says otherwise);
+    calibrated runs get temperature 1.7 and referral threshold 0.3 in run.json, as evaluation writes them.
+    """
+    cfg = load_config(None, [f"model.name={name}", "model.pretrained=false", f"model.fusion={fusion}",
                              f"data.image_size={size}", f"data.resize={resize}", "name=tiny"])
     table = pd.DataFrame({"age": [30.0, 50.0, 70.0], "sex": ["male", "female", "unknown"],
                           "site": ["back", "face", "unknown"], "split": ["train"] * 3})
@@ -33,12 +36,18 @@ def make_run(root: Path, fusion: str = "none", size: int = 64, resize: str = "sq
     model = create_model(cfg.model, meta_dim=encoder.dim if encoder else 0).eval()
     pre = Preprocessing(size=(size, size), resize=resize, mean=model.data_config["mean"],
                         std=model.data_config["std"])
-    run_dir = save_run(root / f"tiny-{fusion}-{resize}", model, cfg, pre, encoder, "hash0",
+    run_dir = save_run(root / f"tiny-{name}-{fusion}-{resize}", model, cfg, pre, encoder, "hash0",
                        {"epoch": 1, "balanced_accuracy": 0.2},
                        extra={"data": {"source": "synthetic", "synthetic": True}})
     if calibrated:
         update_run_info(run_dir, temperature=1.7, referral_threshold=0.3)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def run_factory() -> Callable[..., Path]:
+    """:func:`make_run` for tests that need another flavour (test modules do not import conftest)."""
+    return make_run
 
 
 @pytest.fixture(scope="session")

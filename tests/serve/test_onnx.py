@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -80,3 +81,42 @@ def test_export_command_writes_into_the_run_and_checks_parity(image_run: Path, t
     assert out.is_file() and str(out) in capsys.readouterr().out
     assert main(["export", str(image_run)]) == 1  # no format chosen: a clear error, not a traceback
     assert "--onnx" in capsys.readouterr().err
+
+
+
+def test_int8_export_keeps_the_padding_arithmetic_in_float(tmp_path: Path, run_factory: Callable[..., Path]) -> None:
+    """``tf_`` EfficientNets pad like TensorFlow, traced as shape arithmetic; int8 must quantise pixels only."""
+    from lesionlab.serve.onnx_export import calibration_feeds, quantize_int8
+
+    run = load_run(run_factory(tmp_path, name="lite0"))
+    fp32 = export_onnx(run, tmp_path / "m.onnx")
+    assert any(n.op_type == "Pad" for n in onnx.load(str(fp32)).graph.node)
+    feeds = calibration_feeds(run, [synthetic_lesion(seed=i) for i in range(4)])
+    int8 = quantize_int8(fp32, tmp_path / "m.int8.onnx", feeds)
+    model = onnx.load(str(int8))
+    kinds = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= kinds
+    producer = {out: n for n in model.graph.node for out in n.output}
+    todo = [n.input[1] for n in model.graph.node if n.op_type == "Pad"]  # the pads: pure shape arithmetic
+    seen: set[str] = set()
+    while todo:
+        node = producer.get(todo.pop())
+        if node is not None and node.name not in seen and node.op_type != "Shape":
+            seen.add(node.name)
+            todo.extend(node.input)
+    sliced = [n for n in model.graph.node if n.name in seen]
+    assert "Ceil" in {n.op_type for n in sliced} and "QuantizeLinear" not in {n.op_type for n in sliced}
+    constants = {i.name for i in model.graph.initializer}
+    # Only constants shared with pixel ops (the 0 of a ReLU6 clip) may come dequantized; zero is exact in int8.
+    assert all(n.input[0] in constants for n in sliced if n.op_type == "DequantizeLinear")
+    assert parity(run, int8, [synthetic_lesion(seed=9)])["max_abs_logit_diff"] < 5.0  # int8, yet not garbage
+
+
+def test_onnx_flag_exports_into_the_run_on_first_use(image_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run_dir = Path(shutil.copytree(image_run, tmp_path / "run"))
+    image = tmp_path / "a.jpg"
+    synthetic_lesion((120, 90)).save(image)
+    assert main(["predict", str(run_dir), str(image), "--onnx", "--out", str(tmp_path / "p.csv")]) == 0
+    assert (run_dir / "model.onnx").is_file() and (tmp_path / "p.csv").is_file()

@@ -182,15 +182,42 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, feeds: Sequence[d
             return next(self.items, None)
 
     def write(tmp: Path) -> None:
+        import onnx
+
         prepared = tmp.with_name(tmp.name + ".pre.onnx")
         try:
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            exclude = sorted(shape_nodes(onnx.load(str(prepared))))
             quantize_static(str(prepared), str(tmp), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=exclude)
         finally:
             prepared.unlink(missing_ok=True)
 
     return atomic_write(Path(out_path), write)
+
+
+# Inputs that carry shapes or indices, not pixels: (op type, input positions).
+_SHAPE_INPUTS = {"Pad": (1, 2), "Reshape": (1,), "Slice": (1, 2, 3, 4), "Expand": (1,), "Tile": (1,),
+                 "Resize": (1, 2, 3), "Unsqueeze": (1,), "Squeeze": (1,), "ConstantOfShape": (0,)}
+
+
+def shape_nodes(model: Any) -> set[str]:
+    """Names of the nodes that only compute shapes or paddings (e.g. TensorFlow-style "same" padding in the
+    ``tf_`` EfficientNets, traced as Shape -> Div -> Ceil -> ... -> Pad): quantising those breaks the geometry.
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
+    todo = [node.input[i] for node in model.graph.node for i in _SHAPE_INPUTS.get(node.op_type, ())
+            if i < len(node.input) and node.input[i]]
+    found: set[str] = set()
+    while todo:
+        node = producer.get(todo.pop())
+        if node is None or node.name in found:
+            continue
+        found.add(node.name)
+        if node.op_type not in ("Shape", "Size"):  # a shape's source is pixel data: stop there
+            todo.extend(i for i in node.input if i)
+    return found
 
 
 def calibration_feeds(run: Any, images: Sequence[Any]) -> list[dict[str, np.ndarray]]:
