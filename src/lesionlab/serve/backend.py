@@ -74,6 +74,7 @@ class OnnxBackend:
         if "image" not in self.input_names:
             raise ValueError(f"{path}: ONNX model has inputs {self.input_names}, expected 'image' (and 'meta')")
         self.uses_meta = "meta" in self.input_names
+        self.lock = threading.Lock()  # one run at a time: parallel runs would only oversubscribe the cores
 
     def logits(self, images: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
         """Run the session; ``meta`` is required exactly when the exported model has a ``meta`` input."""
@@ -82,4 +83,5 @@ class OnnxBackend:
             if meta is None:
                 raise ValueError(f"{self.path}: this ONNX model needs a 'meta' input")
             feeds["meta"] = np.ascontiguousarray(meta, dtype=np.float32)
-        return self.session.run(None, feeds)[0]
+        with self.lock:
+            return self.session.run(None, feeds)[0]

@@ -57,8 +57,12 @@ def decode_image(data: bytes, settings: ServeSettings, name: str = "image", cont
     if width * height > settings.max_pixels:
         raise ServeError(413, "too_many_pixels", f"{name}: {width}x{height} = {width * height:,} pixels is over the "
                          f"limit of {settings.max_pixels:,} pixels", field)
-    if width < 1 or height < 1:
-        raise ServeError(400, "not_an_image", f"{name}: image has no pixels ({width}x{height})", field)
+    if min(width, height) < settings.min_side:
+        raise ServeError(422, "image_too_small", f"{name}: {width}x{height} pixels; each side must be at least "
+                         f"{settings.min_side} pixels", field)
+    if max(width, height) / min(width, height) > settings.max_aspect:
+        raise ServeError(422, "bad_aspect_ratio", f"{name}: {width}x{height} pixels is not a lesion photograph "
+                         f"(sides differ more than {settings.max_aspect:g}:1)", field)
     fmt = probe.format or "?"
     allowed = {t for f, types in _FORMAT_TYPES.items() for t in types if f == fmt}
     if not allowed & set(settings.content_types):

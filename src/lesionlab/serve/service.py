@@ -61,6 +61,12 @@ def site_vocabulary(meta_encoder: Any = None) -> tuple[str, ...]:
     return (*(s for s in sites if s != "unknown"), "unknown")
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr`` of a user-sent value, cut so that a megabyte of junk does not come back in the error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
 def file_digest(path: Path, n: int = 12) -> str:
     """First ``n`` hex digits of a file's SHA-256: the model version, which changes whenever the weights do."""
     h = hashlib.sha256()
@@ -136,16 +142,16 @@ class Predictor:
             try:
                 value = float(str(age).strip())
             except ValueError:
-                raise ServeError(422, "invalid_age", f"age {age!r} is not a number", prefix + "age") from None
+                raise ServeError(422, "invalid_age", f"age {_short(age)} is not a number", prefix + "age") from None
             if not math.isfinite(value) or not low <= value <= high:
-                raise ServeError(422, "age_out_of_range", f"age {age!r} is outside {low:g}..{high:g} years",
+                raise ServeError(422, "age_out_of_range", f"age {_short(age)} is outside {low:g}..{high:g} years",
                                  prefix + "age")
         sex_v = normalise_sex(sex)
         if sex_v not in SEXES:
-            raise ServeError(422, "unknown_sex", f"sex {sex!r} is not one of {', '.join(SEXES)}", prefix + "sex")
+            raise ServeError(422, "unknown_sex", f"sex {_short(sex)} is not one of {', '.join(SEXES)}", prefix + "sex")
         site_v = normalise_site(site)
         if site_v not in self.sites:
-            raise ServeError(422, "unknown_site", f"site {site!r} is not a HAM10000 site; use one of "
+            raise ServeError(422, "unknown_site", f"site {_short(site)} is not a HAM10000 site; use one of "
                              f"{', '.join(self.sites)}", prefix + "site")
         if self.meta_encoder is not None:
             try:

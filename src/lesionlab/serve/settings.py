@@ -25,6 +25,8 @@ class ServeSettings(BaseModel):
 
     max_bytes: int = Field(10 * 1024 * 1024, gt=0, description="largest accepted upload per image, in bytes")
     max_pixels: int = Field(40_000_000, gt=0, description="largest accepted width x height per image")
+    min_side: int = Field(16, ge=1, description="smallest accepted width or height, pixels")
+    max_aspect: float = Field(10.0, ge=1.0, description="largest accepted long side / short side")
     max_batch: int = Field(16, gt=0, description="most images in one /v1/predict/batch request")
     content_types: tuple[str, ...] = Field(DEFAULT_CONTENT_TYPES, description="accepted image content types")
     age_range: tuple[float, float] = Field(AGE_RANGE, description="accepted patient age, years, inclusive")
