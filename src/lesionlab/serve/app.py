@@ -104,6 +104,8 @@ def create_app(run_or_path: Any, settings: ServeSettings | None = None) -> FastA
     """The service for one run (a loaded ``Run`` or its directory); pure apart from loading the model."""
     settings = settings or ServeSettings()
     predictor = Predictor(_load(run_or_path), settings)
+    if settings.warmup:
+        predictor.warm_up()
     app = FastAPI(title="lesionlab decision support", version=__version__, description=DESCRIPTION)
     app.state.predictor = predictor
     app.state.settings = settings

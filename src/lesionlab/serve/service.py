@@ -238,6 +238,14 @@ class Predictor:
             timer.add("explain", t)
         return results
 
+    def warm_up(self) -> None:
+        """Decode, preprocess and score one synthetic JPEG: first calls pay for lazy imports and allocations."""
+        from lesionlab.serve.bench import jpeg_bytes, synthetic_lesion
+        from lesionlab.serve.decode import decode_image
+
+        image = decode_image(jpeg_bytes(synthetic_lesion()), self.settings, "warm-up", "image/jpeg")
+        self.predict([image], [Patient()], ["warm-up"], Timer())
+
     def model_info(self) -> dict[str, Any]:
         """Identity of the served model, repeated in every response."""
         return {"id": self.model_id, "version": self.model_version, "backend": self.backend.name,

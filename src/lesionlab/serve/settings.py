@@ -35,6 +35,7 @@ class ServeSettings(BaseModel):
     heatmap_max_side: int = Field(512, ge=32, description="long side of the returned heatmap PNG, pixels")
     onnx_path: str | None = Field(None, description="serve with ONNX Runtime from this file instead of PyTorch")
     tta: bool | None = Field(None, description="flip-averaged predictions; None: as the run was validated")
+    warmup: bool = Field(True, description="score one synthetic image at start-up so the first request is not slow")
     threads: int = Field(2, ge=1, description="intra-op threads of the inference backend")
 
     @field_validator("content_types", mode="before")
