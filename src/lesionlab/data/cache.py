@@ -125,7 +125,7 @@ def cached_images(source: DataSource, size: tuple[int, int], resize: str = "squa
         if os.path.exists(tmp):
             os.unlink(tmp)
     info = {"source": source.name, "synthetic": source.synthetic, "rows": n, "size": list(size), "resize": resize,
-            "format": CACHE_FORMAT_VERSION, "fingerprint": source.fingerprint(), "created": time.time()}
+            "format": CACHE_FORMAT_VERSION, "key": path.stem, "created": time.time()}
     path.with_suffix(".json").write_text(json.dumps(info, indent=1))
     result = _open(path, n, size)
     if result is None:
