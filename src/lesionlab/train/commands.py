@@ -76,7 +76,8 @@ def print_summary(run_dir: Path) -> None:
 
     info = read_info(run_dir)
     best = info.get("best", {})
-    table = Table(title=f"best epoch {int(best.get('epoch', -1)) + 1} (by val {best.get('monitor', '?')})")
+    table = Table(title=f"best epoch {int(best.get('epoch', -1)) + 1} (by val {best.get('monitor', '?')})",
+                  min_width=56)
     table.add_column("validation metric")
     table.add_column("value", justify="right")
     for key, value in best.items():

@@ -502,6 +502,10 @@ def _fit(cfg: RunConfig, ctx: dist_utils.DistContext, run_dir: Path, resume: boo
     ddp_module: nn.Module | None = None
     ddp_phase: bool | None = None
     stopped_early = False
+    from tqdm.auto import tqdm
+
+    epochs_bar = tqdm(total=tc.epochs, initial=start_epoch, desc="epochs", disable=not progress, unit="epoch",
+                      dynamic_ncols=True)
     for epoch in range(start_epoch, tc.epochs):
         if stopper.should_stop:
             stopped_early = True
@@ -550,25 +554,30 @@ def _fit(cfg: RunConfig, ctx: dist_utils.DistContext, run_dir: Path, resume: boo
                 "precision": prec_report, "config": cfg.model_dump(mode="json")})
             if progress:
                 _print_epoch(row, tc.monitor, improved)
+                epochs_bar.update(1)
+                epochs_bar.set_postfix(loss=f"{row['train_loss']:.4f}", val=_fmt(monitored),
+                                       best=f"{_fmt(stopper.best)} @{stopper.best_epoch + 1}")
             for cb in callbacks:
                 cb(epoch, row)
         dist_utils.barrier()
     else:
         stopped_early = stopper.should_stop
+    epochs_bar.close()
     if ctx.is_main:
         _finish(run_dir, history, stopper, stopped_early)
     dist_utils.barrier()
     return run_dir
 
 
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else "n/a" if v is None else str(v)
+
+
 def _print_epoch(row: dict[str, Any], monitor: str, improved: bool) -> None:
     from tqdm.auto import tqdm
 
-    def fmt(v: Any) -> str:
-        return f"{v:.4f}" if isinstance(v, float) else "n/a" if v is None else str(v)
-
-    tqdm.write(f"epoch {row['epoch'] + 1}: train loss {fmt(row['train_loss'])}, val acc {fmt(row['val_accuracy'])}, "
-               f"bal. acc {fmt(row['val_balanced_accuracy'])}, macro AUC {fmt(row['val_macro_auc'])} "
+    tqdm.write(f"epoch {row['epoch'] + 1}: train loss {_fmt(row['train_loss'])}, val acc {_fmt(row['val_accuracy'])}, "
+               f"bal. acc {_fmt(row['val_balanced_accuracy'])}, macro AUC {_fmt(row['val_macro_auc'])} "
                f"({row['seconds']:.1f} s){'  * best ' + monitor if improved else ''}")
 
 

@@ -1,0 +1,223 @@
+"""Training benchmarks recorded in docs/BENCHMARKS.md, each measured in one process on the same model and data.
+
+``frozen``: a frozen backbone with a trainable head. Time per training epoch when the head trains on the cached
+embeddings, against running the frozen backbone on every image every epoch (what a Keras model with
+``trainable = False`` layers does). The one-off cost of building the cache is reported beside them.
+
+``throughput``: fine-tuning images/s of the engine's input path (decode-once uint8 cache, per-sample augmentation,
+the precision settings of the config) against a plain loop that opens and decodes each JPEG every epoch and trains
+in float32 with the default memory format - same network, same initial weights, same augmentation (flips).
+
+Run under ``flock /tmp/lesionlab-cpu.lock`` on a shared machine::
+
+    python -m lesionlab.train.bench frozen --config configs/frozen-simple-64.yaml
+    python -m lesionlab.train.bench throughput --config configs/cpu-lite0-64.yaml data.image_size=64
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from lesionlab.config import RunConfig, load_config
+from lesionlab.train.embeddings import FeatureDataset, HeadOnly, compute_embeddings
+from lesionlab.train.engine import _image_dataset, _loader, build_model, prepare_data, preprocessing_for
+from lesionlab.train.loop import Precision, seed_everything, train_one_epoch
+from lesionlab.train.pieces import class_counts, make_loss, make_optimizer
+from lesionlab.train.precision import choose_precision
+
+
+def _environment() -> dict[str, Any]:
+    import platform
+
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine()}
+
+
+def bench_frozen(cfg: RunConfig, epochs: int = 5, keras_epochs: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Seconds per head-training epoch: cached embeddings vs the frozen backbone on every image (see module doc)."""
+    tc = cfg.train
+    seed_everything(tc.seed)
+    data = prepare_data(cfg, progress)
+    model = build_model(cfg.model_copy(update={"train": tc.model_copy(update={"mode": "frozen"})}),
+                        int(data.meta.shape[1]) if data.meta is not None else 0)
+    pre = preprocessing_for(cfg, model)
+    precision = Precision(torch.device("cpu"))
+    from lesionlab.data import build_eval_transform
+
+    labels = data.train_labels
+    loss_fn = make_loss(tc, class_counts(labels))
+    images = _image_dataset(data, data.train_rows, build_eval_transform(pre))
+
+    start = time.perf_counter()
+    feats = compute_embeddings(model, _loader(images, tc.eval_batch_size, num_workers=tc.num_workers),
+                               precision=precision, progress=progress, desc="embed train")
+    build_s = time.perf_counter() - start
+
+    meta = torch.as_tensor(data.meta[data.train_rows]) if data.meta is not None else None
+    features = FeatureDataset(feats, labels, meta, pick_view=True)
+    head = HeadOnly(model)
+    init = copy.deepcopy(model.state_dict())
+    optimizer = make_optimizer(tc, model)
+    g = torch.Generator().manual_seed(tc.seed)
+    cached = []
+    for e in range(epochs):
+        head.train()
+        stats = train_one_epoch(head, _loader(features, tc.batch_size, shuffle=True, generator=g, num_workers=0),
+                                loss_fn, optimizer, precision=precision, progress=progress,
+                                desc=f"cached epoch {e + 1}")
+        cached.append(stats["seconds"])
+
+    model.load_state_dict(init)  # same starting head for the Keras-style epochs
+    optimizer = make_optimizer(tc, model)
+    keras = []
+    for e in range(keras_epochs):
+        model.train()  # the frozen backbone stays in eval mode (LesionModel.train)
+        stats = train_one_epoch(model, _loader(images, tc.batch_size, shuffle=True, generator=g,
+                                               num_workers=tc.num_workers),
+                                loss_fn, optimizer, precision=precision, progress=progress,
+                                desc=f"backbone-every-epoch epoch {e + 1}")
+        keras.append(stats["seconds"])
+    cached_s = float(np.median(cached))
+    keras_s = float(np.median(keras))
+    return {"benchmark": "frozen", "model": cfg.model.name, "head": cfg.model.head,
+            "input_size": list(cfg.data.image_size), "train_images": len(labels), "batch_size": tc.batch_size,
+            "feature_shape": list(feats.shape[2:]), "cache_build_s": build_s, "cached_epoch_s": cached_s,
+            "cached_epochs_s": cached, "backbone_epoch_s": keras_s, "backbone_epochs_s": keras,
+            "speedup": keras_s / cached_s, "breakeven_epochs": build_s / max(keras_s - cached_s, 1e-9),
+            **_environment()}
+
+
+class PlainJPEGDataset(torch.utils.data.Dataset):
+    """The plain baseline: open and decode the JPEG every time, flip, scale and normalise (torchvision v2)."""
+
+    def __init__(self, paths: list[Path], labels: np.ndarray, size: tuple[int, int], mean: tuple, std: tuple,
+                 hflip: bool, vflip: bool) -> None:
+        from torchvision.transforms import v2
+
+        self.paths = paths
+        self.labels = labels
+        steps: list[Any] = [v2.ToImage()]
+        if hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        if vflip:
+            steps.append(v2.RandomVerticalFlip())
+        steps += [v2.Resize(list(size), antialias=True), v2.ToDtype(torch.float32, scale=True),
+                  v2.Normalize(list(mean), list(std))]
+        self.transform = v2.Compose(steps)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        with Image.open(self.paths[i]) as img:
+            x = self.transform(img.convert("RGB"))
+        return {"image": x, "label": int(self.labels[i])}
+
+
+def _data_rate(loader: Any, batches: int) -> float:
+    """Images/s of a loader alone (no model): the input pipeline's own ceiling."""
+    n = 0
+    start = time.perf_counter()
+    for i, batch in enumerate(loader):
+        if i >= batches:
+            break
+        n += len(batch["label"])
+    return n / (time.perf_counter() - start)
+
+
+def _train_rate(model: nn.Module, loader: Any, tc: Any, counts: np.ndarray, precision: Precision, batches: int,
+                warmup: int, progress: bool, desc: str) -> float:
+    """Training images/s over ``batches`` batches after ``warmup`` untimed ones."""
+    loss_fn = make_loss(tc, counts)
+    optimizer = make_optimizer(tc, model)
+    model.train()
+    train_one_epoch(model, loader, loss_fn, optimizer, precision=precision, max_batches=warmup, progress=False)
+    stats = train_one_epoch(model, loader, loss_fn, optimizer, precision=precision, max_batches=batches,
+                            progress=progress, desc=desc)
+    return float(stats["images_per_s"])
+
+
+def bench_throughput(cfg: RunConfig, batches: int = 30, warmup: int = 3, progress: bool = True) -> dict[str, Any]:
+    """Fine-tuning images/s: the engine's input path and precision vs a plain JPEG-decoding float32 loop."""
+    from lesionlab.data import build_train_transform
+
+    tc = cfg.train
+    seed_everything(tc.seed)
+    data = prepare_data(cfg, progress)
+    device = torch.device("cpu")
+    model = build_model(cfg, 0)
+    init = copy.deepcopy(model.state_dict())
+    pre = preprocessing_for(cfg, model)
+    counts = class_counts(data.train_labels)
+    g = torch.Generator().manual_seed(tc.seed)
+
+    paths = [Path(data.source.images.paths[i]) for i in data.train_rows]
+    plain_ds = PlainJPEGDataset(paths, data.train_labels, tuple(cfg.data.image_size), pre.mean, pre.std,
+                                cfg.augment.hflip, cfg.augment.vflip)
+    plain_loader = _loader(plain_ds, tc.batch_size, shuffle=True, generator=g, num_workers=tc.num_workers,
+                           drop_last=True)
+    ours_ds = _image_dataset(data, data.train_rows, build_train_transform(cfg.augment, pre), tc.seed)
+    ours_loader = _loader(ours_ds, tc.batch_size, shuffle=True, generator=g, num_workers=tc.num_workers,
+                          drop_last=True)
+
+    def sample() -> tuple[torch.Tensor, None]:
+        return next(iter(ours_loader))["image"], None
+
+    precision, report = choose_precision(tc, device, model, sample)
+    plain_data = _data_rate(plain_loader, batches)
+    ours_data = _data_rate(ours_loader, batches)
+
+    plain_model = copy.deepcopy(model)
+    plain = _train_rate(plain_model, plain_loader, tc, counts, Precision(device), batches, warmup, progress,
+                        "plain JPEG loop")
+    model.load_state_dict(init)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ours = _train_rate(model, ours_loader, tc, counts, precision, batches, warmup, progress, "lesionlab engine")
+    return {"benchmark": "throughput", "model": cfg.model.name, "input_size": list(cfg.data.image_size),
+            "batch_size": tc.batch_size, "batches": batches, "num_workers": tc.num_workers,
+            "plain_images_per_s": plain, "engine_images_per_s": ours, "speedup": ours / plain,
+            "plain_data_only_images_per_s": plain_data, "engine_data_only_images_per_s": ours_data,
+            "engine_precision": precision.describe(), "precision_check": report, **_environment()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lesionlab.train.bench {frozen,throughput} --config FILE [key=value ...]``."""
+    parser = argparse.ArgumentParser(prog="python -m lesionlab.train.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", choices=["frozen", "throughput"])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--epochs", type=int, default=5, help="frozen: cached head epochs timed")
+    parser.add_argument("--keras-epochs", type=int, default=1, help="frozen: backbone-every-epoch epochs timed")
+    parser.add_argument("--batches", type=int, default=30, help="throughput: timed batches per side")
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_intermixed_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    progress = not args.no_progress
+    if args.which == "frozen":
+        result = bench_frozen(cfg, args.epochs, args.keras_epochs, progress)
+    else:
+        result = bench_throughput(cfg, args.batches, progress=progress)
+    result["command"] = " ".join(["python -m lesionlab.train.bench", *(argv if argv is not None else sys.argv[1:])])
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

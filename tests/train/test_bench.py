@@ -1,0 +1,61 @@
+"""The benchmark functions run end to end on a tiny SYNTHETIC HAM10000-layout folder (JPEG files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lesionlab.config import ModelConfig, load_config
+from lesionlab.data.synthetic import write_synthetic
+from lesionlab.models import create_model
+from lesionlab.train.bench import bench_frozen, bench_throughput, main
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic(tmp_path_factory.mktemp("syn"), n=112, seed=3, size=32)
+
+
+def _cfg(tmp_path: Path, csv: Path, *over: str):
+    return load_config(None, ["data.source=ham10000", f"data.metadata_csv={csv}", "data.split=lesion",
+                              "data.image_size=32", f"data.cache_dir={tmp_path}", "model.name=test_efficientnet",
+                              "train.batch_size=16", "train.channels_last=off", "train.bf16=off",
+                              "augment.rotation=0", "augment.shear=0", "augment.translate=0", "augment.zoom=[1,1]",
+                              "augment.brightness=0", "augment.contrast=0", "augment.saturation=0", "augment.hue=0",
+                              "augment.blur_p=0", *over])
+
+
+def test_bench_frozen_reports_both_epoch_times(tmp_path: Path, folder: Path) -> None:
+    weights = tmp_path / "w.safetensors"
+    state = create_model(ModelConfig(name="test_efficientnet", pretrained=False)).backbone.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    out = bench_frozen(_cfg(tmp_path, folder, "model.head=simple", f"model.weights={weights}"), epochs=2,
+                       progress=False)
+    assert out["cached_epoch_s"] > 0 and out["backbone_epoch_s"] > 0 and out["cache_build_s"] > 0
+    assert out["speedup"] == pytest.approx(out["backbone_epoch_s"] / out["cached_epoch_s"])
+    assert len(out["feature_shape"]) == 3  # the simple head consumes the feature map
+
+
+def test_bench_throughput_compares_the_two_input_paths(tmp_path: Path, folder: Path) -> None:
+    out = bench_throughput(_cfg(tmp_path, folder, "model.pretrained=false"), batches=2, warmup=1, progress=False)
+    for key in ("plain_images_per_s", "engine_images_per_s", "plain_data_only_images_per_s",
+                "engine_data_only_images_per_s"):
+        assert out[key] > 0
+    assert out["engine_precision"] == {"device": "cpu", "autocast": None, "channels_last": False,
+                                       "grad_scaler": False}
+
+
+def test_bench_cli_writes_json(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("name: c\n")
+    args = ["throughput", "--config", str(cfg_file), "data.source=ham10000", f"data.metadata_csv={folder}",
+            "data.split=lesion", "data.image_size=32", f"data.cache_dir={tmp_path}", "model.name=test_efficientnet",
+            "model.pretrained=false", "train.batch_size=16", "train.channels_last=off", "--batches", "1",
+            "--no-progress", "--json", str(tmp_path / "out.json")]
+    torch.manual_seed(0)
+    assert main(args) == 0
+    assert '"speedup"' in (tmp_path / "out.json").read_text()
+    assert "python -m lesionlab.train.bench throughput" in capsys.readouterr().out
