@@ -37,13 +37,12 @@ DEFAULT_DROPOUT: dict[str, float] = {"linear": 0.0, "mlp": 0.5, "simple": 0.0, "
 class Head(nn.Module):
     """``embed`` (features -> ``[B, embed_dim]``) followed by ``classifier`` (-> logits)."""
 
-    def __init__(self, kind: str, embed: nn.Module, embed_dim: int, num_classes: int,
-                 classifier_in: int | None = None) -> None:
+    def __init__(self, kind: str, embed: nn.Module, embed_dim: int, num_classes: int) -> None:
         super().__init__()
         self.kind = kind
         self.embed = embed
         self.embed_dim = embed_dim
-        self.classifier = nn.Linear(classifier_in or embed_dim, num_classes)
+        self.classifier = nn.Linear(embed_dim, num_classes)  # create_model widens it for concat fusion
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Logits from backbone features (no fusion)."""
@@ -79,8 +78,8 @@ def _conv_embed(channels: int, hidden: int, dropout: float) -> tuple[nn.Module, 
 
 
 def build_head(kind: str, channels: int, num_classes: int, hidden: int = 64, dropout: float | None = None,
-               grid: int = 2, classifier_in: int | None = None) -> Head:
-    """A head for backbone features with ``channels`` channels; ``classifier_in`` when fusion widens the input."""
+               grid: int = 2) -> Head:
+    """A head for backbone features with ``channels`` channels (map or pooled, as ``FEATURE_KIND[kind]`` says)."""
     if kind not in FEATURE_KIND:
         raise ValueError(f"model.head: unknown head {kind!r}; expected one of {', '.join(FEATURE_KIND)}")
     if hidden < 1 or grid < 1:
@@ -96,4 +95,4 @@ def build_head(kind: str, channels: int, num_classes: int, hidden: int = 64, dro
         embed, dim = _simple_embed(channels, hidden, grid, drop)
     else:
         embed, dim = _conv_embed(channels, hidden, drop)
-    return Head(kind, embed, dim, num_classes, classifier_in)
+    return Head(kind, embed, dim, num_classes)

@@ -189,17 +189,20 @@ def _build_backbone(spec: ModelSpec, kwargs: dict[str, Any], source: WeightsSour
     return backbone, whole
 
 
-def _feature_shape(spec: ModelSpec, kwargs: dict[str, Any], input_size: tuple[int, ...]) -> tuple[int, ...]:
-    """Shape of the backbone's feature map, found on a meta-device twin (no memory, no arithmetic)."""
+def _map_channels(spec: ModelSpec, kwargs: dict[str, Any], head: str) -> int:
+    """Channels of the backbone's feature map, found on a meta-device twin (no memory, no arithmetic, no weights),
+    so that a head that cannot work is refused before any weights are fetched."""
     import timm
 
     with torch.device("meta"):
         twin = timm.create_model(spec.timm_name, pretrained=False, num_classes=0,
                                  **{k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"})
-        if spec.strip_pre_logits:
-            _strip_pre_logits(twin)
-        twin.eval()
-        return tuple(twin.forward_features(torch.empty(1, *input_size)).shape)
+        input_size = tuple(twin.pretrained_cfg.get("input_size", (3, 224, 224)))
+        shape = tuple(twin.eval().forward_features(torch.empty(1, *input_size)).shape)
+    if len(shape) != 4:
+        raise ValueError(f"model.head={head} needs a convolutional feature map [B, C, H, W], but {spec.timm_name} "
+                         f"gives features of shape {list(shape)}; use model.head=linear or mlp")
+    return int(shape[1])
 
 
 def create_model(cfg: ModelConfig, num_classes: int = NUM_CLASSES, meta_dim: int = 0) -> LesionModel:
@@ -218,23 +221,15 @@ def create_model(cfg: ModelConfig, num_classes: int = NUM_CLASSES, meta_dim: int
     spec = resolve_spec(cfg.name)
     source = resolve_weights(cfg, spec)
     kwargs = _timm_kwargs(spec, cfg)
-    backbone, whole = _build_backbone(spec, kwargs, source)
-
     feature_kind = FEATURE_KIND[cfg.head]
-    if feature_kind == "pooled":  # timm's contract: forward_head(pre_logits=True) is head_hidden_size wide
-        channels = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
-    else:
-        input_size = tuple(backbone.pretrained_cfg.get("input_size", (3, 224, 224)))
-        shape = _feature_shape(spec, kwargs, input_size)
-        if len(shape) != 4:
-            raise ValueError(f"model.head={cfg.head} needs a convolutional feature map [B, C, H, W], but "
-                             f"{spec.timm_name} gives features of shape {list(shape)}; use model.head=linear or mlp")
-        channels = int(shape[1])
-    probe_head = build_head(cfg.head, channels, num_classes, cfg.head_hidden, cfg.dropout, cfg.head_grid)
-    fusion = build_fusion(cfg.fusion, channels, probe_head.embed_dim, meta_dim, cfg.fusion_hidden)
-    out_dim = fusion.out_dim(probe_head.embed_dim)
-    head = probe_head if out_dim == probe_head.embed_dim else build_head(
-        cfg.head, channels, num_classes, cfg.head_hidden, cfg.dropout, cfg.head_grid, classifier_in=out_dim)
+    map_channels = _map_channels(spec, kwargs, cfg.head) if feature_kind == "map" else 0
+    backbone, whole = _build_backbone(spec, kwargs, source)
+    # pooled: timm's contract is that forward_head(pre_logits=True) is head_hidden_size wide
+    channels = map_channels or int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+    head = build_head(cfg.head, channels, num_classes, cfg.head_hidden, cfg.dropout, cfg.head_grid)
+    fusion = build_fusion(cfg.fusion, channels, head.embed_dim, meta_dim, cfg.fusion_hidden)
+    if fusion.out_dim(head.embed_dim) != head.embed_dim:  # concat fusion: the classifier reads the joint layer
+        head.classifier = nn.Linear(fusion.out_dim(head.embed_dim), num_classes)
     freeze_bn = cfg.freeze_bn if cfg.freeze_bn is not None else (spec.freeze_bn and source.kind != "none")
     model = LesionModel(backbone, head, fusion, config=cfg, spec=spec, weights=source, feature_kind=feature_kind,
                         num_features=channels, num_classes=num_classes, meta_dim=meta_dim, freeze_bn=freeze_bn)
