@@ -13,6 +13,7 @@ from PIL import Image
 from lesionlab.runs import load_run
 from lesionlab.serve.app import create_app
 from lesionlab.serve.bench import jpeg_bytes, synthetic_lesion
+from lesionlab.serve.schemas import BatchResponse, ErrorBody, PredictResponse
 from lesionlab.serve.settings import ServeSettings
 
 
@@ -39,6 +40,7 @@ def good(client: TestClient) -> dict:
     resp = client.post("/v1/predict", files={"image": ("lesion.jpg", jpeg(), "image/jpeg")},
                        data={"age": "55", "sex": "female", "site": "back"})
     assert resp.status_code == 200, resp.text
+    PredictResponse.model_validate(resp.json())  # the documented schema
     return resp.json()
 
 
@@ -68,6 +70,7 @@ def test_explain_returns_a_png_overlay(client: TestClient) -> None:
     resp = client.post("/v1/predict", files={"image": ("l.jpg", jpeg((160, 120)), "image/jpeg")},
                        data={"explain": "true"})
     assert resp.status_code == 200, resp.text
+    PredictResponse.model_validate(resp.json())
     hm = resp.json()["heatmap"]
     png = Image.open(io.BytesIO(base64.b64decode(hm["png_base64"])))
     assert png.format == "PNG" and png.mode == "RGBA" and png.size == (160, 120)
@@ -80,6 +83,7 @@ def test_batch_predicts_each_image_with_its_own_metadata(client: TestClient) -> 
     resp = client.post("/v1/predict/batch", files=files,
                        data={"age": ["20", "50", "80"], "sex": "male", "site": ["face", "back", "hand"]})
     assert resp.status_code == 200, resp.text
+    BatchResponse.model_validate(resp.json())
     results = resp.json()["results"]
     assert [r["image"]["name"] for r in results] == ["0.jpg", "1.jpg", "2.jpg"]
     assert [r["metadata"]["age"] for r in results] == [20.0, 50.0, 80.0]
@@ -148,7 +152,7 @@ BAD_SINGLE = [
     ("unknown sex", _form(sex="yes"), 422, "unknown_sex", "sex"),
     ("unknown site", _form(site="elbow"), 422, "unknown_site", "site"),
     ("a megabyte of sex", _form(sex="x" * 500_000), 422, "unknown_sex", "sex"),
-    ("unknown explain class", _form(explain="true", explain_class="wart"), 422, "unknown_class", "explain_class"),
+    ("unknown explain class", _form(explain_class="wart"), 422, "unknown_class", "explain_class"),
     ("explain not a boolean", _form(explain="perhaps"), 422, "invalid_field", "explain"),
     ("no image field", _form(None, age="50"), 422, "missing_field", "image"),
 ]
@@ -159,7 +163,7 @@ def test_each_bad_input_gets_a_json_4xx_and_the_server_keeps_serving(client: Tes
                                                                      status: int, code: str, field: str) -> None:
     resp = client.post("/v1/predict", **request_kw)
     assert resp.status_code == status, resp.text
-    err = resp.json()["error"]
+    err = ErrorBody.model_validate(resp.json()).error.model_dump()
     assert (err["code"], err["field"]) == (code, field), err
     assert err["message"] and len(err["message"]) < 500
     good(client)
@@ -206,3 +210,8 @@ def test_malformed_requests(client: TestClient, kwargs: dict, status: int, code:
 def test_unknown_route_and_method_are_json(client: TestClient) -> None:
     assert client.get("/v1/nothing").json()["error"]["code"] == "not_found"
     assert client.get("/v1/predict").status_code == 405
+
+
+def test_explain_class_asks_for_that_class(client: TestClient) -> None:
+    resp = client.post("/v1/predict", files={"image": ("l.jpg", jpeg(), "image/jpeg")}, data={"explain_class": "MEL"})
+    assert resp.status_code == 200 and resp.json()["heatmap"]["class"] == "mel"

@@ -18,8 +18,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lesionlab import __version__
+from lesionlab.classes import UnknownClassError, by_code
 from lesionlab.serve.decode import decode_image
 from lesionlab.serve.errors import ServeError, error_response, install_error_handlers
+from lesionlab.serve.schemas import ERRORS, BatchResponse, PredictResponse
 from lesionlab.serve.service import SEXES, Patient, Predictor, Timer
 from lesionlab.serve.settings import ServeSettings
 
@@ -133,13 +135,6 @@ def create_app(run_or_path: Any, settings: ServeSettings | None = None) -> FastA
             images.append(decode_image(data, settings, name, upload.content_type, field))
             names.append(name)
         timer.add("decode", t)
-        if explain_class:
-            from lesionlab.classes import UnknownClassError, by_code
-
-            try:
-                by_code(explain_class)
-            except UnknownClassError as err:
-                raise ServeError(422, "unknown_class", str(err), "explain_class") from None
         results = predictor.predict(images, patients, names, timer, explain=explain, explain_class=explain_class)
         timer.add("total", start)
         timing = {k: round(v, 3) for k, v in timer.stages.items()}
@@ -150,7 +145,7 @@ def create_app(run_or_path: Any, settings: ServeSettings | None = None) -> FastA
     def page() -> FileResponse:
         return FileResponse(static_dir() / "index.html", media_type="text/html")
 
-    @app.get("/healthz", summary="Liveness: the model is loaded and answering")
+    @app.get("/healthz", summary="Liveness: the model is loaded and answering", response_model=dict[str, Any])
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "model": predictor.model_info()}
 
@@ -164,21 +159,28 @@ def create_app(run_or_path: Any, settings: ServeSettings | None = None) -> FastA
                 "max_bytes": settings.max_bytes, "max_pixels": settings.max_pixels, "max_batch": settings.max_batch,
                 "content_types": list(settings.content_types), "uses_metadata": predictor.uses_meta}
 
-    @app.post("/v1/predict", summary="Classify one image")
+    @app.post("/v1/predict", summary="Classify one image", response_model=PredictResponse, responses=ERRORS)
     def predict(image: Annotated[UploadFile, File(description="the dermoscopy image (JPEG, PNG, ...)")],
                 age: Annotated[str | None, Form(description="years")] = None,
                 sex: Annotated[str | None, Form(description="male, female or unknown")] = None,
                 site: Annotated[str | None, Form(description="HAM10000 localization")] = None,
                 explain: Annotated[bool, Form(description="add a Grad-CAM heatmap overlay (PNG)")] = False,
-                explain_class: Annotated[str | None, Form(description="class code to explain; default top-1")]
-                = None) -> JSONResponse:
+                explain_class: Annotated[str | None, Form(description="class code to explain (implies explain); "
+                                                              "default the top-1 class")] = None) -> JSONResponse:
         patient = predictor.check_patient(age, sex, site)
+        if explain_class:
+            try:
+                explain_class = by_code(explain_class).code
+            except UnknownClassError as err:
+                raise ServeError(422, "unknown_class", str(err), "explain_class") from None
+            explain = True
         results, timing = run_predict([image], [patient], ["image"], explain, explain_class)
         body = {"model": predictor.model_info(), **results[0], "temperature": predictor.temperature,
                 "timing_ms": timing}
         return JSONResponse(body)
 
-    @app.post("/v1/predict/batch", summary="Classify several images")
+    @app.post("/v1/predict/batch", summary="Classify several images", response_model=BatchResponse,
+              responses=ERRORS)
     def predict_batch(images: Annotated[list[UploadFile], File(description="the images, as repeated 'images'")],
                       age: Annotated[list[str] | None, Form(description="none, one, or one per image")] = None,
                       sex: Annotated[list[str] | None, Form()] = None,

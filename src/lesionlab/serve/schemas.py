@@ -1,0 +1,96 @@
+"""Response shapes for the OpenAPI documentation (``/docs``); the tests validate real answers against them.
+
+The endpoints return ready JSON rather than letting FastAPI re-validate each answer (that would only add latency),
+so these models document the contract and the tests keep them honest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ClassProbability(BaseModel):
+    code: str = Field(description="HAM10000 diagnosis code")
+    name: str
+    malignant: bool
+    probability: float = Field(description="after the run's temperature scaling")
+
+
+class Referral(BaseModel):
+    refer: bool = Field(description="malignant_probability >= threshold")
+    malignant_probability: float = Field(description="p(akiec) + p(bcc) + p(mel)")
+    threshold: float
+    threshold_source: str = Field(description="'validation' (fitted by evaluate --calibrate) or 'default' (0.5)")
+    malignant_classes: list[str]
+
+
+class ModelInfo(BaseModel):
+    id: str
+    version: str = Field(description="first 12 hex digits of the weights' SHA-256")
+    backend: str = Field(description="torch or onnxruntime")
+    flip_averaged: bool
+    lesionlab: str
+
+
+class ImageInfo(BaseModel):
+    name: str
+    width: int
+    height: int
+
+
+class Metadata(BaseModel):
+    age: float | None
+    sex: str
+    site: str
+    used_by_model: bool
+
+
+class Heatmap(BaseModel):
+    method: str
+    class_: str = Field(alias="class", description="class code explained")
+    layer: str
+    width: int
+    height: int
+    png_base64: str = Field(description="RGBA PNG, same aspect as the upload, to lay over it")
+
+
+class ImageResult(BaseModel):
+    image: ImageInfo
+    probabilities: list[ClassProbability]
+    top: list[ClassProbability]
+    referral: Referral
+    metadata: Metadata
+    heatmap: Heatmap | None
+
+
+class PredictResponse(ImageResult):
+    model: ModelInfo
+    temperature: float | None
+    timing_ms: dict[str, float] = Field(description="decode, preprocess, model, explain, total, overhead")
+
+
+class BatchResponse(BaseModel):
+    model: ModelInfo
+    temperature: float | None
+    results: list[ImageResult]
+    timing_ms: dict[str, float]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "empty, not an image, corrupt or truncated"},
+    413: {"model": ErrorBody, "description": "too many bytes, pixels or images"},
+    415: {"model": ErrorBody, "description": "content type not accepted, or not multipart/form-data"},
+    422: {"model": ErrorBody, "description": "a form field out of range or unknown (field named)"},
+}
