@@ -89,7 +89,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ValueError("choose an export format: --onnx (the only one so far)")
     run = load_run(args.run)
     path = export_onnx(run, args.out)
-    images, source = parity_images(args.check_images)
+    images, source = parity_images(args.check_images, limit=args.check_limit)
     results = {path: parity(run, path, images, threads=args.threads)}
     if args.int8:
         q_path = path.with_name(path.stem + ".int8.onnx")
@@ -309,6 +309,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write <name>.int8.onnx, statically quantised on the parity images (faster on CPU)")
     p.add_argument("--check-images", default=None, metavar="DIR",
                    help="folder of images for the parity check (default ../shared/data images, else synthetic)")
+    p.add_argument("--check-limit", type=int, default=32, help="at most this many parity images")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_export)
 

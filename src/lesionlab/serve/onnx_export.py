@@ -112,7 +112,7 @@ def onnx_classes(path: str | Path) -> list[str] | None:
 
 
 def parity(run: Any, onnx_path: str | Path, images: Sequence[Any], meta_rows: Sequence[dict[str, Any]] | None = None,
-           threads: int = 2) -> dict[str, float]:
+           threads: int = 2, batch_size: int = 32) -> dict[str, float]:
     """Max abs difference of logits and probabilities, ONNX Runtime vs PyTorch eager, on the same preprocessed batch.
 
     ``images`` are PIL images or uint8 arrays that go through the run's preprocessing; the temperature is applied
@@ -121,16 +121,22 @@ def parity(run: Any, onnx_path: str | Path, images: Sequence[Any], meta_rows: Se
     from lesionlab.runs import softmax_np
     from lesionlab.serve.backend import OnnxBackend, TorchBackend
 
-    x = torch.stack([run.preprocessing(im) for im in images]).float().numpy()
-    meta = None
-    if run_uses_meta(run):
-        rows = list(meta_rows) if meta_rows is not None else [{"age": float("nan"), "sex": "unknown",
-                                                               "site": "unknown"}] * len(x)
-        meta = np.stack([run.meta_encoder.encode_one(r.get("age"), r.get("sex"), r.get("site")) for r in rows])
-    ref = TorchBackend(run.model).logits(x, meta)
-    got = OnnxBackend(onnx_path, threads).logits(x, meta)
+    if not images:
+        raise ValueError("parity needs at least one image")
+    uses_meta = run_uses_meta(run)
+    rows = list(meta_rows) if meta_rows is not None else [{"age": None, "sex": "unknown", "site": "unknown"}] * len(
+        images)
+    torch_backend, onnx_backend = TorchBackend(run.model), OnnxBackend(onnx_path, threads)
+    refs, gots = [], []
+    for start in range(0, len(images), batch_size):
+        x = torch.stack([run.preprocessing(im) for im in images[start:start + batch_size]]).float().numpy()
+        meta = np.stack([run.meta_encoder.encode_one(r.get("age"), r.get("sex"), r.get("site"))
+                         for r in rows[start:start + batch_size]]) if uses_meta else None
+        refs.append(torch_backend.logits(x, meta))
+        gots.append(onnx_backend.logits(x, meta))
+    ref, got = np.concatenate(refs), np.concatenate(gots)
     t = (run.info or {}).get("temperature")
-    return {"n": float(len(x)), "max_abs_logit_diff": float(np.abs(ref - got).max()),
+    return {"n": float(len(ref)), "max_abs_logit_diff": float(np.abs(ref - got).max()),
             "max_abs_prob_diff": float(np.abs(softmax_np(ref, t) - softmax_np(got, t)).max()),
             "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean())}
 
