@@ -48,7 +48,7 @@ def ensure_torchvision_importable() -> None:
         return
     import torch
 
-    _library = torch.library.Library("torchvision", "DEF")  # noqa: TOR  (kept alive at module level)
+    _library = torch.library.Library("torchvision", "DEF")  # kept alive at module level
     for schema in _SCHEMAS.values():
         _library.define(schema)
     patched = True
