@@ -95,7 +95,8 @@ def run_demo(cfg: RunConfig, out: Path, progress: bool = True, console: Any = No
     timings["train_s"] = time.perf_counter() - start
 
     start = step("6/6 evaluate on the test split (calibrated on validation) and report")
-    result = evaluate_run(run_dir, split="test", calibrate=True, out_dir=out / "eval-test", progress=progress)
+    result = evaluate_run(run_dir, split="test", calibrate=True, out_dir=out / "eval-test", timing_images=16,
+                          progress=progress)
     print_metrics(result.metrics)
     report = render_run_report(result.out_dir)
     timings["evaluate_s"] = time.perf_counter() - start

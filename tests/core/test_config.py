@@ -1,0 +1,81 @@
+"""Typed config: YAML loading, key=value overrides, unknown keys named with suggestions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lesionlab.config import ConfigError, RunConfig, apply_overrides, dump_config, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_follow_the_dermamnist_study() -> None:
+    cfg = load_config()
+    assert isinstance(cfg, RunConfig)
+    assert cfg.train.optimizer == "adam" and cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.train.monitor == "balanced_accuracy"
+
+
+def test_overrides_parse_yaml_values(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ntrain: {epochs: 3}\n")
+    cfg = load_config(path, ["train.epochs=5", "train.lr=3e-4", "data.image_size=[224, 300]", "model.fusion=concat"])
+    assert cfg.train.epochs == 5
+    assert cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.data.image_size == (224, 300)
+    assert cfg.model.fusion == "concat"
+
+
+def test_int_image_size_means_square() -> None:
+    assert load_config(None, ["data.image_size=128"]).data.image_size == (128, 128)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["train.epoch=3"], r"unknown config key 'train.epoch'; did you mean epochs"),
+    (["trian.epochs=3"], r"unknown config key 'trian'; did you mean train"),
+    (["train.optimizer=rmsprop"], r"train.optimizer"),
+    (["train.epochs"], r"not of the form key=value"),
+])
+def test_bad_overrides_are_named(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  nmae: resnet50\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key 'model.nmae'; did you mean name"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(("text", "message"), [("a: [1,\n", "not valid YAML"), ("- 1\n- 2\n", "mapping")])
+def test_malformed_files(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("does/not/exist.yaml")
+
+
+def test_overrides_do_not_mutate_input() -> None:
+    data = {"train": {"epochs": 1}}
+    out = apply_overrides(data, ["train.epochs=2"])
+    assert data == {"train": {"epochs": 1}} and out["train"]["epochs"] == 2
+
+
+def test_dump_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(None, ["train.epochs=7", "name=rt"])
+    path = tmp_path / "r.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_run_config_loads(path: Path) -> None:
+    load_config(path)
