@@ -428,14 +428,11 @@ def _fit(cfg: RunConfig, ctx: dist_utils.DistContext, run_dir: Path, resume: boo
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
 
-    # Precision: image training decides once (saved in the checkpoint so a resume computes identically).
+    # Precision: image training decides once (saved in the checkpoint so a resume computes identically; under DDP
+    # rank 0's decision is used by every rank).
     images_train = tc.mode != "frozen" or (cfg.augment.enabled and tc.embed_cache_views == 0)
     if ckpt is not None:
         prec_report = ckpt["precision"]
-        precision = Precision(device, torch.bfloat16 if prec_report.get("bf16") else None,
-                              bool(prec_report.get("channels_last")))
-        if device.type == "cuda":
-            precision, _ = choose_precision(tc, device, images=images_train)
     else:
         def sample() -> tuple[torch.Tensor, torch.Tensor | None]:
             from lesionlab.data import build_eval_transform
@@ -448,6 +445,12 @@ def _fit(cfg: RunConfig, ctx: dist_utils.DistContext, run_dir: Path, resume: boo
         precision, prec_report = choose_precision(tc, device, model, sample, images=images_train)
         prec_report = {**prec_report, "bf16": precision.dtype == torch.bfloat16,
                        "channels_last": precision.channels_last}
+        prec_report = dist_utils.all_gather_object(prec_report)[0]
+    if device.type == "cuda":
+        precision, _ = choose_precision(tc, device, images=images_train)
+    else:
+        precision = Precision(device, torch.bfloat16 if prec_report.get("bf16") else None,
+                              bool(prec_report.get("channels_last")))
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
