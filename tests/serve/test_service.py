@@ -142,3 +142,15 @@ def test_overlay_alpha_follows_the_map() -> None:
     cam[2:5, 2:5] = 1.0
     rgba = np.asarray(Image.open(io.BytesIO(overlay_png(cam))))
     assert rgba[3, 3, 3] > 150 and rgba[8, 8, 3] == 0
+
+
+def test_source_size_reproduces_images_stored_small_for_training(image_run: Path) -> None:
+    """A run trained on 64 px copies of large photographs sees uploads squashed to 64 px first."""
+    run = load_run(image_run)
+    predictor = Predictor(run, ServeSettings(source_size=32))
+    images = _images(2)
+    got = predictor.predict(images, [Patient(), Patient()], ["a", "b"], Timer(), explain=True)
+    small = [im.resize((32, 32), Image.Resampling.BICUBIC) for im in images]
+    expected = run.predict_proba(small)
+    np.testing.assert_allclose([[c["probability"] for c in r["probabilities"]] for r in got], expected, atol=2e-6)
+    assert got[0]["heatmap"]["width"] == 120 and predictor.card()["input"]["source_size"] == [32, 32]

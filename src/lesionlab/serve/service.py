@@ -103,6 +103,8 @@ class Predictor:
         self.meta_encoder = getattr(run, "meta_encoder", None)
         self.uses_meta = run_uses_meta(run)
         self.tta = bool(getattr(run, "tta", False)) if settings.tta is None else settings.tta
+        source = getattr(self.preprocessing, "source_size", None) or settings.source_size
+        self.source_size: tuple[int, int] | None = (int(source[1]), int(source[0])) if source else None  # (w, h)
         temperature = self.info.get("temperature")
         self.temperature = float(temperature) if temperature is not None else None
         if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature > 0):
@@ -165,7 +167,13 @@ class Predictor:
     # -- scoring -----------------------------------------------------------------------------------------------
 
     def prepare(self, image: Image.Image, patient: Patient) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The model inputs of one image: the run's preprocessing, and its encoded metadata when the model uses it."""
+        """The model inputs of one image: the run's preprocessing, and its encoded metadata when the model uses it.
+
+        With a ``source_size`` the image is first squashed to that size (bicubic), reproducing training images that
+        were stored small (the shared 64 px HAM10000) before the run's own resize.
+        """
+        if self.source_size is not None and image.size != self.source_size:
+            image = image.resize(self.source_size, Image.Resampling.BICUBIC)
         x = self.preprocessing(image)
         if not isinstance(x, torch.Tensor):
             x = torch.as_tensor(np.asarray(x))
@@ -210,7 +218,11 @@ class Predictor:
         width, height = image_size
         scale = min(1.0, self.settings.heatmap_max_side / max(width, height))
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        png = overlay_png(to_image_geometry(hm.cam, size, resize), self.settings.heatmap_max_side)
+        if self.source_size is not None:  # the model saw the squashed image: map onto it, then stretch back
+            cam = to_image_geometry(to_image_geometry(hm.cam, self.source_size, resize), size, "square")
+        else:
+            cam = to_image_geometry(hm.cam, size, resize)
+        png = overlay_png(cam, self.settings.heatmap_max_side)
         return {"method": "Grad-CAM", "class": CLASS_CODES[class_index], "layer": hm.layer,
                 "width": size[0], "height": size[1], "png_base64": base64.b64encode(png).decode("ascii")}
 

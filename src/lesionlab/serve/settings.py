@@ -35,6 +35,9 @@ class ServeSettings(BaseModel):
     heatmap_max_side: int = Field(512, ge=32, description="long side of the returned heatmap PNG, pixels")
     onnx_path: str | None = Field(None, description="serve with ONNX Runtime from this file instead of PyTorch")
     tta: bool | None = Field(None, description="flip-averaged predictions; None: as the run was validated")
+    source_size: tuple[int, int] | None = Field(
+        None, description="(height, width) the training images were stored at, e.g. (64, 64) for the shared 64 px "
+        "HAM10000: uploads are squashed to it before the run's preprocessing, as training images were")
     warmup: bool = Field(True, description="score one synthetic image at start-up so the first request is not slow")
     threads: int = Field(2, ge=1, description="intra-op threads of the inference backend")
 
@@ -44,6 +47,11 @@ class ServeSettings(BaseModel):
         if isinstance(v, str):
             v = [p for p in v.split(",") if p.strip()]
         return tuple(str(p).strip().lower() for p in v) if isinstance(v, (list, tuple)) else v
+
+    @field_validator("source_size", mode="before")
+    @classmethod
+    def _square(cls, v: object) -> object:
+        return (v, v) if isinstance(v, int) else v
 
     @field_validator("age_range")
     @classmethod
