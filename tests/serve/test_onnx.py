@@ -112,6 +112,25 @@ def test_int8_export_keeps_the_padding_arithmetic_in_float(tmp_path: Path, run_f
     assert parity(run, int8, [synthetic_lesion(seed=9)])["max_abs_logit_diff"] < 5.0  # int8, yet not garbage
 
 
+def test_onnx_file_from_other_weights_is_refused_and_re_exported(image_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    stale = export_onnx(load_run(image_run), tmp_path / "stale.onnx")
+    retrained = Path(shutil.copytree(image_run, tmp_path / "retrained"))
+    state = load_file(str(retrained / "model.safetensors"))
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
+    save_file(state, str(retrained / "model.safetensors"))
+    with pytest.raises(ValueError, match="other weights"):
+        create_app(retrained, ServeSettings(onnx_path=str(stale)))
+    shutil.copy(stale, retrained / "model.onnx")  # a stale default file is replaced on the next --onnx use
+    image = tmp_path / "a.jpg"
+    synthetic_lesion((120, 90)).save(image)
+    assert main(["predict", str(retrained), str(image), "--onnx", "--out", str(tmp_path / "p.csv")]) == 0
+    create_app(retrained, ServeSettings(onnx_path=str(retrained / "model.onnx"), warmup=False))
+
+
 def test_onnx_flag_exports_into_the_run_on_first_use(image_run: Path, tmp_path: Path) -> None:
     import shutil
 

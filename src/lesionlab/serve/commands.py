@@ -52,12 +52,18 @@ def _onnx_for(run: Any, flag: str | None) -> str | None:
         return None
     if flag != "auto":
         return flag
-    from lesionlab.serve.onnx_export import export_onnx
+    from lesionlab.serve.onnx_export import check_onnx_matches, export_onnx
 
     path = Path(run.path) / "model.onnx"
     if not path.is_file():
         print(f"exporting {path} (first use of --onnx)", file=sys.stderr)
         export_onnx(run, path)
+    else:
+        try:
+            check_onnx_matches(path, run)
+        except ValueError as err:
+            print(f"re-exporting {path}: {err}", file=sys.stderr)
+            export_onnx(run, path)
     return str(path)
 
 

@@ -97,18 +97,47 @@ def export_onnx(run: Any, path: str | Path | None = None, opset: int = OPSET) ->
     path = Path(path) if path is not None else Path(run.path) / "model.onnx"
     info = run.info or {}
     props = {"lesionlab.run": str(info.get("name") or Path(getattr(run, "path", "run")).name),
-             "lesionlab.preprocessing": json.dumps(info.get("preprocessing"))}
+             "lesionlab.preprocessing": json.dumps(info.get("preprocessing")),
+             WEIGHTS_PROP: weights_digest(run)}
     meta_dim = meta_width(run) if run_uses_meta(run) else 0
     return export_module(run.model, path, input_shape(run), meta_dim, props, opset)
 
 
-def onnx_classes(path: str | Path) -> list[str] | None:
-    """The class order stored in an exported file (``None`` for a file not written by lesionlab)."""
+WEIGHTS_PROP = "lesionlab.weights_sha256"
+
+
+def weights_digest(run: Any) -> str:
+    """SHA-256 prefix of the run's ``model.safetensors`` (the served model's version), or ``""`` without a file."""
+    from lesionlab.serve.service import file_digest
+
+    path = Path(getattr(run, "path", "")) / "model.safetensors"
+    return file_digest(path) if path.is_file() else ""
+
+
+def onnx_props(path: str | Path) -> dict[str, str]:
+    """The metadata an exported file carries (class order, run, weights digest); empty for foreign files."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in proto.metadata_props}
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def onnx_classes(path: str | Path) -> list[str] | None:
+    """The class order stored in an exported file (``None`` for a file not written by lesionlab)."""
+    props = onnx_props(path)
     return json.loads(props["lesionlab.classes"]) if "lesionlab.classes" in props else None
+
+
+def check_onnx_matches(path: str | Path, run: Any) -> None:
+    """Refuse an ONNX file exported from other weights or with another class order than ``run``'s."""
+    props = onnx_props(path)
+    if json.loads(props.get("lesionlab.classes", "null")) != list(CLASS_CODES):
+        raise ValueError(f"{path}: not written by `lesionlab export` for the class order {list(CLASS_CODES)}; "
+                         "re-export it with `lesionlab export RUN --onnx`")
+    expected = weights_digest(run)
+    if expected and props.get(WEIGHTS_PROP) != expected:
+        raise ValueError(f"{path}: exported from other weights (sha256 {props.get(WEIGHTS_PROP) or 'unknown'}, "
+                         f"run has {expected}); re-export it with `lesionlab export RUN --onnx`")
 
 
 def parity(run: Any, onnx_path: str | Path, images: Sequence[Any], meta_rows: Sequence[dict[str, Any]] | None = None,

@@ -25,7 +25,7 @@ from lesionlab.runs import flip_views, softmax_np
 from lesionlab.serve.backend import Backend, OnnxBackend, TorchBackend
 from lesionlab.serve.errors import ServeError
 from lesionlab.serve.explain import GradCamExplainer, overlay_png, to_image_geometry
-from lesionlab.serve.onnx_export import run_uses_meta
+from lesionlab.serve.onnx_export import check_onnx_matches, run_uses_meta
 from lesionlab.serve.settings import ServeSettings
 
 
@@ -113,10 +113,12 @@ class Predictor:
         torch_backend = TorchBackend(run.model, threads=settings.threads)
         self.backend: Backend = OnnxBackend(settings.onnx_path, settings.threads) if settings.onnx_path \
             else torch_backend
-        if isinstance(self.backend, OnnxBackend) and self.backend.uses_meta != self.uses_meta:
-            raise ValueError(f"{settings.onnx_path}: ONNX model {'has' if self.backend.uses_meta else 'lacks'} a "
-                             f"'meta' input but the run {'uses' if self.uses_meta else 'does not use'} metadata; "
-                             "re-export it with `lesionlab export RUN --onnx`")
+        if isinstance(self.backend, OnnxBackend):
+            if self.backend.uses_meta != self.uses_meta:
+                raise ValueError(f"{settings.onnx_path}: ONNX model {'has' if self.backend.uses_meta else 'lacks'} "
+                                 f"a 'meta' input but the run {'uses' if self.uses_meta else 'does not use'} "
+                                 "metadata; re-export it with `lesionlab export RUN --onnx`")
+            check_onnx_matches(settings.onnx_path, run)
         self.explainer = GradCamExplainer(run.model, lock=torch_backend.lock)
         path = getattr(run, "path", None) or getattr(run, "run_dir", None)
         self.run_dir = Path(path) if path is not None else None
