@@ -41,8 +41,8 @@ def test_bench_frozen_reports_both_epoch_times(tmp_path: Path, folder: Path) -> 
 
 def test_bench_throughput_compares_the_two_input_paths(tmp_path: Path, folder: Path) -> None:
     out = bench_throughput(_cfg(tmp_path, folder, "model.pretrained=false"), batches=2, warmup=1, progress=False)
-    for key in ("plain_images_per_s", "engine_images_per_s", "plain_data_only_images_per_s",
-                "engine_data_only_images_per_s"):
+    for key in ("plain_images_per_s", "plain_with_workers_images_per_s", "engine_images_per_s",
+                "plain_data_only_images_per_s", "engine_data_only_images_per_s"):
         assert out[key] > 0
     assert out["engine_precision"] == {"device": "cpu", "autocast": None, "channels_last": False,
                                        "grad_scaler": False}

@@ -6,7 +6,8 @@ embeddings, against running the frozen backbone on every image every epoch (what
 
 ``throughput``: fine-tuning images/s of the engine's input path (decode-once uint8 cache, per-sample augmentation,
 the precision settings of the config) against a plain loop that opens and decodes each JPEG every epoch and trains
-in float32 with the default memory format - same network, same initial weights, same augmentation (flips).
+in float32 with the default memory format - same network, same initial weights, same augmentation (flips). The
+plain loop runs with PyTorch's default ``num_workers=0`` and, when the config uses workers, again with as many.
 
 Run under ``flock /tmp/lesionlab-cpu.lock`` on a shared machine::
 
@@ -165,8 +166,10 @@ def bench_throughput(cfg: RunConfig, batches: int = 30, warmup: int = 3, progres
     paths = [Path(data.source.images.paths[i]) for i in data.train_rows]
     plain_ds = PlainJPEGDataset(paths, data.train_labels, tuple(cfg.data.image_size), pre.mean, pre.std,
                                 cfg.augment.hflip, cfg.augment.vflip)
-    plain_loader = _loader(plain_ds, tc.batch_size, shuffle=True, generator=g, num_workers=tc.num_workers,
-                           drop_last=True)
+    # The plain loop as PyTorch's defaults give it (no worker processes), and with the engine's worker count.
+    plain_loader = _loader(plain_ds, tc.batch_size, shuffle=True, generator=g, num_workers=0, drop_last=True)
+    plain_w_loader = _loader(plain_ds, tc.batch_size, shuffle=True, generator=g, num_workers=tc.num_workers,
+                             drop_last=True)
     ours_ds = _image_dataset(data, data.train_rows, build_train_transform(cfg.augment, pre), tc.seed)
     ours_loader = _loader(ours_ds, tc.batch_size, shuffle=True, generator=g, num_workers=tc.num_workers,
                           drop_last=True)
@@ -178,16 +181,20 @@ def bench_throughput(cfg: RunConfig, batches: int = 30, warmup: int = 3, progres
     plain_data = _data_rate(plain_loader, batches)
     ours_data = _data_rate(ours_loader, batches)
 
-    plain_model = copy.deepcopy(model)
-    plain = _train_rate(plain_model, plain_loader, tc, counts, Precision(device), batches, warmup, progress,
+    plain = _train_rate(copy.deepcopy(model), plain_loader, tc, counts, Precision(device), batches, warmup, progress,
                         "plain JPEG loop")
+    plain_w = plain
+    if tc.num_workers:
+        plain_w = _train_rate(copy.deepcopy(model), plain_w_loader, tc, counts, Precision(device), batches, warmup,
+                              progress, f"plain JPEG loop, {tc.num_workers} worker(s)")
     model.load_state_dict(init)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ours = _train_rate(model, ours_loader, tc, counts, precision, batches, warmup, progress, "lesionlab engine")
     return {"benchmark": "throughput", "model": cfg.model.name, "input_size": list(cfg.data.image_size),
             "batch_size": tc.batch_size, "batches": batches, "num_workers": tc.num_workers,
-            "plain_images_per_s": plain, "engine_images_per_s": ours, "speedup": ours / plain,
+            "plain_images_per_s": plain, "plain_with_workers_images_per_s": plain_w, "engine_images_per_s": ours,
+            "speedup": ours / plain, "speedup_vs_plain_with_workers": ours / plain_w,
             "plain_data_only_images_per_s": plain_data, "engine_data_only_images_per_s": ours_data,
             "engine_precision": precision.describe(), "precision_check": report, **_environment()}
 
