@@ -17,6 +17,8 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
+from lesionlab.serve.backend import torch_threads
+
 MIN_CAM_CELLS = 4  # smallest side of the feature map Grad-CAM is taken from, when the network has one that size
 
 
@@ -79,9 +81,10 @@ class Heatmap:
 class GradCamExplainer:
     """Grad-CAM for one model; thread-safe (one explanation at a time, sharing ``lock`` with inference)."""
 
-    def __init__(self, model: torch.nn.Module, lock: threading.Lock | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, lock: threading.Lock | None = None, threads: int = 2) -> None:
         self.model = model.eval()
         self.lock = lock or threading.Lock()
+        self.threads = threads
         self._layer: tuple[str, torch.nn.Module] | None = None
 
     def cam(self, image: torch.Tensor, meta: torch.Tensor | None, class_index: int) -> Heatmap:
@@ -96,7 +99,8 @@ class GradCamExplainer:
                 self._layer = find_target_layer(self.model, x, m)
             name, layer = self._layer
             x = x.clone().requires_grad_(True)  # a graph exists even when every weight is frozen
-            with torch.enable_grad(), GradCAM(model=_WithMeta(self.model, m), target_layers=[layer]) as cam:
+            with torch_threads(self.threads), torch.enable_grad(), \
+                    GradCAM(model=_WithMeta(self.model, m), target_layers=[layer]) as cam:
                 maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(class_index))])
         return Heatmap(cam=np.asarray(maps[0], dtype=np.float32), layer=name, class_index=int(class_index))
 

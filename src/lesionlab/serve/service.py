@@ -22,7 +22,7 @@ from lesionlab import __version__
 from lesionlab.classes import CLASS_CODES, CLASSES, MALIGNANT_CODES, MALIGNANT_INDICES, by_code
 from lesionlab.data.metadata import SEXES, SITES, normalise_sex, normalise_site
 from lesionlab.runs import flip_views, softmax_np
-from lesionlab.serve.backend import Backend, OnnxBackend, TorchBackend
+from lesionlab.serve.backend import Backend, OnnxBackend, TorchBackend, torch_threads
 from lesionlab.serve.errors import ServeError
 from lesionlab.serve.explain import GradCamExplainer, overlay_png, to_image_geometry
 from lesionlab.serve.onnx_export import check_onnx_matches, run_uses_meta
@@ -119,7 +119,7 @@ class Predictor:
                                  f"a 'meta' input but the run {'uses' if self.uses_meta else 'does not use'} "
                                  "metadata; re-export it with `lesionlab export RUN --onnx`")
             check_onnx_matches(settings.onnx_path, run)
-        self.explainer = GradCamExplainer(run.model, lock=torch_backend.lock)
+        self.explainer = GradCamExplainer(run.model, lock=torch_backend.lock, threads=settings.threads)
         path = getattr(run, "path", None) or getattr(run, "run_dir", None)
         self.run_dir = Path(path) if path is not None else None
         config_name = (self.info.get("config") or {}).get("name")
@@ -176,7 +176,8 @@ class Predictor:
         """
         if self.source_size is not None and image.size != self.source_size:
             image = image.resize(self.source_size, Image.Resampling.BICUBIC)
-        x = self.preprocessing(image)
+        with torch_threads(1):
+            x = self.preprocessing(image)
         if not isinstance(x, torch.Tensor):
             x = torch.as_tensor(np.asarray(x))
         meta = None
