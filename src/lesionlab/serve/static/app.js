@@ -125,7 +125,8 @@ function render(data) {
   const t = data.timing_ms;
   const temp = data.temperature ? `temperature ${data.temperature.toFixed(2)}` : "no temperature scaling";
   $("details").textContent = `model ${data.model.id} ${data.model.version} (${data.model.backend}), ${temp}; ` +
-    `${t.total.toFixed(0)} ms (model ${t.model.toFixed(0)} ms). ` +
+    `${t.total.toFixed(0)} ms (model ${t.model.toFixed(0)} ms` +
+    (t.explain !== undefined ? `, heatmap ${t.explain.toFixed(0)} ms). ` : "). ") +
     (data.metadata.used_by_model ? "Age, sex and site were used." : "Age, sex and site were not used by this model.");
   $("result").scrollIntoView({ behavior: "smooth", block: "start" });
 }
