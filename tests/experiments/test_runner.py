@@ -42,6 +42,8 @@ def make_grid(tmp_path: Path, models: dict | None = None) -> Path:
 def test_grid_runs_resumes_and_aggregates(tmp_path: Path) -> None:
     cfg, base = load_grid(make_grid(tmp_path))
     plan = expand(cfg, base)
+    empty, _ = aggregate_grid(cfg, plan)  # nothing finished yet: empty tables and a note, not an error
+    assert empty.results.empty and "no finished runs yet" in empty.notes
     results = execute_local(plan, cfg, progress=False, exe=FAKE)
     assert len(results) == 24 and all(r.ok for r in results)
     assert not pending_runs(plan)
@@ -79,7 +81,7 @@ def test_grid_runs_resumes_and_aggregates(tmp_path: Path) -> None:
     assert row.U == 0.0 and row.rank_biserial_r == -1.0 and row.p == pytest.approx(0.1)
     md = (cfg.output_dir / "tables.md").read_text()
     assert "24 of 24 runs finished" in md and "| m1 | 0.730 ± 0.010 |" in md
-    assert cfg.output_dir / "tests.json" in paths
+    assert cfg.output_dir / "tests.json" in paths and (cfg.output_dir / "report.html").is_file()
 
 
 def test_failures_are_recorded_without_stopping_the_grid(tmp_path: Path) -> None:

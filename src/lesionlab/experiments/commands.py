@@ -82,8 +82,9 @@ def _aggregate(cfg: Any, plan: list, console: Console) -> None:
         console.print(t)
     for note in tables.notes:
         console.print(f"[yellow]note:[/] {note}")
-    console.print(f"{len(tables.results)} of {len(plan)} runs aggregated into {cfg.output_dir} "
-                  f"({', '.join(p.name for p in paths[:4])}, ...)")
+    names = [p.name for p in paths if p.parent == cfg.output_dir]
+    console.print(f"{len(tables.results)} of {len(plan)} runs aggregated into {cfg.output_dir}: {', '.join(names)} "
+                  "(and tables/*.csv)")
 
 
 def _main(args: argparse.Namespace) -> int:
