@@ -2,7 +2,8 @@
 
 It lets the grid runner's scheduling, resume and failure handling be tested with real processes. Accuracy is a
 known function of the run's config, so aggregated tables can be checked exactly:
-``0.70 + 0.10 [fusion concat] + 0.02 [width 64] + 0.01 * seed``. A model named ``broken`` fails in training.
+``0.70 + 0.10 [fusion concat] + 0.02 [width 64] + 0.01 * seed``. A model named ``broken`` fails in training; the
+model named by the environment variable ``FAKE_SLEEP_MODEL`` trains for two minutes (to be killed).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -44,6 +46,10 @@ def main(argv: list[str]) -> int:
         if cfg["model"]["name"] == "broken":
             print("model 'broken' cannot be built", file=sys.stderr)
             return 3
+        if cfg["model"]["name"] == os.environ.get("FAKE_SLEEP_MODEL"):  # stands in for a long training run
+            args.run_dir.mkdir(parents=True, exist_ok=True)
+            (args.run_dir / "pid.txt").write_text(str(os.getpid()))
+            time.sleep(120)
         args.run_dir.mkdir(parents=True, exist_ok=True)
         counter = args.run_dir / "train_calls.txt"
         counter.write_text(str(int(counter.read_text()) + 1 if counter.exists() else 1))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +22,7 @@ from lesionlab.experiments.runner import execute_local, pending_runs, write_comm
 FAKE = (sys.executable, str(Path(__file__).with_name("fake_cli.py")))
 
 
-def make_grid(tmp_path: Path, models: dict | None = None) -> Path:
+def make_grid(tmp_path: Path, models: dict | None = None, **extra: object) -> Path:
     grid = {
         "name": "toy",
         "base": {"data": {"source": "synthetic"}},
@@ -33,6 +36,7 @@ def make_grid(tmp_path: Path, models: dict | None = None) -> Path:
         "compare": ["resolution", "clinical"],
         "workers": 2,
         "output_dir": str(tmp_path / "out"),
+        **extra,
     }
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
@@ -123,3 +127,42 @@ def test_commands_and_slurm_files_list_only_unfinished_runs(tmp_path: Path) -> N
     env = {"SLURM_ARRAY_TASK_ID": "0", "SLURM_SUBMIT_DIR": str(Path.cwd()), "PATH": f"{shim.parent}:/usr/bin:/bin"}
     subprocess.run(["bash", str(tmp_path / "grid.sh")], env=env, check=True, capture_output=True)
     assert plan[3].is_finished and not plan[4].is_finished
+
+
+RUN_GRID = """
+import sys
+from lesionlab.experiments.grid import load_grid
+from lesionlab.experiments.plan import expand
+from lesionlab.experiments.runner import execute_local
+cfg, base = load_grid(sys.argv[1])
+execute_local(expand(cfg, base), cfg, progress=False, exe=(sys.executable, sys.argv[2]))
+"""
+
+
+def test_a_killed_grid_stops_its_runs_and_resumes(tmp_path: Path) -> None:
+    grid = make_grid(tmp_path, {"fast": {"model.name": "resnet18"}, "slow": {"model.name": "sleepy"}},
+                     repeat={"seeds": [0]})
+    cfg, base = load_grid(grid)
+    plan = expand(cfg, base)
+    slow = [r for r in plan if r.labels["model"] == "slow"]
+    proc = subprocess.Popen([sys.executable, "-c", RUN_GRID, str(grid), FAKE[1]],
+                            env={**os.environ, "FAKE_SLEEP_MODEL": "sleepy"})
+    deadline = time.monotonic() + 120
+    while not any((r.run_dir / "pid.txt").is_file() for r in slow):
+        assert proc.poll() is None and time.monotonic() < deadline, "the slow runs never started"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    for run in slow:  # the sleeping trainers were terminated with the grid, not left running
+        pid_file = run.run_dir / "pid.txt"
+        if pid_file.is_file():
+            with pytest.raises(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), 0)
+    done_before = {r.run_id for r in plan if r.is_finished}
+    assert done_before and not any(r.is_finished for r in slow)
+    # resume: only the unfinished runs run again
+    again = execute_local(plan, cfg, progress=False, exe=FAKE)
+    assert {r.job_id for r in again} == {r.run_id for r in plan} - done_before
+    assert all(r.is_finished for r in plan)
+    assert all((r.run_dir / "train_calls.txt").read_text() == "1" for r in plan)

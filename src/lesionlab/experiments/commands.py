@@ -6,7 +6,6 @@ Argument parsing and printing only; the work is in :mod:`lesionlab.experiments`.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,10 +34,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.set_defaults(func=_main)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _plan_table(plan: list, label_names: list[str]) -> Table:
@@ -120,11 +115,7 @@ def _main(args: argparse.Namespace) -> int:
         console.print(f"wrote {args.slurm} ({n} array tasks, commands in {commands}); submit from this directory: "
                       f"sbatch {args.slurm}")
         return 0
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a scheduler's kill stops children cleanly too
-    try:
-        results = execute_local(plan, cfg, threads=args.threads, progress=not args.no_progress)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    results = execute_local(plan, cfg, threads=args.threads, progress=not args.no_progress)
     _aggregate(cfg, plan, console)
     failed = [r for r in results if not r.ok]
     if failed:

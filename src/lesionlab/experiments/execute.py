@@ -8,12 +8,14 @@ running children and leaves every finished run in place, so re-running the grid 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -152,6 +154,10 @@ def run_jobs(jobs: Sequence[Job], workers: int, threads: int | None = None, prog
     results: list[JobResult] = []
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lesionlab-job")
     bar = tqdm(total=len(jobs), desc=desc, unit="run", disable=not progress or not jobs)
+    stack = contextlib.ExitStack()
+    stack.enter_context(_sigterm_as_interrupt())
+    stack.callback(bar.close)
+    stack.callback(pool.shutdown, wait=True, cancel_futures=True)
     try:
         pending: set[Future[JobResult]] = {pool.submit(_run_job, job, children, base_env) for job in jobs}
         while pending:
@@ -168,9 +174,28 @@ def run_jobs(jobs: Sequence[Job], workers: int, threads: int | None = None, prog
     finally:
         if len(results) < len(jobs):  # interrupted or an error in a callback: stop the children we started
             children.terminate_all()
-        pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
+        stack.close()
     return results
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (a scheduler's or ``kill``'s stop) unwinds like Ctrl-C, so children are stopped.
+
+    Only the main thread can install signal handlers; elsewhere the block changes nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def shell_command(steps: Sequence[Sequence[str]], env: dict[str, str] | None = None) -> str:

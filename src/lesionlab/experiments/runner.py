@@ -1,9 +1,10 @@
 """Planned runs -> ``lesionlab train`` + ``lesionlab evaluate`` jobs, run locally or written for a cluster.
 
-Each run's resolved config is written to ``<output_dir>/configs/<run_id>.yaml`` first, so every run is one
-self-contained command line, identical whether the local scheduler or a Slurm array task runs it. Status is kept
-in ``<output_dir>/status.json`` (updated as each run ends); "finished" is still decided from the files themselves
-(run.json and eval metrics.json), so a killed grid resumes correctly even if the status file is stale.
+Each run's config (the base plus the grid's overrides) is written to ``<output_dir>/configs/<run_id>.yaml`` first,
+so every run is one self-contained command line, identical whether the local scheduler or a Slurm array task runs
+it. Status is kept in ``<output_dir>/status.json`` (updated as each run ends); "finished" is still decided from the
+files themselves (run.json and eval metrics.json), so a killed grid resumes correctly even if the status file is
+stale.
 """
 
 from __future__ import annotations
