@@ -8,13 +8,16 @@ two backends cannot drift apart in anything but arithmetic.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -47,24 +50,35 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """PyTorch eager inference on the run's model (eval mode, no autograd)."""
+    """PyTorch eager inference on the run's model (eval mode, no autograd), on one dedicated thread.
+
+    Every forward (and every Grad-CAM, through :meth:`call`) runs on the same worker thread: one OpenMP team of
+    ``threads`` instead of one per request thread, whose idle members would spin against each other on a few
+    cores, and one model call at a time (Grad-CAM registers hooks on this model).
+    """
 
     name = "torch"
 
     def __init__(self, model: torch.nn.Module, threads: int = 2) -> None:
         self.model = model.eval()
         self.threads = threads
-        # One forward at a time: Grad-CAM registers hooks on this model, and on a few cores parallel forwards
-        # only fight over the same threads.
-        self.lock = threading.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lesionlab-model",
+                                          initializer=torch.set_num_threads, initargs=(threads,))
 
-    def logits(self, images: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
-        """Run the model under ``inference_mode``; ``meta`` is passed only when the model fuses metadata."""
-        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        m = torch.from_numpy(np.ascontiguousarray(meta, dtype=np.float32)) if meta is not None else None
-        with self.lock, torch_threads(self.threads), torch.inference_mode():
+    def call(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn(*args)`` on the model thread and return its result (exceptions propagate)."""
+        return self._worker.submit(fn, *args).result()
+
+    def _forward(self, x: torch.Tensor, m: torch.Tensor | None) -> np.ndarray:
+        with torch.inference_mode():
             out = self.model(x, m) if m is not None else self.model(x)
         return out.float().numpy()
+
+    def logits(self, images: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
+        """Run the model; ``meta`` is passed only when the model fuses metadata."""
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        m = torch.from_numpy(np.ascontiguousarray(meta, dtype=np.float32)) if meta is not None else None
+        return self.call(self._forward, x, m)
 
 
 def ort_session(path: str | Path, threads: int = 2):

@@ -9,7 +9,6 @@ to the uploaded image's, so the page can stack it over the original picture.
 from __future__ import annotations
 
 import io
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
-from lesionlab.serve.backend import torch_threads
+from lesionlab.serve.backend import TorchBackend
 
 MIN_CAM_CELLS = 4  # smallest side of the feature map Grad-CAM is taken from, when the network has one that size
 
@@ -79,30 +78,30 @@ class Heatmap:
 
 
 class GradCamExplainer:
-    """Grad-CAM for one model; thread-safe (one explanation at a time, sharing ``lock`` with inference)."""
+    """Grad-CAM for one model, run on the torch backend's model thread (one model call at a time)."""
 
-    def __init__(self, model: torch.nn.Module, lock: threading.Lock | None = None, threads: int = 2) -> None:
-        self.model = model.eval()
-        self.lock = lock or threading.Lock()
-        self.threads = threads
+    def __init__(self, backend: TorchBackend) -> None:
+        self.backend = backend
+        self.model = backend.model
         self._layer: tuple[str, torch.nn.Module] | None = None
 
     def cam(self, image: torch.Tensor, meta: torch.Tensor | None, class_index: int) -> Heatmap:
         """Grad-CAM of ``class_index`` for one preprocessed image ``[C, H, W]`` (and its metadata row ``[D]``)."""
+        return self.backend.call(self._cam, image, meta, int(class_index))
+
+    def _cam(self, image: torch.Tensor, meta: torch.Tensor | None, class_index: int) -> Heatmap:
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         x = image.unsqueeze(0).float()
         m = meta.unsqueeze(0).float() if meta is not None else None
-        with self.lock:
-            if self._layer is None:
-                self._layer = find_target_layer(self.model, x, m)
-            name, layer = self._layer
-            x = x.clone().requires_grad_(True)  # a graph exists even when every weight is frozen
-            with torch_threads(self.threads), torch.enable_grad(), \
-                    GradCAM(model=_WithMeta(self.model, m), target_layers=[layer]) as cam:
-                maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(class_index))])
-        return Heatmap(cam=np.asarray(maps[0], dtype=np.float32), layer=name, class_index=int(class_index))
+        if self._layer is None:
+            self._layer = find_target_layer(self.model, x, m)
+        name, layer = self._layer
+        x = x.clone().requires_grad_(True)  # a graph exists even when every weight is frozen
+        with torch.enable_grad(), GradCAM(model=_WithMeta(self.model, m), target_layers=[layer]) as cam:
+            maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])
+        return Heatmap(cam=np.asarray(maps[0], dtype=np.float32), layer=name, class_index=class_index)
 
 
 def to_image_geometry(cam: np.ndarray, image_size: tuple[int, int], resize: str) -> np.ndarray:

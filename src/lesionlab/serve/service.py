@@ -119,7 +119,7 @@ class Predictor:
                                  f"a 'meta' input but the run {'uses' if self.uses_meta else 'does not use'} "
                                  "metadata; re-export it with `lesionlab export RUN --onnx`")
             check_onnx_matches(settings.onnx_path, run)
-        self.explainer = GradCamExplainer(run.model, lock=torch_backend.lock, threads=settings.threads)
+        self.explainer = GradCamExplainer(torch_backend)
         path = getattr(run, "path", None) or getattr(run, "run_dir", None)
         self.run_dir = Path(path) if path is not None else None
         config_name = (self.info.get("config") or {}).get("name")
