@@ -77,6 +77,7 @@ class AugmentConfig(Strict):
     translate: float = 0.05
     hflip: bool = True
     vflip: bool = True
+    rot90: bool = False  # a random multiple of 90 degrees: lossless, no filled corners (square inputs only)
     brightness: float = 0.2
     contrast: float = 0.2
     saturation: float = 0.1

@@ -93,19 +93,38 @@ def test_train_transform_is_random_but_seedable() -> None:
     assert torch.equal(state, torch.random.get_rng_state())  # the global generator is left alone
 
 
-@pytest.mark.parametrize("field", ["rotation", "shear", "hflip", "vflip", "brightness", "contrast", "blur_p"])
+@pytest.mark.parametrize("field", ["rotation", "shear", "hflip", "vflip", "rot90", "brightness", "contrast",
+                                   "blur_p"])
 def test_each_augmentation_is_configurable(field: str) -> None:
     """Only one augmentation on: the output differs from the eval transform for some seed."""
     off = {"rotation": 0.0, "zoom": (1.0, 1.0), "shear": 0.0, "translate": 0.0, "hflip": False, "vflip": False,
-           "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0, "blur_p": 0.0}
-    on = {"rotation": 90.0, "shear": 20.0, "hflip": True, "vflip": True, "brightness": 0.5, "contrast": 0.5,
-          "blur_p": 1.0}
+           "rot90": False, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0, "blur_p": 0.0}
+    on = {"rotation": 90.0, "shear": 20.0, "hflip": True, "vflip": True, "rot90": True, "brightness": 0.5,
+          "contrast": 0.5, "blur_p": 1.0}
     pre = Preprocessing(size=(64, 64))
     x = _image()
     plain = build_eval_transform(pre)(x)
     assert torch.equal(build_train_transform(AugmentConfig(**off), pre)(x), plain)
     t = build_train_transform(AugmentConfig(**(off | {field: on[field]})), pre)
     assert any(not torch.equal(seeded(t, x, s), plain) for s in range(4))
+
+
+def test_rot90_gives_exact_quarter_turns_and_rejects_non_square_inputs() -> None:
+    pre = Preprocessing(size=(64, 64))
+    x = _image()
+    off = AugmentConfig(rotation=0.0, zoom=(1.0, 1.0), shear=0.0, translate=0.0, hflip=False, vflip=False, rot90=True,
+                        brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, blur_p=0.0)
+    t = build_train_transform(off, pre)
+    plain = build_eval_transform(pre)(x)
+    turns = [torch.rot90(plain, k, dims=(-2, -1)) for k in range(4)]
+    seen = set()
+    for s in range(40):
+        y = seeded(t, x, s)
+        seen |= {k for k, turn in enumerate(turns) if torch.equal(y, turn)}
+        assert any(torch.equal(y, turn) for turn in turns)
+    assert seen == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="square"):
+        build_train_transform(off, Preprocessing(size=(48, 64)))
 
 
 def test_disabled_augmentation_is_the_eval_transform() -> None:

@@ -122,6 +122,14 @@ class Preprocessing:
         return cls(size=tuple(data["size"]), resize=data["resize"], mean=tuple(data["mean"]), std=tuple(data["std"]))
 
 
+class RandomRot90(torch.nn.Module):
+    """Rotate by 0, 90, 180 or 270 degrees, each equally likely: exact pixels, unlike an interpolated rotation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = int(torch.randint(4, (1,)).item())
+        return torch.rot90(x, k, dims=(-2, -1)) if k else x
+
+
 def build_eval_transform(pre: Preprocessing) -> v2.Compose:
     """uint8 [3,H,W] tensor at ``pre.size`` -> normalised float tensor; no randomness."""
     return v2.Compose([
@@ -134,9 +142,9 @@ def build_eval_transform(pre: Preprocessing) -> v2.Compose:
 def build_train_transform(aug: AugmentConfig, pre: Preprocessing) -> v2.Compose:
     """Augmentation on uint8 [3,H,W] tensors, then normalisation; without ``aug.enabled`` the eval transform.
 
-    Geometry (rotation, zoom, shear, translation, flips) then camera-like changes (brightness, contrast, colour,
-    blur), as in the HAM10000 study. Rotated-in corners are filled with black, like a dermoscope's vignette. Draws
-    come from torch's global generator: use :func:`seeded` for reproducible views.
+    Geometry (rotation, zoom, shear, translation, flips, quarter turns) then camera-like changes (brightness,
+    contrast, colour, blur), as in the HAM10000 study. Rotated-in corners are filled with black, like a
+    dermoscope's vignette. Draws come from torch's global generator: use :func:`seeded` for reproducible views.
     """
     if not aug.enabled:
         return build_eval_transform(pre)
@@ -150,6 +158,11 @@ def build_train_transform(aug: AugmentConfig, pre: Preprocessing) -> v2.Compose:
         steps.append(v2.RandomHorizontalFlip())
     if aug.vflip:
         steps.append(v2.RandomVerticalFlip())
+    if aug.rot90:
+        if h != w:
+            raise ValueError(f"augment.rot90 needs a square input size, got {h}x{w}: a quarter turn would change the "
+                             "shape; use augment.rotation for non-square inputs")
+        steps.append(RandomRot90())
     if aug.brightness or aug.contrast or aug.saturation or aug.hue:
         steps.append(v2.ColorJitter(brightness=aug.brightness, contrast=aug.contrast, saturation=aug.saturation,
                                     hue=aug.hue))
