@@ -114,6 +114,7 @@ def model_info(model: torch.nn.Module, model_cfg: Any) -> dict[str, Any]:
         "num_features": getattr(model, "num_features", None),
         "feature_kind": getattr(model, "feature_kind", None),
         "pretrained_weights": weights.describe() if hasattr(weights, "describe") else None,
+        "freeze_bn": bool(getattr(model, "freeze_bn", False)),
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "config": cfg,
     }
@@ -338,6 +339,8 @@ def build_model_from_info(info: dict[str, Any], where: str) -> torch.nn.Module:
     raw = dict(info["model"].get("config") or info["config"].get("model") or {})
     raw["pretrained"] = False  # our own weights follow; never reach for the hub or a local weights file
     raw["weights"] = None
+    if raw.get("freeze_bn") is None and "freeze_bn" in info["model"]:  # as resolved at training (folded BatchNorm)
+        raw["freeze_bn"] = bool(info["model"]["freeze_bn"])
     model_cfg = build_config(ModelConfig, raw, where=f"{where} (model)")
     meta_dim = int(info["model"].get("meta_dim") or 0)
     return create_model(model_cfg, num_classes=len(CLASS_CODES), meta_dim=meta_dim)

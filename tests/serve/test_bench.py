@@ -28,6 +28,10 @@ def test_model_latency_measures_both_backends_and_their_agreement() -> None:
     result = model_latency(model, (64, 64), runs=3, warmup=1)
     assert result["eager_ms"]["p50"] > 0 and result["onnxruntime_ms"]["p50"] > 0
     assert result["max_abs_logit_diff"] < 1e-4
+    assert result["eager_channels_last_ms"]["p50"] > 0 and result["eager_channels_last_bf16_ms"]["p50"] > 0
+    assert result["eager_channels_last_max_abs_logit_diff"] < 1e-4  # a memory format, not a different computation
+    assert 0 < result["eager_channels_last_bf16_max_abs_logit_diff"] < 1.0  # bf16 rounds, but only a little
+    assert next(model.parameters()).is_contiguous()  # the caller's module is left as it was
 
 
 @pytest.mark.slow

@@ -59,3 +59,16 @@ def test_bench_cli_writes_json(tmp_path: Path, folder: Path, capsys: pytest.Capt
     assert main(args) == 0
     assert '"speedup"' in (tmp_path / "out.json").read_text()
     assert "python -m lesionlab.train.bench throughput" in capsys.readouterr().out
+
+
+def test_train_bench_is_a_lesionlab_command(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lesionlab.cli import main as cli_main
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("name: c\n")
+    args = ["train-bench", "frozen", "--config", str(cfg_file), "data.source=ham10000", f"data.metadata_csv={folder}",
+            "data.split=lesion", "data.image_size=32", f"data.cache_dir={tmp_path}", "model.name=test_efficientnet",
+            "model.pretrained=false", "model.head=simple", "train.batch_size=16", "--epochs", "1", "--no-progress"]
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    assert '"speedup"' in out and '"command": "lesionlab' in out

@@ -255,8 +255,9 @@ def test_fusion_on_a_dataset_without_metadata_is_a_clear_error(tmp_path: Path) -
     cfg = cfg_for(tmp_path, "data.source=npz", f"data.npz={npz}", "model.fusion=metablock", "data.image_size=28")
     with pytest.raises(TrainError, match=r"model\.fusion='metablock' needs clinical metadata"):
         fit(cfg, progress=False)
-    assert fit(cfg_for(tmp_path, "data.source=npz", f"data.npz={npz}", "data.image_size=28", "name=npz"),
-               progress=False).is_dir()
+    run_dir = fit(cfg_for(tmp_path, "data.source=npz", f"data.npz={npz}", "data.image_size=28", "name=npz"),
+                  progress=False)
+    assert json.loads((run_dir / "run.json").read_text())["split"]["name"] == "npz"  # the file's own split
 
 
 @pytest.mark.parametrize(("override", "match"), [

@@ -82,6 +82,18 @@ def test_load_run_round_trip_gives_identical_predictions(tmp_path: Path) -> None
     assert got.shape == (4, 7) and np.allclose(got.sum(1), 1.0)
 
 
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_load_run_keeps_the_resolved_freeze_bn(tmp_path: Path, freeze_bn: bool) -> None:
+    """A folded-BatchNorm backbone (shared MobileNetV2) must stay frozen when a reloaded run is trained further."""
+    cfg = load_config(None, [f"model.name={TINY['name']}", "model.pretrained=false", "data.image_size=32"])
+    model = create_model(cfg.model).eval()
+    model.freeze_bn = freeze_bn  # as create_model resolves it from the weights (freeze_bn=None in the config)
+    pre = Preprocessing(size=(32, 32), mean=model.data_config["mean"], std=model.data_config["std"])
+    run_dir = save_run(tmp_path / "run", model, cfg, pre, None, "abc", {"epoch": 1})
+    assert json.loads((run_dir / INFO_FILE).read_text())["model"]["freeze_bn"] is freeze_bn
+    assert load_run(run_dir).model.freeze_bn is freeze_bn
+
+
 def test_predict_with_tta_averages_flip_logits(tmp_path: Path) -> None:
     run_dir, model, _ = _save(tmp_path)
     run = load_run(run_dir)

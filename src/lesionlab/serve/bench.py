@@ -67,6 +67,16 @@ def model_latency(model: torch.nn.Module, size: tuple[int, int], meta_dim: int =
             q_session = ort_session(q_path, threads)
             result["onnxruntime_int8_ms"] = time_calls(lambda: q_session.run(None, feeds), runs, warmup)
             result["int8_max_abs_logit_diff"] = float(np.abs(ref - q_session.run(None, feeds)[0]).max())
+    # the engine's fast CPU path: channels-last memory format, then bf16 autocast on top (after the export, which
+    # needs the plain float32 module)
+    model = model.to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    for key, bf16 in (("eager_channels_last_ms", False), ("eager_channels_last_bf16_ms", True)):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            result[key] = time_calls(lambda: model(x_cl, meta) if meta is not None else model(x_cl), runs, warmup)
+            out = (model(x_cl, meta) if meta is not None else model(x_cl)).float().numpy()
+        result[key.replace("_ms", "_max_abs_logit_diff")] = float(np.abs(ref - out).max())
+    model.to(memory_format=torch.contiguous_format)
     return result
 
 

@@ -11,8 +11,8 @@ plain loop runs with PyTorch's default ``num_workers=0`` and, when the config us
 
 Run under ``flock /tmp/lesionlab-cpu.lock`` on a shared machine::
 
-    python -m lesionlab.train.bench frozen --config configs/frozen-simple-64.yaml
-    python -m lesionlab.train.bench throughput --config configs/cpu-lite0-64.yaml data.image_size=64
+    lesionlab train-bench frozen --config configs/frozen-simple-64.yaml
+    lesionlab train-bench throughput --config configs/cpu-lite0-64.yaml data.image_size=64
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from PIL import Image
 from torch import nn
 
 from lesionlab.config import RunConfig, load_config
+from lesionlab.train.commands import add_bench_arguments
 from lesionlab.train.embeddings import FeatureDataset, HeadOnly, compute_embeddings
 from lesionlab.train.engine import _image_dataset, _loader, build_model, prepare_data, preprocessing_for
 from lesionlab.train.loop import Precision, seed_everything, train_one_epoch
@@ -199,31 +200,29 @@ def bench_throughput(cfg: RunConfig, batches: int = 30, warmup: int = 3, progres
             "engine_precision": precision.describe(), "precision_check": report, **_environment()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m lesionlab.train.bench {frozen,throughput} --config FILE [key=value ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m lesionlab.train.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["frozen", "throughput"])
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    parser.add_argument("--epochs", type=int, default=5, help="frozen: cached head epochs timed")
-    parser.add_argument("--keras-epochs", type=int, default=1, help="frozen: backbone-every-epoch epochs timed")
-    parser.add_argument("--batches", type=int, default=30, help="throughput: timed batches per side")
-    parser.add_argument("--json", type=Path, help="also write the result here")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_intermixed_args(argv)
+def run(args: argparse.Namespace, command: str) -> int:
+    """Run one benchmark, print its JSON (with the command that produced it) and optionally save it."""
     cfg = load_config(args.config, args.overrides)
     progress = not args.no_progress
     if args.which == "frozen":
         result = bench_frozen(cfg, args.epochs, args.keras_epochs, progress)
     else:
         result = bench_throughput(cfg, args.batches, progress=progress)
-    result["command"] = " ".join(["python -m lesionlab.train.bench", *(argv if argv is not None else sys.argv[1:])])
+    result["command"] = command
     text = json.dumps(result, indent=2, default=str)
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lesionlab.train.bench {frozen,throughput} --config FILE [key=value ...]``."""
+    parser = argparse.ArgumentParser(prog="python -m lesionlab.train.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_bench_arguments(parser)
+    args = parser.parse_args(argv)
+    return run(args, " ".join(["python -m lesionlab.train.bench", *(argv if argv is not None else sys.argv[1:])]))
 
 
 if __name__ == "__main__":

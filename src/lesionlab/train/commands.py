@@ -38,6 +38,43 @@ def register(subparsers: Any) -> None:
     add_arguments(parser)
     parser.set_defaults(func=run_train)
 
+    bench_parser = subparsers.add_parser(
+        "train-bench", help="training benchmarks: embedding cache vs frozen backbone, engine vs a plain JPEG loop",
+        description="frozen: seconds per head-training epoch on cached embeddings vs running the frozen backbone "
+                    "every epoch. throughput: fine-tuning images/s of the engine's input path vs a plain loop that "
+                    "decodes the JPEGs every epoch. Run alone on the machine (e.g. under flock).",
+        epilog="examples:\n  lesionlab train-bench frozen --config configs/frozen-simple-64.yaml\n"
+               "  lesionlab train-bench throughput --config configs/cpu-lite0-64.yaml data.image_size=64",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_bench_arguments(bench_parser)
+    bench_parser.set_defaults(func=_run_bench)
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """Sub-commands ``frozen`` and ``throughput`` of ``lesionlab train-bench`` (and of the module).
+
+    Sub-parsers rather than a positional choice, so that ``key=value`` overrides may follow options.
+    """
+    which = parser.add_subparsers(dest="which", metavar="{frozen,throughput}", required=True)
+    for name, text in (("frozen", "seconds per head epoch: embedding cache vs the frozen backbone every epoch"),
+                       ("throughput", "fine-tuning images/s: the engine's input path vs a plain JPEG-decoding loop")):
+        sub = which.add_parser(name, help=text, description=text)
+        sub.add_argument("--config", type=Path, required=True)
+        sub.add_argument("overrides", nargs="*", metavar="key=value")
+        sub.add_argument("--epochs", type=int, default=5, help="frozen: cached head epochs timed")
+        sub.add_argument("--keras-epochs", type=int, default=1, help="frozen: backbone-every-epoch epochs timed")
+        sub.add_argument("--batches", type=int, default=30, help="throughput: timed batches per side")
+        sub.add_argument("--json", type=Path, help="also write the result here")
+        sub.add_argument("--no-progress", action="store_true")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import sys
+
+    from lesionlab.train import bench
+
+    return bench.run(args, " ".join(["lesionlab", *sys.argv[1:]]))
+
 
 def resolve_config(args: argparse.Namespace) -> Any:
     """The run config from ``--config`` + overrides, or the saved one of ``--run-dir`` when resuming."""
