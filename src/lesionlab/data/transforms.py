@@ -181,5 +181,7 @@ def sample_seed(seed: int, *keys: int) -> int:
 def seeded(transform: Any, x: torch.Tensor, seed: int) -> torch.Tensor:
     """Apply a random transform with its own generator state, leaving torch's global RNG untouched."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        # the CPU generator only: torch.manual_seed would also seed (and leave changed) any accelerator's generators,
+        # which fork_rng(devices=[]) does not restore, and costs ~100x more (114 vs 1.3 us here) per sample
+        torch.default_generator.manual_seed(seed)
         return transform(x)
