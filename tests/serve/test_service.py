@@ -154,3 +154,21 @@ def test_source_size_reproduces_images_stored_small_for_training(image_run: Path
     expected = run.predict_proba(small)
     np.testing.assert_allclose([[c["probability"] for c in r["probabilities"]] for r in got], expected, atol=2e-6)
     assert got[0]["heatmap"]["width"] == 120 and predictor.card()["input"]["source_size"] == [32, 32]
+
+
+def test_source_size_defaults_to_what_the_run_recorded_and_0_switches_it_off(image_run: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(image_run, run_dir)
+    info = json.loads((run_dir / "run.json").read_text())
+    info["data"]["source_image_size"] = [32, 40]  # [height, width], as the engine records it
+    (run_dir / "run.json").write_text(json.dumps(info))
+    run = load_run(run_dir)
+    assert Predictor(run, ServeSettings()).source_size == (40, 32)  # PIL's (width, height)
+    assert Predictor(run, ServeSettings(source_size=24)).source_size == (24, 24)  # an explicit setting wins
+    assert Predictor(run, ServeSettings(source_size=0)).source_size is None
+    assert Predictor(load_run(image_run), ServeSettings()).source_size is None  # nothing recorded: no squashing
+    with pytest.raises(ValueError, match="source_size"):
+        ServeSettings(source_size=-1)

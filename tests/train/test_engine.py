@@ -64,6 +64,8 @@ def test_fit_writes_a_complete_run_directory(finished: Path) -> None:
     info = json.loads((finished / INFO_FILE).read_text())
     assert info["status"] == "complete" and info["epochs_run"] == 2
     assert info["data"]["synthetic"] is True and info["data"]["fingerprint"]
+    size = info["data"]["source_image_size"]  # the stored images' size, for serving full-size uploads
+    assert len(size) == 2 and min(size) > 0
     assert len(info["split"]["hash"]) == 64
     assert info["best"]["monitor"] == "balanced_accuracy" and "val_macro_auc" in info["best"]
     assert info["config"]["model"]["pretrained"] is False  # scratch mode saves what it built
@@ -288,3 +290,22 @@ def test_bf16_and_channels_last_run_records_its_precision(tmp_path: Path) -> Non
     prec = json.loads((run_dir / INFO_FILE).read_text())["training"]["precision"]
     assert prec["bf16"] is True and prec["channels_last"] is True
     assert load_run(run_dir).predict_proba(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
+
+
+@pytest.mark.parametrize(("sizes", "expected"), [
+    ([(64, 64)] * 5, [64, 64]),
+    ([(450, 600)] * 3, [450, 600]),
+    ([(64, 64), (64, 64), (450, 600)], None),  # mixed sizes: nothing to reproduce
+    ([], None),
+])
+def test_source_image_size(sizes: list[tuple[int, int]], expected: list[int] | None) -> None:
+    from PIL import Image
+
+    from lesionlab.train.engine import source_image_size
+
+    class Source:
+        def load_image(self, i: int) -> Image.Image:
+            h, w = sizes[i]
+            return Image.new("RGB", (w, h))
+
+    assert source_image_size(Source(), np.arange(len(sizes))) == expected

@@ -27,8 +27,8 @@ def _limit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=d.threads, help="intra-op threads for inference")
     p.add_argument("--no-tta", action="store_true", help="single view instead of the run's flip averaging")
     p.add_argument("--source-size", type=int, default=None, metavar="PX",
-                   help="squash uploads to PX x PX first, as the training images were stored (64 for runs trained "
-                        "on the shared 64 px HAM10000 images)")
+                   help="squash uploads to PX x PX first, as the training images were stored (default: the size "
+                        "the run recorded, e.g. 64 for the shared 64 px HAM10000 images; 0: never)")
 
 
 def _settings(args: argparse.Namespace, onnx_path: str | None = None) -> Any:
@@ -41,7 +41,7 @@ def _settings(args: argparse.Namespace, onnx_path: str | None = None) -> Any:
         values["default_threshold"] = args.threshold
     if args.no_tta:
         values["tta"] = False
-    if args.source_size:
+    if args.source_size is not None:
         values["source_size"] = args.source_size
     return ServeSettings(**values)
 

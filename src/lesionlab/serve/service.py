@@ -103,8 +103,11 @@ class Predictor:
         self.meta_encoder = getattr(run, "meta_encoder", None)
         self.uses_meta = run_uses_meta(run)
         self.tta = bool(getattr(run, "tta", False)) if settings.tta is None else settings.tta
-        source = getattr(self.preprocessing, "source_size", None) or settings.source_size
-        self.source_size: tuple[int, int] | None = (int(source[1]), int(source[0])) if source else None  # (w, h)
+        source = settings.source_size
+        if source is None:  # as the run records; runs from before the field have none
+            source = (self.info.get("data") or {}).get("source_image_size")
+        self.source_size: tuple[int, int] | None = (  # PIL's (w, h); (0, 0) switches it off
+            (int(source[1]), int(source[0])) if source and min(source) > 0 else None)
         temperature = self.info.get("temperature")
         self.temperature = float(temperature) if temperature is not None else None
         if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature > 0):

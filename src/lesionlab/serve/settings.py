@@ -37,7 +37,8 @@ class ServeSettings(BaseModel):
     tta: bool | None = Field(None, description="flip-averaged predictions; None: as the run was validated")
     source_size: tuple[int, int] | None = Field(
         None, description="(height, width) the training images were stored at, e.g. (64, 64) for the shared 64 px "
-        "HAM10000: uploads are squashed to it before the run's preprocessing, as training images were")
+        "HAM10000: uploads are squashed to it before the run's preprocessing, as training images were. None: as the "
+        "run records (data.source_image_size in run.json); 0: never")
     warmup: bool = Field(True, description="score one synthetic image at start-up so the first request is not slow")
     threads: int = Field(2, ge=1, description="intra-op threads of the inference backend")
 
@@ -52,6 +53,13 @@ class ServeSettings(BaseModel):
     @classmethod
     def _square(cls, v: object) -> object:
         return (v, v) if isinstance(v, int) else v
+
+    @field_validator("source_size")
+    @classmethod
+    def _non_negative(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and (min(v) < 0 or (0 in v and v != (0, 0))):
+            raise ValueError(f"source_size {v} must be positive (height, width), or 0 for never")
+        return v
 
     @field_validator("age_range")
     @classmethod

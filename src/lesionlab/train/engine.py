@@ -203,9 +203,27 @@ def prepare_data(cfg: RunConfig, progress: bool = True) -> PreparedData:
     images = cached_images(source, tuple(cfg.data.image_size), cfg.data.resize, progress=progress)
     info = {"source": source.name, "synthetic": bool(getattr(source, "synthetic", False)),
             "fingerprint": source.fingerprint(), "n_train": len(train_rows), "n_val": len(val_rows),
-            "train_class_counts": dict(zip(CLASS_CODES, class_counts(labels[train_rows]).tolist(), strict=True))}
+            "train_class_counts": dict(zip(CLASS_CODES, class_counts(labels[train_rows]).tolist(), strict=True)),
+            "source_image_size": source_image_size(source, train_rows)}
     return PreparedData(source=source, table=table, images=images, train_rows=train_rows, val_rows=val_rows,
                         split_hash=split_hash(table), meta_encoder=encoder, meta=meta, info=info)
+
+
+def source_image_size(source: Any, rows: np.ndarray, samples: int = 32) -> list[int] | None:
+    """[height, width] of the training images as stored, when a spread-out sample of them all share one size.
+
+    Saved in the run so that serving can squash a full-size upload to it first, as the training images were (the
+    shared HAM10000 set is stored at 64 px: a sharp 600x450 image resized straight to the model input is not what
+    the model learnt from). ``None`` when the sizes differ or cannot be read.
+    """
+    if len(rows) == 0 or not hasattr(source, "load_image"):
+        return None
+    picks = np.unique(np.linspace(0, len(rows) - 1, num=min(samples, len(rows))).round().astype(int))
+    sizes = set()
+    for i in picks:
+        img = source.load_image(int(rows[i]))
+        sizes.add(tuple(int(v) for v in np.shape(img)[:2]) if isinstance(img, np.ndarray) else (img.height, img.width))
+    return list(sizes.pop()) if len(sizes) == 1 else None
 
 
 def _image_dataset(data: PreparedData, rows: np.ndarray, transform: Any, seed: int | None = None
