@@ -259,7 +259,7 @@ def test_fusion_on_a_dataset_without_metadata_is_a_clear_error(tmp_path: Path) -
         fit(cfg, progress=False)
     run_dir = fit(cfg_for(tmp_path, "data.source=npz", f"data.npz={npz}", "data.image_size=28", "name=npz"),
                   progress=False)
-    assert json.loads((run_dir / "run.json").read_text())["split"]["name"] == "npz"  # the file's own split
+    assert json.loads((run_dir / "run.json").read_text())["split"]["source"] == "npz"  # the file's own split
 
 
 @pytest.mark.parametrize(("override", "match"), [

@@ -27,7 +27,8 @@ def test_frozen_lite0_on_real_data_beats_chance_and_reloads(shared_data: Path, t
     info = json.loads((run_dir / INFO_FILE).read_text())
     assert info["data"]["synthetic"] is False
     assert info["data"]["n_train"] == 4624 and info["data"]["n_val"] == 452
-    assert info["split"]["name"] == "dermamnist_c"
+    assert info["split"]["name"] == "dermamnist_c" and info["split"]["source"] == "dermamnist_c (published)"
+    assert info["data"]["source_image_size"] == [64, 64]  # the shared images as stored, for serving full-size uploads
     # seven classes: chance balanced accuracy is 1/7; two epochs of a linear head on ImageNet features do far better
     assert info["best"]["val_balanced_accuracy"] > 0.3
     assert info["best"]["val_macro_auc"] > 0.8

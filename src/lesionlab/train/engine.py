@@ -517,8 +517,10 @@ def _fit(cfg: RunConfig, ctx: dist_utils.DistContext, run_dir: Path, resume: boo
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg))
 
-    split_name = getattr(data.source, "split_name", "") or str(cfg.data.split)  # e.g. 'npz' for MedMNIST files
-    extra_base = {"data": data.info, "status": "training", "split": {"name": split_name, "hash": data.split_hash},
+    split = {"name": str(cfg.data.split), "hash": data.split_hash}
+    if getattr(data.source, "split_name", ""):  # what the source actually used, e.g. 'npz': the file's own splits
+        split["source"] = str(data.source.split_name)
+    extra_base = {"data": data.info, "status": "training", "split": split,
                   "training": {"mode": tc.mode, "precision": prec_report, "world_size": ctx.world_size,
                                "embeddings": plan.embedding_info}}
     ddp_module: nn.Module | None = None
