@@ -128,7 +128,7 @@ class TrainConfig(Strict):
     num_workers: int = 0
     device: str = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
-    bf16: Literal["auto", "on", "off"] = "off"  # CPU autocast; "auto" = a quick speed + agreement check
+    bf16: Literal["auto", "on", "off"] = "off"  # CPU autocast, depthwise convs in fp32; auto = speed+agreement check
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # CUDA only: auto = bf16 where supported, else fp16
     eval_batch_size: int = 128
     max_train_batches: int | None = None  # for smoke tests only

@@ -40,10 +40,15 @@ def test_bench_frozen_reports_both_epoch_times(tmp_path: Path, folder: Path) -> 
 
 
 def test_bench_throughput_compares_the_two_input_paths(tmp_path: Path, folder: Path) -> None:
-    out = bench_throughput(_cfg(tmp_path, folder, "model.pretrained=false"), batches=2, warmup=1, progress=False)
+    out = bench_throughput(_cfg(tmp_path, folder, "model.pretrained=false"), batches=2, warmup=1, progress=False,
+                           rounds=3)
     for key in ("plain_images_per_s", "plain_with_workers_images_per_s", "engine_images_per_s",
                 "plain_data_only_images_per_s", "engine_data_only_images_per_s"):
         assert out[key] > 0
+    assert len(out["per_round"]["engine"]) == 3
+    assert out["engine_images_per_s"] == pytest.approx(sorted(out["per_round"]["engine"])[1])
+    assert out["speedup"] == pytest.approx(sorted(out["per_round"]["speedup"])[1])
+    assert out["per_round"]["speedup"][0] == pytest.approx(out["per_round"]["engine"][0] / out["per_round"]["plain"][0])
     assert out["engine_precision"] == {"device": "cpu", "autocast": None, "channels_last": False,
                                        "grad_scaler": False}
 

@@ -211,6 +211,17 @@ def test_frozen_mode_caches_embeddings_and_keeps_the_backbone(tmp_path: Path, ba
     assert history(first)[-1]["backbone_frozen"] is True
 
 
+@pytest.mark.parametrize(("second", "val_cached"), [("train.bf16=off", True), ("train.bf16=on", False)])
+def test_bf16_embeddings_never_share_the_float32_cache(tmp_path: Path, backbone_file: Path, second: str,
+                                                       val_cached: bool) -> None:
+    """Augmentation without cached views runs the backbone in the run's precision, validation embeddings included."""
+    common = ("train.epochs=1", "augment.enabled=true", "train.embed_cache_views=0")
+    fit(_frozen_cfg(tmp_path, backbone_file, "name=p32", "train.bf16=off", *common), progress=False)
+    run = fit(_frozen_cfg(tmp_path, backbone_file, "name=p2", second, *common), progress=False)
+    emb = json.loads((run / INFO_FILE).read_text())["training"]["embeddings"]
+    assert emb["val"]["cached"] is val_cached
+
+
 def test_frozen_head_matches_full_model_predictions(tmp_path: Path, backbone_file: Path) -> None:
     """Cached-embedding validation scores equal what the saved full model gives on the images."""
     run_dir = fit(_frozen_cfg(tmp_path, backbone_file, "name=fm"), progress=False)

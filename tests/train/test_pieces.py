@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -123,3 +124,22 @@ def test_early_stopping_min_mode_and_no_patience() -> None:
     for e in range(3, 50):
         stop.step(0.9, e)
     assert not stop.should_stop and stop.best_epoch == 1
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_fused_optimizer_makes_the_same_step_as_the_default(name: str) -> None:
+    """The engine's fused Adam/AdamW is PyTorch's default update, computed in one kernel."""
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 7))
+    b = copy.deepcopy(a)
+    cfg = TrainConfig(optimizer=name, lr=1e-3, weight_decay=0.05)
+    fused, loop = make_optimizer(cfg, a), make_optimizer(cfg, b, fused=False)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    x, y = torch.randn(32, 6), torch.randint(0, 7, (32,))
+    for _ in range(3):
+        for model, opt in ((a, fused), (b, loop)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

@@ -54,3 +54,27 @@ def test_bf16_predictions_stay_close_to_float32(model: torch.nn.Module) -> None:
     p16, _ = predict(model, batches, precision=Precision(torch.device("cpu"), torch.bfloat16, True))
     assert p32.shape == (8, 7) and y.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
     assert abs(p32 - p16).max() < 0.05
+
+
+@pytest.mark.parametrize(("grouped_fp32", "groups", "want"), [
+    (True, 8, torch.float32),     # depthwise: kept in float32 under bf16 autocast
+    (True, 1, torch.bfloat16),    # dense: autocast as usual
+    (False, 8, torch.bfloat16),   # the switch off: plain autocast everywhere
+])
+def test_grouped_convolutions_stay_float32_under_cpu_bf16(grouped_fp32: bool, groups: int, want: torch.dtype) -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=groups)
+    x = torch.randn(2, 8, 6, 6)
+    with Precision(torch.device("cpu"), torch.bfloat16, grouped_conv_fp32=grouped_fp32).autocast():
+        out = conv(x.to(torch.bfloat16))
+    assert out.dtype == want
+    out.float().sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.dtype == torch.float32
+    if want == torch.float32:  # computed from the (bf16-rounded) input exactly as a float32 convolution would
+        assert torch.equal(out.detach(), conv(x.to(torch.bfloat16).float()).detach())
+
+
+def test_float32_run_ignores_the_grouped_conv_switch() -> None:
+    precision = Precision(torch.device("cpu"))
+    assert "grouped_conv_fp32" not in precision.describe()
+    assert Precision(torch.device("cpu"), torch.bfloat16).describe()["grouped_conv_fp32"] is True

@@ -5,9 +5,12 @@ embeddings, against running the frozen backbone on every image every epoch (what
 ``trainable = False`` layers does). The one-off cost of building the cache is reported beside them.
 
 ``throughput``: fine-tuning images/s of the engine's input path (decode-once uint8 cache, per-sample augmentation,
-the precision settings of the config) against a plain loop that opens and decodes each JPEG every epoch and trains
-in float32 with the default memory format - same network, same initial weights, same augmentation (flips). The
-plain loop runs with PyTorch's default ``num_workers=0`` and, when the config uses workers, again with as many.
+the precision settings of the config, the fused optimizer) against a plain loop that opens and decodes each JPEG
+every epoch and trains in float32 with the default memory format and optimizer implementation - same network, same
+initial weights, same augmentation (flips). The plain loop runs with PyTorch's default ``num_workers=0`` and, when
+the config uses workers, again with as many.
+The sides alternate over a few rounds; the speed-up is the median of the rounds' ratios (a shared machine's slow
+spells move single figures by 20% and more).
 
 Run under ``flock /tmp/lesionlab-cpu.lock`` on a shared machine::
 
@@ -139,10 +142,11 @@ def _data_rate(loader: Any, batches: int) -> float:
 
 
 def _train_rate(model: nn.Module, loader: Any, tc: Any, counts: np.ndarray, precision: Precision, batches: int,
-                warmup: int, progress: bool, desc: str) -> float:
-    """Training images/s over ``batches`` batches after ``warmup`` untimed ones."""
+                warmup: int, progress: bool, desc: str, plain: bool = False) -> float:
+    """Training images/s over ``batches`` batches after ``warmup`` untimed ones (``plain``: PyTorch's default
+    optimizer implementation, as a plain script gets it, instead of the engine's fused one)."""
     loss_fn = make_loss(tc, counts)
-    optimizer = make_optimizer(tc, model)
+    optimizer = make_optimizer(tc, model, fused=False if plain else None)
     model.train()
     train_one_epoch(model, loader, loss_fn, optimizer, precision=precision, max_batches=warmup, progress=False)
     stats = train_one_epoch(model, loader, loss_fn, optimizer, precision=precision, max_batches=batches,
@@ -150,8 +154,13 @@ def _train_rate(model: nn.Module, loader: Any, tc: Any, counts: np.ndarray, prec
     return float(stats["images_per_s"])
 
 
-def bench_throughput(cfg: RunConfig, batches: int = 30, warmup: int = 3, progress: bool = True) -> dict[str, Any]:
-    """Fine-tuning images/s: the engine's input path and precision vs a plain JPEG-decoding float32 loop."""
+def bench_throughput(cfg: RunConfig, batches: int = 30, warmup: int = 3, progress: bool = True,
+                     rounds: int = 3) -> dict[str, Any]:
+    """Fine-tuning images/s: the engine's input path and precision vs a plain JPEG-decoding float32 loop.
+
+    The sides alternate for ``rounds`` rounds (plain, [plain with workers,] engine); ``speedup`` is the median of the
+    rounds' ratios, each from two back-to-back measurements, so one slow spell of a shared machine cannot decide it.
+    """
     from lesionlab.data import build_train_transform
 
     tc = cfg.train
@@ -182,20 +191,31 @@ def bench_throughput(cfg: RunConfig, batches: int = 30, warmup: int = 3, progres
     plain_data = _data_rate(plain_loader, batches)
     ours_data = _data_rate(ours_loader, batches)
 
-    plain = _train_rate(copy.deepcopy(model), plain_loader, tc, counts, Precision(device), batches, warmup, progress,
-                        "plain JPEG loop")
-    plain_w = plain
-    if tc.num_workers:
-        plain_w = _train_rate(copy.deepcopy(model), plain_w_loader, tc, counts, Precision(device), batches, warmup,
-                              progress, f"plain JPEG loop, {tc.num_workers} worker(s)")
+    plain_model = copy.deepcopy(model)
+    plain_w_model = copy.deepcopy(model) if tc.num_workers else None
     model.load_state_dict(init)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ours = _train_rate(model, ours_loader, tc, counts, precision, batches, warmup, progress, "lesionlab engine")
+    plain, plain_w, ours = [], [], []
+    for r in range(rounds):
+        tag = f" (round {r + 1}/{rounds})"
+        plain.append(_train_rate(plain_model, plain_loader, tc, counts, Precision(device), batches, warmup, progress,
+                                 "plain JPEG loop" + tag, plain=True))
+        if plain_w_model is not None:
+            plain_w.append(_train_rate(plain_w_model, plain_w_loader, tc, counts, Precision(device), batches, warmup,
+                                       progress, f"plain JPEG loop, {tc.num_workers} worker(s)" + tag, plain=True))
+        ours.append(_train_rate(model, ours_loader, tc, counts, precision, batches, warmup, progress,
+                                "lesionlab engine" + tag))
+    plain_med, ours_med = float(np.median(plain)), float(np.median(ours))
+    plain_w_med = float(np.median(plain_w)) if plain_w else plain_med
+    ratios = [o / p for o, p in zip(ours, plain, strict=True)]
+    ratios_w = [o / p for o, p in zip(ours, plain_w or plain, strict=True)]
     return {"benchmark": "throughput", "model": cfg.model.name, "input_size": list(cfg.data.image_size),
-            "batch_size": tc.batch_size, "batches": batches, "num_workers": tc.num_workers,
-            "plain_images_per_s": plain, "plain_with_workers_images_per_s": plain_w, "engine_images_per_s": ours,
-            "speedup": ours / plain, "speedup_vs_plain_with_workers": ours / plain_w,
+            "batch_size": tc.batch_size, "batches": batches, "rounds": rounds, "num_workers": tc.num_workers,
+            "plain_images_per_s": plain_med, "plain_with_workers_images_per_s": plain_w_med,
+            "engine_images_per_s": ours_med, "speedup": float(np.median(ratios)),
+            "speedup_vs_plain_with_workers": float(np.median(ratios_w)),
+            "per_round": {"plain": plain, "plain_with_workers": plain_w or plain, "engine": ours, "speedup": ratios},
             "plain_data_only_images_per_s": plain_data, "engine_data_only_images_per_s": ours_data,
             "engine_precision": precision.describe(), "precision_check": report, **_environment()}
 
@@ -207,7 +227,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     if args.which == "frozen":
         result = bench_frozen(cfg, args.epochs, args.keras_epochs, progress)
     else:
-        result = bench_throughput(cfg, args.batches, progress=progress)
+        result = bench_throughput(cfg, args.batches, progress=progress, rounds=args.rounds)
     result["command"] = command
     text = json.dumps(result, indent=2, default=str)
     print(text)

@@ -63,7 +63,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         sub.add_argument("overrides", nargs="*", metavar="key=value")
         sub.add_argument("--epochs", type=int, default=5, help="frozen: cached head epochs timed")
         sub.add_argument("--keras-epochs", type=int, default=1, help="frozen: backbone-every-epoch epochs timed")
-        sub.add_argument("--batches", type=int, default=30, help="throughput: timed batches per side")
+        sub.add_argument("--batches", type=int, default=30, help="throughput: timed batches per side and round")
+        sub.add_argument("--rounds", type=int, default=3, help="throughput: alternating rounds (medians compared)")
         sub.add_argument("--json", type=Path, help="also write the result here")
         sub.add_argument("--no-progress", action="store_true")
 

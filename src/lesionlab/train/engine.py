@@ -308,6 +308,8 @@ def plan_frozen(cfg: RunConfig, model: nn.Module, data: PreparedData, pre: Any, 
 
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     parts = _embedding_parts(cfg, data, pre)
+    if precision.dtype is not None:  # reduced-precision embeddings are other numbers: never share a float32 cache
+        parts["precision"] = {k: v for k, v in precision.describe().items() if k in ("autocast", "grouped_conv_fp32")}
     eval_tf = build_eval_transform(pre)
     bs = cfg.train.eval_batch_size
     nw = cfg.train.num_workers
@@ -462,18 +464,21 @@ def _fit(cfg: RunConfig, ctx: dist_utils.DistContext, run_dir: Path, resume: boo
 
         precision, prec_report = choose_precision(tc, device, model, sample, images=images_train)
         prec_report = {**prec_report, "bf16": precision.dtype == torch.bfloat16,
-                       "channels_last": precision.channels_last}
+                       "channels_last": precision.channels_last, "grouped_conv_fp32": precision.grouped_conv_fp32}
         prec_report = dist_utils.all_gather_object(prec_report)[0]
     if device.type == "cuda":
         precision, _ = choose_precision(tc, device, images=images_train)
     else:
+        # checkpoints from before grouped_conv_fp32 existed ran depthwise convolutions in bf16: resume the same way
         precision = Precision(device, torch.bfloat16 if prec_report.get("bf16") else None,
-                              bool(prec_report.get("channels_last")))
+                              bool(prec_report.get("channels_last")),
+                              grouped_conv_fp32=bool(prec_report.get("grouped_conv_fp32", False)))
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     if tc.mode == "frozen":
-        plan = plan_frozen(cfg, model, data, pre, Precision(device, precision.dtype, precision.channels_last),
+        plan = plan_frozen(cfg, model, data, pre, Precision(device, precision.dtype, precision.channels_last,
+                                                            grouped_conv_fp32=precision.grouped_conv_fp32),
                            progress, ctx.is_main)
         # the head on cached embeddings computes in float32
         head_precision = precision if plan.images else Precision(device)

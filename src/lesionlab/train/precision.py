@@ -3,7 +3,8 @@
 ``auto`` settings are decided by a quick check on a copy of the model and one real batch, never by assumption:
 
 * channels-last: time forward + backward of the batch both ways (best of ``repeats``); keep the faster.
-* bf16 on CPU: time it the same way *and* compare eval-mode predictions with float32 on the batch; enable only when
+* bf16 on CPU (grouped/depthwise convolutions stay float32, see :class:`~lesionlab.train.loop.Float32GroupedConv`):
+  time it the same way *and* compare eval-mode predictions with float32 on the batch; enable only when
   it is at least ``min_speedup`` faster, the arg-max agrees on at least ``min_agreement`` of the samples and no
   probability moves by more than ``max_prob_diff``. The default is ``off``: a forward-pass check cannot prove
   that a whole training run ends the same (see docs/BENCHMARKS.md for the end-to-end comparison).
@@ -38,7 +39,7 @@ def _time_step(model: nn.Module, x: torch.Tensor, meta: torch.Tensor | None, dty
     best = float("inf")
     for i in range(repeats + 1):
         start = time.perf_counter()
-        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with Precision(x.device, dtype).autocast():
             out = m(xx, meta) if meta is not None else m(xx)
         out.float().logsumexp(dim=1).mean().backward()
         m.zero_grad(set_to_none=True)
@@ -49,7 +50,7 @@ def _time_step(model: nn.Module, x: torch.Tensor, meta: torch.Tensor | None, dty
 
 @torch.inference_mode()
 def _probs(model: nn.Module, x: torch.Tensor, meta: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor:
-    with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with Precision(x.device, dtype).autocast():
         out = model(x, meta) if meta is not None else model(x)
     return torch.softmax(out.float(), dim=1)
 
