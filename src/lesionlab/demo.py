@@ -15,14 +15,16 @@ from typing import Any
 
 from lesionlab.config import RunConfig, load_config
 
-# Presets, relative to the repository root (where `make demo` runs).
-REAL_PRESET = Path("configs/cpu-lite0-64.yaml")
+# Presets, relative to the repository root (where `make demo` runs). On real data the best CPU preset: the image plus
+# the patient's age, sex and lesion site (docs/BENCHMARKS.md).
+REAL_PRESET = Path("configs/cpu-lite0-64-clinical.yaml")
 QUICK_REAL_PRESET = Path("configs/frozen-simple-64.yaml")
 SYNTHETIC_PRESET = Path("configs/smoke.yaml")
 
 
 def choose_preset(real_data: bool, quick: bool) -> Path:
-    """The preset for the data found: CPU fine-tune on real data (``quick``: the frozen path), else the smoke one."""
+    """The preset for the data found: CPU fine-tune with clinical data on real data (``quick``: the frozen path), else
+    the smoke one."""
     if not real_data:
         return SYNTHETIC_PRESET
     return QUICK_REAL_PRESET if quick else REAL_PRESET
