@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -477,9 +477,7 @@ def _fit(cfg: RunConfig, ctx: dist_utils.DistContext, run_dir: Path, resume: boo
         model = model.to(memory_format=torch.channels_last)
 
     if tc.mode == "frozen":
-        plan = plan_frozen(cfg, model, data, pre, Precision(device, precision.dtype, precision.channels_last,
-                                                            grouped_conv_fp32=precision.grouped_conv_fp32),
-                           progress, ctx.is_main)
+        plan = plan_frozen(cfg, model, data, pre, replace(precision, scaler=None), progress, ctx.is_main)
         # the head on cached embeddings computes in float32
         head_precision = precision if plan.images else Precision(device)
     else:
