@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 from lesionlab import _compat  # noqa: F401  (must run before torchvision/timm are imported anywhere)
 from lesionlab.classes import CLASS_CODES, CLASSES, NUM_CLASSES
+from lesionlab.core.version import __version__
 
 if TYPE_CHECKING:
     from lesionlab.runs import Run
 
-__version__ = "0.1.0"
 
 __all__ = ["CLASSES", "CLASS_CODES", "NUM_CLASSES", "__version__", "load_run"]
 

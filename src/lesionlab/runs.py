@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 
 from lesionlab.classes import CLASS_CODES, check_class_order
+from lesionlab.core.io import atomic_write, atomic_write_json, atomic_write_text, json_safe
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -40,35 +39,6 @@ class RunError(ValueError):
 # ------------------------------------------------------------------------------------------- atomic writes
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path`` and rename it into place, so readers never see half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp_name, 0o644)  # mkstemp's 0600 would hide runs and caches from other users of a shared folder
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:  # flush to disk before the rename makes the file visible
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write a text file atomically (UTF-8)."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def atomic_write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON atomically; NaN/inf become null so every reader can parse the file."""
-    return atomic_write_text(path, json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
-
-
 def atomic_save_state_dict(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
                            ) -> Path:
     """Save tensors as safetensors atomically (contiguous CPU copies; shared storage is split)."""
@@ -76,23 +46,6 @@ def atomic_save_state_dict(path: str | Path, state: dict[str, torch.Tensor], met
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def _json_safe(value: Any) -> Any:
-    """Plain JSON types: numpy scalars/arrays, paths and tuples converted; non-finite floats become None."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -175,7 +128,7 @@ def write_history(run_dir: str | Path, history: list[dict[str, Any]]) -> None:
 
     run_dir = Path(run_dir)
     atomic_write_json(run_dir / HISTORY_JSON, history)
-    frame = pd.DataFrame(_json_safe(history))
+    frame = pd.DataFrame(json_safe(history))
     atomic_write(run_dir / HISTORY_CSV, lambda tmp: frame.to_csv(tmp, index=False))
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 
 from lesionlab.classes import CLASS_CODES, ISIC_COLUMNS, UnknownClassError, index_of
 from lesionlab.config import DataConfig
+from lesionlab.core.paths import shared_data_dir
 from lesionlab.data.images import IMAGE_SUFFIXES, DataError, decode_image
 from lesionlab.data.metadata import AGE_RANGE, SEXES, SITES, normalise_sex, normalise_site
 from lesionlab.data.splits import (
@@ -48,12 +49,6 @@ HAM_COLUMNS: tuple[str, ...] = ("lesion_id", "image_id", "dx", "age", "sex", "lo
 HAM_METADATA_FILE = "HAM10000_metadata.csv"
 KAGGLE_FOLDERS: tuple[str, ...] = ("HAM10000_images_part_1", "HAM10000_images_part_2")
 NPZ_SPLITS: tuple[str, ...] = ("train", "val", "test")
-
-
-def shared_data_dir() -> Path:
-    """``$LESIONLAB_SHARED/data``, else ``<cwd>/../shared/data`` (the project's shared real data)."""
-    root = os.environ.get("LESIONLAB_SHARED")
-    return (Path(root) if root else Path.cwd().parent / "shared") / "data"
 
 
 def shared_ham10000() -> tuple[Path, Path] | None:

