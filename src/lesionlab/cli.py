@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lesionlab.serve.commands",     # serve, export, predict
     "lesionlab.demo",               # demo
     "lesionlab.study.commands",     # study (reader studies)
+    "lesionlab.synth.commands",     # synth train | sample | traverse | evaluate
 )
 
 

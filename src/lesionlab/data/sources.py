@@ -298,12 +298,20 @@ def open_ham10000(metadata_csv: str | Path, image_dirs: list[Path] | None = None
     csv = Path(metadata_csv)
     meta = parse_ham_metadata(csv)
     dirs = expand_image_dirs(list(image_dirs) if image_dirs else default_image_dirs(csv))
-    synthetic = "dx_type" in meta.columns and bool((meta["dx_type"] == "synthetic").all())
-    name = f"{'SYNTHETIC ' if synthetic else ''}HAM10000-format {csv} + {', '.join(map(str, dirs))}"
+    # dx_type "synthetic" marks generated images (lesionlab's synthetic set, `lesionlab synth sample`): a source
+    # with any such row is synthetic, and its name says how many, so every run and report trained on it says so.
+    n_synthetic = int((meta["dx_type"] == "synthetic").sum()) if "dx_type" in meta.columns else 0
+    synthetic = n_synthetic > 0
+    mixed = f" ({n_synthetic} of {len(meta)} images SYNTHETIC)" if 0 < n_synthetic < len(meta) else ""
+    name = f"{'SYNTHETIC ' if n_synthetic == len(meta) else ''}HAM10000-format {csv} + {', '.join(map(str, dirs))}"
     dup_file = csv.parent / KNOWN_DUPLICATES_FILE
     linked = read_known_duplicates(dup_file) if dup_file.is_file() else []
-    return _file_source(meta, csv, dirs, convert_mode, "metadata", name=name, kind="ham10000", synthetic=synthetic,
-                        has_metadata=True, linked_pairs=linked)
+    source = _file_source(meta, csv, dirs, convert_mode, "metadata", name=name + mixed, kind="ham10000",
+                          synthetic=synthetic, has_metadata=True, linked_pairs=linked)
+    if mixed:
+        source.notes.append(f"{n_synthetic} of {len(meta)} metadata rows have dx_type 'synthetic' (generated "
+                            "images): the source counts as SYNTHETIC")
+    return source
 
 
 # -------------------------------------------------------------------------------------------------------------- npz

@@ -1,0 +1,97 @@
+"""Training: outputs per stage, determinism on CPU, resume after a kill, run-directory states."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lesionlab.synth.errors import SynthError
+from lesionlab.synth.run import CHECKPOINT_FILE, load_synth_run
+from lesionlab.synth.training import at_stage, real_batch, train_synth
+
+from .conftest import tiny_config
+
+
+def test_a_run_holds_everything(trained_run: Path) -> None:
+    info = json.loads((trained_run / "synth.json").read_text())
+    assert info["status"] == "complete" and info["data"]["synthetic"] is True
+    assert info["images"] >= 500 and not (trained_run / CHECKPOINT_FILE).exists()
+    for res in (4, 8, 16):
+        assert (trained_run / "stages" / f"stage-{res:02d}px.safetensors").is_file()
+        assert (trained_run / "samples" / f"stage-{res:02d}px.png").is_file()
+    history = pd.read_csv(trained_run / "history.csv")
+    assert {"w_dist", "gp", "q_real", "q_gen", "alpha", "resolution"} <= set(history.columns)
+    assert set(history["resolution"]) == {4, 8, 16}
+    run = load_synth_run(trained_run)
+    assert run.resolution == 16 and run.synthetic_source
+
+
+def test_same_seed_same_weights_and_resume_after_a_kill(tmp_path: Path) -> None:
+    """A run killed after a checkpoint and resumed ends with exactly the weights of an uninterrupted run."""
+    cfg = tiny_config(tmp_path, "train.fade_kimg=0.064", "train.stable_kimg=0.064", "train.checkpoint_kimg=0.032")
+    straight = train_synth(cfg, run_dir=tmp_path / "straight", progress=False)
+
+    class Kill(Exception):
+        pass
+
+    def kill_after(step: int, row: dict) -> None:
+        if row["images"] >= 240:  # mid-stage, a few steps after the checkpoint at 224 images
+            raise Kill
+
+    with pytest.raises(Kill):
+        train_synth(cfg, run_dir=tmp_path / "killed", progress=False, callbacks=(kill_after,))
+    assert (tmp_path / "killed" / CHECKPOINT_FILE).is_file()
+    resumed = train_synth(cfg, run_dir=tmp_path / "killed", progress=False)
+    a = load_file(str(straight / "generator.safetensors"))
+    b = load_file(str(resumed / "generator.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    c = load_file(str(straight / "critic.safetensors"))
+    d = load_file(str(resumed / "critic.safetensors"))
+    assert all(torch.equal(c[k], d[k]) for k in c)
+    h1 = pd.read_csv(straight / "history.csv")
+    h2 = pd.read_csv(resumed / "history.csv")
+    pd.testing.assert_frame_equal(h1, h2)
+
+
+def test_a_complete_run_is_left_alone_and_a_changed_config_refused(trained_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    before = (copy / "generator.safetensors").stat().st_mtime_ns
+    cfg = tiny_config(trained_run.parent)
+    train_synth(cfg, run_dir=copy, progress=False)
+    assert (copy / "generator.safetensors").stat().st_mtime_ns == before
+    with pytest.raises(SynthError, match="another config"):
+        train_synth(tiny_config(trained_run.parent, "train.lr=0.002"), run_dir=copy, progress=False)
+
+
+def test_a_corrupt_checkpoint_is_named(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path)
+    run_dir = tmp_path / "bad"
+    run_dir.mkdir()
+    (run_dir / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(SynthError, match="truncated or corrupt"):
+        train_synth(cfg, run_dir=run_dir, progress=False)
+
+
+def test_real_batches_are_augmented_and_brought_to_the_stage() -> None:
+    from lesionlab.synth.training import TrainingData
+
+    images = torch.arange(2 * 4 * 4 * 3, dtype=torch.uint8).reshape(2, 4, 4, 3).numpy()
+    data = TrainingData(images, pd.DataFrame(), None, torch.ones(2) / 2, {})  # type: ignore[arg-type]
+    gen = torch.Generator().manual_seed(0)
+    plain = real_batch(data, torch.tensor([0, 1]), "none", gen)
+    assert plain.shape == (2, 3, 4, 4) and plain.min() >= -1 and plain.max() <= 1
+    flipped = [real_batch(data, torch.tensor([0, 1]), "dihedral", gen) for _ in range(20)]
+    assert any(not torch.equal(f, plain) for f in flipped)
+    assert all(torch.allclose(f.mean(dim=(2, 3)), plain.mean(dim=(2, 3))) for f in flipped)  # same pixels, moved
+    low = at_stage(plain, 2, 1.0)
+    assert low.shape == (2, 3, 2, 2)
+    half = at_stage(plain, 4, 0.0)  # fade start: the previous stage, upsampled
+    assert torch.allclose(half[:, :, 0, 0], half[:, :, 1, 1])
