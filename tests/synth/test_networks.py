@@ -104,3 +104,14 @@ def test_code_width_mismatch_is_an_error() -> None:
     g = Generator(8, 4, 2, [8, 8])
     with pytest.raises(ValueError, match="code vector has 3 columns"):
         g(torch.randn(2, 4), torch.randn(2, 3))
+
+
+def test_projection_critic_scores_image_and_class_together() -> None:
+    torch.manual_seed(0)
+    d = Critic(8, [8, 8], q_dim=3, projection_classes=7)
+    torch.nn.init.normal_(d.projection.weight)
+    x = torch.randn(4, 3, 8, 8)
+    a, _ = d(x, label=torch.tensor([0, 1, 2, 3]))
+    b, _ = d(x, label=torch.tensor([4, 5, 6, 0]))
+    plain, _ = d(x)
+    assert not torch.allclose(a, b) and a.shape == plain.shape == (4,)

@@ -95,3 +95,17 @@ def test_real_batches_are_augmented_and_brought_to_the_stage() -> None:
     assert low.shape == (2, 3, 2, 2)
     half = at_stage(plain, 4, 0.0)  # fade start: the previous stage, upsampled
     assert torch.allclose(half[:, :, 0, 0], half[:, :, 1, 1])
+
+
+def test_diff_augment_is_differentiable_and_seeded() -> None:
+    from lesionlab.synth.training import diff_augment
+
+    x = torch.randn(4, 3, 8, 8, requires_grad=True)
+    a = diff_augment(x, ["color", "translation"], 0.25, torch.Generator().manual_seed(1))
+    b = diff_augment(x, ["color", "translation"], 0.25, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b)
+    a.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    shifted = diff_augment(torch.ones(64, 1, 8, 8), ["translation"], 0.25, torch.Generator().manual_seed(0))
+    assert (shifted == 0).any() and shifted.max() == 1  # zero padding enters where the image moved away
+    assert torch.equal(diff_augment(x, [], 0.25, torch.Generator()), x)

@@ -53,6 +53,7 @@ class GanModelConfig(Strict):
     fmap_min: int = Field(8, ge=1)
     q_hidden: int = Field(128, ge=1)
     mbstd_group: int = Field(4, ge=1)
+    projection: bool = False  # class-conditional critic by projection, beside the Q head (see networks.Critic)
 
     @field_validator("resolution")
     @classmethod
@@ -86,6 +87,10 @@ class GanTrainConfig(Strict):
     q_weights: dict[str, float] = Field(default_factory=lambda: {p: 1.0 for p in CODE_PARTS})
     class_sampling: Literal["natural", "sqrt", "balanced"] = "sqrt"
     augment: Literal["none", "dihedral"] = "dihedral"
+    # Differentiable augmentation (Zhao et al. 2020) of real and generated images alike, before the critic: the
+    # critic overfits less on a few thousand images while the generator still learns the unaugmented images.
+    diffaug: list[Literal["translation", "color"]] = Field(default_factory=list)
+    diffaug_translation: float = Field(0.125, ge=0, le=0.5)  # largest shift, as a fraction of the image size
     ema_kimg: float = Field(10.0, ge=0)  # half-life of the generator's EMA in thousands of images (0: no EMA)
     ema_rampup: float | None = Field(0.05, gt=0)  # half-life at most this fraction of the images shown so far
     checkpoint_kimg: float = Field(5.0, gt=0)

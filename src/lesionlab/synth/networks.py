@@ -191,7 +191,7 @@ class Critic(nn.Module):
     """image -> (Wasserstein score [N], Q head outputs [N, q_dim]); grown from 4 x 4 like the generator."""
 
     def __init__(self, resolution: int, channels: Sequence[int], q_dim: int, q_hidden: int = 128,
-                 mbstd_group: int = 4) -> None:
+                 mbstd_group: int = 4, projection_classes: int = 0) -> None:
         super().__init__()
         self.resolution = resolution
         self.resolutions = stage_resolutions(resolution)
@@ -211,6 +211,9 @@ class Critic(nn.Module):
         self.q_dim = q_dim
         self.q_head = nn.Sequential(EqLinear(c0, q_hidden), nn.LeakyReLU(LRELU_SLOPE),
                                     EqLinear(q_hidden, q_dim, gain=1.0)) if q_dim else None
+        # Projection conditioning (Miyato & Koyama 2018): score += <embed(class), features>, so the critic judges
+        # whether an image is a real image *of its class*, not only whether it is real.
+        self.projection = EqLinear(projection_classes, c0, gain=1.0) if projection_classes else None
 
     def block(self, s: int, x: torch.Tensor) -> torch.Tensor:
         convs = self.blocks[s]
@@ -238,10 +241,14 @@ class Critic(nn.Module):
                 x = self.block(s, x)
         return self.block(0, x)
 
-    def forward(self, img: torch.Tensor, stage: int | None = None, alpha: float = 1.0
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, img: torch.Tensor, stage: int | None = None, alpha: float = 1.0,
+                label: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(score, Q outputs); with a projection critic, ``label`` (class indices) enters the score."""
         h = self.features(img, stage, alpha)
         score = self.out(h).squeeze(1)
+        if self.projection is not None and label is not None:
+            onehot = F.one_hot(label, self.projection.weight.shape[1]).to(h.dtype)
+            score = score + (self.projection(onehot) * h).sum(dim=1)
         q = self.q_head(h) if self.q_head is not None else None
         return score, q
 

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw
 
-from lesionlab.classes import CLASS_CODES
+from lesionlab.classes import CLASS_CODES, NUM_CLASSES
 from lesionlab.synth.codes import CodeLayout, CodeRequest, CodeSampler, Labels, class_plan, encode
 from lesionlab.synth.config import SynthConfig
 from lesionlab.synth.errors import SynthError
@@ -64,7 +64,8 @@ def build_networks(cfg: SynthConfig, layout: CodeLayout) -> tuple[Generator, Cri
     channels = channel_plan(m.resolution, m.fmap_base, m.fmap_max, m.fmap_min)
     routing = [layout.columns(parts) for parts in code_routing(cfg, layout)]
     g = Generator(m.resolution, m.z_dim, layout.dim, channels, routing)
-    d = Critic(m.resolution, channels, layout.q_dim, m.q_hidden, m.mbstd_group)
+    d = Critic(m.resolution, channels, layout.q_dim, m.q_hidden, m.mbstd_group,
+               projection_classes=NUM_CLASSES if m.projection else 0)
     return g, d
 
 

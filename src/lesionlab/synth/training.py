@@ -182,15 +182,47 @@ def at_stage(x: torch.Tensor, resolution: int, alpha: float) -> torch.Tensor:
     return x
 
 
+def diff_augment(x: torch.Tensor, ops: list[str], translation: float, gen: torch.Generator) -> torch.Tensor:
+    """DiffAugment: random colour (brightness, saturation, contrast) and translation, differentiable in ``x``.
+
+    Applied with independent draws to every image the critic sees, real or generated, in both steps.
+    """
+    n = len(x)
+    if not ops:
+        return x
+    dev = x.device
+    if "color" in ops:
+        x = x + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5).to(dev)
+        mean = x.mean(dim=1, keepdim=True)
+        x = (x - mean) * (torch.rand(n, 1, 1, 1, generator=gen) * 2).to(dev) + mean
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * (torch.rand(n, 1, 1, 1, generator=gen) + 0.5).to(dev) + mean
+    if "translation" in ops and translation > 0:
+        h, w = x.shape[-2:]
+        sh, sw = int(h * translation + 0.5), int(w * translation + 0.5)
+        if sh or sw:
+            dy = torch.randint(-sh, sh + 1, (n, 1, 1), generator=gen).to(dev)
+            dx = torch.randint(-sw, sw + 1, (n, 1, 1), generator=gen).to(dev)
+            gy, gx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
+            gy = (gy.unsqueeze(0) + dy).clamp(-1, h)  # one step outside the image reads the zero padding
+            gx = (gx.unsqueeze(0) + dx).clamp(-1, w)
+            padded = F.pad(x, (1, 1, 1, 1))
+            flat = padded.flatten(2)
+            idx = ((gy + 1) * (w + 2) + (gx + 1)).flatten(1).unsqueeze(1).expand(-1, x.shape[1], -1)
+            x = flat.gather(2, idx).view_as(x)
+    return x
+
+
 # ------------------------------------------------------------------------------------------------------ the loop
 
 
 def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor, stage: int, alpha: float,
-                     gen: torch.Generator) -> torch.Tensor:
-    """WGAN-GP: mean of ``(|grad D(x_hat)| - 1)^2`` on random interpolates of real and generated images."""
+                     gen: torch.Generator, label: torch.Tensor | None = None) -> torch.Tensor:
+    """WGAN-GP: mean of ``(|grad D(x_hat)| - 1)^2`` on random interpolates of real and generated images (which share
+    their labels, so a projection critic is penalised at the interpolates' class)."""
     eps = torch.rand(len(real), 1, 1, 1, generator=gen).to(real.device)
     x_hat = torch.lerp(fake.float(), real.float(), eps).requires_grad_(True)
-    score, _ = critic(x_hat, stage, alpha)
+    score, _ = critic(x_hat, stage, alpha, label)
     (grad,) = torch.autograd.grad(score.float().sum(), x_hat, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1.0).pow(2).mean()
 
@@ -364,6 +396,7 @@ def train_synth(cfg: SynthConfig, run_dir: str | Path | None = None, progress: b
                dynamic_ncols=True)
     t_stage = time.perf_counter()
     last_row: dict[str, Any] = {}
+    last_gp: float | None = None
 
     def checkpoint() -> None:
         save_checkpoint(run_dir / CHECKPOINT_FILE, {
@@ -371,6 +404,7 @@ def train_synth(cfg: SynthConfig, run_dir: str | Path | None = None, progress: b
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "opt_stage": opt_stage, "rng": gen.get_state(),
             "images": images_seen, "step": step, "stage_done": stage_done, "history": history,
             "stage_seconds": stage_seconds, "config": cfg.model_dump(mode="json")})
+        atomic_write_text(run_dir / HISTORY_FILE, pd.DataFrame(history).to_csv(index=False))
 
     while images_seen < total:
         st, alpha = stage_at(plan, images_seen)
@@ -396,8 +430,10 @@ def train_synth(cfg: SynthConfig, run_dir: str | Path | None = None, progress: b
         with autocast():
             with torch.no_grad():
                 fake = g(z, code, st.index, alpha)
-            s_real, q_real = d(real, st.index, alpha)
-            s_fake, q_fake = d(fake.float(), st.index, alpha)
+            s_real, q_real = d(diff_augment(real, tc.diffaug, tc.diffaug_translation, gen), st.index, alpha,
+                               real_labels.label)
+            s_fake, q_fake = d(diff_augment(fake.float(), tc.diffaug, tc.diffaug_translation, gen), st.index, alpha,
+                               real_labels.label)
         s_real, s_fake = s_real.float(), s_fake.float()
         w_dist = s_real.mean() - s_fake.mean()
         loss_d = -w_dist + tc.drift * s_real.pow(2).mean()
@@ -408,7 +444,10 @@ def train_synth(cfg: SynthConfig, run_dir: str | Path | None = None, progress: b
         loss_d = loss_d + tc.q_real * lq_real + tc.q_fake * lq_fake
         gp = None
         if tc.gp_weight > 0 and step % tc.gp_every == 0:
-            gp = gradient_penalty(d, real, fake.float(), st.index, alpha, gen)
+            gp = gradient_penalty(d, diff_augment(real, tc.diffaug, tc.diffaug_translation, gen),
+                                  diff_augment(fake.float(), tc.diffaug, tc.diffaug_translation, gen), st.index, alpha,
+                                  gen, real_labels.label)
+            last_gp = float(gp.detach())
             loss_d = loss_d + tc.gp_weight * tc.gp_every * gp
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
@@ -419,7 +458,8 @@ def train_synth(cfg: SynthConfig, run_dir: str | Path | None = None, progress: b
         z2 = torch.randn(b, cfg.model.z_dim, generator=gen).to(device)
         with autocast():
             fake2 = g(z2, code, st.index, alpha)
-            s_gen, q_gen = d(fake2.float(), st.index, alpha)
+            s_gen, q_gen = d(diff_augment(fake2.float(), tc.diffaug, tc.diffaug_translation, gen), st.index, alpha,
+                             real_labels.label)
         loss_g = -s_gen.float().mean()
         lq_gen, parts_gen = (q_loss(layout, q_gen, fake_labels, tc.q_weights, fake=True)
                              if q_gen is not None else (torch.zeros(()), {}))
@@ -435,7 +475,7 @@ def train_synth(cfg: SynthConfig, run_dir: str | Path | None = None, progress: b
             raise SynthError(f"training diverged at step {step} ({images_seen} images, {st.resolution} px): loss is "
                              "not finite; lower train.lr or raise train.gp_weight, then start a new run")
         row = {"step": step, "images": images_seen, "resolution": st.resolution, "alpha": round(alpha, 4),
-               "lr": lr, "w_dist": float(w_dist.detach()), "gp": None if gp is None else float(gp.detach()),
+               "lr": lr, "w_dist": float(w_dist.detach()), "gp": last_gp,
                "loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach()),
                "q_real": float(lq_real.detach()), "q_fake": float(lq_fake.detach()), "q_gen": float(lq_gen.detach()),
                **{f"q_real_{k}": v for k, v in parts_real.items()}, **{f"q_gen_{k}": v for k, v in parts_gen.items()}}
@@ -457,8 +497,13 @@ def train_synth(cfg: SynthConfig, run_dir: str | Path | None = None, progress: b
             grid_image(imgs, grid_labels_, tc.grid_columns, f"{st.resolution} px, {images_seen:,} images").save(
                 run_dir / "samples" / f"{stage_name(st.resolution)}.png")
             stage_done.append(stage_name(st.resolution))
-            bar.write(f"stage {st.resolution} px done at {images_seen:,} images: W {row['w_dist']:.3f}, "
-                      f"Q real {row['q_real']:.3f}, Q gen {row['q_gen']:.3f}") if progress else None
+            message = (f"stage {st.resolution} px done at {images_seen:,} images "
+                       f"({stage_seconds[stage_name(st.resolution)]:.0f} s): W {row['w_dist']:.3f}, "
+                       f"Q real {row['q_real']:.3f}, Q gen {row['q_gen']:.3f}")
+            if progress:
+                bar.write(message)
+            else:
+                log.info("%s", message)
             checkpoint()
             next_ckpt = images_seen + int(tc.checkpoint_kimg * 1000)
         elif images_seen >= next_ckpt:
@@ -472,7 +517,7 @@ def train_synth(cfg: SynthConfig, run_dir: str | Path | None = None, progress: b
     bar.close()
     save_state(run_dir / GENERATOR_FILE, g_ema.state_dict())
     save_state(run_dir / CRITIC_FILE, d.state_dict())
-    pd.DataFrame(history).to_csv(run_dir / HISTORY_FILE, index=False)
+    atomic_write_text(run_dir / HISTORY_FILE, pd.DataFrame(history).to_csv(index=False))
     atomic_write_json(run_dir / INFO_FILE, {
         **base_info, "status": "complete", "images": images_seen, "steps": step, "stage_seconds": stage_seconds,
         "seconds": float(sum(stage_seconds.values())), "final": last_row,
