@@ -14,6 +14,7 @@ import sys
 # (module, what it adds) - each module defines ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
     "lesionlab.data.commands",      # data summary | audit | split | cache
+    "lesionlab.data.corruption_commands",  # corruptions list | gallery
     "lesionlab.models.commands",    # models
     "lesionlab.train.commands",     # train
     "lesionlab.evaluate.commands",  # evaluate, report, compare
