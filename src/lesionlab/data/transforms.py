@@ -84,6 +84,8 @@ class Preprocessing:
     resize: ResizeMode = "square"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    colour_constancy: str = "none"  # or "shades_of_gray" (lesionlab.data.colour), applied before normalisation
+    colour_constancy_power: float = 6.0
 
     def __post_init__(self) -> None:
         size = tuple(int(v) for v in self.size)
@@ -99,6 +101,9 @@ class Preprocessing:
         if min(self.std) <= 0:
             raise ValueError(f"Preprocessing.std must be positive, got {self.std}")
         object.__setattr__(self, "size", size)
+        from lesionlab.data.colour import colour_step
+
+        colour_step(self.colour_constancy, self.colour_constancy_power)  # validates the setting
 
     def resize_image(self, img: Image.Image | np.ndarray) -> np.ndarray:
         """The HxWx3 uint8 pixels the model sees (the same function fills the cache)."""
@@ -109,17 +114,24 @@ class Preprocessing:
         return build_eval_transform(self)(to_chw_tensor(self.resize_image(img)))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict for ``run.json``."""
+        """Plain JSON-ready dict for ``run.json`` (the colour-constancy keys only when it is on)."""
         out = asdict(self)
+        if self.colour_constancy == "none":
+            out.pop("colour_constancy")
+            out.pop("colour_constancy_power")
         return {key: list(value) if isinstance(value, tuple) else value for key, value in out.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
         """Inverse of :meth:`to_dict`; unknown or missing keys are errors (a run written by another version)."""
         expected = {"size", "resize", "mean", "std"}
-        if set(data) != expected:
-            raise ValueError(f"preprocessing record has keys {sorted(data)}, expected {sorted(expected)}")
-        return cls(size=tuple(data["size"]), resize=data["resize"], mean=tuple(data["mean"]), std=tuple(data["std"]))
+        optional = {"colour_constancy", "colour_constancy_power"}
+        if not expected <= set(data) <= expected | optional:
+            raise ValueError(f"preprocessing record has keys {sorted(data)}, expected {sorted(expected)} "
+                             f"(and optionally {sorted(optional)})")
+        return cls(size=tuple(data["size"]), resize=data["resize"], mean=tuple(data["mean"]), std=tuple(data["std"]),
+                   colour_constancy=data.get("colour_constancy", "none"),
+                   colour_constancy_power=float(data.get("colour_constancy_power", 6.0)))
 
 
 class RandomRot90(torch.nn.Module):
@@ -132,19 +144,25 @@ class RandomRot90(torch.nn.Module):
 
 def build_eval_transform(pre: Preprocessing) -> v2.Compose:
     """uint8 [3,H,W] tensor at ``pre.size`` -> normalised float tensor; no randomness."""
-    return v2.Compose([
-        _CheckSize(pre.size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(pre.mean), std=list(pre.std)),
-    ])
+    return v2.Compose([_CheckSize(pre.size), *_colour_steps(pre), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(mean=list(pre.mean), std=list(pre.std))])
+
+
+def _colour_steps(pre: Preprocessing) -> list[Any]:
+    """The preprocessing's colour-constancy step (empty when off): the last step on uint8 pixels."""
+    from lesionlab.data.colour import colour_step
+
+    step = colour_step(pre.colour_constancy, pre.colour_constancy_power)
+    return [] if step is None else [step]
 
 
 def build_train_transform(aug: AugmentConfig, pre: Preprocessing) -> v2.Compose:
     """Augmentation on uint8 [3,H,W] tensors, then normalisation; without ``aug.enabled`` the eval transform.
 
     Geometry (rotation, zoom, shear, translation, flips, quarter turns) then camera-like changes (brightness,
-    contrast, colour, blur), as in the HAM10000 study. Rotated-in corners are filled with black, like a
-    dermoscope's vignette. Draws come from torch's global generator: use :func:`seeded` for reproducible views.
+    contrast, colour, blur), as in the HAM10000 study, then an acquisition corruption (``aug.corruptions``), then
+    the preprocessing's colour constancy. Rotated-in corners are filled with black, like a dermoscope's vignette.
+    Draws come from torch's global generator: use :func:`seeded` for reproducible views.
     """
     if not aug.enabled:
         return build_eval_transform(pre)
@@ -169,7 +187,12 @@ def build_train_transform(aug: AugmentConfig, pre: Preprocessing) -> v2.Compose:
     if aug.blur_p > 0:
         kernel = 2 * max(1, round(0.04 * min(h, w))) + 1  # 7 px at 64, 19 px at 224
         steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, max(0.5, min(h, w) / 64)))], p=aug.blur_p))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(pre.mean), std=list(pre.std))]
+    if aug.corruptions:  # acquisition corruptions act on the final pixels, as on the corrupted test split
+        from lesionlab.data.corruptions import RandomCorruption
+
+        steps.append(RandomCorruption(aug.corruptions, aug.corruption_p, tuple(aug.corruption_severity)))
+    steps += [*_colour_steps(pre), v2.ToDtype(torch.float32, scale=True),
+              v2.Normalize(mean=list(pre.mean), std=list(pre.std))]
     return v2.Compose(steps)
 
 

@@ -261,12 +261,13 @@ def _set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
 
 
 def preprocessing_for(cfg: RunConfig, model: nn.Module) -> Any:
-    """The saved preprocessing: cache size and resize mode from the data config, mean/std from the model."""
+    """The saved preprocessing: size, resize mode and colour constancy from the data config, mean/std from the model."""
     from lesionlab.data import Preprocessing
 
     dc = model.data_config
     return Preprocessing(size=tuple(cfg.data.image_size), resize=cfg.data.resize, mean=tuple(dc["mean"]),
-                         std=tuple(dc["std"]))
+                         std=tuple(dc["std"]), colour_constancy=cfg.data.colour_constancy,
+                         colour_constancy_power=cfg.data.colour_constancy_power)
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -415,6 +416,10 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume: bool | Non
     cfg = apply_head_preset(cfg)
     cfg = cfg.model_copy(update={"model": effective_model_config(cfg)})
     check_monitor(cfg.train.monitor)
+    if cfg.augment.enabled and cfg.augment.corruptions:  # a misspelt corruption fails now, not after data loading
+        from lesionlab.data.corruptions import RandomCorruption
+
+        RandomCorruption(cfg.augment.corruptions, cfg.augment.corruption_p, tuple(cfg.augment.corruption_severity))
     ctx = dist_utils.setup(cfg.train.device)
     try:
         return _fit(cfg, ctx, Path(run_dir) if run_dir else default_run_dir(cfg), resume, progress, callbacks)
