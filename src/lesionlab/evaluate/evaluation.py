@@ -130,8 +130,23 @@ def card_document(doc: dict[str, Any]) -> dict[str, Any]:
                            and ci[name].get("low") is not None else None}
                     for name in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")},
         "malignant": doc.get("malignant"), "referral": doc.get("referral"), "timing": doc.get("timing"),
+        **_card_extras(doc),
         "intended_use": INTENDED_USE, "known_limits": list(KNOWN_LIMITS),
     }
+
+
+def _card_extras(doc: dict[str, Any]) -> dict[str, Any]:
+    """The model card's subgroup and robustness summaries, when the evaluation has them."""
+    out: dict[str, Any] = {}
+    if doc.get("subgroups"):
+        from lesionlab.evaluate.subgroups import card_summary
+
+        out["subgroups"] = card_summary(doc["subgroups"])
+    if doc.get("robustness"):
+        from lesionlab.evaluate.robustness import card_summary as robustness_summary
+
+        out["robustness"] = robustness_summary(doc["robustness"])
+    return out
 
 
 def _split_hash(source: Any) -> str | None:
@@ -205,15 +220,24 @@ def evaluate_run(run_dir: str | Path, data_cfg: Any | None = None, split: str | 
                  calibrate: bool = False, target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY,
                  isic_csv: str | Path | None = None, isic_images: str | Path | None = None,
                  out_dir: str | Path | None = None, bootstrap: int = 1000, seed: int = 0, batch_size: int = 64,
-                 device: str = "cpu", timing_images: int = 64, audit: str = "lesions", progress: bool = True
+                 device: str = "cpu", timing_images: int = 64, audit: str = "lesions", progress: bool = True,
+                 corruptions: str | list[str] | None = None, severities: str | list[int] | None = None,
+                 corruption_seed: int = 0, robustness_reference: str | Path | None = None
                  ) -> EvaluationResult:
     """Score ``split`` of the run's data (or ``data_cfg``, or an ISIC set) and write the evaluation directory.
 
     ``audit``: see :func:`run_audit`; the full audit is written to ``audit.json``, its summary into metrics.json.
-    An external ISIC set is not a split, so it is not audited.
+    An external ISIC set is not a split, so it is not audited. Every evaluation reports subgroups
+    (:mod:`lesionlab.evaluate.subgroups`); with ``corruptions`` (``"all"`` or names) it also scores the corrupted
+    test split (:mod:`lesionlab.evaluate.robustness`) at ``severities`` (default 1-5).
     """
     from lesionlab.runs import atomic_write_json, load_run, softmax_np
 
+    if corruptions:  # a misspelt corruption fails before any model work
+        from lesionlab.data.corruptions import parse_corruptions, parse_severities
+
+        parse_corruptions(corruptions)
+        parse_severities(severities)
     run = load_run(run_dir, device=device)
     external = isic_csv is not None
     source, cfg = open_eval_source(run, data_cfg, Path(isic_csv) if isic_csv else None,
@@ -265,6 +289,21 @@ def evaluate_run(run_dir: str | Path, data_cfg: Any | None = None, split: str | 
                            referral_fit=run.info.get("referral"))
     out = Path(out_dir) if out_dir else default_out_dir(run.path, eval_split, external)
     out.mkdir(parents=True, exist_ok=True)
+    doc["subgroups"] = _subgroups(source.table.iloc[rows], y, proba, run.classes, bootstrap, seed)
+    for g in doc["subgroups"]["groups"]:
+        if g["flagged"]:
+            context["evaluation"]["warnings"].append(
+                f"subgroup {g['attribute']}={g['level']} ({g['n']} images): balanced accuracy "
+                f"{g['group_balanced_accuracy_shared']:.3f} is significantly below the rest's "
+                f"{g['rest_balanced_accuracy_shared']:.3f} on the same classes (Holm-adjusted p {g['p_holm']:.3g})")
+    if corruptions:
+        doc["robustness"] = _robustness(run, source, rows, y, logits, out, corruptions, severities, corruption_seed,
+                                        use_tta, batch_size, robustness_reference, split_name, progress)
+        check = doc["robustness"].get("clean_check") or {}
+        if check.get("argmax_agreement", 1.0) < 1.0:
+            context["evaluation"]["warnings"].append(
+                f"the corruption benchmark's {check['path']} inference path disagrees with the standard path on "
+                f"{100 * (1 - check['argmax_agreement']):.1f}% of the clean images")
     full_audit = None if external else run_audit(source, audit, progress)
     if external:
         doc["audit"] = {"status": "n/a", "verdict": "external test set, not a split of the training data; overlap "
@@ -276,3 +315,27 @@ def evaluate_run(run_dir: str | Path, data_cfg: Any | None = None, split: str | 
     metrics_path = atomic_write_json(out / METRICS_FILE, doc)
     card_path = atomic_write_json(out / MODEL_CARD_FILE, card_document(doc))
     return EvaluationResult(out, doc, pred_path, metrics_path, card_path)
+
+
+def _subgroups(table: Any, y: np.ndarray, proba: np.ndarray, classes: Any, bootstrap: int, seed: int
+               ) -> dict[str, Any]:
+    from lesionlab.evaluate.subgroups import subgroup_analysis
+
+    return subgroup_analysis(table, y, proba, classes, bootstrap=bootstrap, seed=seed)
+
+
+def _robustness(run: Any, source: Any, rows: np.ndarray, y: np.ndarray, logits: np.ndarray, out: Path,
+                corruptions: Any, severities: Any, seed: int, tta: bool, batch_size: int, reference: Any,
+                split_name: str, progress: bool) -> dict[str, Any]:
+    """The corrupted test split: the same images as the clean evaluation, at the run's input size."""
+    from lesionlab.evaluate.robustness import evaluate_corruptions, load_reference
+
+    prep = run.preprocessing
+    images = load_images(source, rows, getattr(prep, "size", None), getattr(prep, "resize", None), progress)
+    images = [np.asarray(im) if isinstance(im, np.ndarray) else prep.resize_image(im) for im in images]
+    metas = meta_rows(source, rows) if run.meta_encoder is not None else None
+    context = {"run": Path(run.path).name, "split_name": split_name, "n": len(rows),
+               "image_size": [int(v) for v in images[0].shape[:2]]}
+    return evaluate_corruptions(run, images, y, source.table["image_id"].iloc[rows].astype(str).tolist(), metas,
+                                out, corruptions, severities, seed, tta, batch_size, load_reference(reference),
+                                context, clean_logits=logits, progress=progress)

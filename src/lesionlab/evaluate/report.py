@@ -399,11 +399,22 @@ def model_card(doc: dict[str, Any]) -> tuple[list[tuple[str, str]], dict[str, li
                        f"lesionlab {ev.get('lesionlab_version', 'n/a')}, {ev.get('created', '')}"),
         ("Intended use", INTENDED_USE),
     ]
+    if doc.get("subgroups"):
+        from lesionlab.evaluate.subgroups import summary_text
+
+        card.insert(-1, ("Subgroups", summary_text(doc["subgroups"])))
+    if doc.get("robustness"):
+        from lesionlab.evaluate.robustness import headline_text
+
+        card.insert(-1, ("Robustness (corrupted test split)", headline_text(doc["robustness"])))
     return card, {"Known limits": list(KNOWN_LIMITS)}
 
 
-def run_report(doc: dict[str, Any], predictions: pd.DataFrame) -> Document:
-    """The run report's content from a metrics document and its predictions table (pure)."""
+def run_report(doc: dict[str, Any], predictions: pd.DataFrame, gallery_png: bytes | None = None) -> Document:
+    """The run report's content from a metrics document and its predictions table (pure).
+
+    ``gallery_png``: the corruption gallery image, shown with the robustness figures when given.
+    """
     classes = list(doc.get("classes") or CLASS_CODES)
     y, proba = arrays(predictions, classes)
     if len(y) != doc.get("n"):
@@ -435,6 +446,15 @@ def run_report(doc: dict[str, Any], predictions: pd.DataFrame) -> Document:
     ]
     tables = [_headline_table(doc), _per_class_table(doc, classes), _confusion_table(doc, classes)]
     tables += [t for t in (_referral_table(doc), _runtime_table(doc)) if t is not None]
+    if doc.get("subgroups"):
+        from lesionlab.evaluate import subgroups
+
+        tables += subgroups.report_tables(doc["subgroups"])
+    if doc.get("robustness"):
+        from lesionlab.evaluate import robustness
+
+        tables += robustness.report_tables(doc["robustness"], classes)
+        plots += robustness.report_plots(doc["robustness"], gallery_png)
     tables.append(Table("Classes", "table-classes", ["code", "name"], [[c, names.get(c, c)] for c in classes]))
     return Document(title=f"Evaluation report: {run.get('name', 'run')}",
                     subtitle=f"{data.get('source', 'data')} / {data.get('split', 'split')} - {doc.get('n')} images",
@@ -609,7 +629,9 @@ def render_run_report(path: str | Path, out_dir: str | Path | None = None) -> di
     eval_dir = find_eval_dir(path)
     doc = read_metrics_doc(eval_dir / METRICS_FILE)
     predictions = read_predictions(eval_dir / PREDICTIONS_FILE, doc["classes"])
-    return write_report(run_report(doc, predictions), out_dir or eval_dir)
+    gallery = eval_dir / str(((doc.get("robustness") or {}).get("gallery") or {}).get("file", ""))
+    gallery_png = gallery.read_bytes() if doc.get("robustness") and gallery.is_file() else None
+    return write_report(run_report(doc, predictions, gallery_png), out_dir or eval_dir)
 
 
 def render_grid_dir(path: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
