@@ -536,7 +536,7 @@ def class_split_counts(table: pd.DataFrame) -> pd.DataFrame:
     """Images per class (rows, in class order) and split (columns) with totals; unsplit rows under ``-``."""
     split = table["split"].replace("", "-")
     counts = pd.crosstab(pd.Categorical(table["dx"], categories=list(CLASS_CODES)), split, dropna=False)
-    order = [s for s in (*SPLITS, "-") if s in counts.columns]
+    order = [s for s in (*SPLITS, "holdout", "-") if s in counts.columns]
     counts = counts.reindex(columns=order, fill_value=0)
     counts["total"] = counts.sum(axis=1)
     counts.loc["total"] = counts.sum(axis=0)

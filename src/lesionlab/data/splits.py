@@ -34,6 +34,8 @@ from lesionlab.data.images import DataError
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Rows a split file keeps out of the run altogether (cross-validation files hold the real test split out so).
+HOLDOUT = "holdout"
 PUBLISHED_SPLITS: dict[str, str] = {"dermamnist": "dermamnist_split_info.csv",
                                     "dermamnist_c": "dermamnist_c_splits.csv"}
 KNOWN_DUPLICATES_FILE = "newly_discovered_duplicates.csv"
@@ -165,12 +167,16 @@ def write_split_csv(frame: pd.DataFrame, path: str | Path) -> Path:
 
 
 def check_split_frame(frame: pd.DataFrame, where: str, allow_shared_lesions: bool = False) -> None:
-    """Validate a split assignment: known split names, unique images, lesion-disjoint, no empty split."""
+    """Validate a split assignment: known split names, unique images, lesion-disjoint, no empty split.
+
+    ``holdout`` rows belong to no split of the run (no training, validation or testing); they are allowed too.
+    """
     split = frame["split"].astype(str)
-    bad = ~split.isin(SPLITS)
+    bad = ~split.isin((*SPLITS, HOLDOUT))
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"{where}: row {_line(i)}: split {split.iloc[i]!r} is not one of {', '.join(SPLITS)}")
+        raise DataError(f"{where}: row {_line(i)}: split {split.iloc[i]!r} is not one of {', '.join(SPLITS)} "
+                        f"(or {HOLDOUT})")
     dup = frame["image_id"].duplicated(keep=False).to_numpy()
     if dup.any():
         first = frame["image_id"].iloc[int(np.flatnonzero(dup)[0])]
@@ -204,8 +210,8 @@ def read_split_csv(path: str | Path, fold: int | None = None) -> pd.DataFrame:
         if not 0 <= fold < k:
             raise DataError(f"{path}: fold {fold} requested, the file has folds 0..{k - 1}")
         frame["fold"] = folds.astype(int)
-        is_test = frame["split"] == "test"
-        frame["split"] = np.where(is_test, "test", np.where(frame["fold"] == fold, "val", "train"))
+        kept = frame["split"].isin(["test", HOLDOUT])
+        frame["split"] = np.where(kept, frame["split"], np.where(frame["fold"] == fold, "val", "train"))
     check_split_frame(frame, str(path))
     return frame
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -39,14 +40,22 @@ def prepare_grid(cfg: ExperimentConfig, plan: Sequence[PlannedRun], grid_path: P
     return check_test_splits(cfg, plan)
 
 
-def aggregate_grid(cfg: ExperimentConfig, plan: Sequence[PlannedRun]) -> tuple[Tables, list[Path]]:
-    """Collect finished runs, build the tables and tests, write them (and the HTML/Markdown grid report)."""
+def aggregate_grid(cfg: ExperimentConfig, plan: Sequence[PlannedRun], base: dict[str, Any] | None = None
+                   ) -> tuple[Tables, list[Path]]:
+    """Collect finished runs, build the tables and tests, write them (and the HTML/Markdown grid report).
+
+    With a ``select`` section the cross-validation ranking is added (``selection.json``/``.md``; ``base``, the
+    grid's base config, names the final run and reads its test score once it exists).
+    """
     results, missing = collect(plan)
     tables = aggregate(results, cfg)
     if missing:
         tables.notes.append(f"{len(missing)} of {len(plan)} runs not finished yet (left out): "
                             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-    paths = write_outputs(tables, cfg, cfg.output_dir, len(plan))
+    paths = []
+    if cfg.select is not None:
+        paths += _selection(cfg, results, base, tables)
+    paths += write_outputs(tables, cfg, cfg.output_dir, len(plan))
     if not results.empty:
         from lesionlab.evaluate.report import render_grid_report
 
@@ -56,3 +65,26 @@ def aggregate_grid(cfg: ExperimentConfig, plan: Sequence[PlannedRun]) -> tuple[T
                                     notes=tables.notes)
         paths += list(report.values())
     return tables, paths
+
+
+def _selection(cfg: ExperimentConfig, results: pd.DataFrame, base: dict[str, Any] | None, tables: Tables
+               ) -> list[Path]:
+    """Rank the conditions by their CV score into ``tables`` and write selection.json / selection.md."""
+    from lesionlab.experiments.selection import final_run, formatted_table, select, selection_record, write_selection
+
+    sel = select(results, cfg)
+    final = final_run(cfg, base, sel.chosen) if sel.chosen is not None and base is not None else None
+    table = formatted_table(sel, cfg.axis_names)
+    if not table.empty:
+        tables.tables[f"selection by {cfg.repeat.folds}-fold cross-validation on train + val ({sel.metric})"] = table
+    tables.notes.extend(sel.notes)
+    record = selection_record(sel, cfg, final)
+    if final is not None and (record["final"] or {}).get("test"):
+        t = record["final"]["test"]
+        tables.notes.append(f"final run {final.run_id} (chosen by CV, trained on the base split), test scored once: "
+                            f"accuracy {_f(t.get('accuracy'))}, balanced accuracy {_f(t.get('balanced_accuracy'))}")
+    return write_selection(record, table, cfg.output_dir)
+
+
+def _f(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.3f}"

@@ -10,6 +10,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from lesionlab.config import DataConfig
 from lesionlab.experiments.grid import ExperimentConfig
 from lesionlab.experiments.plan import PlannedRun, fold_split_path
@@ -18,6 +21,7 @@ from lesionlab.experiments.splits import (
     assign_folds,
     check_fold_partition,
     check_same_test,
+    cv_fold_split,
     fold_split,
     ids_hash,
 )
@@ -25,7 +29,8 @@ from lesionlab.experiments.splits import (
 log = logging.getLogger(__name__)
 
 #: Data settings that change the pixels a run sees but not which images are in which split.
-PIXEL_ONLY = ("image_size", "resize", "cache_dir", "synthetic_size", "convert_mode")
+PIXEL_ONLY = ("image_size", "resize", "cache_dir", "synthetic_size", "convert_mode", "colour_constancy",
+              "colour_constancy_power")
 
 
 def split_key(data: DataConfig, drop_split: bool = False) -> str:
@@ -44,7 +49,20 @@ def _by_key(plan: Sequence[PlannedRun], drop_split: bool) -> dict[str, list[Plan
 
 
 def _fold_source_config(plan: Sequence[PlannedRun]) -> DataConfig:
-    """The one data config a k-fold grid splits; runs that read different data cannot share folds."""
+    """The one data config a k-fold grid splits; runs that read different data cannot share folds.
+
+    Cross-validation on train + val (``repeat.within: train_val``) splits the base split's train + val, so there
+    the split itself must agree too.
+    """
+    if plan and plan[0].cv_data is not None:
+        cv_groups: dict[str, list[PlannedRun]] = defaultdict(list)
+        for run in plan:
+            cv_groups[split_key(run.cv_data)].append(run)
+        if len(cv_groups) > 1:
+            names = [f"{runs[0].run_id} ({len(runs)} runs)" for runs in cv_groups.values()]
+            raise SplitMismatchError("cross-validation on train + val needs every run on the same data and base "
+                                     f"split (only pixel settings may differ); these differ: {', '.join(names)}")
+        return plan[0].cv_data
     groups = _by_key(plan, drop_split=True)
     if len(groups) > 1:
         names = [f"{runs[0].run_id} ({len(runs)} runs)" for runs in groups.values()]
@@ -64,14 +82,26 @@ def write_fold_splits(cfg: ExperimentConfig, plan: Sequence[PlannedRun]) -> list
     rep = cfg.repeat
     if rep.folds is None or not plan:
         return []
-    source = open_unsplit(_fold_source_config(plan))
+    cv = rep.within == "train_val"
+    if cv:
+        from lesionlab.data import open_source
+
+        source = open_source(_fold_source_config(plan))
+    else:
+        source = open_unsplit(_fold_source_config(plan))
     table = source.table.reset_index(drop=True)
     groups = lesion_groups(table, source.linked_pairs)
-    fold_of = assign_folds(table["label"].to_numpy(), groups, rep.folds, rep.fold_seed)
+    pool = table["split"].isin(["train", "val"]).to_numpy() if cv else np.ones(len(table), dtype=bool)
+    if cv and not pool.any():
+        raise SplitMismatchError(f"{source.name}: the base split has no train or val images to cross-validate")
+    fold_of = assign_folds(table["label"].to_numpy()[pool], groups[pool], rep.folds, rep.fold_seed)
     paths = []
     for k in range(rep.folds):
-        frame = fold_split(table, groups, fold_of, k, rep.val_fraction, rep.fold_seed)
-        path = fold_split_path(cfg.output_dir, k, rep.folds, rep.fold_seed)
+        if cv:
+            frame = cv_fold_split(table, groups, fold_of, k, rep.val_fraction, rep.fold_seed, pool)
+        else:
+            frame = fold_split(table, groups, fold_of, k, rep.val_fraction, rep.fold_seed)
+        path = fold_split_path(cfg.output_dir, k, rep.folds, rep.fold_seed, rep.within)
         if path.is_file():
             old = read_split_csv(path)
             same = old[["image_id", "split"]].sort_values("image_id").reset_index(drop=True).equals(
@@ -86,6 +116,13 @@ def write_fold_splits(cfg: ExperimentConfig, plan: Sequence[PlannedRun]) -> list
     log.info("k-fold split files for %s (%d images, %d folds): %s", source.name, len(table), rep.folds,
              paths[0].parent)
     return paths
+
+
+def _open_split(data: DataConfig) -> pd.DataFrame:
+    """The sample table of a data config with its split applied."""
+    from lesionlab.data import open_source
+
+    return open_source(data).table
 
 
 def split_ids(data: DataConfig, split: str = "test") -> list[str]:
@@ -123,9 +160,13 @@ def check_test_splits(cfg: ExperimentConfig, plan: Sequence[PlannedRun]) -> dict
         for fold, runs in sorted(by_fold.items()):
             check_same_test({r.run_id: hashes[r.run_id] for r in runs}, sizes)
             fold_tests[fold] = ids_of_key[split_key(runs[0].config.data)]
-        from lesionlab.data import open_unsplit
+        if cfg.repeat.within == "train_val":  # the folds partition train + val; the test split stays out
+            table = _open_split(_fold_source_config(plan))
+            everything = table.loc[table["split"].isin(["train", "val"]), "image_id"].astype(str).tolist()
+        else:
+            from lesionlab.data import open_unsplit
 
-        everything = open_unsplit(_fold_source_config(plan)).table["image_id"].astype(str).tolist()
+            everything = open_unsplit(_fold_source_config(plan)).table["image_id"].astype(str).tolist()
         check_fold_partition(fold_tests, everything)
     else:
         check_same_test(hashes, sizes)

@@ -103,3 +103,20 @@ def fold_split(table: pd.DataFrame, groups: np.ndarray, fold_of: np.ndarray, fol
     split[rest[val_of == 0]] = "val"
     return pd.DataFrame({"image_id": table["image_id"].astype(str).to_numpy(),
                          "lesion_id": table["lesion_id"].astype(str).to_numpy(), "split": split})
+
+
+def cv_fold_split(table: pd.DataFrame, groups: np.ndarray, fold_of: np.ndarray, fold: int, val_fraction: float,
+                  seed: int, pool: np.ndarray) -> pd.DataFrame:
+    """One cross-validation fold over the rows in ``pool`` (train + val); every other row is ``holdout``.
+
+    Within the pool this is :func:`fold_split`: the held-out fold is ``test`` (what the run is scored on), a
+    grouped, stratified ``val`` part of the rest picks the epoch, the rest trains. ``fold_of`` is aligned with
+    the pool's rows.
+    """
+    pool = np.asarray(pool, dtype=bool)
+    inner = fold_split(table[pool].reset_index(drop=True), np.asarray(groups)[pool], fold_of, fold, val_fraction,
+                       seed)
+    split = np.full(len(table), "holdout", dtype=object)
+    split[pool] = inner["split"].to_numpy()
+    return pd.DataFrame({"image_id": table["image_id"].astype(str).to_numpy(),
+                         "lesion_id": table["lesion_id"].astype(str).to_numpy(), "split": split})
