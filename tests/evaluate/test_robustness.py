@@ -185,3 +185,35 @@ def test_corruptions_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
                  "--severities", "1-3", "--out", str(out)]) == 0
     with Image.open(out) as g:
         assert g.width > 4 * 80 and g.height > 2 * 80  # 2x tiles below 96 px: clean + 3 severities, 2 rows
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_corrupted_real_test_split(shared_data: Path, tmp_path: Path) -> None:
+    """The shared DermaMNIST-C test split (908 real images) under two corruptions; a melanoma in the gallery."""
+    import pandas as pd
+
+    from lesionlab.data.transforms import Preprocessing
+    from lesionlab.models import create_model
+    from lesionlab.runs import save_run
+
+    data = ["data.source=ham10000", f"data.metadata_csv={shared_data / 'ham10000' / 'HAM10000_metadata.csv'}",
+            f"data.image_dirs=[{shared_data / 'ham10000-64' / 'images'}]", "data.split=dermamnist_c",
+            "data.image_size=64"]
+    cfg = load_config(None, ["model.name=test_efficientnet", "model.pretrained=false", "name=real", *data])
+    torch.manual_seed(0)
+    model = create_model(cfg.model).eval()
+    pre = Preprocessing(size=(64, 64), mean=model.data_config["mean"], std=model.data_config["std"])
+    run = save_run(tmp_path / "real", model, cfg, pre, None, "n/a", {"epoch": 0})
+    assert main(["evaluate", str(run), "--bootstrap", "0", "--timing-images", "0", "--no-tta", "--corruptions",
+                 "black_corner,characters", "--severities", "5"]) == 0
+    rob = json.loads((run / "eval-test" / "robustness.json").read_text())
+    assert rob["n"] == 908 and rob["split_name"] == "dermamnist_c (published)" and rob["image_size"] == [64, 64]
+    meta = pd.read_csv(shared_data / "ham10000" / "HAM10000_metadata.csv").set_index("image_id")
+    assert meta.loc[rob["gallery"]["image_id"], "dx"] == "mel" and rob["gallery"]["class"] == "mel"
+    if rob["normalised"]["reference"]["name"]:  # the shipped reference is at 128 px: not comparable at 64
+        assert "input size" in rob["normalised"]["undefined"]
+    doc = json.loads((run / "eval-test" / "metrics.json").read_text())
+    sexes = [g for g in doc["subgroups"]["groups"] if g["attribute"] == "sex"]
+    assert sum(g["n"] for g in sexes) == 908 and {g["level"] for g in sexes} >= {"male", "female"}
+    assert {g["level"] for g in doc["subgroups"]["groups"] if g["attribute"] == "site"} >= {"back", "face", "trunk"}
