@@ -97,6 +97,13 @@ class AugmentConfig(Strict):
         # YAML and key=value overrides: "all" or "pixelate,motion_blur" as one string
         return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
 
+    @field_validator("corruption_severity")
+    @classmethod
+    def _severity_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1] <= 5:
+            raise ValueError(f"must be (low, high) with 1 <= low <= high <= 5, got {list(v)}")
+        return v
+
 
 class ModelConfig(Strict):
     """Backbone, weights, head and clinical-data fusion."""

@@ -96,6 +96,8 @@ def test_augment_config_corruption_options() -> None:
     assert cfg.data.colour_constancy == "shades_of_gray" and cfg.data.colour_constancy_power == 6.0
     with pytest.raises(ConfigError, match="corruption_p"):
         load_config(None, ["augment.corruption_p=1.5"])
+    with pytest.raises(ConfigError, match=r"corruption_severity: .*1 <= low <= high <= 5"):
+        load_config(None, ["augment.corruption_severity=[4, 6]"])
     with pytest.raises(ConfigError, match="colour_constancy"):
         load_config(None, ["data.colour_constancy=grey_edge"])
     with pytest.raises(CorruptionError, match="did you mean pixelate"):

@@ -189,22 +189,11 @@ def test_corruptions_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_corrupted_real_test_split(shared_data: Path, tmp_path: Path) -> None:
+def test_corrupted_real_test_split(shared_data: Path, real_untrained_run: Path) -> None:
     """The shared DermaMNIST-C test split (908 real images) under two corruptions; a melanoma in the gallery."""
     import pandas as pd
 
-    from lesionlab.data.transforms import Preprocessing
-    from lesionlab.models import create_model
-    from lesionlab.runs import save_run
-
-    data = ["data.source=ham10000", f"data.metadata_csv={shared_data / 'ham10000' / 'HAM10000_metadata.csv'}",
-            f"data.image_dirs=[{shared_data / 'ham10000-64' / 'images'}]", "data.split=dermamnist_c",
-            "data.image_size=64"]
-    cfg = load_config(None, ["model.name=test_efficientnet", "model.pretrained=false", "name=real", *data])
-    torch.manual_seed(0)
-    model = create_model(cfg.model).eval()
-    pre = Preprocessing(size=(64, 64), mean=model.data_config["mean"], std=model.data_config["std"])
-    run = save_run(tmp_path / "real", model, cfg, pre, None, "n/a", {"epoch": 0})
+    run = real_untrained_run
     assert main(["evaluate", str(run), "--bootstrap", "0", "--timing-images", "0", "--no-tta", "--corruptions",
                  "black_corner,characters", "--severities", "5"]) == 0
     rob = json.loads((run / "eval-test" / "robustness.json").read_text())

@@ -11,6 +11,7 @@ from lesionlab.evaluate.metrics import balanced_accuracy
 from lesionlab.evaluate.report import run_report
 from lesionlab.evaluate.subgroups import (
     age_band,
+    balanced_accuracy_interval,
     card_summary,
     permutation_test,
     report_tables,
@@ -36,6 +37,19 @@ def test_wilson_interval() -> None:
     half = z / (1 + z * z / 10) * np.sqrt(0.8 * 0.2 / 10 + z * z / 400)
     assert (low, high) == pytest.approx((centre - half, centre + half), abs=1e-6)
     assert wilson(0, 0) is None
+
+
+def test_balanced_accuracy_interval_stays_honest_for_tiny_classes() -> None:
+    # one nevus right, one melanoma wrong: a within-class bootstrap would give [0.5, 0.5]
+    low, high = balanced_accuracy_interval(np.array([True, False]), np.array([5, 4]), draws=20000)
+    assert low < 0.3 and high > 0.7 and low <= 0.5 <= high
+    # large classes: close to the normal approximation of the mean of two recalls
+    correct = np.r_[np.ones(160, bool), np.zeros(40, bool), np.ones(120, bool), np.zeros(80, bool)]
+    labels = np.r_[np.zeros(200, int), np.ones(200, int)]
+    low, high = balanced_accuracy_interval(correct, labels, draws=40000)
+    half = 1.96 * np.sqrt(0.8 * 0.2 / 200 + 0.6 * 0.4 / 200) / 2
+    assert (low, high) == pytest.approx((0.7 - half, 0.7 + half), abs=0.006)
+    assert balanced_accuracy_interval(np.ones(3, bool), np.zeros(3, int))[1] == 1.0  # all right: up to the estimate
 
 
 def _brute_force_p(correct: np.ndarray, labels: np.ndarray, member: np.ndarray, draws: int, seed: int) -> float:

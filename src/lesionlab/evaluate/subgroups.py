@@ -7,7 +7,11 @@ that of the rest of the evaluated images.
 Intervals
     Accuracy, melanoma sensitivity (recall of ``mel``) and malignant sensitivity (a truly malignant image --
     akiec, bcc, mel -- whose arg-max class is malignant) are proportions: Wilson score intervals. Balanced
-    accuracy: percentile bootstrap within the subgroup, resampling within each true class (as the headline CIs).
+    accuracy is the mean of per-class recalls, and subgroups often hold a class with one or two images, where a
+    bootstrap within classes collapses to a zero-width interval (every resample of one image is that image). So
+    each class's recall gets its Jeffreys posterior, Beta(correct + 1/2, wrong + 1/2); the 2.5 and 97.5
+    percentiles of the mean of independent draws are the interval, widened to include the estimate where a class
+    is all right or all wrong (the Jeffreys interval's usual boundary rule).
 
 The test (one-sided, per subgroup, then corrected for the number of subgroups)
     Balanced accuracy depends on which classes are present, so the subgroup and the rest are compared on the same
@@ -33,7 +37,7 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from lesionlab.classes import CLASS_CODES, MALIGNANT_CODES
-from lesionlab.evaluate.metrics import balanced_accuracy, bootstrap_ci
+from lesionlab.evaluate.metrics import balanced_accuracy
 from lesionlab.evaluate.stats import holm_adjust
 
 #: Age bands (lower bound inclusive, upper exclusive), in years; missing ages form the band "unknown".
@@ -75,6 +79,22 @@ def _proportion(hits: np.ndarray) -> tuple[float | None, list[float] | None, int
     return k / n, wilson(k, n), n
 
 
+def balanced_accuracy_interval(correct: np.ndarray, labels: np.ndarray, draws: int = DRAWS, seed: int = 0,
+                               level: float = 0.95) -> list[float] | None:
+    """Interval for the mean per-class recall from per-class Jeffreys posteriors (see the module docstring)."""
+    correct = np.asarray(correct, dtype=bool)
+    labels = np.asarray(labels)
+    present = np.unique(labels)
+    if present.size == 0 or draws <= 0:
+        return None
+    k = np.array([int(correct[labels == c].sum()) for c in present])
+    n = np.array([int((labels == c).sum()) for c in present])
+    samples = np.random.default_rng(seed).beta(k + 0.5, n - k + 0.5, size=(draws, present.size)).mean(axis=1)
+    low, high = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2])
+    estimate = float(np.mean(k / n))
+    return [float(min(low, estimate)), float(max(high, estimate))]
+
+
 def permutation_test(correct: np.ndarray, labels: np.ndarray, member: np.ndarray, draws: int = DRAWS,
                      seed: int = 0) -> dict[str, Any]:
     """One-sided test that the members' balanced accuracy is below the rest's (see the module docstring).
@@ -111,7 +131,8 @@ def subgroup_analysis(table: pd.DataFrame, y: np.ndarray, proba: np.ndarray, cla
     """The ``subgroups`` block of metrics.json (pure): one entry per subgroup, the test and the flagged ones.
 
     ``table`` holds the evaluated images' clinical data (columns ``sex``, ``age``, ``site``; missing columns count
-    as unknown), row-aligned with ``y`` and ``proba``.
+    as unknown), row-aligned with ``y`` and ``proba``. ``bootstrap = 0`` (as for the headline CIs) leaves the
+    balanced-accuracy intervals out; ``draws`` sets both the interval's and the test's Monte Carlo draws.
     """
     classes = list(classes)
     y = np.asarray(y, dtype=np.int64)
@@ -140,7 +161,7 @@ def subgroup_analysis(table: pd.DataFrame, y: np.ndarray, proba: np.ndarray, cla
             yi, pi = y[member], p[member]
             acc, acc_ci, n = _proportion(correct[member])
             ba = balanced_accuracy(yi, pi)
-            ba_ci = bootstrap_ci(yi, pi, balanced_accuracy, n=bootstrap, seed=seed) if bootstrap > 0 else None
+            ba_ci = balanced_accuracy_interval(correct[member], yi, draws, seed) if bootstrap > 0 else None
             mel_sens, mel_ci, n_mel = _proportion(correct[member & (y == mel)]) if mel is not None else (None, None, 0)
             mal_sens, mal_ci, n_mal = _proportion(flagged_mal[member & malignant])
             entry: dict[str, Any] = {
@@ -148,8 +169,7 @@ def subgroup_analysis(table: pd.DataFrame, y: np.ndarray, proba: np.ndarray, cla
                 "class_counts": {c: int((yi == k).sum()) for k, c in enumerate(classes)},
                 "n_mel": n_mel, "n_malignant": n_mal,
                 "accuracy": acc, "accuracy_ci": acc_ci, "balanced_accuracy": ba,
-                "balanced_accuracy_ci": None if ba_ci is None or ba_ci.get("low") is None
-                else [ba_ci["low"], ba_ci["high"]],
+                "balanced_accuracy_ci": ba_ci,
                 "mel_sensitivity": mel_sens, "mel_sensitivity_ci": mel_ci,
                 "malignant_sensitivity": mal_sens, "malignant_sensitivity_ci": mal_ci,
                 "tested": False, "p": None, "p_holm": None, "flagged": False,
@@ -181,7 +201,7 @@ def subgroup_analysis(table: pd.DataFrame, y: np.ndarray, proba: np.ndarray, cla
                  "correction": "Holm-Bonferroni over every subgroup tested", "alpha": alpha, "draws": draws,
                  "min_n": min_n, "n_tested": len(tested), "seed": seed},
         "intervals": {"proportions": "Wilson score 95%", "balanced_accuracy":
-                      f"percentile bootstrap 95%, {bootstrap} replicates stratified by class" if bootstrap
+                      f"95%, mean of per-class Jeffreys posteriors ({draws} draws)" if bootstrap
                       else "not computed (bootstrap 0)"},
     }
 
