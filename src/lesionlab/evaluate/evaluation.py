@@ -328,9 +328,11 @@ def _robustness(run: Any, source: Any, rows: np.ndarray, y: np.ndarray, logits: 
                 corruptions: Any, severities: Any, seed: int, tta: bool, batch_size: int, reference: Any,
                 split_name: str, progress: bool) -> dict[str, Any]:
     """The corrupted test split: the same images as the clean evaluation, at the run's input size."""
-    from lesionlab.evaluate.robustness import evaluate_corruptions, load_reference
+    from lesionlab.evaluate.robustness import RobustnessError, evaluate_corruptions, load_reference
 
     prep = run.preprocessing
+    if prep is None:
+        raise RobustnessError(f"{run.path}: run.json has no preprocessing, so the input size to corrupt at is unknown")
     images = load_images(source, rows, getattr(prep, "size", None), getattr(prep, "resize", None), progress)
     images = [np.asarray(im) if isinstance(im, np.ndarray) else prep.resize_image(im) for im in images]
     metas = meta_rows(source, rows) if run.meta_encoder is not None else None
