@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lesionlab.config import RunConfig, load_config
+from lesionlab.core.errors import MissingFileError
 
 # Presets, relative to the repository root (where `make demo` runs). On real data the best CPU preset: the image plus
 # the patient's age, sex and lesion site (docs/BENCHMARKS.md).
@@ -37,7 +38,7 @@ def resolve_config(config: Path | None, overrides: list[str], quick: bool) -> tu
     real = shared_ham10000() is not None
     path = config or choose_preset(real, quick)
     if not path.is_file():
-        raise FileNotFoundError(f"demo preset {path} not found: run `lesionlab demo` from the repository root, "
+        raise MissingFileError(f"demo preset {path} not found: run `lesionlab demo` from the repository root, "
                                 "or pass --config")
     return load_config(path, overrides), path
 

@@ -165,3 +165,32 @@ def test_dataset_seed_gives_the_same_views_per_epoch() -> None:
     first = a[5]["image"]
     a.set_epoch(1)
     assert not torch.equal(a[5]["image"], first)
+
+
+def test_source_size_squashes_full_size_images_first_and_is_idempotent() -> None:
+    pre = Preprocessing(size=(48, 48), source_size=(32, 32))
+    photo = _photo()
+    expected = resize_image(np.array(photo.resize((32, 32), Image.Resampling.BICUBIC)), (48, 48))
+    pixels = pre.resize_image(photo)
+    np.testing.assert_array_equal(pixels, expected)
+    np.testing.assert_array_equal(pre.resize_image(pixels), pixels)  # model-size pixels (a cached row) pass as is
+    small = np.asarray(photo.resize((32, 32), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(pre.resize_image(small), resize_image(small, (48, 48)))  # stored size: no squash
+    assert torch.equal(pre(photo), pre(pixels)) and pre.batch([photo, pixels]).shape == (2, 3, 48, 48)
+
+
+def test_preprocessing_record_keeps_source_size_and_reads_older_records() -> None:
+    pre = Preprocessing(size=(48, 48), source_size=(32, 40))
+    assert Preprocessing.from_dict(json.loads(json.dumps(pre.to_dict()))) == pre
+    old = {k: v for k, v in pre.to_dict().items() if k != "source_size"}  # a run written before source_size
+    assert Preprocessing.from_dict(old).source_size is None
+    assert Preprocessing.from_dict(old, source_size=[64, 64]).source_size == (64, 64)
+    with pytest.raises(ValueError, match="source_size must be"):
+        Preprocessing(size=(8, 8), source_size=(0, 8))
+
+
+def test_the_normalising_transform_is_built_once() -> None:
+    pre = Preprocessing(size=(16, 16))
+    assert build_eval_transform(pre).__self__ is pre and pre._normalize is pre._normalize
+    x = to_chw_tensor(np.zeros((16, 16, 3), np.uint8))
+    assert torch.equal(pre.normalize(x), build_eval_transform(pre)(x))

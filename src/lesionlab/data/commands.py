@@ -12,9 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lesionlab.config import DataConfig, apply_overrides, build_config, read_yaml
-
-RUN_SECTIONS = {"name", "output_dir", "data", "augment", "model", "train"}
+from lesionlab.config import CONFIG_SECTIONS, DataConfig, apply_overrides, build_config, read_yaml
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -42,14 +40,13 @@ def _source_args(parser: argparse.ArgumentParser, split: bool = True) -> None:
         g.add_argument("--fold", type=int, help="with a k-fold split CSV: the validation fold")
     g.add_argument("--convert-mode", action="store_true", help="convert non-RGB images instead of failing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def data_config(args: argparse.Namespace) -> DataConfig:
     """The DataConfig that the command-line arguments describe (file, then overrides, then flags)."""
     raw: dict[str, Any] = read_yaml(args.config) if args.config else {}
     where = str(args.config or "command line")
-    if isinstance(raw.get("data"), dict) and set(raw) <= RUN_SECTIONS:
+    if isinstance(raw.get("data"), dict) and set(raw) <= set(CONFIG_SECTIONS):
         raw = raw["data"]
     overrides = [o[len("data."):] if o.startswith("data.") else o for o in args.overrides]
     raw = apply_overrides(raw, overrides, where)

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lesionlab.core.argparsing import Deprecated
+from lesionlab.core.errors import UsageError
 from lesionlab.evaluate.calibration import DEFAULT_TARGET_SENSITIVITY
 
 
@@ -17,11 +19,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "for a run, plus report.html/report.md. By default the run's own data config "
                                     "and its test split are used.")
     ev.add_argument("run", type=Path, help="run directory (holds run.json and model.safetensors)")
+    ev.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="data settings replacing the run's, e.g. source=synthetic split=lesion (data. optional)")
     ev.add_argument("--config", type=Path, help="a run config YAML whose data section replaces the run's")
-    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a data setting, e.g. --set source=synthetic (repeatable)")
+    ev.add_argument("--set", dest="old_overrides", action=Deprecated, append=True,
+                    new="positional key=value after RUN")
     ev.add_argument("--source", choices=["auto", "ham10000", "npz", "isic", "synthetic"],
-                    help="shorthand for --set source=...")
+                    help="shorthand for source=...")
     ev.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to score (default test)")
     ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                     help="flip test-time augmentation (default: as the run was validated in training)")
@@ -42,14 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "hashes every image for duplicates), none")
     ev.add_argument("--no-report", action="store_true", help="do not render report.html / report.md")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
-    ev.add_argument("--debug", action="store_true", help="show tracebacks")
     ev.set_defaults(func=cmd_evaluate)
 
     rep = sub.add_parser("report", help="render the HTML + Markdown report of a run, evaluation or grid directory")
     rep.add_argument("path", type=Path, help="evaluation directory (metrics.json), run directory (its eval*/), or "
                                              "an aggregated grid directory (results.csv, tests.json)")
     rep.add_argument("--out", type=Path, help="where to write report.html and report.md (default: beside metrics)")
-    rep.add_argument("--debug", action="store_true", help="show tracebacks")
     rep.set_defaults(func=cmd_report)
 
     cmp = sub.add_parser("compare", help="McNemar + paired bootstrap between two evaluations on the same images")
@@ -60,7 +62,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     cmp.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates")
     cmp.add_argument("--seed", type=int, default=0)
     cmp.add_argument("--json", type=Path, help="also write the tests as JSON here")
-    cmp.add_argument("--debug", action="store_true", help="show tracebacks")
     cmp.set_defaults(func=cmd_compare)
 
 
@@ -69,7 +70,8 @@ def _data_config(args: argparse.Namespace) -> Any | None:
     from lesionlab.config import DataConfig, apply_overrides, build_config, read_yaml
     from lesionlab.runs import read_info
 
-    overrides = list(args.overrides) + ([f"source={args.source}"] if args.source else [])
+    overrides = [o.removeprefix("data.") for o in [*args.overrides, *args.old_overrides]]
+    overrides += [f"source={args.source}"] if args.source else []
     if args.config is None and not overrides:
         return None
     if args.config is not None:
@@ -78,7 +80,7 @@ def _data_config(args: argparse.Namespace) -> Any | None:
     else:
         base = (read_info(args.run).get("config") or {}).get("data", {})
         where = "run data config"
-    return build_config(DataConfig, apply_overrides(base, overrides, where="--set"), where=where)
+    return build_config(DataConfig, apply_overrides(base, overrides, where="overrides"), where=where)
 
 
 def _console() -> Any:
@@ -93,7 +95,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from lesionlab.evaluate.report import render_run_report
 
     if args.split != "test" and args.isic_csv is not None:
-        raise ValueError("--split does not apply to an external ISIC test set (all its images are scored)")
+        raise UsageError("--split does not apply to an external ISIC test set (all its images are scored)")
     result = evaluate_run(args.run, data_cfg=_data_config(args), split=args.split, tta=args.tta,
                           calibrate=args.calibrate, target_sensitivity=args.target_sensitivity,
                           isic_csv=args.isic_csv, isic_images=args.isic_images, out_dir=args.out,
@@ -155,7 +157,8 @@ def print_metrics(doc: dict[str, Any]) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Render and print the HTML path."""
-    from lesionlab.evaluate.report import GRID_RESULTS_FILE, render_grid_dir, render_run_report
+    from lesionlab.evaluate.grid_report import render_grid_dir
+    from lesionlab.evaluate.report import GRID_RESULTS_FILE, render_run_report
 
     if (args.path / GRID_RESULTS_FILE).is_file():
         paths = render_grid_dir(args.path, args.out)
@@ -181,7 +184,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     pa, pb = _predictions_path(args.a), _predictions_path(args.b)
     names = (str(args.a), str(args.b))
     if names[0] == names[1]:
-        raise ValueError(f"comparing {args.a} with itself")
+        raise UsageError(f"comparing {args.a} with itself")
     results = compare_predictions(read_predictions(pa), read_predictions(pb), names=("A", "B"),
                                   metrics=args.metrics or ("accuracy", "balanced_accuracy"), n_boot=args.bootstrap,
                                   seed=args.seed)
@@ -200,7 +203,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for r in results:
         print(r)
     if args.json:
-        from lesionlab.runs import atomic_write_json
+        from lesionlab.core.io import atomic_write_json
 
         atomic_write_json(args.json, {"a": names[0], "b": names[1], "tests": [r.to_dict() for r in results]})
     return 0

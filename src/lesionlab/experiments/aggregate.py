@@ -17,7 +17,7 @@ import itertools
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +25,15 @@ import numpy as np
 import pandas as pd
 
 from lesionlab.classes import CLASS_CODES
-from lesionlab.evaluate.stats import TestResult, holm_adjust, mann_whitney
+from lesionlab.core.errors import LesionlabError
+from lesionlab.evaluate.stats import TestResult, compare_groups
 from lesionlab.experiments.grid import ExperimentConfig
 from lesionlab.experiments.plan import PlannedRun
 
 SUPPLEMENTARY = {"tpr": "TPR (sensitivity)", "tnr": "TNR (specificity)", "gmean": "G-mean"}
 
 
-class AggregationError(ValueError):
+class AggregationError(LesionlabError, ValueError):
     """A metrics file that cannot be read or lacks a metric the grid reports; names the file or metric."""
 
 
@@ -155,43 +156,19 @@ def _layout(cfg: ExperimentConfig) -> tuple[list[str], list[str], list[str]]:
 def compare_tests(results: pd.DataFrame, cfg: ExperimentConfig) -> tuple[list[TestResult], list[str]]:
     """Mann-Whitney U between levels of each ``compare`` axis, within each combination of the other axes.
 
-    Runs whose metric is undefined are left out (and noted); a pair with an empty side is skipped with a note.
-    Each axis's tests form one family for the Holm adjustment (stored as ``detail["p_holm"]``).
+    Each axis's tests form one family for the Holm adjustment (see :func:`lesionlab.evaluate.stats.compare_groups`).
     """
     out: list[TestResult] = []
     notes: list[str] = []
-    axes = cfg.axis_names
     for spec in cfg.compare:
         if results.empty:
             break
         if spec.metric not in results.columns:
             raise AggregationError(f"compare metric '{spec.metric}' is not in the runs' metrics "
                                    f"(e.g. {', '.join(c for c in results.columns if '.' not in c)[:200]})")
-        within = [a for a in axes if a != spec.axis]
-        levels = list(cfg.axes[spec.axis])
-        pairs = spec.pairs or list(itertools.combinations(levels, 2))
-        family: list[TestResult] = []
-        groups = results.groupby(within, sort=False) if within else [((), results)]
-        for key, sub in groups:
-            key = key if isinstance(key, tuple) else (key,)
-            context = ", ".join(f"{c}={v}" for c, v in zip(within, key, strict=True))
-            for la, lb in pairs:
-                a = sub.loc[sub[spec.axis] == la, spec.metric]
-                b = sub.loc[sub[spec.axis] == lb, spec.metric]
-                dropped = int(a.isna().sum() + b.isna().sum())
-                a, b = a.dropna().tolist(), b.dropna().tolist()
-                label = f"{spec.metric}: {spec.axis}={la} vs {spec.axis}={lb}" + (f" ({context})" if context else "")
-                if dropped:
-                    notes.append(f"{label}: {dropped} run(s) with undefined {spec.metric} left out")
-                if not a or not b:
-                    notes.append(f"{label}: skipped, no finished runs on one side (n = {len(a)} vs {len(b)})")
-                    continue
-                result = mann_whitney(a, b, names=(la, lb), label=label)
-                detail = {**result.detail, "axis": spec.axis, "metric": spec.metric,
-                          "within": dict(zip(within, key, strict=True))}
-                family.append(replace(result, detail=detail))
-        adjusted = holm_adjust([t.p_value for t in family]) if family else []
-        out.extend(replace(t, detail={**t.detail, "p_holm": p}) for t, p in zip(family, adjusted, strict=True))
+        pairs = spec.pairs or list(itertools.combinations(cfg.axes[spec.axis], 2))
+        within = [a for a in cfg.axis_names if a != spec.axis]
+        out += compare_groups(results, spec.metric, spec.axis, within, pairs=pairs, notes=notes)
     return out, notes
 
 

@@ -48,7 +48,7 @@ def aggregate_grid(cfg: ExperimentConfig, plan: Sequence[PlannedRun]) -> tuple[T
                             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     paths = write_outputs(tables, cfg, cfg.output_dir, len(plan))
     if not results.empty:
-        from lesionlab.evaluate.report import render_grid_report
+        from lesionlab.evaluate.grid_report import render_grid_report
 
         metrics = list(dict.fromkeys([*cfg.report.metrics, "balanced_accuracy", "macro_auc"]))
         report = render_grid_report(results, tables.tests, cfg.output_dir, title=f"Experiment grid {cfg.name}",

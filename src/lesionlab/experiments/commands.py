@@ -32,7 +32,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--workers", type=int, default=None, help="parallel runs (default: the grid's 'workers')")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // workers)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.set_defaults(func=_main)
 
 

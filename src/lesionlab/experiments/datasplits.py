@@ -10,22 +10,16 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from lesionlab.config import DataConfig
+from lesionlab.config import EXECUTION_ONLY, DataConfig
 from lesionlab.experiments.grid import ExperimentConfig
 from lesionlab.experiments.plan import PlannedRun, fold_split_path
-from lesionlab.experiments.splits import (
-    SplitMismatchError,
-    assign_folds,
-    check_fold_partition,
-    check_same_test,
-    fold_split,
-    ids_hash,
-)
+from lesionlab.experiments.splits import SplitMismatchError, check_fold_partition, check_same_test, ids_hash
 
 log = logging.getLogger(__name__)
 
-#: Data settings that change the pixels a run sees but not which images are in which split.
-PIXEL_ONLY = ("image_size", "resize", "cache_dir", "synthetic_size", "convert_mode")
+#: Data settings that change the pixels a run sees (or where they are cached) but not which images are in which split.
+PIXEL_ONLY = ("image_size", "resize", "synthetic_size", "convert_mode",
+              *(key for *section, key in EXECUTION_ONLY if section == ["data"]))
 
 
 def split_key(data: DataConfig, drop_split: bool = False) -> str:
@@ -59,7 +53,7 @@ def write_fold_splits(cfg: ExperimentConfig, plan: Sequence[PlannedRun]) -> list
     An existing file with a different assignment is an error, since finished runs may have trained on it.
     """
     from lesionlab.data import open_unsplit, write_split_csv
-    from lesionlab.data.splits import lesion_groups, read_split_csv
+    from lesionlab.data.splits import fold_split, group_folds, lesion_groups, read_split_csv
 
     rep = cfg.repeat
     if rep.folds is None or not plan:
@@ -67,7 +61,7 @@ def write_fold_splits(cfg: ExperimentConfig, plan: Sequence[PlannedRun]) -> list
     source = open_unsplit(_fold_source_config(plan))
     table = source.table.reset_index(drop=True)
     groups = lesion_groups(table, source.linked_pairs)
-    fold_of = assign_folds(table["label"].to_numpy(), groups, rep.folds, rep.fold_seed)
+    fold_of = group_folds(table["label"].to_numpy(), groups, rep.folds, rep.fold_seed)
     paths = []
     for k in range(rep.folds):
         frame = fold_split(table, groups, fold_of, k, rep.val_fraction, rep.fold_seed)

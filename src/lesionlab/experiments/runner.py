@@ -10,9 +10,7 @@ stale.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from lesionlab.core.errors import LesionlabError
+from lesionlab.core.io import atomic_write_text
 from lesionlab.experiments.execute import Job, JobResult, run_jobs, shell_command, slurm_script, thread_env
 from lesionlab.experiments.grid import EvaluateSpec, ExperimentConfig
 from lesionlab.experiments.plan import PlannedRun, config_path
@@ -54,8 +54,7 @@ def run_steps(run: PlannedRun, output_dir: Path, evaluate: EvaluateSpec,
     """
     steps: list[tuple[str, ...]] = []
     if not (skip_trained and run.is_trained):
-        steps.append((*exe, "train", "--config", str(config_path(output_dir, run.run_id)),
-                      "--run-dir", str(run.run_dir)))
+        steps.append((*exe, "train", "--config", str(config_path(output_dir, run.run_id)), str(run.run_dir)))
     ev = [*exe, "evaluate", str(run.run_dir), "--split", evaluate.split, "--out", str(run.eval_dir)]
     if evaluate.tta is not None:
         ev.append("--tta" if evaluate.tta else "--no-tta")
@@ -74,14 +73,6 @@ def pending_runs(plan: Sequence[PlannedRun]) -> list[PlannedRun]:
     return [run for run in plan if not run.is_finished]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def read_status(output_dir: Path) -> dict[str, Any]:
     """The grid's status.json (empty before the first run); an unreadable file is an error naming it."""
     path = output_dir / "status.json"
@@ -90,7 +81,8 @@ def read_status(output_dir: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); delete it to rebuild the status from the run dirs") from None
+        raise LesionlabError(f"{path}: not valid JSON ({err}); delete it to rebuild the status from the run "
+                             "directories") from None
 
 
 def execute_local(plan: Sequence[PlannedRun], cfg: ExperimentConfig, workers: int | None = None,
@@ -118,7 +110,7 @@ def execute_local(plan: Sequence[PlannedRun], cfg: ExperimentConfig, workers: in
             "seconds": round(result.seconds, 1), "log": str(result.log), "labels": run.labels,
             "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        _atomic_write(output_dir / "status.json", json.dumps(status, indent=2))
+        atomic_write_text(output_dir / "status.json", json.dumps(status, indent=2))
 
     return run_jobs(jobs, workers or cfg.workers, threads or cfg.threads_per_worker, progress, record,
                     desc=f"grid {cfg.name}")

@@ -1,4 +1,4 @@
-"""Test-split checks across a grid, and the per-fold split files of k-fold designs.
+"""Test-split checks across a grid (pure functions on image ids; the folds themselves come from the data layer).
 
 Comparing conditions is only meaningful on the same test images: before anything runs, every run's test split is
 resolved through the data layer and hashed. Seed designs must share one test split; k-fold designs must use one
@@ -8,12 +8,8 @@ split per fold (the same for every condition) whose test parts partition the lab
 from __future__ import annotations
 
 import hashlib
-import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-
-import numpy as np
-import pandas as pd
 
 from lesionlab.config import ConfigError
 
@@ -63,43 +59,3 @@ def check_fold_partition(fold_tests: Mapping[int, Sequence[str]], all_ids: Seque
         raise SplitMismatchError(f"the folds' test sets do not partition the data: {len(missing)} images in no test "
                                  f"fold (e.g. {missing[:3]}), {len(extra)} test images not in the data "
                                  f"(e.g. {extra[:3]})")
-
-
-def _stratified_group_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    out = np.full(len(labels), -1, dtype=np.int64)
-    with warnings.catch_warnings():  # rare classes with fewer lesions than folds are expected (df, vasc)
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-        for k, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
-            out[held] = k
-    return out
-
-
-def assign_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold index per row: grouped (no lesion group in two folds), stratified by label as far as groups allow."""
-    if folds < 2:
-        raise ValueError(f"k-fold needs at least 2 folds, got {folds}")
-    n_groups = len(np.unique(groups))
-    if n_groups < folds:
-        raise ValueError(f"{folds} folds need at least {folds} lesions; the data has {n_groups}")
-    return _stratified_group_folds(np.asarray(labels), np.asarray(groups), folds, seed)
-
-
-def fold_split(table: pd.DataFrame, groups: np.ndarray, fold_of: np.ndarray, fold: int, val_fraction: float,
-               seed: int) -> pd.DataFrame:
-    """``image_id, lesion_id, split`` for one fold: its test part, and a grouped, stratified val part of the rest.
-
-    The val part is one of ``round(1 / val_fraction)`` stratified group folds of the rest (the data layer realises
-    fractions the same way), seeded per fold so that each fold's val set is reproducible.
-    """
-    test = fold_of == fold
-    rest = np.flatnonzero(~test)
-    k_val = max(2, round(1.0 / val_fraction))
-    val_of = _stratified_group_folds(table["label"].to_numpy()[rest], np.asarray(groups)[rest], k_val,
-                                     seed + 1000 * (fold + 1))
-    split = np.where(test, "test", "train").astype(object)
-    split[rest[val_of == 0]] = "val"
-    return pd.DataFrame({"image_id": table["image_id"].astype(str).to_numpy(),
-                         "lesion_id": table["lesion_id"].astype(str).to_numpy(), "split": split})

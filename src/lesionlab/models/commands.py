@@ -21,7 +21,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--size", type=int, default=224, help="square input size for the FLOPs (default 224)")
     p.add_argument("--notes", action="store_true", help="also print each entry's notes (why that timm variant)")
     p.add_argument("--all", action="store_true", help="also list every other timm architecture name")
-    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.set_defaults(func=_main)
 
 

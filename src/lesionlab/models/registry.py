@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
+from lesionlab.core.errors import LesionlabError
+
 OfflineSource = Literal["", "pypi-lite", "shared-mobilenetv2"]
 
 
@@ -36,7 +38,7 @@ class ModelSpec:
         return self.name in REGISTRY
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(LesionlabError, ValueError):
     """A model name that is neither a registry name nor a timm architecture."""
 
 

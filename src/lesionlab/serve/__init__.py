@@ -5,9 +5,9 @@ Public API::
     from lesionlab.serve import create_app, ServeSettings
     app = create_app("runs/cpu-lite0-64", ServeSettings(max_bytes=5_000_000))   # a FastAPI app (uvicorn, TestClient)
     lesionlab serve runs/cpu-lite0-64 [--port 8000] [--onnx [PATH]]            # the same, from the shell
-    lesionlab export runs/cpu-lite0-64 --onnx [--int8] [--out PATH]            # model.onnx + parity check
+    lesionlab export runs/cpu-lite0-64 --onnx [PATH] [--int8]                  # model.onnx + parity check
     lesionlab predict runs/cpu-lite0-64 a.jpg b.jpg --age 60 --sex male --site back --out preds.csv
-    lesionlab serve-bench latency|overhead|load ...                            # docs/BENCHMARKS.md
+    lesionlab serve-bench latency|overhead|load [RUN] ...                      # docs/BENCHMARKS.md
 
 Endpoints: ``POST /v1/predict`` (multipart ``image`` + optional ``age``, ``sex``, ``site``, ``explain``,
 ``explain_class``), ``POST /v1/predict/batch`` (repeated ``images``; metadata none, one for all, or one per image),
@@ -21,8 +21,9 @@ How an answer is made (the same code for the API, the page and ``lesionlab predi
    Each is a JSON ``{"error": {"code", "message", "field"}}`` with status 400, 413, 415 or 422.
 2. Age, sex and site are validated against the HAM10000 vocabulary of the run's metadata encoder (422 naming the
    field); they are encoded and given to the model only when the run fuses metadata (``used_by_model``).
-3. The run's own ``Preprocessing`` builds the input; the logits are flip-averaged when the run was validated that
-   way (``train.tta``), because its temperature and threshold were fitted on flip-averaged predictions.
+3. The run's own ``Preprocessing`` builds the input (the one ``Run.predict_proba`` and evaluation use: squash to
+   the training images' stored size, resize, normalise); the logits are flip-averaged when the run was validated
+   that way (``train.tta``), because its temperature and threshold were fitted on flip-averaged predictions.
 4. Probabilities are ``softmax(logits / T)`` with the run's temperature ``T`` from ``run.json`` when
    ``lesionlab evaluate --calibrate`` fitted one (``temperature`` in the response, ``null`` otherwise).
 5. Referral: ``refer = p(mel) + p(bcc) + p(akiec) >= threshold``. The threshold is ``referral_threshold`` from

@@ -6,7 +6,6 @@ reported in milliseconds. Thread counts are fixed (``threads``) so numbers are c
 
 from __future__ import annotations
 
-import io
 import json
 import tempfile
 import time
@@ -16,6 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from lesionlab.serve.backend import ort_session
+from lesionlab.serve.decode import decode_image
+from lesionlab.serve.onnx_export import export_module, quantize_int8
+from lesionlab.serve.samples import jpeg_bytes, synthetic_lesion  # noqa: F401  (re-exported: their former home)
+from lesionlab.serve.service import Predictor
 
 
 def time_calls(fn: Callable[[], object], runs: int = 50, warmup: int = 5) -> dict[str, float]:
@@ -40,9 +45,6 @@ def model_latency(model: torch.nn.Module, size: tuple[int, int], meta_dim: int =
     With ``int8_feeds`` (calibration inputs) an int8 ONNX Runtime variant is measured too, with its logit difference
     from PyTorch on the benchmark input.
     """
-    from lesionlab.serve.backend import ort_session
-    from lesionlab.serve.onnx_export import export_module, quantize_int8
-
     torch.set_num_threads(threads)
     model = model.eval()
     g = torch.Generator().manual_seed(0)
@@ -86,14 +88,12 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-def service_overhead(predictor: Any, image_bytes: bytes, content_type: str = "image/jpeg", runs: int = 100,
+def service_overhead(predictor: Predictor, image_bytes: bytes, content_type: str = "image/jpeg", runs: int = 100,
                      warmup: int = 5) -> dict[str, dict[str, float]]:
     """The service's own time per image, without the model: decode, preprocess (+ metadata), JSON encoding.
 
     Measured in-process on the same code the endpoint runs; ``total`` is their sum per call.
     """
-    from lesionlab.serve.decode import decode_image
-
     patient = predictor.check_patient("55", "female", "back")
     image = decode_image(image_bytes, predictor.settings, "bench", content_type)
     x, meta = predictor.prepare(image, patient)
@@ -116,28 +116,3 @@ def service_overhead(predictor: Any, image_bytes: bytes, content_type: str = "im
 
     out["total"] = time_calls(everything, runs, warmup)
     return out
-
-
-def jpeg_bytes(image: Any, quality: int = 90) -> bytes:
-    """Encode a PIL image as JPEG bytes (for synthetic benchmark inputs)."""
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def synthetic_lesion(size: tuple[int, int] = (600, 450), seed: int = 0) -> Any:
-    """A seeded lesion-like RGB image (dark ellipse on noisy skin tone) of ``size`` = (width, height).
-
-    Only for checks that need some image when no real one is present (parity, benchmarks, tests); it carries no
-    diagnostic content.
-    """
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    w, h = size
-    yy, xx = np.mgrid[:h, :w]
-    cy, cx = h * rng.uniform(0.4, 0.6), w * rng.uniform(0.4, 0.6)
-    blob = ((yy - cy) ** 2 / (h / 3) ** 2 + (xx - cx) ** 2 / (w / 3) ** 2) < 1
-    skin = np.array([205, 150, 130]) + rng.normal(0, 10, 3)
-    arr = skin + rng.normal(0, 12, (h, w, 3)) - rng.uniform(60, 120) * blob[..., None]
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))

@@ -1,4 +1,4 @@
-"""A bounded load test on loopback, and a way to run the service in a background thread for tests and benchmarks.
+"""A bounded load test of a running service on loopback (``lesionlab serve-bench load``).
 
 Fixed number of requests, fixed concurrency, a wall-clock bound: the result reports every failure rather than
 retrying, so "zero errors" means what it says.
@@ -10,9 +10,7 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -110,28 +108,3 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-@contextmanager
-def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int | None = None, startup_timeout: float = 30.0
-                    ) -> Iterator[str]:
-    """Run ``app`` under uvicorn in a daemon thread; yields its base URL and stops it on exit."""
-    import uvicorn
-
-    port = port or free_port(host)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError(f"the server on {host}:{port} stopped during start-up (port in use?)")
-        if time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError(f"the server on {host}:{port} did not start within {startup_timeout:g} s")
-        time.sleep(0.02)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

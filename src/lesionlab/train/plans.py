@@ -1,0 +1,151 @@
+"""What one run trains: the model, its preprocessing, and the mode-specific plan of module and datasets.
+
+* ``scratch`` / ``finetune`` (:func:`plan_images`): image datasets; the whole model is trained.
+* ``frozen`` (:func:`plan_frozen`): the backbone's embeddings are computed once and cached on disk
+  (:class:`EmbeddingCache`, see :mod:`lesionlab.train.embeddings`); the head trains on them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lesionlab.classes import NUM_CLASSES
+from lesionlab.config import ModelConfig, RunConfig
+from lesionlab.core.paths import cache_dir as default_cache_dir
+from lesionlab.data.transforms import Preprocessing, build_train_transform
+from lesionlab.models import LesionModel, create_model, embedding_key, freeze_backbone
+from lesionlab.train import distributed as dist_utils
+from lesionlab.train.data import PreparedData, image_dataset, make_loader
+from lesionlab.train.embeddings import (
+    FeatureDataset,
+    HeadOnly,
+    cache_key,
+    cache_path,
+    compute_embeddings,
+    load_or_compute,
+)
+from lesionlab.train.loop import Precision
+
+
+def effective_model_config(cfg: RunConfig) -> ModelConfig:
+    """The model config actually built: scratch mode never loads pretrained weights."""
+    if cfg.train.mode == "scratch":
+        return cfg.model.model_copy(update={"pretrained": False, "weights": None})
+    return cfg.model
+
+
+def build_model(cfg: RunConfig, meta_dim: int) -> LesionModel:
+    """The :class:`~lesionlab.models.LesionModel` for this run (frozen backbone in ``frozen`` mode)."""
+    model = create_model(effective_model_config(cfg), num_classes=NUM_CLASSES, meta_dim=meta_dim)
+    if cfg.train.mode == "frozen":
+        freeze_backbone(model, True)
+    return model
+
+
+def preprocessing_for(cfg: RunConfig, model: LesionModel, source_size: tuple[int, int] | None = None
+                      ) -> Preprocessing:
+    """The saved preprocessing: model input size and resize mode from the data config, mean/std from the model,
+    and the stored size of the training images (:attr:`PreparedData.source_size`)."""
+    dc = model.data_config
+    return Preprocessing(size=tuple(cfg.data.image_size), resize=cfg.data.resize, mean=tuple(dc["mean"]),
+                         std=tuple(dc["std"]), source_size=source_size)
+
+
+@dataclass
+class Plan:
+    """The concrete module and datasets of one run, after mode-specific preparation."""
+
+    module: nn.Module  # what the optimizer trains and the train loader feeds: LesionModel or HeadOnly
+    eval_module: nn.Module  # what validation calls
+    train_set: torch.utils.data.Dataset
+    val_set: torch.utils.data.Dataset
+    images: bool  # True when the train loader yields images (backbone runs every step)
+    frozen_part: nn.Module | None  # kept in eval mode during training
+    embedding_info: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_images(cfg: RunConfig, model: nn.Module, data: PreparedData, pre: Preprocessing) -> Plan:
+    """Scratch / finetune: image datasets; the whole model is trained (the backbone after ``unfreeze_after``)."""
+    train_set = image_dataset(data, data.train_rows, build_train_transform(cfg.augment, pre), cfg.train.seed)
+    val_set = image_dataset(data, data.val_rows, pre.normalize)
+    return Plan(model, model, train_set, val_set, True, None)
+
+
+class EmbeddingCache:
+    """The frozen backbone's embeddings of some rows, computed once (rank 0 first under DDP) and kept on disk."""
+
+    def __init__(self, cfg: RunConfig, model: LesionModel, data: PreparedData, pre: Preprocessing,
+                 precision: Precision, progress: bool, is_main: bool) -> None:
+        self.model, self.data, self.precision, self.progress, self.is_main = model, data, precision, progress, is_main
+        self.cfg = cfg
+        self.folder = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+        self.parts: dict[str, Any] = {
+            "embedding": embedding_key(effective_model_config(cfg), tuple(cfg.data.image_size), pre.to_dict()),
+            "data": data.info["fingerprint"], "split": data.split_hash, "format": 1}
+        if precision.dtype is not None:  # reduced-precision embeddings are other numbers: never share float32 ones
+            self.parts["precision"] = {k: v for k, v in precision.describe().items()
+                                       if k in ("autocast", "grouped_conv_fp32")}
+        self.info: dict[str, Any] = {}
+
+    def _compute(self, rows: np.ndarray, transform: Any, flips: bool, desc: str, seed: int | None) -> torch.Tensor:
+        loader = make_loader(image_dataset(self.data, rows, transform, seed), self.cfg.train.eval_batch_size,
+                             num_workers=self.cfg.train.num_workers)
+        return compute_embeddings(self.model, loader, precision=self.precision, flips=flips,
+                                  progress=self.progress, desc=desc)
+
+    def get(self, name: str, rows: np.ndarray, key_parts: dict[str, Any], transform: Any, flips: bool = False,
+            seed: int | None = None, desc: str = "") -> torch.Tensor:
+        """The embeddings ``[len(rows), V, ...]`` keyed by the model, data and ``key_parts``; recorded in ``info``."""
+        path = cache_path(self.folder, cache_key({**self.parts, **key_parts}))
+        start = time.perf_counter()
+
+        def compute() -> torch.Tensor:
+            return self._compute(rows, transform, flips, desc or f"embed {name}", seed)
+
+        if self.is_main:
+            feats, hit = load_or_compute(path, compute, len(rows))
+        dist_utils.barrier()
+        if not self.is_main:
+            feats, hit = load_or_compute(path, compute, len(rows))
+        self.info[name] = {"path": str(path), "cached": hit, "seconds": time.perf_counter() - start,
+                           "shape": list(feats.shape)}
+        return feats
+
+
+def _meta(data: PreparedData, rows: np.ndarray) -> torch.Tensor | None:
+    return torch.as_tensor(data.meta)[rows] if data.meta is not None else None
+
+
+def plan_frozen(cfg: RunConfig, model: LesionModel, data: PreparedData, pre: Preprocessing, precision: Precision,
+                progress: bool, is_main: bool) -> Plan:
+    """Frozen mode: cached embeddings for validation (and training, unless augmentation bypasses the cache)."""
+    cache = EmbeddingCache(cfg, model, data, pre, precision, progress, is_main)
+    tta, k_views, seed = cfg.train.tta, int(cfg.train.embed_cache_views), cfg.train.seed
+    val_feats = cache.get("val", data.val_rows, {"rows": "val", "views": "flips" if tta else "clean"}, pre.normalize,
+                          flips=tta)
+    val_set = FeatureDataset(val_feats, data.val_labels, _meta(data, data.val_rows), pick_view=False)
+    head = HeadOnly(model)
+    if cfg.augment.enabled and k_views == 0:  # bypass: the frozen backbone runs on fresh augmentations every step
+        train_set = image_dataset(data, data.train_rows, build_train_transform(cfg.augment, pre), seed)
+        cache.info["train"] = {"cached": False, "reason": "augmentation with embed_cache_views=0 bypasses the cache"}
+        return Plan(model, head, train_set, val_set, True, model.backbone, cache.info)
+    if cfg.augment.enabled:
+        train_tf = build_train_transform(cfg.augment, pre)
+        augment = cfg.augment.model_dump(mode="json")
+        train_feats = torch.cat([
+            cache.get(f"train_view{v}", data.train_rows, {"rows": "train", "view": v, "seed": seed, "augment": augment},
+                      train_tf, seed=int(np.random.SeedSequence([seed, 7919, v]).generate_state(1)[0]),
+                      desc=f"embed train view {v + 1}/{k_views}")
+            for v in range(k_views)], dim=1)
+    else:
+        train_feats = cache.get("train", data.train_rows, {"rows": "train", "views": "clean"}, pre.normalize)
+    train_set = FeatureDataset(train_feats, data.train_labels, _meta(data, data.train_rows), pick_view=True,
+                               seed=seed)
+    return Plan(head, head, train_set, val_set, False, model.backbone, cache.info)
