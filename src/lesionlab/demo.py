@@ -80,7 +80,7 @@ def run_demo(cfg: RunConfig, out: Path, progress: bool = True, console: Any = No
 
     start = step("3/6 split file")
     split_csv = write_split_csv(split_frame(source.table), out / "split.csv")
-    console.print(f"split {getattr(source, 'split_name', cfg.data.split)} written to {split_csv}; "
+    console.print(f"split {source.split_name or cfg.data.split} written to {split_csv}; "
                   f"hash {split_hash(source.table)[:16]}")
     timings["split_s"] = time.perf_counter() - start
 

@@ -9,10 +9,16 @@ import pytest
 import yaml
 
 from lesionlab.experiments.api import prepare_grid
-from lesionlab.experiments.datasplits import check_test_splits, write_fold_splits
 from lesionlab.experiments.grid import load_grid
 from lesionlab.experiments.plan import expand
-from lesionlab.experiments.splits import SplitMismatchError, check_fold_partition, check_same_test, ids_hash
+from lesionlab.experiments.splits import (
+    SplitMismatchError,
+    check_fold_partition,
+    check_same_test,
+    check_test_splits,
+    ids_hash,
+    write_fold_splits,
+)
 
 BASE = {"data": {"source": "synthetic", "synthetic_n": 140, "split": "lesion"}}
 AXES = {"resolution": {"32": {"data.image_size": 32}, "24x32": {"data.image_size": [24, 32],

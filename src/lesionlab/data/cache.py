@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from lesionlab.core.io import atomic_write, atomic_write_text
 from lesionlab.core.paths import cache_dir as default_cache_dir
-from lesionlab.data.images import DataError
-from lesionlab.data.sources import DataSource, FileImages, ImageStore
+from lesionlab.data.images import DataError, FileImages, ImageStore
+from lesionlab.data.sources import DataSource
 from lesionlab.data.transforms import RESIZE_MODES, model_pixels
 
 CACHE_FORMAT_VERSION = 1

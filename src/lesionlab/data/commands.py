@@ -84,7 +84,7 @@ def _header(console: Any, source: Any) -> None:
 def _counts_table(table: Any, title: str) -> Any:
     from rich.table import Table
 
-    from lesionlab.data.sources import class_split_counts
+    from lesionlab.data.splits import class_split_counts
 
     counts = class_split_counts(table)
     out = Table(title=title)
@@ -101,7 +101,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     """Class x split counts, rows without image, images without row, metadata missingness."""
     from rich.table import Table
 
-    from lesionlab.data.sources import missingness, open_source
+    from lesionlab.data.metadata import missingness
+    from lesionlab.data.sources import open_source
 
     source = open_source(data_config(args))
     console = _console()

@@ -174,7 +174,8 @@ class MetadataEncoder:
                    sites=tuple(data["sites"]), fitted_on=int(data["fitted_on"]), version=int(data["version"]))
 
 
-def _first(mask: pd.Series | np.ndarray) -> int:
+def first_index(mask: pd.Series | np.ndarray) -> int:
+    """Position of the first true value: the row an error message names."""
     return int(np.flatnonzero(np.asarray(mask))[0])
 
 
@@ -195,11 +196,11 @@ def parse_ham_metadata(path: str | Path) -> pd.DataFrame:
     for column in ("image_id", "lesion_id", "dx"):
         empty = raw[column] == ""
         if empty.any():
-            raise fail(_first(empty), f"empty {column}")
+            raise fail(first_index(empty), f"empty {column}")
     dup = raw["image_id"].duplicated(keep="first")
     if dup.any():
-        i = _first(dup)
-        raise fail(i, f"image_id also on line {_first(raw['image_id'] == raw['image_id'].iloc[i]) + 2}")
+        i = first_index(dup)
+        raise fail(i, f"image_id also on line {first_index(raw['image_id'] == raw['image_id'].iloc[i]) + 2}")
     labels = []
     for i, code in enumerate(raw["dx"]):
         try:
@@ -211,15 +212,15 @@ def parse_ham_metadata(path: str | Path) -> pd.DataFrame:
     age = pd.to_numeric(raw["age"].where(~missing_age), errors="coerce")
     bad_age = (~missing_age & age.isna()) | (age < AGE_RANGE[0]) | (age > AGE_RANGE[1])
     if bad_age.any():
-        i = _first(bad_age)
+        i = first_index(bad_age)
         raise fail(i, f"age {raw['age'].iloc[i]!r} is not a number in {AGE_RANGE[0]:g}..{AGE_RANGE[1]:g}")
     sex = raw["sex"].map(normalise_sex)
     if (~sex.isin(SEXES)).any():
-        i = _first(~sex.isin(SEXES))
+        i = first_index(~sex.isin(SEXES))
         raise fail(i, f"sex {raw['sex'].iloc[i]!r} is not one of {', '.join(SEXES)}")
     site = raw["localization"].map(normalise_site)
     if (~site.isin(SITES)).any():
-        i = _first(~site.isin(SITES))
+        i = first_index(~site.isin(SITES))
         raise fail(i, f"localization {raw['localization'].iloc[i]!r} is not one of {', '.join(SITES)}")
     table = pd.DataFrame({"image_id": raw["image_id"], "lesion_id": raw["lesion_id"], "label": labels,
                           "dx": raw["dx"].str.lower(), "age": age.astype(float), "sex": sex, "site": site,

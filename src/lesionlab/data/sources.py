@@ -33,7 +33,7 @@ from lesionlab.data.images import (
     expand_image_dirs,
     index_images,
 )
-from lesionlab.data.metadata import _first, parse_ham_metadata
+from lesionlab.data.metadata import first_index, parse_ham_metadata
 from lesionlab.data.splits import (
     KNOWN_DUPLICATES_FILE,
     PUBLISHED_SPLITS,
@@ -178,7 +178,7 @@ def _npz_split(path: Path, data: np.lib.npyio.NpzFile, split: str, convert_mode:
         raise DataError(f"{path}: {split}_labels has dtype {labels.dtype}, expected integer class indices")
     bad = (labels < 0) | (labels >= len(CLASS_CODES))
     if bad.any():
-        i = _first(bad)
+        i = first_index(bad)
         raise DataError(f"{path}: {split}_labels[{i}] = {labels[i]} is not a class index 0..{len(CLASS_CODES) - 1}")
     return images, labels.astype(np.int64)
 
@@ -247,12 +247,13 @@ def open_isic(ground_truth_csv: str | Path, image_dirs: list[Path], convert_mode
     onehot = raw[list(ISIC_COLUMNS)].apply(pd.to_numeric, errors="coerce")
     bad = onehot.isna().any(axis=1) | ~onehot.isin([0, 1]).all(axis=1) | (onehot.sum(axis=1) != 1)
     if bad.any():
-        i = _first(bad)
+        i = first_index(bad)
         raise DataError(f"{csv}: line {i + 2} (image {raw['image'].iloc[i]}): expected exactly one 1 among "
                         f"{', '.join(ISIC_COLUMNS)} and 0 elsewhere")
     dup = raw["image"].duplicated()
     if dup.any():
-        raise DataError(f"{csv}: line {_first(dup) + 2}: image {raw['image'].iloc[_first(dup)]} appears twice")
+        i = first_index(dup)
+        raise DataError(f"{csv}: line {i + 2}: image {raw['image'].iloc[i]} appears twice")
     codes = [ISIC_COLUMNS[c] for c in onehot.idxmax(axis=1)]
     ids = raw["image"].map(lambda s: Path(s).stem)
     meta = pd.DataFrame({"image_id": ids, "lesion_id": ids, "label": [index_of(c) for c in codes], "dx": codes,

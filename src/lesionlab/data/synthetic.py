@@ -12,8 +12,6 @@ Everything is deterministic by seed. Image ids are ``SYN_xxxxx``, lesion ids ``S
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from PIL import Image
 from scipy.ndimage import zoom
 
 from lesionlab.classes import CLASS_CODES, index_of
+from lesionlab.core.io import atomic_write
 
 GENERATOR_VERSION = 1
 # HAM10000 class frequencies (10,015 images).
@@ -193,9 +192,4 @@ def write_synthetic(out_dir: str | Path, n: int = 700, seed: int = 0, size: int 
         f"SYNTHETIC lesion-like images made by lesionlab (seed {seed}, n={n}, {size}x{size} px, generator "
         f"v{GENERATOR_VERSION}).\nThey are NOT dermoscopy images and must never be used to judge a model's clinical "
         "performance.\n")
-    csv = out / "HAM10000_metadata.csv"
-    fd, tmp = tempfile.mkstemp(prefix=".metadata.", dir=out)
-    with os.fdopen(fd, "w", newline="") as handle:
-        meta.to_csv(handle, index=False)
-    os.replace(tmp, csv)
-    return csv
+    return atomic_write(out / "HAM10000_metadata.csv", lambda tmp: meta.to_csv(tmp, index=False))

@@ -31,7 +31,7 @@ def prepare_grid(cfg: ExperimentConfig, plan: Sequence[PlannedRun], grid_path: P
 
     Returns run id -> hash of its test image ids (one hash for seed designs, one per fold for k-fold designs).
     """
-    from lesionlab.experiments.datasplits import check_test_splits, write_fold_splits
+    from lesionlab.experiments.splits import check_test_splits, write_fold_splits
 
     write_plan(cfg, plan, grid_path)
     if cfg.repeat.kind == "fold" and cfg.repeat.levels:

@@ -24,6 +24,7 @@ from lesionlab.data.metadata import MetadataEncoder
 from lesionlab.data.transforms import Preprocessing
 from lesionlab.runs import WEIGHTS_FILE, Run
 from lesionlab.serve.backend import OnnxBackend, OnnxError, TorchBackend
+from lesionlab.serve.samples import parity_images  # noqa: F401  (re-exported: its former home)
 
 OPSET = 17
 # Parity tolerance on probabilities (max abs difference, ONNX Runtime vs PyTorch eager, float32 both). Observed

@@ -9,6 +9,7 @@ evaluation use), so the service answers exactly as the run is evaluated.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 
 from lesionlab.classes import CLASS_CODES, CLASSES, MALIGNANT_CODES, MALIGNANT_INDICES, by_code
+from lesionlab.core.card import INTENDED_USE, KNOWN_LIMITS, SERVING_LIMITS
 from lesionlab.core.io import file_sha256
 from lesionlab.core.metrics import softmax
 from lesionlab.core.version import __version__
@@ -27,7 +29,6 @@ from lesionlab.data.metadata import SITES, MetadataError, validate_patient
 from lesionlab.data.transforms import Preprocessing
 from lesionlab.runs import WEIGHTS_FILE, Run, RunError, flip_views, mean_logits
 from lesionlab.serve.backend import Backend, OnnxBackend, OnnxError, TorchBackend, torch_threads
-from lesionlab.serve.card import evaluation_card, model_card
 from lesionlab.serve.decode import decode_image
 from lesionlab.serve.errors import ServeError
 from lesionlab.serve.explain import GradCamExplainer, overlay_png, to_image_geometry
@@ -78,6 +79,21 @@ def referral_threshold(info: dict[str, Any], settings: ServeSettings) -> tuple[f
     if not 0.0 <= value <= 1.0:
         raise RunError(f"run.json: referral_threshold {value} is not a probability in [0, 1]")
     return value, "validation"
+
+
+EVAL_CARD_DIRS = ("eval-test", "eval-isic", "eval-val", "eval-all")
+
+
+def evaluation_card(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The evaluation's ``model_card.json`` (``RUN/eval-test/`` first) and its folder; ``None`` before any."""
+    for name in EVAL_CARD_DIRS:
+        path = run_dir / name / "model_card.json"
+        if path.is_file():
+            try:
+                return json.loads(path.read_text(encoding="utf-8")), name
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise RunError(f"{path}: not valid JSON ({err}); re-run `lesionlab evaluate`") from None
+    return None, None
 
 
 def served_preprocessing(run: Run, settings: ServeSettings) -> Preprocessing:
@@ -131,11 +147,6 @@ class Predictor:
         """The size uploads are squashed to first, as PIL's (width, height); ``None``: not squashed."""
         size = self.preprocessing.source_size
         return (size[1], size[0]) if size else None
-
-    @property
-    def backend_name(self) -> str:
-        """``torch`` or ``onnxruntime``."""
-        return self.backend.name
 
     # -- input checks ------------------------------------------------------------------------------------------
 
@@ -237,5 +248,26 @@ class Predictor:
                 "flip_averaged": self.tta, "lesionlab": __version__}
 
     def card(self) -> dict[str, Any]:
-        """The model card: identity, classes, data, validation metrics, calibration, referral rule, limits."""
-        return model_card(self)
+        """The model card of ``GET /v1/model``: identity, classes, data, validation and evaluation figures,
+        calibration, referral rule, intended use and limits; from run.json and the evaluation's model_card.json,
+        so it can never describe another model than the one answering (no file system paths)."""
+        model = self.info.get("model") or {}
+        evaluation, eval_dir = self.evaluation
+        source_size = self.preprocessing.source_size
+        return {
+            "model_id": self.model_id, "model_version": self.model_version, "backend": self.backend.name,
+            "architecture": {k: model.get(k) for k in ("name", "timm_name", "head", "fusion", "parameters")},
+            "classes": [{"index": c.index, "code": c.code, "name": c.name, "malignant": c.malignant} for c in CLASSES],
+            "input": {"preprocessing": self.info.get("preprocessing"), "flip_averaged": self.tta,
+                      "source_size": list(source_size) if source_size else None},
+            "uses_metadata": self.uses_meta,
+            "calibration": {"temperature": self.temperature, "applied": self.temperature is not None,
+                            "fit": self.info.get("calibration")},
+            "referral": {"rule": f"refer when p({' + '.join(MALIGNANT_CODES)}) >= threshold",
+                         "threshold": self.threshold, "threshold_source": self.threshold_source,
+                         "fit": self.info.get("referral")},
+            "training": {"created": self.info.get("created"), "split": self.info.get("split"),
+                         "data": self.info.get("data"), "best_validation": self.info.get("best")},
+            "evaluation": evaluation, "evaluation_source": eval_dir,
+            "intended_use": INTENDED_USE, "known_limits": [*KNOWN_LIMITS, *SERVING_LIMITS],
+        }

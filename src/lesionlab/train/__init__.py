@@ -24,17 +24,5 @@ from lesionlab.train.pieces import (
     make_scheduler,
 )
 
-__all__ = [
-    "EarlyStopping",
-    "Precision",
-    "TrainError",
-    "class_weights",
-    "fit",
-    "make_loss",
-    "make_optimizer",
-    "make_sampler",
-    "make_scheduler",
-    "predict",
-    "seed_everything",
-    "train_one_epoch",
-]
+__all__ = ["EarlyStopping", "Precision", "TrainError", "class_weights", "fit", "make_loss", "make_optimizer",
+           "make_sampler", "make_scheduler", "predict", "seed_everything", "train_one_epoch"]
