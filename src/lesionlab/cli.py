@@ -21,8 +21,7 @@ import argparse
 import importlib
 import sys
 
-from lesionlab.core.argparsing import add_everywhere, parse_args
-from lesionlab.core.errors import LesionlabError
+from lesionlab.core.argparsing import add_everywhere, parse_args, run_command
 from lesionlab.core.version import __version__
 
 # Each module defines ``register(subparsers)``.
@@ -58,16 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except LesionlabError as err:
-        if args.debug:
-            raise
-        print(f"lesionlab {args.command}: error: {err}", file=sys.stderr)
-        return 1
+    return run_command(args, args.command)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Small argparse pieces shared by every ``commands`` module, so that all commands follow one convention.
+"""Command-line pieces shared by every ``commands`` module, so that all commands follow one convention.
 
 - :func:`add_everywhere`: add an option to every sub-command (and their sub-commands), e.g. ``--debug``;
 - :class:`Deprecated`: an old spelling that still works for one release and says what replaces it;
 - :func:`run_and_overrides`: split positional arguments into an optional run directory and ``key=value`` overrides;
-- :func:`parse_args`: parse, taking ``key=value`` overrides wherever they appear among the options.
+- :func:`parse_args`: parse, taking ``key=value`` overrides wherever they appear among the options;
+- :func:`run_command`: run a parsed command, the project's errors as one line (``--debug``: with traceback);
+- :func:`rich_table`: the tables commands print.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lesionlab.core.errors import UsageError
+from lesionlab.core.errors import LesionlabError, UsageError
 
 
 def _subparsers(parser: argparse.ArgumentParser | argparse._SubParsersAction) -> list[argparse.ArgumentParser]:
@@ -88,3 +90,28 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     if extra and target is not None:
         setattr(args, target, [*getattr(args, target), *extra])
     return args
+
+
+def run_command(args: argparse.Namespace, label: str) -> int:
+    """``args.func(args)``; a :class:`LesionlabError` prints as ``lesionlab LABEL: error: ...`` (exit status 1)
+    unless ``--debug``; any other exception is a bug and propagates with its traceback."""
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except LesionlabError as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"lesionlab {label}: error: {err}", file=sys.stderr)
+        return 1
+
+
+def rich_table(title: str, columns: Sequence[str], left: Sequence[str] = (), **kwargs: Any) -> Any:
+    """A rich table (imported here, so ``lesionlab --help`` stays fast): columns right-aligned except ``left``."""
+    from rich.table import Table
+
+    table = Table(title=title, **kwargs)
+    for column in columns:
+        table.add_column(column, justify="left" if column in left else "right")
+    return table

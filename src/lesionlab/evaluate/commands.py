@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lesionlab.core.argparsing import Deprecated
+from lesionlab.core.argparsing import Deprecated, rich_table
 from lesionlab.core.errors import UsageError
 from lesionlab.evaluate.calibration import DEFAULT_TARGET_SENSITIVITY
 
@@ -113,28 +113,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def print_metrics(doc: dict[str, Any]) -> None:
-    """Headline metrics with CIs, per-class rates, and calibration/referral/timing lines, as rich tables."""
-    from rich.table import Table
-
-    from lesionlab.evaluate.report import METRIC_NAMES, fmt, fmt_ci
+    """The report's metrics and per-class tables, then calibration, referral, timing and undefined-value lines."""
+    from lesionlab.evaluate.report import fmt, headline_table, per_class_table
 
     console = _console()
     data = doc.get("data") or {}
-    title = f"{(doc.get('run') or {}).get('name', 'run')} on {data.get('source', '?')} / {data.get('split', '?')} " \
-            f"({doc['n']} images)"
-    table = Table(title=title)
-    for col in ("metric", "value", "95% CI"):
-        table.add_column(col)
-    ci = doc.get("ci") or {}
-    for name in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece"):
-        table.add_row(METRIC_NAMES[name], fmt(doc.get(name)), fmt_ci(ci.get(name)) if name in ci else "")
-    console.print(table)
-    pc = Table(title="per class")
-    for col in ("class", "n", "TPR", "TNR", "G-mean", "precision", "F1", "AUC"):
-        pc.add_column(col)
-    for code, v in doc["per_class"].items():
-        pc.add_row(code, str(v["support"]), *(fmt(v[k]) for k in ("tpr", "tnr", "gmean", "precision", "f1", "auc")))
-    console.print(pc)
+    console.print(f"[bold]{(doc.get('run') or {}).get('name', 'run')} on {data.get('source', '?')} / "
+                  f"{data.get('split', '?')} ({doc['n']} images)")
+    for table in (headline_table(doc), per_class_table(doc, list(doc["per_class"]))):
+        shown = rich_table(table.title, table.columns, left=table.columns[:1])
+        for row in table.rows:
+            shown.add_row(*row)
+        console.print(shown)
     ev = doc.get("evaluation") or {}
     if ev.get("temperature"):
         unc = doc.get("uncalibrated") or {}
@@ -176,7 +166,6 @@ def _predictions_path(path: Path) -> Path:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run the paired tests and print each with its sizes and effect size."""
-    from rich.table import Table
 
     from lesionlab.evaluate.predictions import read_predictions
     from lesionlab.evaluate.stats import compare_predictions, format_p
@@ -190,9 +179,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                   seed=args.seed)
     console = _console()
     console.print(f"A = {names[0]}\nB = {names[1]}")
-    table = Table(title="paired tests, A vs B")
-    for col in ("comparison", "test", "statistic", "p", "n", "effect size"):
-        table.add_column(col)
+    columns = ("comparison", "test", "statistic", "p", "n", "effect size")
+    table = rich_table("paired tests, A vs B", columns, left=columns)
     for r in results:
         effect = "undefined" if r.effect_size is None else f"{r.effect_size:.4g}"
         if r.ci is not None:

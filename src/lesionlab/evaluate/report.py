@@ -127,7 +127,7 @@ def fmt_ci(ci: dict[str, Any] | None) -> str:
 # ------------------------------------------------------------------------------------------ run document
 
 
-def _headline_table(doc: dict[str, Any]) -> Table:
+def headline_table(doc: dict[str, Any]) -> Table:
     ci = doc.get("ci") or {}
     rows = []
     for name in ("accuracy", "error_rate", "balanced_accuracy", "macro_f1", "macro_auc", "macro_ap", "macro_gmean",
@@ -144,7 +144,7 @@ def _headline_table(doc: dict[str, Any]) -> Table:
     return Table("Metrics", "table-metrics", ["metric", "value", "95% CI" if ci else "CI"], rows, note)
 
 
-def _per_class_table(doc: dict[str, Any], classes: Sequence[str]) -> Table:
+def per_class_table(doc: dict[str, Any], classes: Sequence[str]) -> Table:
     rows = []
     for c in classes:
         pc = doc["per_class"][c]
@@ -269,7 +269,7 @@ def run_report(doc: dict[str, Any], predictions: pd.DataFrame) -> Document:
                                                                                              classes)),
              "per-class sensitivity and specificity bars"),
     ]
-    tables = [_headline_table(doc), _per_class_table(doc, classes), _confusion_table(doc, classes)]
+    tables = [headline_table(doc), per_class_table(doc, classes), _confusion_table(doc, classes)]
     tables += [t for t in (_referral_table(doc), _runtime_table(doc)) if t is not None]
     tables.append(Table("Classes", "table-classes", ["code", "name"], [[c, names.get(c, c)] for c in classes]))
     return Document(title=f"Evaluation report: {run.get('name', 'run')}",

@@ -26,6 +26,7 @@ import pandas as pd
 
 from lesionlab.classes import CLASS_CODES
 from lesionlab.core.errors import LesionlabError
+from lesionlab.evaluate.report import Table
 from lesionlab.evaluate.stats import TestResult, compare_groups
 from lesionlab.experiments.grid import ExperimentConfig
 from lesionlab.experiments.plan import PlannedRun
@@ -221,13 +222,10 @@ def aggregate(results: pd.DataFrame, cfg: ExperimentConfig) -> Tables:
     return Tables(results, summary, tables, tests, tests_frame(tests), notes)
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A pandas frame as a GitHub Markdown table (index as the first column)."""
-    header = [frame.index.name or "", *map(str, frame.columns)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for idx, row in frame.iterrows():
-        lines.append("| " + " | ".join([str(idx), *(str(v) for v in row.tolist())]) + " |")
-    return "\n".join(lines)
+def markdown_table(frame: pd.DataFrame, title: str) -> str:
+    """A titled pandas frame as Markdown (index as the first column), in the reports' own table format."""
+    return Table(title, "", [frame.index.name or "", *map(str, frame.columns)],
+                 [[str(idx), *(str(v) for v in row.tolist())] for idx, row in frame.iterrows()]).markdown()
 
 
 def tables_markdown(cfg: ExperimentConfig, tables: Tables, n_planned: int) -> str:
@@ -237,9 +235,9 @@ def tables_markdown(cfg: ExperimentConfig, tables: Tables, n_planned: int) -> st
              f"{n_done} of {n_planned} runs finished. Cells: mean ± sd over "
              f"{cfg.repeat.kind}s (sample sd, ddof 1).", ""]
     for title, frame in tables.tables.items():
-        parts += [f"## {title}", "", markdown_table(frame), ""]
+        parts += [markdown_table(frame, title), ""]
     if not tables.tests_table.empty:
-        parts += ["## Mann-Whitney U tests", "", markdown_table(tables.tests_table.round(4).set_index("metric")), ""]
+        parts += [markdown_table(tables.tests_table.round(4).set_index("metric"), "Mann-Whitney U tests"), ""]
     if tables.notes:
         parts += ["## Notes", "", *[f"- {n}" for n in tables.notes], ""]
     return "\n".join(parts)

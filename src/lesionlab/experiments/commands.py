@@ -13,6 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from lesionlab.core.argparsing import rich_table
+
 
 def register(subparsers: Any) -> None:
     """Add the ``experiment`` command."""
@@ -50,10 +52,8 @@ def _plan_table(plan: list, label_names: list[str]) -> Table:
 
 
 def _frame_table(title: str, frame: Any) -> Table:
-    table = Table(title=title)
-    table.add_column(str(frame.index.name or ""))
-    for col in frame.columns:
-        table.add_column(str(col), justify="right")
+    index = str(frame.index.name or "")
+    table = rich_table(title, [index, *map(str, frame.columns)], left=[index])
     for idx, row in frame.iterrows():
         table.add_row(str(idx), *[str(v) for v in row.tolist()])
     return table
@@ -66,9 +66,8 @@ def _aggregate(cfg: Any, plan: list, console: Console) -> None:
     for title, frame in tables.tables.items():
         console.print(_frame_table(title, frame))
     if not tables.tests_table.empty:
-        t = Table(title="Mann-Whitney U tests (Holm-adjusted within each compared axis)")
-        for col in ("test", "n", "U", "p", "p_holm", "r"):
-            t.add_column(col, justify="right" if col != "test" else "left")
+        t = rich_table("Mann-Whitney U tests (Holm-adjusted within each compared axis)",
+                       ("test", "n", "U", "p", "p_holm", "r"), left=["test"])
         for test in tables.tests:
             t.add_row(test.label, " vs ".join(str(v) for v in test.n.values()), f"{test.statistic:.1f}",
                       f"{test.p_value:.3g}", f"{test.detail['p_holm']:.3g}",
@@ -118,9 +117,8 @@ def _main(args: argparse.Namespace) -> int:
     _aggregate(cfg, plan, console)
     failed = [r for r in results if not r.ok]
     if failed:
-        table = Table(title=f"[red]{len(failed)} of {len(results)} runs failed[/] (the others were kept)")
-        for col in ("run id", "exit status", "log"):
-            table.add_column(col)
+        cols = ("run id", "exit status", "log")
+        table = rich_table(f"[red]{len(failed)} of {len(results)} runs failed[/] (the others were kept)", cols, cols)
         for r in failed:
             table.add_row(r.job_id, str(r.returncode), str(r.log))
         console.print(table)

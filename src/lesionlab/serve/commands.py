@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lesionlab.core.argparsing import Deprecated
+from lesionlab.core.argparsing import Deprecated, rich_table
 from lesionlab.core.errors import LesionlabError, MissingFileError, UsageError
 
 DEFAULT_PORT = 8000
@@ -89,7 +89,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Write ``model.onnx`` and check it against PyTorch on real images (synthetic ones when none are present)."""
     from rich.console import Console
-    from rich.table import Table
 
     from lesionlab.runs import load_run
     from lesionlab.serve.onnx_export import (
@@ -114,13 +113,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         quantize_int8(path, q_path, calibration_feeds(run.preprocessing, images,
                                                       run.meta_encoder if run_uses_meta(run) else None))
         results[q_path] = parity(run, q_path, images, threads=args.threads)
-    table = Table(title=f"ONNX export, parity with PyTorch on {len(images)} images ({source})")
-    for col in ("file", "max |p diff|", "max |logit diff|", "top-1 agreement"):
-        table.add_column(col, justify="right")
-    for file, r in results.items():
-        table.add_row(file.name, f"{r['max_abs_prob_diff']:.2e}", f"{r['max_abs_logit_diff']:.2e}",
-                      f"{r['top1_agreement']:.3f}")
-    Console(stderr=True).print(table)
+    Console(stderr=True).print(_table(
+        f"ONNX export, parity with PyTorch on {len(images)} images ({source})",
+        ("file", "max |p diff|", "max |logit diff|", "top-1 agreement"),
+        [[file.name, f"{r['max_abs_prob_diff']:.2e}", f"{r['max_abs_logit_diff']:.2e}", f"{r['top1_agreement']:.3f}"]
+         for file, r in results.items()]))
     if results[path]["max_abs_prob_diff"] > PARITY_TOL:
         raise OnnxError(f"{path}: ONNX probabilities differ from PyTorch by "
                         f"{results[path]['max_abs_prob_diff']:.2e} > {PARITY_TOL:g}; do not serve this file")
@@ -158,10 +155,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if len(failed) else 0
 
 
+def _table(title: str, columns: tuple[str, ...], rows: list[list[str]]) -> Any:
+    table = rich_table(title, columns)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Latency (eager vs ONNX Runtime), service overhead, or a loopback load test; prints a table and JSON."""
     from rich.console import Console
-    from rich.table import Table
 
     if args.old_run and args.run and args.old_run != args.run:
         raise UsageError(f"serve-bench: two runs given ({args.run} and --run {args.old_run}); give one")
@@ -169,33 +172,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     if args.what == "latency":
         result = _bench_latency(args)
-        table = Table(title=f"batch-1 latency, {result['model']} at {result['size']}, {args.threads} threads (ms)")
-        for col in ("backend", "p50", "p95", "min"):
-            table.add_column(col, justify="right")
-        for key, name in (("eager_ms", "PyTorch eager"), ("onnxruntime_ms", "ONNX Runtime"),
-                          ("onnxruntime_int8_ms", "ONNX Runtime int8")):
-            if key not in result:
-                continue
-            r = result[key]
-            table.add_row(name, f"{r['p50']:.2f}", f"{r['p95']:.2f}", f"{r['min']:.2f}")
-        console.print(table)
+        rows = [[name, *(f"{result[key][q]:.2f}" for q in ("p50", "p95", "min"))] for key, name in
+                (("eager_ms", "PyTorch eager"), ("onnxruntime_ms", "ONNX Runtime"),
+                 ("onnxruntime_int8_ms", "ONNX Runtime int8")) if key in result]
+        console.print(_table(f"batch-1 latency, {result['model']} at {result['size']}, {args.threads} threads (ms)",
+                             ("backend", "p50", "p95", "min"), rows))
     elif args.what == "overhead":
         result = _bench_overhead(args)
-        table = Table(title="service overhead per image, in-process (ms)")
-        for col in ("stage", "p50", "p95"):
-            table.add_column(col, justify="right")
-        for stage, r in result["stages"].items():
-            table.add_row(stage, f"{r['p50']:.2f}", f"{r['p95']:.2f}")
-        console.print(table)
+        console.print(_table("service overhead per image, in-process (ms)", ("stage", "p50", "p95"),
+                             [[stage, f"{r['p50']:.2f}", f"{r['p95']:.2f}"] for stage, r in result["stages"].items()]))
     else:
         result = _bench_load(args)
-        table = Table(title=f"load test: {args.requests} requests, {args.concurrency} clients, loopback")
-        for col in ("ok", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "server overhead p50 ms"):
-            table.add_column(col, justify="right")
         r = result["load"]
-        table.add_row(str(r["ok"]), str(r["errors"]), f"{r['throughput']:.1f}", f"{r['p50']:.1f}", f"{r['p95']:.1f}",
-                      f"{r['p99']:.1f}", f"{r['server_overhead_p50']:.2f}" if r["server_overhead_p50"] else "-")
-        console.print(table)
+        console.print(_table(f"load test: {args.requests} requests, {args.concurrency} clients, loopback",
+                             ("ok", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "server overhead p50 ms"),
+                             [[str(r["ok"]), str(r["errors"]), f"{r['throughput']:.1f}", f"{r['p50']:.1f}",
+                               f"{r['p95']:.1f}", f"{r['p99']:.1f}",
+                               f"{r['server_overhead_p50']:.2f}" if r["server_overhead_p50"] else "-"]]))
         for sample in r["error_samples"]:
             console.print(f"error: {sample}")
     print(json.dumps(result, indent=2))

@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lesionlab.core.argparsing import parse_args
-from lesionlab.core.errors import LesionlabError
+from lesionlab.core.argparsing import parse_args, run_command
 from lesionlab.train.commands import add_arguments, run_train
 
 
@@ -21,14 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     parser.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
     args = parse_args(parser, argv)
-    args.command = "train"
-    try:
-        return run_train(args)
-    except LesionlabError as err:
-        if args.debug:
-            raise
-        print(f"lesionlab train (ddp): error: {err}", file=sys.stderr)
-        return 1
+    args.func = run_train
+    return run_command(args, "train (ddp)")
 
 
 if __name__ == "__main__":

@@ -1,25 +1,13 @@
 """The training engine: :func:`fit` turns a :class:`~lesionlab.config.RunConfig` into a run directory.
 
 :func:`fit` prepares the run (data, model, preprocessing, precision, plan, optimizer) and hands it to
-:func:`run_epochs`, a short loop whose side effects (checkpoints, history, the best run, early stopping, progress,
-unfreezing, DDP) live in :mod:`lesionlab.train.handlers`. The CLI (``lesionlab train``) and the DDP entry point only
-call :func:`fit`.
-
-Data: the configured source, decoded once into the image cache at ``data.image_size`` (:mod:`lesionlab.train.data`);
-training on split ``train``, model selection on ``val``. The test split is never read here (evaluation is a separate
-step). The metadata encoder is fitted on the training rows only and saved in the run.
-
-Modes (``train.mode``, :mod:`lesionlab.train.plans`):
-
-* ``scratch`` - random initialisation, every layer trained (``model.pretrained`` is ignored and saved as false);
-* ``finetune`` - pretrained backbone, every layer trained; with ``train.unfreeze_after = N`` only the head trains
-  for the first N epochs (backbone in eval mode), then everything;
-* ``frozen`` - the backbone never changes: its embeddings are cached on disk (see
-  :mod:`lesionlab.train.embeddings`) and the head trains on them.
-
-Each epoch writes ``history.csv``/``history.json`` and ``last.ckpt``; each new best validation score (``train.monitor``,
-balanced accuracy by default) writes ``model.safetensors`` + ``run.json``. Calling :func:`fit` again on a run
-directory holding ``last.ckpt`` resumes from it, and ends exactly as an uninterrupted run would on CPU.
+:func:`run_epochs`, a short loop whose side effects live in :mod:`lesionlab.train.handlers`. Training reads split
+``train`` from the decode-once cache, selects on ``val`` and never reads ``test``; the metadata encoder is fitted
+on the training rows. Modes (``train.mode``, :mod:`lesionlab.train.plans`): ``scratch`` (random initialisation),
+``finetune`` (pretrained; ``train.unfreeze_after = N`` trains the head alone for N epochs) and ``frozen`` (the
+head trains on cached backbone embeddings). Each epoch writes ``history.csv``/``history.json`` and ``last.ckpt``;
+each new best ``train.monitor`` writes ``model.safetensors`` + ``run.json``. Calling :func:`fit` again on a run
+directory holding ``last.ckpt`` resumes, and ends exactly as an uninterrupted run would on CPU.
 """
 
 from __future__ import annotations

@@ -1,22 +1,8 @@
-"""The training loop's handlers: each reacts to the loop's events and owns one concern.
+"""The training loop's handlers (MONAI's engine/handler split): each owns one concern of an epoch's side effects.
 
-:func:`lesionlab.train.engine.run_epochs` is a short loop that, per epoch, calls every handler's
-:meth:`Handler.epoch_started`, trains and validates (filling :class:`TrainState`), then every handler's
-:meth:`Handler.epoch_completed`; :meth:`Handler.completed` runs once at the end (MONAI's engine/handler split).
-The order of the list is the order of the calls:
-
-=====================  ===========================================================================================
-:class:`Unfreezing`    which epochs train the backbone (``finetune`` with ``unfreeze_after``)
-:class:`DataParallel`  (re)wraps the trained module in DistributedDataParallel when the trainable set changes
-:class:`Stopping`      steps early stopping on the monitored validation metric; says whether the epoch is the best
-:class:`BestRun`       writes ``model.safetensors`` + ``run.json`` for each new best epoch; marks the run complete
-:class:`History`       rewrites ``history.csv`` / ``history.json`` every epoch
-:class:`Checkpoint`    writes ``last.ckpt`` every epoch (restores it on resume); drops it when the run is complete
-:class:`Progress`      the epochs bar and one line per epoch
-:class:`Callbacks`     the caller's ``cb(epoch, row)``
-=====================  ===========================================================================================
-
-File writers and printers act on rank 0 only (``state.ctx.is_main``).
+:func:`lesionlab.train.engine.run_epochs` calls every handler's :meth:`Handler.epoch_started`, trains and
+validates (filling :class:`TrainState`), then every :meth:`Handler.epoch_completed`, in list order;
+:meth:`Handler.completed` once at the end. File writers and printers act on rank 0 only.
 """
 
 from __future__ import annotations
