@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from lesionlab.experiments.api import prepare_grid
 from lesionlab.experiments.grid import load_grid
 from lesionlab.experiments.plan import expand
+from lesionlab.experiments.runner import prepare_grid
 from lesionlab.experiments.splits import (
     SplitMismatchError,
     check_fold_partition,

@@ -84,7 +84,7 @@ def _serve_in_thread(app: Any, host: str = "127.0.0.1", startup_timeout: float =
     """Run ``app`` under uvicorn in a daemon thread; yields its base URL and stops it on exit."""
     import uvicorn
 
-    from lesionlab.serve.loadtest import free_port
+    from lesionlab.serve.bench import free_port
 
     port = free_port(host)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))

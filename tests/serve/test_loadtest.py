@@ -10,7 +10,7 @@ import httpx
 
 from lesionlab.runs import load_run
 from lesionlab.serve.app import create_app
-from lesionlab.serve.loadtest import load_test
+from lesionlab.serve.bench import load_test
 from lesionlab.serve.samples import jpeg_bytes, synthetic_lesion
 from lesionlab.serve.settings import ServeSettings
 

@@ -60,7 +60,7 @@ def _frame_table(title: str, frame: Any) -> Table:
 
 
 def _aggregate(cfg: Any, plan: list, console: Console) -> None:
-    from lesionlab.experiments.api import aggregate_grid
+    from lesionlab.experiments.runner import aggregate_grid
 
     tables, paths = aggregate_grid(cfg, plan)
     for title, frame in tables.tables.items():
@@ -81,10 +81,9 @@ def _aggregate(cfg: Any, plan: list, console: Console) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from lesionlab.experiments.api import prepare_grid
     from lesionlab.experiments.grid import load_grid
     from lesionlab.experiments.plan import expand
-    from lesionlab.experiments.runner import execute_local, pending_runs, write_commands, write_slurm
+    from lesionlab.experiments.runner import execute_local, pending_runs, prepare_grid, write_commands, write_slurm
 
     console = Console()
     cfg, base = load_grid(args.grid, args.overrides)

@@ -1,10 +1,10 @@
-"""Planned runs -> ``lesionlab train`` + ``lesionlab evaluate`` jobs, run locally or written for a cluster.
+"""The grid workflow: prepare (plan files, splits, checks) -> run jobs locally or write them for a cluster -> aggregate.
 
-Each run's config (the base plus the grid's overrides) is written to ``<output_dir>/configs/<run_id>.yaml`` first,
-so every run is one self-contained command line, identical whether the local scheduler or a Slurm array task runs
-it. Status is kept in ``<output_dir>/status.json`` (updated as each run ends); "finished" is still decided from the
-files themselves (run.json and eval metrics.json), so a killed grid resumes correctly even if the status file is
-stale.
+Planned runs become ``lesionlab train`` + ``lesionlab evaluate`` jobs. Each run's config (the base plus the grid's
+overrides) is written to ``<output_dir>/configs/<run_id>.yaml`` first, so every run is one self-contained command
+line, identical whether the local scheduler or a Slurm array task runs it. Status is kept in
+``<output_dir>/status.json`` (updated as each run ends); "finished" is still decided from the files themselves
+(run.json and eval metrics.json), so a killed grid resumes correctly even if the status file is stale.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from lesionlab.core.errors import LesionlabError
 from lesionlab.core.io import atomic_write_text
+from lesionlab.experiments.aggregate import Tables, aggregate, collect, write_outputs
 from lesionlab.experiments.execute import Job, JobResult, run_jobs, shell_command, slurm_script, thread_env
 from lesionlab.experiments.grid import EvaluateSpec, ExperimentConfig
 from lesionlab.experiments.plan import PlannedRun, config_path
@@ -140,3 +142,45 @@ def write_slurm(plan: Sequence[PlannedRun], cfg: ExperimentConfig, script: Path)
                                    s.max_parallel))
     script.chmod(0o755)
     return commands, n
+
+
+def write_plan(cfg: ExperimentConfig, plan: Sequence[PlannedRun], grid_path: Path | None = None) -> None:
+    """Record the resolved grid and its run list in the output dir (``grid.yaml``, ``plan.csv``)."""
+    out = cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    header = f"# resolved from {grid_path}\n" if grid_path else ""
+    (out / "grid.yaml").write_text(header + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    rows = [{"run_id": r.run_id, **r.labels, "run_dir": str(r.run_dir)} for r in plan]
+    pd.DataFrame(rows).to_csv(out / "plan.csv", index=False)
+
+
+def prepare_grid(cfg: ExperimentConfig, plan: Sequence[PlannedRun], grid_path: Path | None = None) -> dict[str, str]:
+    """Everything before the first run: plan files, k-fold split files, and the test-split agreement check.
+
+    Returns run id -> hash of its test image ids (one hash for seed designs, one per fold for k-fold designs).
+    """
+    from lesionlab.experiments.splits import check_test_splits, write_fold_splits
+
+    write_plan(cfg, plan, grid_path)
+    if cfg.repeat.kind == "fold" and cfg.repeat.levels:
+        write_fold_splits(cfg, plan)
+    return check_test_splits(cfg, plan)
+
+
+def aggregate_grid(cfg: ExperimentConfig, plan: Sequence[PlannedRun]) -> tuple[Tables, list[Path]]:
+    """Collect finished runs, build the tables and tests, write them (and the HTML/Markdown grid report)."""
+    results, missing = collect(plan)
+    tables = aggregate(results, cfg)
+    if missing:
+        tables.notes.append(f"{len(missing)} of {len(plan)} runs not finished yet (left out): "
+                            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    paths = write_outputs(tables, cfg, cfg.output_dir, len(plan))
+    if not results.empty:
+        from lesionlab.evaluate.grid_report import render_grid_report
+
+        metrics = list(dict.fromkeys([*cfg.report.metrics, "balanced_accuracy", "macro_auc"]))
+        report = render_grid_report(results, tables.tests, cfg.output_dir, title=f"Experiment grid {cfg.name}",
+                                    metrics=metrics, group_by=cfg.axis_names, tables=tables.tables,
+                                    notes=tables.notes)
+        paths += list(report.values())
+    return tables, paths

@@ -265,7 +265,7 @@ def _bench_load(args: argparse.Namespace) -> dict[str, Any]:
 
     import httpx
 
-    from lesionlab.serve.loadtest import free_port, load_test
+    from lesionlab.serve.bench import free_port, load_test
 
     if not args.run:
         raise UsageError("serve-bench load needs a run: lesionlab serve-bench load RUN")
