@@ -1,18 +1,9 @@
 """The one command line: ``lesionlab [--debug] <command>``.
 
 Thin by design: each concern registers its own sub-commands from a ``commands`` module (argument parsing and
-printing only) and calls pure functions of its package. The conventions every command follows:
-
-- a run directory, where a command acts on one, is the first positional argument (``lesionlab evaluate RUN``);
-- config overrides are positional ``key=value`` arguments (``lesionlab train RUN train.epochs=3``);
-- a flag means the same thing wherever it appears (``--onnx [PATH]``: score with ONNX Runtime, the file
-  defaulting to ``RUN/model.onnx``; ``--tta/--no-tta``; ``--no-progress``; ``--json FILE``);
-- the project's own errors (:class:`~lesionlab.core.errors.LesionlabError`) print as one line naming the file or
-  field and exit with status 1; anything else is a bug and shows its traceback. ``--debug`` (before or after the
-  command) shows the traceback for the project's errors too.
-
-Old spellings keep working for one release and say what replaces them (see
-:mod:`lesionlab.core.argparsing`).
+printing only) and calls pure functions of its package. The conventions every command follows (RUN first,
+positional ``key=value`` overrides, one meaning per flag, the project's errors as one line and everything else with
+its traceback, ``--debug``, deprecated spellings): docs/ARCHITECTURE.md, "Command line" and "Errors".
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """The run directory: one folder that *is* the checkpoint of a trained model.
 
-``runs/<name>/`` holds ``model.safetensors`` (the weights) and ``run.json`` (architecture, timm kwargs, class codes
-in order, preprocessing, the fitted metadata encoder, the resolved training config, the split hash, the best
-validation metrics and, once evaluation fits them, temperature and referral threshold), plus ``config.yaml`` and the
-per-epoch ``history.csv`` / ``history.json``. Evaluation, the service and the reader study load models only through
-:func:`load_run`, so they always score with the preprocessing that training used.
+``runs/<name>/`` holds ``model.safetensors`` (the weights) and ``run.json`` (everything else needed to use them; see
+docs/ARCHITECTURE.md, "Run directory"), plus ``config.yaml`` and ``history.csv`` / ``history.json``. Evaluation,
+the service and the reader study load models only through :func:`load_run`, so they always score with the
+preprocessing that training used.
 
 Every write is atomic (temporary file + ``os.replace``): a run killed mid-write keeps its previous complete files.
 """

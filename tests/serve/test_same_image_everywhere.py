@@ -28,7 +28,7 @@ from lesionlab.serve.samples import synthetic_lesion
 from lesionlab.serve.service import Patient, Predictor, Timer
 from lesionlab.serve.settings import ServeSettings
 from lesionlab.train import fit
-from lesionlab.train.data import image_dataset, prepare_data
+from lesionlab.train.plans import image_dataset, prepare_data
 
 pytestmark = pytest.mark.slow
 

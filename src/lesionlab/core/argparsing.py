@@ -1,12 +1,5 @@
-"""Command-line pieces shared by every ``commands`` module, so that all commands follow one convention.
-
-- :func:`add_everywhere`: add an option to every sub-command (and their sub-commands), e.g. ``--debug``;
-- :class:`Deprecated`: an old spelling that still works for one release and says what replaces it;
-- :func:`run_and_overrides`: split positional arguments into an optional run directory and ``key=value`` overrides;
-- :func:`parse_args`: parse, taking ``key=value`` overrides wherever they appear among the options;
-- :func:`run_command`: run a parsed command, the project's errors as one line (``--debug``: with traceback);
-- :func:`rich_table`: the tables commands print.
-"""
+"""Command-line pieces shared by every ``commands`` module, so that all commands follow one convention (``--debug``
+everywhere, deprecated spellings, ``[RUN] [key=value ...]`` positionals, one error line, the printed tables)."""
 
 from __future__ import annotations
 
@@ -107,11 +100,12 @@ def run_command(args: argparse.Namespace, label: str) -> int:
         return 1
 
 
-def rich_table(title: str, columns: Sequence[str], left: Sequence[str] = (), **kwargs: Any) -> Any:
+def rich_table(title: str, columns: Sequence[str], left: Sequence[str] = (), overflow: str = "ellipsis",
+               **kwargs: Any) -> Any:
     """A rich table (imported here, so ``lesionlab --help`` stays fast): columns right-aligned except ``left``."""
     from rich.table import Table
 
     table = Table(title=title, **kwargs)
     for column in columns:
-        table.add_column(column, justify="left" if column in left else "right")
+        table.add_column(column, justify="left" if column in left else "right", overflow=overflow)
     return table

@@ -1,14 +1,8 @@
 """Evaluate a run on a split (or an external ISIC-format test set): predictions, metrics, calibration, timing.
 
-``evaluate_run`` writes into one evaluation directory (default ``RUN/eval-<split>/``):
-
-* ``predictions.csv`` - image_id, label, dx, pred, lesion_id, p_akiec ... p_vasc (probabilities after the
-  temperature in use);
-* ``metrics.json`` - :func:`~lesionlab.evaluate.metrics.compute_metrics` at the top level (so grid aggregation
-  reads ``accuracy``, ``per_class.mel.tpr`` directly), plus ``run``, ``data``, ``audit``, ``evaluation``,
-  ``uncalibrated``, ``calibration``, ``referral`` and ``timing`` context blocks;
-* ``model_card.json`` - the model card the report and the service show.
-
+``evaluate_run`` writes one evaluation directory (default ``RUN/eval-<split>/``; its files: docs/ARCHITECTURE.md,
+"Evaluation directory"); ``metrics.json`` holds :func:`~lesionlab.core.metrics.compute_metrics` at the top level
+(so grid aggregation reads ``accuracy``, ``per_class.mel.tpr`` directly) beside its context blocks.
 With ``calibrate`` the temperature and the referral threshold are fitted on the *validation* split of the run's
 own data only and stored in ``run.json`` (``temperature``, ``referral_threshold``, ``calibration``, ``referral``),
 where the service reads them.

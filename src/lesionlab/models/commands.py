@@ -27,8 +27,8 @@ def register(subparsers: Any) -> None:
 def _main(args: argparse.Namespace) -> int:
     from rich.columns import Columns
     from rich.console import Console
-    from rich.table import Table
 
+    from lesionlab.core.argparsing import rich_table
     from lesionlab.models.registry import REGISTRY, resolve_spec, timm_architectures
     from lesionlab.models.summary import registry_summaries, summarize
 
@@ -36,10 +36,10 @@ def _main(args: argparse.Namespace) -> int:
         resolve_spec(name)
     console = Console()
     rows = registry_summaries(args.size) + [summarize(n, args.size) for n in args.names if n not in REGISTRY]
-    table = Table(title=f"lesionlab models at {args.size}x{args.size} (FLOPs: 1 multiply-add = 2)")
-    for col, justify in (("name", "left"), ("kind", "left"), ("timm model", "left"), ("params (M)", "right"),
-                         (f"GFLOPs @{args.size}", "right"), ("native", "right"), ("offline ImageNet weights", "left")):
-        table.add_column(col, justify=justify, overflow="fold")
+    left = ("name", "kind", "timm model", "offline ImageNet weights")
+    table = rich_table(f"lesionlab models at {args.size}x{args.size} (FLOPs: 1 multiply-add = 2)",
+                       (*left[:3], "params (M)", f"GFLOPs @{args.size}", "native", left[3]), left=left,
+                       overflow="fold")
     for r in rows:
         table.add_row(r.name, r.kind, r.timm_name, f"{r.params / 1e6:.2f}", f"{r.flops / 1e9:.2f}",
                       str(r.native_size), r.offline)

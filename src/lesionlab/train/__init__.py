@@ -8,8 +8,8 @@ Public API::
 
 Pieces: :func:`make_loss`, :func:`make_optimizer`, :func:`make_scheduler`, :func:`make_sampler`,
 :class:`EarlyStopping`, :func:`train_one_epoch`, :func:`predict` (probabilities and labels over a loader); the
-loop's handlers in :mod:`lesionlab.train.handlers`; the data side (:func:`lesionlab.train.data.prepare_data`,
-``image_dataset``, ``make_loader``) for benchmarks and other engines.
+loop's handlers in :mod:`lesionlab.train.handlers`; a run's data, model and plan in :mod:`lesionlab.train.plans`
+(``prepare_data``, ``image_dataset``, ``make_loader``, for benchmarks and other engines).
 """
 
 from lesionlab.train.engine import fit

@@ -17,8 +17,8 @@ Run alone on the machine (``flock -x /tmp/lesionlab-cpu.lock`` on a shared one):
     lesionlab train-bench frozen --config configs/frozen-simple-64.yaml
     lesionlab train-bench throughput --config configs/cpu-lite0-64.yaml data.image_size=64
 
-The data and model are prepared with the engine's own public functions (:mod:`lesionlab.train.data`,
-:mod:`lesionlab.train.plans`), so both sides measure what training does.
+The data and model are prepared with the engine's own public functions (:mod:`lesionlab.train.plans`), so both
+sides measure what training does.
 """
 
 from __future__ import annotations
@@ -35,11 +35,10 @@ from torch import nn
 
 from lesionlab.config import RunConfig
 from lesionlab.data.transforms import build_train_transform
-from lesionlab.train.data import image_dataset, make_loader, prepare_data
 from lesionlab.train.embeddings import FeatureDataset, HeadOnly, compute_embeddings
 from lesionlab.train.loop import Precision, seed_everything, train_one_epoch
 from lesionlab.train.pieces import class_counts, make_loss, make_optimizer
-from lesionlab.train.plans import build_model, preprocessing_for
+from lesionlab.train.plans import build_model, image_dataset, make_loader, prepare_data, preprocessing_for
 from lesionlab.train.precision import choose_precision
 
 

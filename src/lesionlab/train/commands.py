@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lesionlab.config import RunConfig
-from lesionlab.core.argparsing import Deprecated, run_and_overrides
+from lesionlab.core.argparsing import Deprecated, rich_table, run_and_overrides
 from lesionlab.core.errors import UsageError
 
 EPILOG = """examples:
@@ -127,16 +127,13 @@ def run_train(args: argparse.Namespace) -> int:
 def print_summary(run_dir: Path) -> None:
     """A rich table of the best epoch's validation metrics."""
     from rich.console import Console
-    from rich.table import Table
 
     from lesionlab.runs import read_info
 
     info = read_info(run_dir)
     best = info.get("best", {})
-    table = Table(title=f"best epoch {int(best.get('epoch', -1)) + 1} (by val {best.get('monitor', '?')})",
-                  min_width=56)
-    table.add_column("validation metric")
-    table.add_column("value", justify="right")
+    table = rich_table(f"best epoch {int(best.get('epoch', -1)) + 1} (by val {best.get('monitor', '?')})",
+                       ("validation metric", "value"), left=["validation metric"], min_width=56)
     for key, value in best.items():
         if key.startswith("val_"):
             table.add_row(key.removeprefix("val_"), "n/a" if value is None else f"{value:.4f}")

@@ -29,7 +29,6 @@ from lesionlab.runs import CONFIG_FILE, INFO_FILE, RunError, read_info
 from lesionlab.train import distributed as dist_utils
 from lesionlab.train import handlers as H
 from lesionlab.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from lesionlab.train.data import PreparedData, image_dataset, make_loader, prepare_data, source_image_size
 from lesionlab.train.loop import (
     Precision,
     epoch_seed,
@@ -53,21 +52,22 @@ from lesionlab.train.pieces import (
 )
 from lesionlab.train.plans import (
     Plan,
+    PreparedData,
     build_model,
     effective_model_config,
+    image_dataset,
+    make_loader,
     plan_frozen,
     plan_images,
+    prepare_data,
     preprocessing_for,
+    source_image_size,  # noqa: F401  (re-exported: its former home)
 )
 from lesionlab.train.precision import choose_precision
 
 log = logging.getLogger(__name__)
 
 EpochCallback = H.EpochCallback
-
-__all__ = ["Plan", "PreparedData", "TrainError", "build_model", "check_monitor", "check_run_dir", "default_run_dir",
-           "effective_model_config", "fit", "plan_frozen", "plan_images", "prepare_data", "preprocessing_for",
-           "run_epochs", "source_image_size"]
 
 
 # --------------------------------------------------------------------------------------------- run directory

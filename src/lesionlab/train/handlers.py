@@ -22,10 +22,9 @@ from lesionlab.models import freeze_backbone
 from lesionlab.runs import INFO_FILE, read_info, save_run, write_history
 from lesionlab.train import distributed as dist_utils
 from lesionlab.train.checkpoint import CHECKPOINT_FILE, rng_state, save_checkpoint, set_rng_state
-from lesionlab.train.data import PreparedData
 from lesionlab.train.loop import Precision, unwrap
 from lesionlab.train.pieces import EarlyStopping, check_monitor
-from lesionlab.train.plans import Plan
+from lesionlab.train.plans import Plan, PreparedData
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
