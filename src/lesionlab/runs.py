@@ -11,7 +11,6 @@ Every write is atomic (temporary file + ``os.replace``): a run killed mid-write 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 from lesionlab.classes import CLASS_CODES, check_class_order
 from lesionlab.core.errors import LesionlabError
-from lesionlab.core.io import atomic_write, atomic_write_json, atomic_write_text, json_safe
+from lesionlab.core.io import atomic_write, atomic_write_json, atomic_write_text, json_safe, read_json
 from lesionlab.core.metrics import softmax
 from lesionlab.core.version import __version__
 
@@ -121,12 +120,9 @@ def save_run(run_dir: str | Path, model: torch.nn.Module, cfg: RunConfig, prepro
 
 def _read_info_if_any(run_dir: Path) -> dict[str, Any]:
     """The existing ``run.json`` (so a re-save keeps fitted temperature/threshold), or ``{}``."""
-    path = run_dir / INFO_FILE
-    if not path.is_file():
-        return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = read_json(run_dir / INFO_FILE)
+    except LesionlabError:
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -167,10 +163,7 @@ def read_info(run_dir: str | Path) -> dict[str, Any]:
     path = run_dir / INFO_FILE
     if not path.is_file():
         raise RunError(f"{path}: missing (not a lesionlab run directory, or training did not finish an epoch)")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RunError(f"{path}: not valid JSON ({err})") from None
+    info = read_json(path, RunError)
     if not isinstance(info, dict):
         raise RunError(f"{path}: expected a JSON object at the top level")
     version = info.get("format_version")

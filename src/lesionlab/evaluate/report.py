@@ -10,7 +10,6 @@ Every section carries a stable ``id`` and ``data-testid`` so browser tests (and 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from lesionlab.classes import CLASS_CODES, CLASSES
 from lesionlab.core.card import INTENDED_USE, KNOWN_LIMITS, UNKNOWN_LICENCE
 from lesionlab.core.errors import LesionlabError, MissingFileError
-from lesionlab.core.io import atomic_write_text
+from lesionlab.core.io import atomic_write_text, read_json
 from lesionlab.core.metrics import HEADLINE
 from lesionlab.evaluate.figures import (
     confusion_figure,
@@ -325,10 +324,7 @@ def read_metrics_doc(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"metrics file not found: {path}")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ReportError(f"{path}: not valid JSON ({err})") from None
+    doc = read_json(path, ReportError)
     for key in ("n", "classes", "per_class", "confusion_matrix"):
         if not isinstance(doc, dict) or key not in doc:
             raise ReportError(f"{path}: missing field {key!r} (not a metrics.json written by lesionlab evaluate)")

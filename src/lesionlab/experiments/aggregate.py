@@ -26,6 +26,7 @@ import pandas as pd
 
 from lesionlab.classes import CLASS_CODES
 from lesionlab.core.errors import LesionlabError
+from lesionlab.core.io import read_json
 from lesionlab.evaluate.report import Table
 from lesionlab.evaluate.stats import TestResult, compare_groups
 from lesionlab.experiments.grid import ExperimentConfig
@@ -69,10 +70,7 @@ def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
 
 def read_metrics(path: Path) -> dict[str, Any]:
     """One run's metrics.json, with an error naming the file when it is not a JSON object."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise AggregationError(f"{path}: cannot read metrics: {err}") from None
+    data = read_json(path, AggregationError)
     if not isinstance(data, dict):
         raise AggregationError(f"{path}: expected a JSON object of metrics")
     return data

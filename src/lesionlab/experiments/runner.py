@@ -19,8 +19,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from lesionlab.core.errors import LesionlabError
-from lesionlab.core.io import atomic_write_text
+from lesionlab.core.io import atomic_write_text, read_json
 from lesionlab.experiments.aggregate import Tables, aggregate, collect, write_outputs
 from lesionlab.experiments.execute import Job, JobResult, run_jobs, shell_command, slurm_script, thread_env
 from lesionlab.experiments.grid import EvaluateSpec, ExperimentConfig
@@ -80,11 +79,7 @@ def read_status(output_dir: Path) -> dict[str, Any]:
     path = output_dir / "status.json"
     if not path.is_file():
         return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise LesionlabError(f"{path}: not valid JSON ({err}); delete it to rebuild the status from the run "
-                             "directories") from None
+    return read_json(path, hint="; delete it to rebuild the status from the run directories")
 
 
 def execute_local(plan: Sequence[PlannedRun], cfg: ExperimentConfig, workers: int | None = None,

@@ -9,7 +9,6 @@ evaluation use), so the service answers exactly as the run is evaluated.
 from __future__ import annotations
 
 import base64
-import json
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -22,7 +21,7 @@ from PIL import Image
 
 from lesionlab.classes import CLASS_CODES, CLASSES, MALIGNANT_CODES, MALIGNANT_INDICES, by_code
 from lesionlab.core.card import INTENDED_USE, KNOWN_LIMITS, SERVING_LIMITS
-from lesionlab.core.io import file_sha256
+from lesionlab.core.io import file_sha256, read_json
 from lesionlab.core.metrics import softmax
 from lesionlab.core.version import __version__
 from lesionlab.data.metadata import SITES, MetadataError, validate_patient
@@ -89,10 +88,7 @@ def evaluation_card(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
     for name in EVAL_CARD_DIRS:
         path = run_dir / name / "model_card.json"
         if path.is_file():
-            try:
-                return json.loads(path.read_text(encoding="utf-8")), name
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise RunError(f"{path}: not valid JSON ({err}); re-run `lesionlab evaluate`") from None
+            return read_json(path, RunError, "; re-run `lesionlab evaluate`"), name
     return None, None
 
 
