@@ -8,13 +8,13 @@ same functions as its own command; this module only chains them and says which d
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from lesionlab.config import RunConfig, load_config
 from lesionlab.core.errors import MissingFileError
+from lesionlab.core.io import atomic_write_json
 
 # Presets, relative to the repository root (where `make demo` runs). On real data the best CPU preset: the image plus
 # the patient's age, sex and lesion site (docs/BENCHMARKS.md).
@@ -75,7 +75,7 @@ def run_demo(cfg: RunConfig, out: Path, progress: bool = True, console: Any = No
     start = step("2/6 leakage audit")
     audit = audit_split(source, progress=progress)
     render_audit(console, audit)
-    (out / "audit.json").write_text(json.dumps(audit.to_dict(), indent=1))
+    atomic_write_json(out / "audit.json", audit.to_dict())
     timings["audit_s"] = time.perf_counter() - start
 
     start = step("3/6 split file")
@@ -121,7 +121,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg, path = resolve_config(args.config, args.overrides, args.quick)
     print(f"lesionlab demo: preset {path}")
     summary = run_demo(cfg, args.out, progress=not args.no_progress)
-    (args.out / "demo.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_json(args.out / "demo.json", summary)
     return 0
 
 

@@ -8,12 +8,12 @@ then ``key=value`` overrides (``split=lesion`` or ``data.split=lesion``), then f
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from lesionlab.config import CONFIG_SECTIONS, DataConfig, apply_overrides, build_config, read_yaml
 from lesionlab.core.argparsing import rich_table
+from lesionlab.core.io import atomic_write_json
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -169,8 +169,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     result = audit_split(source, hash_images=not args.no_images, threshold=threshold, progress=not args.no_progress)
     render_audit(console, result)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result.to_dict(), indent=1))
+        atomic_write_json(args.json, result.to_dict())
         console.print(f"wrote {args.json}")
     return 1 if args.strict and result.status == "FAIL" else 0
 

@@ -21,7 +21,7 @@ from PIL import Image
 from scipy.ndimage import zoom
 
 from lesionlab.classes import CLASS_CODES, index_of
-from lesionlab.core.io import atomic_write
+from lesionlab.core.io import atomic_write, atomic_write_text
 
 GENERATOR_VERSION = 1
 # HAM10000 class frequencies (10,015 images).
@@ -188,8 +188,7 @@ def write_synthetic(out_dir: str | Path, n: int = 700, seed: int = 0, size: int 
     meta, images = generate_synthetic(n, seed, size)
     for image_id, pixels in zip(meta["image_id"], images, strict=True):
         Image.fromarray(pixels).save(out / "images" / f"{image_id}.jpg", quality=quality)
-    (out / "README.txt").write_text(
-        f"SYNTHETIC lesion-like images made by lesionlab (seed {seed}, n={n}, {size}x{size} px, generator "
-        f"v{GENERATOR_VERSION}).\nThey are NOT dermoscopy images and must never be used to judge a model's clinical "
-        "performance.\n")
+    atomic_write_text(out / "README.txt", f"SYNTHETIC lesion-like images made by lesionlab (seed {seed}, n={n}, "
+                      f"{size}x{size} px, generator v{GENERATOR_VERSION}).\nThey are NOT dermoscopy images and must "
+                      "never be used to judge a model's clinical performance.\n")
     return atomic_write(out / "HAM10000_metadata.csv", lambda tmp: meta.to_csv(tmp, index=False))

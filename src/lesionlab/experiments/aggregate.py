@@ -14,9 +14,8 @@ Everything here is a pure function of the DataFrame except :func:`collect` (read
 from __future__ import annotations
 
 import itertools
-import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import pandas as pd
 
 from lesionlab.classes import CLASS_CODES
 from lesionlab.core.errors import LesionlabError
-from lesionlab.core.io import read_json
+from lesionlab.core.io import atomic_write, atomic_write_json, atomic_write_text, read_json
 from lesionlab.evaluate.report import Table
 from lesionlab.evaluate.stats import TestResult, compare_groups
 from lesionlab.experiments.grid import ExperimentConfig
@@ -242,23 +241,18 @@ def tables_markdown(cfg: ExperimentConfig, tables: Tables, n_planned: int) -> st
 
 
 def write_outputs(tables: Tables, cfg: ExperimentConfig, out_dir: Path, n_planned: int) -> list[Path]:
-    """Write results.csv, summary.csv, tables/*.csv, tests.csv/json and tables.md; returns the paths written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    tables.results.to_csv(out_dir / "results.csv", index=False)
-    written.append(out_dir / "results.csv")
+    """Write results.csv, summary.csv, tables/*.csv, tests.csv/json and tables.md (atomically); returns the paths."""
+    def csv(frame: pd.DataFrame, index: bool = False) -> Callable[[Path], None]:
+        return lambda tmp: frame.to_csv(tmp, index=index)
+
+    outputs = {"results.csv": csv(tables.results)}
     if not tables.summary.empty:
-        tables.summary.to_csv(out_dir / "summary.csv", index=False)
-        written.append(out_dir / "summary.csv")
-    table_dir = out_dir / "tables"
-    table_dir.mkdir(exist_ok=True)
+        outputs["summary.csv"] = csv(tables.summary)
     for i, (title, frame) in enumerate(tables.tables.items()):
         slug = "".join(ch if ch.isalnum() else "_" for ch in title).strip("_")
-        path = table_dir / f"{i:02d}_{slug}.csv"
-        frame.to_csv(path)
-        written.append(path)
-    tables.tests_table.to_csv(out_dir / "tests.csv", index=False)
-    (out_dir / "tests.json").write_text(json.dumps([t.to_dict() for t in tables.tests], indent=2, default=str))
-    (out_dir / "tables.md").write_text(tables_markdown(cfg, tables, n_planned))
-    written += [out_dir / "tests.csv", out_dir / "tests.json", out_dir / "tables.md"]
+        outputs[f"tables/{i:02d}_{slug}.csv"] = csv(frame, index=True)
+    outputs["tests.csv"] = csv(tables.tests_table)
+    written = [atomic_write(out_dir / name, write) for name, write in outputs.items()]
+    written.append(atomic_write_json(out_dir / "tests.json", [t.to_dict() for t in tables.tests]))
+    written.append(atomic_write_text(out_dir / "tables.md", tables_markdown(cfg, tables, n_planned)))
     return written

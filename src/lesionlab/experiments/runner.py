@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from lesionlab.core.io import atomic_write_text, read_json
+from lesionlab.core.io import atomic_write, atomic_write_text, read_json
 from lesionlab.experiments.aggregate import Tables, aggregate, collect, write_outputs
 from lesionlab.experiments.execute import Job, JobResult, run_jobs, shell_command, slurm_script, thread_env
 from lesionlab.experiments.grid import EvaluateSpec, ExperimentConfig
@@ -41,10 +41,9 @@ def write_run_configs(plan: Sequence[PlannedRun], output_dir: Path) -> None:
     """Write every run's config file (the one the train step reads; see :meth:`PlannedRun.config_file_dict`)."""
     for run in plan:
         path = config_path(output_dir, run.run_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(run.config_file_dict(), sort_keys=False)
         if not path.is_file() or path.read_text() != text:
-            path.write_text(text)
+            atomic_write_text(path, text)
 
 
 def run_steps(run: PlannedRun, output_dir: Path, evaluate: EvaluateSpec,
@@ -120,8 +119,7 @@ def write_commands(plan: Sequence[PlannedRun], cfg: ExperimentConfig, path: Path
     write_run_configs(plan, cfg.output_dir)
     env = thread_env(threads) if threads else None
     lines = [shell_command(run_steps(run, cfg.output_dir, cfg.evaluate, SHELL_EXE), env) for run in todo]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{line}\n" for line in lines))
+    atomic_write_text(path, "".join(f"{line}\n" for line in lines))
     return len(lines)
 
 
@@ -133,20 +131,19 @@ def write_slurm(plan: Sequence[PlannedRun], cfg: ExperimentConfig, script: Path)
     (cfg.output_dir / "logs").mkdir(parents=True, exist_ok=True)
     sbatch = {"partition": s.partition, "time": s.time, "cpus_per_task": s.cpus_per_task, "mem": s.mem,
               "gres": s.gres}
-    script.write_text(slurm_script(cfg.name, commands, n, cfg.output_dir / "logs", sbatch, s.extra, s.setup,
-                                   s.max_parallel))
+    atomic_write_text(script, slurm_script(cfg.name, commands, n, cfg.output_dir / "logs", sbatch, s.extra,
+                                           s.setup, s.max_parallel))
     script.chmod(0o755)
     return commands, n
 
 
 def write_plan(cfg: ExperimentConfig, plan: Sequence[PlannedRun], grid_path: Path | None = None) -> None:
     """Record the resolved grid and its run list in the output dir (``grid.yaml``, ``plan.csv``)."""
-    out = cfg.output_dir
-    out.mkdir(parents=True, exist_ok=True)
     header = f"# resolved from {grid_path}\n" if grid_path else ""
-    (out / "grid.yaml").write_text(header + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    rows = [{"run_id": r.run_id, **r.labels, "run_dir": str(r.run_dir)} for r in plan]
-    pd.DataFrame(rows).to_csv(out / "plan.csv", index=False)
+    atomic_write_text(cfg.output_dir / "grid.yaml",
+                      header + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    rows = pd.DataFrame([{"run_id": r.run_id, **r.labels, "run_dir": str(r.run_dir)} for r in plan])
+    atomic_write(cfg.output_dir / "plan.csv", lambda tmp: rows.to_csv(tmp, index=False))
 
 
 def prepare_grid(cfg: ExperimentConfig, plan: Sequence[PlannedRun], grid_path: Path | None = None) -> dict[str, str]:

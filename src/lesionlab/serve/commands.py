@@ -15,6 +15,7 @@ from typing import Any
 
 from lesionlab.core.argparsing import Deprecated, rich_table
 from lesionlab.core.errors import LesionlabError, MissingFileError, UsageError
+from lesionlab.core.io import atomic_write
 
 DEFAULT_PORT = 8000
 
@@ -146,8 +147,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.out == "-":
         result.to_csv(sys.stdout, index=False)
     else:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        result.to_csv(args.out, index=False)
+        atomic_write(args.out, lambda tmp: result.to_csv(tmp, index=False))
         print(f"wrote {len(result)} rows to {args.out}", file=sys.stderr)
     failed = result[result["error"] != ""]
     for message in failed["error"]:

@@ -16,6 +16,7 @@ from typing import Any
 from lesionlab.config import RunConfig
 from lesionlab.core.argparsing import Deprecated, rich_table, run_and_overrides
 from lesionlab.core.errors import UsageError
+from lesionlab.core.io import atomic_write_text
 
 EPILOG = """examples:
   lesionlab train --config configs/smoke.yaml
@@ -87,7 +88,7 @@ def run_bench(args: argparse.Namespace) -> int:
     text = json.dumps(result, indent=2, default=str)
     print(text)
     if args.json:
-        args.json.write_text(text + "\n")
+        atomic_write_text(args.json, text + "\n")
     return 0
 
 
