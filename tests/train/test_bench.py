@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,13 +11,12 @@ from safetensors.torch import save_file
 
 from lesionlab.cli import main
 from lesionlab.config import ModelConfig, load_config
-from lesionlab.data.synthetic import write_synthetic
 from lesionlab.models import create_model
 from lesionlab.train.bench import bench_frozen, bench_throughput
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def folder(tmp_path_factory: pytest.TempPathFactory, write_synthetic: Callable[..., Path]) -> Path:
     return write_synthetic(tmp_path_factory.mktemp("syn"), n=112, seed=3, size=32)
 
 

@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     # images
     "DataError": "images", "decode_image": "images",
     # synthetic
-    "generate_synthetic": "synthetic", "write_synthetic": "synthetic",
+    "generate_synthetic": "synthetic",
     # splits
     "SPLITS": "splits", "lesion_split": "splits", "kfold_split": "splits", "read_split_csv": "splits",
     "write_split_csv": "splits", "split_hash": "splits", "split_frame": "splits", "apply_split": "splits",
@@ -37,7 +37,7 @@ _EXPORTS: dict[str, str] = {
     # transforms
     "Preprocessing": "transforms", "resize_image": "transforms", "model_pixels": "transforms",
     "build_train_transform": "transforms",
-    "build_eval_transform": "transforms", "to_chw_tensor": "transforms",
+    "to_chw_tensor": "transforms",
     # cache, datasets
     "cached_images": "cache", "LesionDataset": "datasets",
 }

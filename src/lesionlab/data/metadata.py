@@ -120,11 +120,6 @@ class MetadataEncoder:
         """Length of one encoded vector."""
         return 2 + len(self.sexes) + len(self.sites)
 
-    @property
-    def feature_names(self) -> list[str]:
-        """Name of each vector position, for reports and model cards."""
-        return ["age_scaled", "age_missing", *(f"sex={s}" for s in self.sexes), *(f"site={s}" for s in self.sites)]
-
     def encode_table(self, table: pd.DataFrame) -> np.ndarray:
         """Encode every row of a sample table -> float32 array [N, dim]."""
         n = len(table)
@@ -146,11 +141,6 @@ class MetadataEncoder:
         """Encode one patient -> float32 [dim]; missing or unseen values map to ``unknown``, never an error."""
         frame = pd.DataFrame({"age": [np.nan if _is_missing(age) else age], "sex": [sex], "site": [site]})
         return self.encode_table(frame)[0]
-
-    def validate_one(self, age: Any, sex: Any, site: Any, age_range: tuple[float, float] = AGE_RANGE
-                     ) -> tuple[float | None, str, str]:
-        """Strict check of user input against this encoder's vocabulary (see :func:`validate_patient`)."""
-        return validate_patient(age, sex, site, sexes=self.sexes, sites=self.sites, age_range=age_range)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict for ``run.json``."""

@@ -179,11 +179,6 @@ class RandomRot90(torch.nn.Module):
         return torch.rot90(x, k, dims=(-2, -1)) if k else x
 
 
-def build_eval_transform(pre: Preprocessing) -> Any:
-    """uint8 [3,H,W] tensor at ``pre.size`` -> normalised float tensor (``pre.normalize``); no randomness."""
-    return pre.normalize
-
-
 def build_train_transform(aug: AugmentConfig, pre: Preprocessing) -> v2.Compose:
     """Augmentation on uint8 [3,H,W] tensors, then ``pre``'s normalisation; without ``aug.enabled`` just that.
 

@@ -122,11 +122,6 @@ class LesionModel(nn.Module):
                     module.eval()
         return self
 
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Backbone and head (incl. fusion) parameters, for different learning rates or freezing."""
-        return {"backbone": list(self.backbone.parameters()),
-                "head": list(self.head.parameters()) + list(self.fusion.parameters())}
-
 
 def freeze_backbone(model: LesionModel, frozen: bool = True) -> LesionModel:
     """Stop (or restart) training the backbone: gradients off and the whole backbone in eval mode while frozen.
