@@ -184,3 +184,15 @@ def test_cli_report_errors(tmp_path, capsys):
     assert "missing column(s) truth" in capsys.readouterr().err
     assert main(["study", "report", str(tmp_path / "nope.csv")]) == 1
     assert "answer export not found" in capsys.readouterr().err
+
+
+def test_the_python_api_in_one_module(tmp_path):
+    from lesionlab.study import analysis as sa
+
+    sim = sa.simulate_study(cases(28), sa.SimulationSpec(design="crossover", readers=4, target_alone=0.3), seed=1)
+    answers = sa.load_answers(sim.export)
+    result = sa.analyze(answers, n_boot=100)
+    paths = sa.write_study_report(result, tmp_path)
+    assert paths["html"].is_file() and "accuracy" in result.mrmc
+    comps, observed = sa.components_from_answers(answers, "accuracy")
+    assert sa.plan(comps, effect=0.1, readers=[5, 10]).rows[0]["readers"] == 5

@@ -127,7 +127,10 @@ def analyze(answers: Answers, n_boot: int = 2000, seed: int = 0, alpha: float = 
             paired = answers.paired_cases and mats[base].cases == mats[other].cases
             for fig in COMPARED:
                 res = bootstrap_between(mats, fig, base, other, paired, n_boot=n_boot, seed=seed)
-                if res is not None:
+                if res is None:
+                    notes.append(f"no bootstrap of {FIGURE_NAMES[fig].lower()} ({other} vs {base}): undefined in "
+                                 "an arm (none of the cases it needs)")
+                else:
                     boot_arms.append(res)
     boot_model: list[TestResult] = []
     mcn: dict[str, list[TestResult]] = {}
@@ -414,7 +417,7 @@ def summary_table(analysis: StudyAnalysis) -> Table:
         cols.append(f"readers, {c}")
         if c in analysis.models:
             cols.append(f"model, {c} cases" + (" (as shown)" if analysis.models[c].faulty_shown else ""))
-    figures = [*HEADLINE, *(f"sens_{c}" for c in CLASS_CODES), *TIME_FIGURES]
+    figures = [*HEADLINE, *(f"{k}_{c}" for k in ("sens", "spec") for c in CLASS_CODES), *TIME_FIGURES]
     full = summary(analysis.per_reader, conds, figures)
     rows = []
     for _, r in full.iterrows():

@@ -15,7 +15,7 @@ whose top-1 accuracy is set to 78.4% (the weakest network's published figure).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +77,13 @@ class ContestResult:
 
 
 def run_contest(key: str, out_dir: str | Path, run: str | Path | None = None, data_cfg: Any = None, seed: int = 0,
-                n_boot: int = 1000, reader_model: ReaderModel | None = None) -> ContestResult:
+                n_boot: int = 1000, reader_model: ReaderModel | None = None,
+                cases_per_arm: int | None = None) -> ContestResult:
     """Contest definition -> case table -> simulated readers -> export file -> report, in ``out_dir``.
 
     ``run``: a trained run whose outputs are shown (else a SYNTHETIC model); ``data_cfg``: a
-    :class:`lesionlab.config.DataConfig` (default: the shared HAM10000 when present, else the synthetic set).
+    :class:`lesionlab.config.DataConfig` (default: the shared HAM10000 when present, else the synthetic set);
+    ``cases_per_arm``: fewer cases than the published contest (for a small test split; said in the report).
     """
     from lesionlab.core.io import atomic_write_json, atomic_write_text
     from lesionlab.study.answers import load_answers
@@ -90,6 +92,13 @@ def run_contest(key: str, out_dir: str | Path, run: str | Path | None = None, da
     if key not in CONTESTS:
         raise StudyAnalysisError(f"unknown contest {key!r}; choose one of {', '.join(CONTESTS)}")
     contest = CONTESTS[key]
+    if cases_per_arm is not None and cases_per_arm != contest.cases_per_arm:
+        if cases_per_arm < 2:
+            raise StudyAnalysisError(f"contest {key}: {cases_per_arm} cases per arm is too few (the test split is "
+                                     "too small)")
+        contest = replace(contest, cases_per_arm=cases_per_arm,
+                          title=f"{contest.title} [{cases_per_arm} cases per arm here, not "
+                                f"{contest.cases_per_arm}]")
     out = Path(out_dir)
     n_cases = contest.cases_per_arm * len(contest.arms)
     cases, info = cases_from_data(n_cases, split="test", seed=seed, how="even", data_cfg=data_cfg, run=run,
