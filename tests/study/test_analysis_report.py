@@ -59,7 +59,9 @@ def test_crossover_analysis_pairs_cases_and_runs_or_hillis(crossover_analysis):
     assert an.answers.paired_cases
     assert set(an.mrmc) >= {"accuracy", "malignant_sensitivity", "malignant_specificity", "malignant_auc"}
     acc = an.mrmc["accuracy"]
-    assert acc.modalities == ("unassisted", "assisted", "faulty") and acc.n_cases == 40
+    assert acc.modalities == ("faulty", "assisted", "unassisted") and acc.n_cases == 40  # differences: with - alone
+    assert [d.label for d in acc.analyses["rrrc"].differences][1] == "faulty - unassisted"
+    assert acc.analyses["rrrc"].differences[2].estimate > 0  # assisted - unassisted: the model helps
     # OR-Hillis means are the per-reader table's means
     for i, cond in enumerate(acc.modalities):
         sub = an.per_reader[an.per_reader.condition == cond]
@@ -194,5 +196,5 @@ def test_the_python_api_in_one_module(tmp_path):
     result = sa.analyze(answers, n_boot=100)
     paths = sa.write_study_report(result, tmp_path)
     assert paths["html"].is_file() and "accuracy" in result.mrmc
-    comps, observed = sa.components_from_answers(answers, "accuracy")
+    comps, _ = sa.components_from_answers(answers, "accuracy")
     assert sa.plan(comps, effect=0.1, readers=[5, 10]).rows[0]["readers"] == 5

@@ -119,6 +119,7 @@ def cmd_mrmc(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     """``lesionlab study simulate``."""
     from lesionlab.core.errors import LesionlabError
+    from lesionlab.study.answers import check_answers
     from lesionlab.study.simulate import (
         ReaderModel,
         SimulationSpec,
@@ -165,11 +166,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return _fail(args, err)
     print(f"SIMULATED readers (not people): {spec.readers} readers, {spec.design} design, arms {', '.join(spec.arms)}")
     print(f"cases: {where}")
+    realised = check_answers(sim.export, str(out)).frame.groupby("condition")["correct"].mean()
     for arm, acc in sim.expected_accuracy.items():
-        got = sim.export[(sim.export["arm"] == arm) & (sim.export["step"] == (2 if spec.design == "revise" and
-                                                                             arm != "unassisted" else 1))]
-        realised = (got["answer"] == got["truth"]).mean() if len(got) else float("nan")
-        print(f"  {arm:<10} expected accuracy {100 * acc:.1f}%, simulated {100 * realised:.1f}%")
+        print(f"  {arm:<10} expected accuracy {100 * acc:.1f}%, simulated {100 * realised[arm]:.1f}%")
     print(f"reader model: skill {sim.model.skill:.3f}, reliance {sim.model.reliance:.3f} (logit)")
     print("export: " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -277,13 +277,14 @@ def mrmc_across_conditions(answers: Answers, conditions: Sequence[str],
 
     When all arms cover the same cases (crossover) one analysis spans them all; otherwise (the revise design with
     assisted and faulty cases) each arm that showed the model is analysed against reading alone on their shared
-    cases, keyed ``"<figure> (<arm> vs unassisted)"``.
+    cases, keyed ``"<figure> (<arm> vs unassisted)"``. Arms are ordered later first (faulty, assisted,
+    unassisted), so each difference reads as the arm with the model minus the one without.
     """
     if len(conditions) < 2:
         return {}, ["OR-Hillis needs at least two arms read on the same cases"]
     case_sets = {c: tuple(sorted(answers.condition(c)["case"].unique())) for c in conditions}
-    if len(set(case_sets.values())) == 1:
-        return _mrmc_group(answers, list(conditions), case_sets[conditions[0]], alpha, "")
+    if len(set(case_sets.values())) == 1:  # later arms first, so differences read "with the model - alone"
+        return _mrmc_group(answers, list(conditions)[::-1], case_sets[conditions[0]], alpha, "")
     base = "unassisted" if "unassisted" in conditions else conditions[0]
     results: dict[str, ORResult] = {}
     notes: list[str] = []
@@ -292,7 +293,7 @@ def mrmc_across_conditions(answers: Answers, conditions: Sequence[str],
         if len(shared) < 2:
             notes.append(f"OR-Hillis not run for {other} vs {base}: they share {len(shared)} cases")
             continue
-        res, group_notes = _mrmc_group(answers, [base, other], shared, alpha, f" ({other} vs {base})")
+        res, group_notes = _mrmc_group(answers, [other, base], shared, alpha, f" ({other} vs {base})")
         results.update(res)
         notes += group_notes
     return results, notes

@@ -256,7 +256,8 @@ def components_from_answers(answers: Any, fom: str = "accuracy", arms: tuple[str
     result = results[key]
     comps = VarianceComponents.from_or(result, source=f"pilot {answers.source} ({len(result.readers)} readers, "
                                                       f"{result.n_cases_total} cases, {arms[0]} vs {arms[1]})")
-    observed = float(result.means[1] - result.means[0])
+    means = dict(zip(result.modalities, result.means, strict=True))
+    observed = float(means[arms[1]] - means[arms[0]])
     return comps, observed
 
 

@@ -124,9 +124,15 @@ def analyze(answers: Answers, n_boot: int = 2000, seed: int = 0, alpha: float = 
     if len(conds) > 1 and len(answers.participants) > 1:
         base = conds[0]
         for other in conds[1:]:
+            pair = mats
             paired = answers.paired_cases and mats[base].cases == mats[other].cases
+            if answers.paired_cases and not paired:  # revise with assisted and faulty cases: pair the shared ones
+                shared = sorted(set(mats[base].cases) & set(mats[other].cases))
+                if len(shared) >= 2:
+                    pair = {c: condition_matrix(answers, c, shared) for c in (base, other)}
+                    paired = True
             for fig in COMPARED:
-                res = bootstrap_between(mats, fig, base, other, paired, n_boot=n_boot, seed=seed)
+                res = bootstrap_between(pair, fig, base, other, paired, n_boot=n_boot, seed=seed)
                 if res is None:
                     notes.append(f"no bootstrap of {FIGURE_NAMES[fig].lower()} ({other} vs {base}): undefined in "
                                  "an arm (none of the cases it needs)")

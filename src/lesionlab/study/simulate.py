@@ -516,7 +516,7 @@ def _assign_arms(cases: pd.DataFrame, spec: SimulationSpec, rng: np.random.Gener
 def simulate_study(cases: pd.DataFrame, spec: SimulationSpec, model: ReaderModel | None = None,
                    seed: int = 0) -> Simulation:
     """Simulated readers answering ``cases`` under ``spec``: the export table (every column of the contract)."""
-    cases = check_cases(cases) if "model_run" not in cases.columns else cases.reset_index(drop=True)
+    cases = check_cases(cases)
     model = model or ReaderModel()
     needs_model = any(a in MODEL_ARMS for a in spec.arms) or spec.design == "revise"
     if needs_model and not has_model_outputs(cases):
