@@ -127,6 +127,16 @@ def test_timeouts_count_wrong_or_are_left_out():
     assert any("left out of every figure" in n for n in excluded.notes)
 
 
+def test_a_late_answer_stored_as_a_time_out_does_not_count():
+    f = export()
+    right = f.index[f.answer == f.truth][0]
+    f.loc[right, "timed_out"] = "true"  # the class arrived, but after the limit
+    ans = check_answers(f, "e.csv")
+    row = ans.frame.loc[right]
+    assert row["answer"] == "" and row["answer_submitted"] == f.loc[right, "answer"] and not row["correct"]
+    assert any("arrived after the time limit" in n for n in ans.notes)
+
+
 def test_an_export_without_model_outputs_is_analysable():
     ans = check_answers(export(model=False).drop(columns=list(MODEL_PROB_COLUMNS)), "e.csv")
     assert not ans.has_model

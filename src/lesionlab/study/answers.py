@@ -7,8 +7,9 @@ file, row, column and value, and returns :class:`Answers`: the typed table plus 
 * ``condition``: what the reader saw when answering. ``unassisted``, ``assisted`` or ``faulty`` from ``arm``; in
   the ``revise`` design the first answer (step 1) is ``unassisted`` whatever the row's arm, and the second (step 2)
   takes the row's arm (``assisted`` or ``faulty``).
-* ``correct``: the answer equals the truth. An empty answer (a time-out with no answer) is wrong: it counts as an
-  error in accuracy and as neither a hit nor a correct rejection in every sensitivity and specificity (the
+* ``correct``: the answer equals the truth. An answer flagged ``timed_out`` does not count, even when a class
+  arrived late (the server enforces the limit; the submitted class stays in ``answer_submitted``). No answer is
+  wrong: an error in accuracy and neither a hit nor a correct rejection in every sensitivity and specificity (the
   ``exclude`` policy drops such rows from every figure instead, and says so).
 * ``model_pred``: the class with the highest shown probability, when the export carries model outputs.
 """
@@ -343,16 +344,23 @@ def check_answers(frame: pd.DataFrame, where: str = "answers", study: str | None
             raise ExportError(f"{where}: {len(orphans)} revised answer(s) (step 2) without a first answer, e.g. "
                               f"participant {orphans[0][0]!r}, case {orphans[0][1]!r}")
 
+    # the server enforces the time limit: an answer that arrived after it is stored as a time-out and does not count
+    out["answer_submitted"] = out["answer"]
+    late = out["timed_out"].to_numpy(bool) & (out["answer"].to_numpy(dtype=object) != "")
+    if late.any():
+        notes.append(f"{int(late.sum())} answers arrived after the time limit (stored as time-outs); they count as no "
+                     "answer (the submitted class stays in answer_submitted)")
+        out.loc[late, "answer"] = ""
     out["answered"] = out["answer"] != ""
     out["correct"] = out["answer"] == out["truth"]
+    missing = int((~out["answered"]).sum())
     if timeouts == "exclude":
-        n_drop = int((~out["answered"]).sum())
-        if n_drop:
-            notes.append(f"{n_drop} time-outs without an answer were left out of every figure (policy 'exclude')")
+        if missing:
+            notes.append(f"{missing} time-outs and empty answers were left out of every figure (policy 'exclude')")
         out = out[out["answered"]].reset_index(drop=True)
-    elif int((~out["answered"]).sum()):
-        notes.append(f"{int((~out['answered']).sum())} time-outs without an answer count as wrong (in accuracy) and "
-                     "as neither hit nor correct rejection (in sensitivity and specificity)")
+    elif missing:
+        notes.append(f"{missing} time-outs and empty answers count as wrong (in accuracy) and as neither hit nor "
+                     "correct rejection (in sensitivity and specificity)")
     ms = out["elapsed_ms"].where(out["elapsed_ms"].notna(), out["server_elapsed_ms"])
     out["time_s"] = ms / 1000.0
 
