@@ -49,3 +49,19 @@ def test_contest_from_the_cli(tmp_path, capsys):
     assert "SIMULATED readers (19), not the study's physicians" in out
     assert "published GP accuracy 17.3%" in out and "published GP accuracy 42.4%" in out
     assert (tmp_path / "report" / "report.html").is_file()
+
+
+def test_contest_from_a_given_case_table(tmp_path):
+    """How a platform study's cases (lesionlab.study.export.cases_frame) plug in."""
+    from lesionlab.study.columns import MODEL_PROB_COLUMNS
+    from lesionlab.study.simulate import synthetic_model_outputs
+
+    codes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    truth = [codes[i % 7] for i in range(70)]
+    probs = synthetic_model_outputs(truth, 0.8, seed=0)
+    cases = pd.DataFrame({"case": [f"k{i}" for i in range(70)], "image_id": [f"I{i}" for i in range(70)],
+                          "truth": truth, **{c: probs[:, j] for j, c in enumerate(MODEL_PROB_COLUMNS)},
+                          "model_run": "run-7"})
+    result = run_contest("ham10000-35x35", tmp_path, cases=cases, n_boot=100)
+    assert result.info["data"] == "a given case table" and result.info["model"] == "run-7"
+    assert result.expected["assisted"] == pytest.approx(0.424, abs=1e-6)

@@ -19,8 +19,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from lesionlab.study.analysis_errors import StudyAnalysisError
-from lesionlab.study.simulate import ReaderModel, SimulationSpec, cases_from_data, simulate_study, write_export
+from lesionlab.study.simulate import (
+    ReaderModel,
+    SimulationSpec,
+    cases_from_data,
+    check_cases,
+    simulate_study,
+    write_export,
+)
 
 
 @dataclass(frozen=True)
@@ -78,12 +87,14 @@ class ContestResult:
 
 def run_contest(key: str, out_dir: str | Path, run: str | Path | None = None, data_cfg: Any = None, seed: int = 0,
                 n_boot: int = 1000, reader_model: ReaderModel | None = None,
-                cases_per_arm: int | None = None) -> ContestResult:
+                cases_per_arm: int | None = None, cases: pd.DataFrame | None = None) -> ContestResult:
     """Contest definition -> case table -> simulated readers -> export file -> report, in ``out_dir``.
 
     ``run``: a trained run whose outputs are shown (else a SYNTHETIC model); ``data_cfg``: a
     :class:`lesionlab.config.DataConfig` (default: the shared HAM10000 when present, else the synthetic set);
-    ``cases_per_arm``: fewer cases than the published contest (for a small test split; said in the report).
+    ``cases_per_arm``: fewer cases than the published contest (for a small test split; said in the report);
+    ``cases``: a ready case table instead (``case, image_id, truth, model_p_<code>``, e.g. a platform study's
+    ``lesionlab.study.export.cases_frame``), split evenly between the contest's arms.
     """
     from lesionlab.core.io import atomic_write_json, atomic_write_text
     from lesionlab.study.answers import load_answers
@@ -100,9 +111,20 @@ def run_contest(key: str, out_dir: str | Path, run: str | Path | None = None, da
                           title=f"{contest.title} [{cases_per_arm} cases per arm here, not "
                                 f"{contest.cases_per_arm}]")
     out = Path(out_dir)
-    n_cases = contest.cases_per_arm * len(contest.arms)
-    cases, info = cases_from_data(n_cases, split="test", seed=seed, how="even", data_cfg=data_cfg, run=run,
-                                  model_accuracy=contest.model_accuracy)
+    if cases is not None:
+        cases = check_cases(cases, "contest cases")
+        if len(cases) < 2 * len(contest.arms):
+            raise StudyAnalysisError(f"contest {key}: {len(cases)} cases are too few for {len(contest.arms)} arm(s)")
+        per_arm = len(cases) // len(contest.arms)
+        if per_arm != contest.cases_per_arm:
+            contest = replace(contest, cases_per_arm=per_arm,
+                              title=f"{contest.title} [{per_arm} cases per arm here]")
+        runs = sorted({r for r in cases["model_run"] if r})
+        info: dict[str, Any] = {"data": "a given case table", "synthetic_data": False, "split": "given",
+                                "drawn": "given", "n": len(cases), "model": ", ".join(runs) or "as in the case table"}
+    else:
+        cases, info = cases_from_data(contest.cases_per_arm * len(contest.arms), split="test", seed=seed, how="even",
+                                      data_cfg=data_cfg, run=run, model_accuracy=contest.model_accuracy)
     paths = {"cases": atomic_write_text(out / "cases.csv", cases.to_csv(index=False))}
     model = reader_model or ReaderModel(time_median_s=contest.time_median_s)
     sim = simulate_study(cases, contest.spec(), model=model, seed=seed)
