@@ -415,6 +415,8 @@ def check_answer(definition: StudyDefinition, body: Any) -> dict[str, Any]:
         raise StudyRequestError(422, "unknown_class", f"answer {str(answer)[:20]!r} is not one of "
                                 f"{', '.join(CLASS_CODES)}", "answer")
     confidence = _number(body.get("confidence"), "confidence", 0.0, 100.0)
+    if confidence is not None and not definition.form.confidence:
+        raise StudyRequestError(422, "invalid_field", "confidence: this study asks no confidence", "confidence")
     management = body.get("management")
     if management is not None and (not isinstance(management, str) or not definition.form.management
                                    or management not in definition.form.management):

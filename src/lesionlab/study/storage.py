@@ -248,6 +248,14 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(_alembic_config(conn), revision)
 
 
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the schema back to ``revision`` (``base``: no study tables); for rolling back a failed upgrade."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), revision)
+
+
 def current_revision(engine: Engine) -> str | None:
     """The schema revision the database is at (None: no lesionlab study tables yet)."""
     from alembic.runtime.migration import MigrationContext
