@@ -95,7 +95,7 @@ def test_no_participant_response_reveals_the_truth(tiny_run, study_definition, m
         truths = db.scalars(select(CaseTruth)).all()
         case_ids = [c.id for c in db.scalars(select(Case))]
     secrets_ = [t.image_id for t in truths] + [t.lesion_id for t in truths] + [t.source_sha256 for t in truths]
-    secrets_ += case_ids + [server.folder.admin_token_file().read_text().strip()]
+    secrets_ += [*case_ids, server.folder.admin_token_file().read_text().strip()]
     for what, resp in responses:
         assert resp.status_code < 500, (what, resp.text)
         raw = resp.content

@@ -116,7 +116,7 @@ def create_study_app(folder: StudyFolder) -> FastAPI:
 
     def as_participant(authorization: str | None, fn: Callable[[Any, Study, Any], Any], lock: bool = False) -> Any:
         token = P.bearer_token(authorization)
-        with sessions.begin() as db:
+        with folder.write_lock, sessions.begin() as db:
             participant = P.authenticate(db, study_id, token, lock=lock)
             study = db.get(Study, study_id)
             assert study is not None
@@ -124,7 +124,7 @@ def create_study_app(folder: StudyFolder) -> FastAPI:
 
     def as_admin(authorization: str | None, fn: Callable[[Any, Study], Any]) -> Any:
         token = P.bearer_token(authorization)
-        with sessions.begin() as db:
+        with folder.write_lock, sessions.begin() as db:
             study = P.authenticate_admin(db, study_id, token)
             return fn(db, study)
 

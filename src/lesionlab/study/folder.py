@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,9 @@ class StudyFolder:
     url: str
     engine: Engine
     sessions: sessionmaker = field(repr=False)
+    # SQLite has one writer at a time; its busy handler makes waiting writers sleep in steps of up to 100 ms, so
+    # the server queues its own transactions on a lock instead (PostgreSQL needs none).
+    write_lock: Any = field(default_factory=nullcontext, repr=False)
 
     @property
     def study_id(self) -> str:
@@ -93,4 +98,5 @@ def open_study(path: str | Path, database: str | None = None, check: bool = True
             engine.dispose()
             raise
     return StudyFolder(path=path, manifest=manifest, definition=definition, url=url, engine=engine,
-                       sessions=session_factory(engine))
+                       sessions=session_factory(engine),
+                       write_lock=threading.Lock() if engine.dialect.name == "sqlite" else nullcontext())

@@ -159,6 +159,59 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_bench(participants: int = 50, per_class: int = 2, run: str | None = None, db: str | None = None,
+               max_seconds: float = 120.0, workdir: str | Path | None = None, think_s: float = 1.0
+               ) -> dict[str, Any]:
+    """A throwaway study on the SYNTHETIC set (both arms when ``run`` is given), served by its own process,
+    answered by ``participants`` simulated readers at once; returns the load report and the stored-answer count."""
+    import tempfile
+
+    from sqlalchemy import func, select
+
+    from lesionlab.study.create import create_study
+    from lesionlab.study.definition import definition_from_dict
+    from lesionlab.study.folder import open_study
+    from lesionlab.study.loadtest import running_server, simulate_participants
+    from lesionlab.study.participation import invite
+    from lesionlab.study.storage import Answer
+
+    data: dict[str, Any] = {
+        "name": "load-bench", "design": "separate", "arms": ["unassisted", "assisted"] if run else ["unassisted"],
+        "cases": {"data": {"source": "synthetic", "synthetic_n": 700, "split": "lesion"},
+                  "splits": ["train", "val", "test"], "per_class": per_class},
+        "time_limit_s": 45,
+    }
+    if run:
+        data["model"] = {"run": str(run), "support": ["probabilities", "top1", "malignant"]}
+    with tempfile.TemporaryDirectory(prefix="lesionlab-study-bench-", dir=workdir) as tmp:
+        created = create_study(definition_from_dict(data), Path(tmp) / "study", database=db)
+        folder = open_study(created.path)
+        with folder.sessions.begin() as session:
+            tokens = [i.token for i in invite(session, folder.study_id, folder.definition, participants)]
+        with running_server(created.path, db=db) as base:
+            report = simulate_participants(base, tokens, max_seconds=max_seconds, think_s=think_s)
+        with folder.sessions() as session:
+            stored = int(session.scalar(select(func.count()).select_from(Answer)))
+        expected = participants * sum(created.cases.values())
+        folder.close()
+    return {"report": report.as_dict(), "stored_answers": stored, "expected_answers": expected, "think_s": think_s,
+            "database": "postgresql" if db else "sqlite"}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    result = load_bench(args.participants, args.per_class, args.run, args.db, args.max_seconds, think_s=args.think_s)
+    r = result["report"]
+    print(json.dumps(result, indent=2))
+    print(f"{r['participants']} participants, {result['stored_answers']}/{result['expected_answers']} answers stored "
+          f"in {r['seconds']:.1f} s ({r['throughput']:.0f}/s); answer latency p50 {r['answer_p50']:.1f} ms, "
+          f"p95 {r['answer_p95']:.1f} ms, p99 {r['answer_p99']:.1f} ms; 4xx {r['errors_4xx']}, 5xx {r['errors_5xx']}")
+    if args.json:
+        from lesionlab.core.io import atomic_write_json
+
+        atomic_write_json(args.json, result)
+    return 0 if r["errors_5xx"] == 0 and result["stored_answers"] == result["expected_answers"] else 1
+
+
 def _errors(fn: Any) -> Any:
     """Turn a refused platform operation into the CLI's one-line error."""
 
@@ -218,6 +271,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("study", help="study folder")
     p.add_argument("--db", help=db_help)
     p.set_defaults(func=_errors(cmd_close))
+
+    p = sub.add_parser("bench", help="load test: simulated participants answering a throwaway synthetic study")
+    p.add_argument("--participants", type=int, default=50)
+    p.add_argument("--per-class", type=int, default=2, help="cases per class per arm (default 2: 14 per arm)")
+    p.add_argument("--run", help="a run directory: adds an assisted arm")
+    p.add_argument("--db", help="PostgreSQL URL (default SQLite in a temporary folder)")
+    p.add_argument("--max-seconds", type=float, default=120.0)
+    p.add_argument("--think-s", type=float, default=1.0,
+                   help="mean seconds a simulated reader looks at a case (0: as fast as the server allows)")
+    p.add_argument("--json", help="write the result here")
+    p.set_defaults(func=_errors(cmd_bench))
 
     p = sub.add_parser("migrate", help="bring the study database's schema up to date (Alembic)")
     p.add_argument("study", help="study folder")
