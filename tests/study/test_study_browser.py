@@ -98,6 +98,12 @@ def _wait_case(page: Page, text: str) -> None:
                            "i.naturalWidth > 0; }")
 
 
+def _slide(page: Page, value: int) -> None:
+    """Move the confidence slider as a user does (the input event updates the page)."""
+    page.eval_on_selector("#confidence", "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }",
+                          str(value))
+
+
 def test_a_participant_completes_a_separate_study_in_both_arms(browser, served, tiny_run, study_definition,
                                                                tmp_path) -> None:
     server = served(study_definition(tiny_run, name="browser-separate", cases=SMALL, time_limit_s=60))
@@ -179,14 +185,14 @@ def test_a_revise_case_records_both_answers(browser, served, tiny_run, study_def
     _wait_case(page, "Case 1 of 1 · your answer")
     assert not page.get_by_test_id("support").is_visible()
     page.get_by_test_id("answer-nv").click()
-    page.get_by_test_id("confidence").fill("20")
+    _slide(page, 20)
     page.keyboard.press("Enter")
     _wait_case(page, "Case 1 of 1 · your answer with the model")
     assert page.get_by_test_id("support").is_visible()
     assert "Your first answer: Melanocytic nevi" in page.get_by_test_id("first-answer").inner_text()
     page.screenshot(path=str(_shots(tmp_path) / "study-revise-step2.png"))
     page.keyboard.press("5")
-    page.get_by_test_id("confidence").fill("85")
+    _slide(page, 85)
     page.get_by_test_id("submit").click()
     page.get_by_test_id("screen-finished").wait_for(state="visible")
     assert not errors, errors

@@ -27,6 +27,7 @@ from typing import Annotated, Any
 from fastapi import Body, FastAPI, Header, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lesionlab import __version__
@@ -86,8 +87,8 @@ class Guard:
                 nonlocal seen
                 message = await receive()
                 seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    raise StudyRequestError(413, "too_large", too_large)
+                if seen > self.max_body:  # FastAPI re-raises HTTP errors met while parsing (others become 400)
+                    raise StarletteHTTPException(413, too_large)
                 return message
 
             await self.app(scope, counted, send_with_headers)

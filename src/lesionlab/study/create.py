@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,7 +241,17 @@ def create_study(definition: StudyDefinition, out: str | Path, database: str | N
                              "--config configs/cpu-lite0-64.yaml --run-dir runs/cpu-lite0-64`)")
         run = load_run(run_path)
     images = [source.load_image(int(r)) for r in cases["_row"]]
+    fresh = not out.exists()
+    try:
+        return _write_study(definition, out, database, source, cases, images, run, say)
+    except BaseException:
+        if fresh:  # nothing half-made is left behind (the database insert is one transaction)
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
+
+def _write_study(definition: StudyDefinition, out: Path, database: str | None, source: Any, cases: pd.DataFrame,
+                 images: list[Image.Image], run: Any, say: Callable[[str], None]) -> CreatedStudy:
     out.mkdir(parents=True, exist_ok=True)
     media = out / MEDIA_DIR
     media.mkdir(exist_ok=True)
@@ -248,6 +259,10 @@ def create_study(definition: StudyDefinition, out: str | Path, database: str | N
     engine = make_engine(url)
     try:
         upgrade(engine)
+        with session_factory(engine)() as db:
+            if db.get(Study, definition.name) is not None:
+                raise StudyError(f"{engine.url.render_as_string(hide_password=True)}: a study named "
+                                 f"{definition.name!r} already exists in this database")
         admin_token = new_token()
         now = utcnow()
         frozen = definition.model_dump(mode="json")
