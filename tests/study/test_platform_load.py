@@ -67,7 +67,7 @@ def test_sigkill_mid_study_loses_nothing_confirmed(study_definition, make_study)
     result: dict = {}
 
     def readers() -> None:
-        result["report"] = simulate_participants(f"http://127.0.0.1:{port}", tokens, max_seconds=120, think_s=0.05)
+        result["report"] = simulate_participants(f"http://127.0.0.1:{port}", tokens, max_seconds=120, think_s=0.2)
 
     thread = threading.Thread(target=readers)
     thread.start()

@@ -213,3 +213,4 @@ def test_the_admin_page_shows_progress_and_closes_the_study(browser, served, stu
     assert "reader 1" in page.get_by_test_id("progress-table").inner_text()
     page.get_by_test_id("close-study").click()
     page.wait_for_function("() => document.getElementById('summary').textContent.includes('closed')")
+    page.close()  # stop its polling, so the server shuts down at once
