@@ -243,11 +243,10 @@ async function showCase(item) {
   for (const b of document.querySelectorAll(".answer")) b.classList.remove("chosen");
   for (const r of document.querySelectorAll("input[name=management]")) r.checked = false;
   $("confidence").value = 50; $("confidence-value").textContent = "50";
-  const sessionNote = item.sessions > 1 ? ` · session ${item.session} of ${item.sessions}` : "";
-  const stepNote = item.steps > 1 ? (item.step === 1 ? " · your answer" : " · your answer with the model") : "";
-  $("progress").textContent = `Case ${item.position} of ${item.session_total}${sessionNote}${stepNote}`;
-  $("status").textContent = `${item.done} of ${item.total} answers given`;
-  if (!sameImage) $("photo").src = await blobUrl(item.image);
+  if (!sameImage) {
+    $("photo").src = await blobUrl(item.image);
+    await $("photo").decode().catch(() => {});
+  }
   $("clinical").hidden = !item.clinical;
   $("clinical").textContent = describeClinical(item.clinical);
   renderSupport(item.support);
@@ -261,6 +260,11 @@ async function showCase(item) {
     const name = first.answer ? st.study.form.classes.find((c) => c.code === first.answer).name : "no answer (time ran out)";
     $("first-answer").textContent = `Your first answer: ${name}. Now answer again, with the model's output.`;
   }
+  // The progress line changes only once the case is on screen and can be answered.
+  const sessionNote = item.sessions > 1 ? ` · session ${item.session} of ${item.sessions}` : "";
+  const stepNote = item.steps > 1 ? (item.step === 1 ? " · your answer" : " · your answer with the model") : "";
+  $("progress").textContent = `Case ${item.position} of ${item.session_total}${sessionNote}${stepNote}`;
+  $("status").textContent = `${item.done} of ${item.total} answers given`;
   show("case");
   st.item = item;
   st.lastItem = item.item;
