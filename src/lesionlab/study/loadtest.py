@@ -175,13 +175,14 @@ def start_server(study: str | Path, port: int, host: str = "127.0.0.1", db: str 
         except httpx.TransportError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
+            text = Path(log.name).read_text()[-2000:]
             stop_server(proc)
-            raise RuntimeError(f"study server did not start: {Path(log.name).read_text()[-2000:]}")
+            raise RuntimeError(f"study server did not start: {text}")
         time.sleep(0.1)
 
 
 def stop_server(proc: subprocess.Popen, kill: bool = False) -> None:
-    """Stop a server started by :func:`start_server` (SIGKILL with ``kill``: the crash test)."""
+    """Stop a server started by :func:`start_server` (SIGKILL with ``kill``: the crash test); removes its log."""
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
         try:
@@ -189,6 +190,9 @@ def stop_server(proc: subprocess.Popen, kill: bool = False) -> None:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+    log = getattr(proc, "log_path", None)
+    if log:
+        Path(log).unlink(missing_ok=True)
 
 
 @contextmanager
