@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from lesionlab.core.errors import UsageError
 from lesionlab.study.columns import ARMS, DESIGNS
 
 
@@ -144,7 +145,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             try:
                 from lesionlab.study.export import cases_frame
             except ImportError as err:
-                raise ValueError(f"{args.study}: this installation cannot read a study's cases "
+                raise UsageError(f"{args.study}: this installation cannot read a study's cases "
                                  f"(lesionlab.study.export.cases_frame is unavailable: {err}); pass --cases "
                                  "CASES.csv") from None
             cases, where = check_cases(cases_frame(args.study), str(args.study)), f"study {args.study}"
@@ -187,12 +188,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         observed = None
         if args.components is not None:
             if args.pilot is not None:
-                raise ValueError("give a pilot export or --components, not both")
+                raise UsageError("give a pilot export or --components, not both")
             if args.pilot_cases is None:
-                raise ValueError("--components needs --pilot-cases K: the number of cases the covariances belong to")
+                raise UsageError("--components needs --pilot-cases K: the number of cases the covariances belong to")
             values = [float(v) for v in args.components.split(",")]
             if len(values) != 5:
-                raise ValueError("--components takes five numbers: var_TR,Var,Cov1,Cov2,Cov3")
+                raise UsageError("--components takes five numbers: var_TR,Var,Cov1,Cov2,Cov3")
             comps = VarianceComponents(*values, n_cases=args.pilot_cases, fom=args.fom, source="given")
         elif args.pilot is not None:
             from lesionlab.study.answers import load_answers
@@ -200,10 +201,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             answers = load_answers(args.pilot, study=args.study, drop_incomplete=args.drop_incomplete)
             comps, observed = components_from_answers(answers, args.fom, args.arms)
         else:
-            raise ValueError("give a pilot export (PILOT) or the variance components (--components, --pilot-cases)")
+            raise UsageError("give a pilot export (PILOT) or the variance components (--components, --pilot-cases)")
         if args.effect == "observed":
             if observed is None:
-                raise ValueError("--effect observed needs a pilot export")
+                raise UsageError("--effect observed needs a pilot export")
             effect = observed
         else:
             effect = float(args.effect)

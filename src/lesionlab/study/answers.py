@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from lesionlab.classes import CLASS_CODES, MALIGNANT_CODES
+from lesionlab.core.errors import MissingFileError
 from lesionlab.study.analysis_errors import ExportError
 from lesionlab.study.columns import ARMS, BOOL_COLUMNS, DESIGNS, EXPORT_COLUMNS, MODEL_PROB_COLUMNS
 
@@ -72,7 +73,7 @@ def read_export(path: str | Path) -> pd.DataFrame:
     """An export file as a text DataFrame (CSV, or JSON records: a list of objects or ``{"answers": [...]}``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"answer export not found: {path}")
+        raise MissingFileError(f"answer export not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         try:

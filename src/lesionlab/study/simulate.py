@@ -35,6 +35,7 @@ from scipy import special as spspecial
 from scipy import stats as sps
 
 from lesionlab.classes import CLASS_CODES, MALIGNANT_CODES
+from lesionlab.core.errors import MissingFileError
 from lesionlab.study.analysis_errors import ExportError, StudyAnalysisError
 from lesionlab.study.columns import DESIGNS, EXPORT_COLUMNS, MODEL_PROB_COLUMNS
 
@@ -252,7 +253,7 @@ def read_cases(path: str | Path) -> pd.DataFrame:
     """A case table (``case, image_id, truth, model_p_<code> x7``, optional ``model_run``), checked."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"case table not found: {path}")
+        raise MissingFileError(f"case table not found: {path}")
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
