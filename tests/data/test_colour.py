@@ -9,7 +9,7 @@ import torch
 from lesionlab.config import AugmentConfig, ConfigError, load_config
 from lesionlab.data.colour import ColourError, ShadesOfGray, illuminant, shades_of_gray
 from lesionlab.data.corruptions import CorruptionError, RandomCorruption
-from lesionlab.data.transforms import Preprocessing, build_eval_transform, build_train_transform, seeded
+from lesionlab.data.transforms import Preprocessing, build_train_transform, seeded
 
 
 def scene(seed: int = 0, size: int = 48) -> np.ndarray:
@@ -60,7 +60,7 @@ def test_preprocessing_carries_colour_constancy_and_old_runs_still_load() -> Non
     record = pre.to_dict()
     assert record["colour_constancy"] == "shades_of_gray" and Preprocessing.from_dict(record) == pre
     plain = Preprocessing(size=(48, 48))
-    assert set(plain.to_dict()) == {"size", "resize", "mean", "std"}  # runs without it are written as before
+    assert set(plain.to_dict()) == {"size", "resize", "mean", "std", "source_size"}  # written as before
     assert Preprocessing.from_dict(plain.to_dict()) == plain
     with pytest.raises(ValueError, match="expected"):
         Preprocessing.from_dict({**record, "gamma": 2})
@@ -79,12 +79,12 @@ def test_train_and_eval_pipelines_order_corruption_then_colour_constancy() -> No
                         shear=0, translate=0)
     train = build_train_transform(aug, pre)
     kinds = [type(t).__name__ for t in train.transforms]
-    assert kinds.index("RandomCorruption") < kinds.index("ShadesOfGray") < kinds.index("ToDtype")
-    assert "ShadesOfGray" in [type(t).__name__ for t in build_eval_transform(pre).transforms]
+    assert kinds[-2] == "RandomCorruption" and train.transforms[-1] == pre.normalize  # corrupt, then the contract
+    steps = [type(t).__name__ for t in pre._normalize.transforms]
+    assert steps.index("ShadesOfGray") < steps.index("ToDtype")  # colour constancy on uint8, before scaling
     x = torch.from_numpy(scene(5).transpose(2, 0, 1).copy())
     assert torch.equal(seeded(train, x, 9), seeded(train, x, 9))
-    no_aug = build_train_transform(AugmentConfig(enabled=False), pre)
-    assert "ShadesOfGray" in [type(t).__name__ for t in no_aug.transforms]
+    assert build_train_transform(AugmentConfig(enabled=False), pre) == pre.normalize
 
 
 def test_augment_config_corruption_options() -> None:

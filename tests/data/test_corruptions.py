@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lesionlab.data.corruption_ops import disk_kernel, motion_kernel, zoom_factors
 from lesionlab.data.corruptions import (
     CORRUPTION_NAMES,
     CORRUPTIONS,
@@ -17,12 +18,9 @@ from lesionlab.data.corruptions import (
     corrupt,
     corruption_seed,
     describe,
-    disk_kernel,
     gallery,
-    motion_kernel,
     parse_corruptions,
     parse_severities,
-    zoom_factors,
 )
 from lesionlab.data.transforms import seeded
 

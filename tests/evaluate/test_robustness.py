@@ -19,11 +19,11 @@ from lesionlab.evaluate.robustness import (
     cell_scores,
     cells_frame,
     comparable,
-    heatmap_figure,
     load_reference,
     reference_record,
     summarise,
 )
+from lesionlab.evaluate.robustness_report import heatmap_figure
 
 
 def _cell(name: str, severity: int, ba: float) -> dict:

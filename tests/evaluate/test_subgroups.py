@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from lesionlab.classes import CLASS_CODES
-from lesionlab.evaluate.metrics import balanced_accuracy
+from lesionlab.core.metrics import balanced_accuracy
 from lesionlab.evaluate.report import run_report
 from lesionlab.evaluate.subgroups import (
     age_band,

@@ -12,9 +12,9 @@ import yaml
 
 from lesionlab.cli import main
 from lesionlab.config import ConfigError
-from lesionlab.experiments.api import prepare_grid
 from lesionlab.experiments.grid import load_grid
 from lesionlab.experiments.plan import expand
+from lesionlab.experiments.runner import prepare_grid
 from lesionlab.experiments.selection import (
     TestRescoreError,
     check_test_once,

@@ -40,19 +40,19 @@ def register(subparsers: Any) -> None:
     gal.add_argument("--seed", type=int, default=0)
     gal.add_argument("--scale", type=int, default=0, help="enlarge each tile (0: 2x below 96 px, else 1x)")
     gal.add_argument("--out", type=Path, default=Path("corruption_gallery.png"), help="PNG to write")
-    gal.add_argument("--debug", action="store_true", help="show tracebacks")
     gal.set_defaults(func=_gallery)
 
 
 def _list(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
-    from lesionlab.data.corruptions import CITATION, REFERENCE_SIZE, describe
+    from lesionlab.core.argparsing import rich_table
+    from lesionlab.data.corruption_ops import REFERENCE_SIZE
+    from lesionlab.data.corruptions import CITATION, describe
 
-    table = Table(title=f"Acquisition corruptions (parameters at {REFERENCE_SIZE} px; {CITATION})")
-    for col in ("name", "family", "what", "severities 1-5", "at other sizes"):
-        table.add_column(col, overflow="fold")
+    columns = ("name", "family", "what", "severities 1-5", "at other sizes")
+    table = rich_table(f"Acquisition corruptions (parameters at {REFERENCE_SIZE} px; {CITATION})", columns,
+                       left=columns, overflow="fold")
     for c in describe():
         table.add_row(c["name"], c["family"], c["summary"], ", ".join(str(v) for v in c["levels"]), c["scaling"])
     Console().print(table)

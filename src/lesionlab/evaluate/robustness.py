@@ -36,9 +36,7 @@ the clean images are scored on the same path and compared with the standard path
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import json
 import time
 from collections.abc import Sequence
@@ -48,12 +46,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from lesionlab.classes import CLASS_CODES
 from lesionlab.core.errors import LesionlabError
-from lesionlab.core.io import atomic_write, atomic_write_json, file_sha256
+from lesionlab.core.io import atomic_write, atomic_write_json, file_sha256, read_json
+from lesionlab.core.metrics import confusion_matrix, per_class_rates
 from lesionlab.data.corruptions import (
     CITATION,
     CORRUPTIONS,
@@ -64,7 +62,8 @@ from lesionlab.data.corruptions import (
     parse_corruptions,
     parse_severities,
 )
-from lesionlab.evaluate.metrics import confusion_matrix, per_class_rates
+from lesionlab.evaluate.robustness_reference import REFERENCE
+from lesionlab.runs import WEIGHTS_FILE, Run, view_averaged_logits
 
 ROBUSTNESS_FILE = "robustness.json"
 CELLS_FILE = "corruptions.csv"
@@ -93,7 +92,8 @@ def cell_scores(y: np.ndarray, logits: np.ndarray, classes: Sequence[str] = CLAS
             "recall": {c: (None if not np.isfinite(v) else float(v)) for c, v in zip(classes, tpr, strict=True)}}
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
+def mean_or_none(values: Sequence[float | None]) -> float | None:
+    """The mean of the defined values (``None`` when there is none)."""
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals else None
 
@@ -131,11 +131,11 @@ def summarise(cells: Sequence[dict[str, Any]], clean: dict[str, Any], classes: S
     per: dict[str, dict[str, Any]] = {}
     for name in names:
         mine = [c for c in cells if c["corruption"] == name]
-        mean_ba = _mean([c["balanced_accuracy"] for c in mine])
+        mean_ba = mean_or_none([c["balanced_accuracy"] for c in mine])
         mean_be = None if mean_ba is None else 1.0 - mean_ba
         drop = None if mean_ba is None or not clean_ba else (clean_ba - mean_ba) / clean_ba
         per[name] = {"family": CORRUPTIONS[name].family, "mean_balanced_accuracy": mean_ba,
-                     "mean_balanced_error": mean_be, "mean_accuracy": _mean([c["accuracy"] for c in mine]),
+                     "mean_balanced_error": mean_be, "mean_accuracy": mean_or_none([c["accuracy"] for c in mine]),
                      "absolute_drop": None if mean_ba is None or clean_ba is None else clean_ba - mean_ba,
                      "relative_drop": drop,
                      "worst_severity": max(mine, key=lambda c: c["balanced_error"] or 0.0)["severity"]}
@@ -144,9 +144,9 @@ def summarise(cells: Sequence[dict[str, Any]], clean: dict[str, Any], classes: S
         **(context or {}),
         "clean_balanced_accuracy": clean_ba, "clean_balanced_error": clean_be,
         "clean_accuracy": clean.get("accuracy"),
-        "mean_corrupted_balanced_accuracy": _mean([p["mean_balanced_accuracy"] for p in per.values()]),
-        "mean_corrupted_accuracy": _mean([p["mean_accuracy"] for p in per.values()]),
-        "mean_relative_drop": _mean(drops),
+        "mean_corrupted_balanced_accuracy": mean_or_none([p["mean_balanced_accuracy"] for p in per.values()]),
+        "mean_corrupted_accuracy": mean_or_none([p["mean_accuracy"] for p in per.values()]),
+        "mean_relative_drop": mean_or_none(drops),
         "worst_corruptions": sorted(names, key=lambda n: -(per[n]["mean_balanced_error"] or 0.0))[:WORST_K],
         "per_corruption": per,
         "clean_recall": clean.get("recall"),
@@ -207,8 +207,6 @@ def cells_frame(block: dict[str, Any]) -> pd.DataFrame:
 def load_reference(path: str | Path | None = None) -> dict[str, Any] | None:
     """A reference run's robustness figures: the shipped default, or any ``robustness.json`` / metrics.json."""
     if path is None:
-        from lesionlab.evaluate.robustness_reference import REFERENCE
-
         return None if REFERENCE is None else dict(REFERENCE, source="lesionlab.evaluate.robustness_reference")
     path = Path(path)
     if path.is_dir():
@@ -216,10 +214,7 @@ def load_reference(path: str | Path | None = None) -> dict[str, Any] | None:
     if not path.is_file():
         raise RobustnessError(f"robustness reference not found: {path} (give a robustness.json written by "
                               "`lesionlab evaluate RUN --corruptions ...`)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RobustnessError(f"{path}: not valid JSON ({err})") from None
+    data = read_json(path, RobustnessError)
     if isinstance(data, dict) and "robustness" in data and "per_corruption" not in data:
         data = data["robustness"]  # a metrics.json
     if not isinstance(data, dict) or "per_corruption" not in data or "clean_balanced_error" not in data:
@@ -247,9 +242,9 @@ def _ids_digest(image_ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(map(str, image_ids)).encode()).hexdigest()[:16]
 
 
-def cache_key(run: Any, image_ids: Sequence[str], name: str, severity: int, seed: int, tta: bool) -> str:
+def cache_key(run: Run, image_ids: Sequence[str], name: str, severity: int, seed: int, tta: bool) -> str:
     """Identity of one cell's logits: weights, preprocessing, images (in order), corruption, seed, TTA."""
-    weights = Path(run.path) / "model.safetensors"
+    weights = Path(run.path) / WEIGHTS_FILE
     parts = {"weights": file_sha256(weights) if weights.is_file() else str(id(run.model)),
              "preprocessing": run.info.get("preprocessing"), "images": _ids_digest(image_ids),
              "corruption": name, "severity": int(severity), "seed": int(seed), "tta": bool(tta),
@@ -280,7 +275,7 @@ def _write_cached(path: Path, key: str, logits: np.ndarray) -> None:
 class _FastPredictor:
     """The run's model in channels-last memory format for the many corrupted copies (float32 as before)."""
 
-    def __init__(self, run: Any, tta: bool, batch_size: int) -> None:
+    def __init__(self, run: Run, tta: bool, batch_size: int) -> None:
         self.run, self.tta, self.batch_size = run, tta, batch_size
         self.channels_last = run.device.type == "cpu"
 
@@ -295,8 +290,6 @@ class _FastPredictor:
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[np.ndarray], metas: Sequence[dict[str, Any]] | None) -> np.ndarray:
-        from lesionlab.runs import view_averaged_logits
-
         out = []
         for start in range(0, len(images), self.batch_size):
             x = self.run.prepare_images(images[start:start + self.batch_size]).to(self.run.device)
@@ -318,7 +311,7 @@ def gallery_index(labels: np.ndarray, classes: Sequence[str] = CLASS_CODES) -> i
     return 0
 
 
-def evaluate_corruptions(run: Any, images: Sequence[np.ndarray], labels: np.ndarray, image_ids: Sequence[str],
+def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndarray, image_ids: Sequence[str],
                          metas: Sequence[dict[str, Any]] | None, out_dir: str | Path,
                          corruptions: str | Sequence[str] = "all", severities: str | Sequence[int] | None = None,
                          seed: int = 0, tta: bool = True, batch_size: int = 64,
@@ -385,130 +378,10 @@ def evaluate_corruptions(run: Any, images: Sequence[np.ndarray], labels: np.ndar
     return block
 
 
-# ------------------------------------------------------------------------------------------- report parts
-
-
-def heatmap_figure(block: dict[str, Any]) -> Figure:
-    """Balanced accuracy per corruption (rows) and severity (columns) plus the mean, against the clean value."""
-    names = list(block["per_corruption"])
-    levels = list(block["severities"])
-    grid = np.full((len(names), len(levels) + 1), np.nan)
-    for c in block["cells"]:
-        v = c["balanced_accuracy"]
-        grid[names.index(c["corruption"]), levels.index(c["severity"])] = np.nan if v is None else v
-    for i, n in enumerate(names):
-        v = block["per_corruption"][n]["mean_balanced_accuracy"]
-        grid[i, -1] = np.nan if v is None else v
-    clean = block.get("clean_balanced_accuracy") or 1.0
-    fig = Figure(figsize=(1.0 * (len(levels) + 1) + 3.2, 0.36 * len(names) + 1.6))
-    ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(np.ma.masked_invalid(grid), cmap="RdYlGn", vmin=0.0, vmax=max(clean, 1e-6), aspect="auto")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="balanced accuracy")
-    ax.set_xticks(range(len(levels) + 1), [*(str(s) for s in levels), "mean"])
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("severity")
-    ax.axvline(len(levels) - 0.5, color="black", lw=1)
-    for i in range(grid.shape[0]):
-        for j in range(grid.shape[1]):
-            v = grid[i, j]
-            ax.text(j, i, "n/a" if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
-    ax.set_title(f"Balanced accuracy on the corrupted test split (clean {clean:.3f})")
-    fig.tight_layout()
-    return fig
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return "n/a"
-    return f"{float(v):.{digits}f}"
-
-
-def headline_text(block: dict[str, Any]) -> str:
-    """One line for the model card and the console."""
-    norm = block.get("normalised") or {}
-    text = (f"mean relative drop {_fmt(block.get('mean_relative_drop'))} of clean balanced accuracy "
-            f"{_fmt(block.get('clean_balanced_accuracy'))} under {len(block['per_corruption'])} corruptions x "
-            f"{len(block['severities'])} severities (mean corrupted balanced accuracy "
-            f"{_fmt(block.get('mean_corrupted_balanced_accuracy'))}); worst: {', '.join(block['worst_corruptions'])}")
-    if norm.get("relative_balanced_error") is not None:
-        text += (f"; against {norm['reference'].get('name')}: relative balanced error "
-                 f"{_fmt(norm['relative_balanced_error'])}, balanced error {_fmt(norm.get('balanced_error'))}")
-    elif norm.get("undefined"):
-        text += f"; not normalised ({norm['undefined']})"
-    return text
-
-
-def report_tables(block: dict[str, Any], classes: Sequence[str] = CLASS_CODES) -> list[Any]:
-    """The report's robustness tables: per corruption, and per-class recall under the worst corruptions."""
-    from lesionlab.evaluate.report import Table
-
-    norm = block.get("normalised") or {}
-    norm_per = norm.get("per_corruption") or {}
-    rows = []
-    for name, p in block["per_corruption"].items():
-        cells = {c["severity"]: c["balanced_accuracy"] for c in block["cells"] if c["corruption"] == name}
-        rows.append([name, p["family"], *(_fmt(cells.get(s)) for s in block["severities"]),
-                     _fmt(p["mean_balanced_error"]), _fmt(p["relative_drop"]),
-                     _fmt((norm_per.get(name) or {}).get("relative_balanced_error"))])
-    rows.append(["mean", "", *("" for _ in block["severities"]), _fmt(_mean(
-        [p["mean_balanced_error"] for p in block["per_corruption"].values()])), _fmt(block["mean_relative_drop"]),
-        _fmt(norm.get("relative_balanced_error"))])
-    note = (f"Balanced accuracy per severity, balanced error (1 - balanced accuracy) and relative drop "
-            f"((clean - corrupted) / clean balanced accuracy) averaged over severities. Clean balanced accuracy "
-            f"{_fmt(block['clean_balanced_accuracy'])} on the same images and path. Corruptions after MedMNIST-C "
-            f"({CITATION}), scaled to the {block.get('image_size')} input; seed {block.get('seed')}. ")
-    if norm.get("relative_balanced_error") is not None:
-        note += (f"nRBE: drop relative to the reference {norm['reference'].get('name')} (1 = as robust; 0.5 = half "
-                 f"its drop); overall normalised balanced error {_fmt(norm.get('balanced_error'))}.")
-    else:
-        note += f"Not normalised: {norm.get('undefined')}."
+def clean_check_warnings(block: dict[str, Any]) -> list[str]:
+    """The evaluation warning when the benchmark's fast inference path disagrees with the standard one."""
     check = block.get("clean_check") or {}
-    if "argmax_agreement" in check:
-        note += (f" The {check['path']} inference path agrees with the standard one on "
-                 f"{100 * check['argmax_agreement']:.1f}% of the clean images.")
-    per = Table("Corrupted test split: balanced accuracy per corruption and severity", "table-corruptions",
-                ["corruption", "family", *(f"s{s}" for s in block["severities"]), "mean BE", "relative drop", "nRBE"],
-                rows, note)
-    recall_rows = [["clean", *(_fmt((block.get("clean_recall") or {}).get(c)) for c in classes)]]
-    for name in block["worst_corruptions"]:
-        mine = [c for c in block["cells"] if c["corruption"] == name]
-        recall_rows.append([f"{name} (mean over severities)",
-                            *(_fmt(_mean([c["recall"].get(k) for c in mine])) for k in classes)])
-        top = max(mine, key=lambda c: c["severity"])
-        recall_rows.append([f"{name} (severity {top['severity']})", *(_fmt(top["recall"].get(k)) for k in classes)])
-    worst = Table("Per-class recall under the worst corruptions", "table-corruption-recall", ["condition", *classes],
-                  recall_rows, "Recall (sensitivity) of each class: which diagnoses the worst corruptions cost.")
-    return [per, worst]
-
-
-def report_plots(block: dict[str, Any], gallery_png: bytes | None = None) -> list[Any]:
-    """The heatmap (and the gallery, when its PNG is given; embedded as JPEG to keep the page small)."""
-    from lesionlab.evaluate.report import Plot, png_data_uri
-
-    plots = [Plot("Corrupted test split", "fig-corruptions", png_data_uri(heatmap_figure(block)),
-                  "heatmap of balanced accuracy per corruption and severity", headline_text(block))]
-    if gallery_png:
-        from PIL import Image
-
-        buf = io.BytesIO()
-        with Image.open(io.BytesIO(gallery_png)) as img:
-            img.convert("RGB").save(buf, format="JPEG", quality=88)
-        uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-        g = block.get("gallery") or {}
-        plots.append(Plot("Corruption gallery", "fig-corruption-gallery", uri,
-                          "one test image under every corruption and severity",
-                          f"image {g.get('image_id')} ({g.get('class')}); full resolution in {GALLERY_FILE}"))
-    return plots
-
-
-def card_summary(block: dict[str, Any]) -> dict[str, Any]:
-    """What ``model_card.json`` keeps: the headline figures and their definitions."""
-    norm = block.get("normalised") or {}
-    return {"headline": headline_text(block), "mean_relative_drop": block.get("mean_relative_drop"),
-            "clean_balanced_accuracy": block.get("clean_balanced_accuracy"),
-            "mean_corrupted_balanced_accuracy": block.get("mean_corrupted_balanced_accuracy"),
-            "worst_corruptions": block.get("worst_corruptions"),
-            "normalised_relative_balanced_error": norm.get("relative_balanced_error"),
-            "normalised_balanced_error": norm.get("balanced_error"), "reference": norm.get("reference"),
-            "corruptions": block.get("corruptions"), "severities": block.get("severities"),
-            "citation": block.get("citation")}
+    if check.get("argmax_agreement", 1.0) >= 1.0:
+        return []
+    return [f"the corruption benchmark's {check['path']} inference path disagrees with the standard path on "
+            f"{100 * (1 - check['argmax_agreement']):.1f}% of the clean images"]

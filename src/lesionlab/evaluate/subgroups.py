@@ -37,7 +37,8 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from lesionlab.classes import CLASS_CODES, MALIGNANT_CODES
-from lesionlab.evaluate.metrics import balanced_accuracy
+from lesionlab.core.metrics import balanced_accuracy
+from lesionlab.evaluate.document import Table
 from lesionlab.evaluate.stats import holm_adjust
 
 #: Age bands (lower bound inclusive, upper exclusive), in years; missing ages form the band "unknown".
@@ -234,10 +235,16 @@ def summary_text(block: dict[str, Any]) -> str:
     return text + ("flagged " + ", ".join(flagged) if flagged else "none flagged")
 
 
-def report_tables(block: dict[str, Any]) -> list[Any]:
-    """One report table per attribute."""
-    from lesionlab.evaluate.report import Table
+def subgroup_warnings(block: dict[str, Any]) -> list[str]:
+    """One evaluation warning per flagged subgroup, with the figures that flagged it."""
+    return [f"subgroup {g['attribute']}={g['level']} ({g['n']} images): balanced accuracy "
+            f"{g['group_balanced_accuracy_shared']:.3f} is significantly below the rest's "
+            f"{g['rest_balanced_accuracy_shared']:.3f} on the same classes (Holm-adjusted p {g['p_holm']:.3g})"
+            for g in block["groups"] if g["flagged"]]
 
+
+def report_tables(block: dict[str, Any]) -> list[Table]:
+    """One report table per attribute."""
     tables = []
     titles = {"sex": "sex", "age_band": "age band (years)", "site": "body site"}
     for attribute in block.get("attributes") or ATTRIBUTES:

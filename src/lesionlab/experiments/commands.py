@@ -13,6 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from lesionlab.core.argparsing import rich_table
+
 
 def register(subparsers: Any) -> None:
     """Add the ``experiment`` command."""
@@ -37,7 +39,6 @@ def register(subparsers: Any) -> None:
                    help="with a select section: score the test split for a new choice although another choice's "
                         "final run has scored it already (recorded)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.set_defaults(func=_main)
 
 
@@ -56,25 +57,22 @@ def _plan_table(plan: list, label_names: list[str]) -> Table:
 
 
 def _frame_table(title: str, frame: Any) -> Table:
-    table = Table(title=title)
-    table.add_column(str(frame.index.name or ""))
-    for col in frame.columns:
-        table.add_column(str(col), justify="right")
+    index = str(frame.index.name or "")
+    table = rich_table(title, [index, *map(str, frame.columns)], left=[index])
     for idx, row in frame.iterrows():
         table.add_row(str(idx), *[str(v) for v in row.tolist()])
     return table
 
 
 def _aggregate(cfg: Any, plan: list, console: Console, base: dict | None = None) -> None:
-    from lesionlab.experiments.api import aggregate_grid
+    from lesionlab.experiments.runner import aggregate_grid
 
     tables, paths = aggregate_grid(cfg, plan, base)
     for title, frame in tables.tables.items():
         console.print(_frame_table(title, frame))
     if not tables.tests_table.empty:
-        t = Table(title="Mann-Whitney U tests (Holm-adjusted within each compared axis)")
-        for col in ("test", "n", "U", "p", "p_holm", "r"):
-            t.add_column(col, justify="right" if col != "test" else "left")
+        t = rich_table("Mann-Whitney U tests (Holm-adjusted within each compared axis)",
+                       ("test", "n", "U", "p", "p_holm", "r"), left=["test"])
         for test in tables.tests:
             t.add_row(test.label, " vs ".join(str(v) for v in test.n.values()), f"{test.statistic:.1f}",
                       f"{test.p_value:.3g}", f"{test.detail['p_holm']:.3g}",
@@ -88,10 +86,9 @@ def _aggregate(cfg: Any, plan: list, console: Console, base: dict | None = None)
 
 
 def _main(args: argparse.Namespace) -> int:
-    from lesionlab.experiments.api import prepare_grid
     from lesionlab.experiments.grid import load_grid
     from lesionlab.experiments.plan import expand
-    from lesionlab.experiments.runner import execute_local, pending_runs, write_commands, write_slurm
+    from lesionlab.experiments.runner import execute_local, pending_runs, prepare_grid, write_commands, write_slurm
 
     console = Console()
     cfg, base = load_grid(args.grid, args.overrides)
@@ -131,9 +128,8 @@ def _main(args: argparse.Namespace) -> int:
         results += _final(cfg, plan, base, args, console)
         failed = [r for r in results if not r.ok]
     if failed:
-        table = Table(title=f"[red]{len(failed)} of {len(results)} runs failed[/] (the others were kept)")
-        for col in ("run id", "exit status", "log"):
-            table.add_column(col)
+        cols = ("run id", "exit status", "log")
+        table = rich_table(f"[red]{len(failed)} of {len(results)} runs failed[/] (the others were kept)", cols, cols)
         for r in failed:
             table.add_row(r.job_id, str(r.returncode), str(r.log))
         console.print(table)

@@ -7,15 +7,12 @@ typo in a 160-run GPU grid is caught before the first run rather than silently t
 
 from __future__ import annotations
 
-import difflib
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from lesionlab.config import ConfigError, RunConfig, Strict, apply_overrides, build_config, read_yaml
+from lesionlab.config import ConfigError, RunConfig, Strict, apply_overrides, build_config, near_matches, read_yaml
 
 #: Label columns the repeat dimension adds next to the axes; axis names may not reuse them.
 REPEAT_LABELS = ("seed", "fold")
@@ -184,41 +181,6 @@ def override_strings(overrides: dict[str, Any]) -> list[str]:
     return [f"{key}={json.dumps(value, default=str)}" for key, value in overrides.items()]
 
 
-def _suggest(key: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(key, options, n=3)
-    return f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(sorted(options))}"
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside ``Model``, ``Model | None`` or ``list[Model]``, if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType, list):
-        for arg in typing.get_args(annotation):
-            found = _model_in(arg)
-            if found is not None:
-                return found
-    return None
-
-
-def check_keys(model: type[BaseModel], data: Any, where: str, prefix: str = "") -> None:
-    """Reject unknown keys at any depth (also inside lists of sections), naming the file and the dotted key."""
-    if isinstance(data, list):
-        for i, item in enumerate(data):
-            check_keys(model, item, where, f"{prefix[:-1]}[{i}].")
-        return
-    if not isinstance(data, dict):
-        return
-    fields = model.model_fields
-    for key, value in data.items():
-        if key not in fields:
-            raise ConfigError(f"{where}: unknown key '{prefix}{key}'{_suggest(str(key), list(fields))}")
-        inner = _model_in(fields[key].annotation)
-        if inner is not None:
-            check_keys(inner, value, where, f"{prefix}{key}.")
-
-
 def base_dict(cfg: ExperimentConfig, grid_path: Path | None) -> dict[str, Any]:
     """The grid's base run config as a raw dict: ``base_config`` file (if any) with ``base`` applied on top."""
     data: dict[str, Any] = {}
@@ -257,15 +219,15 @@ def validate_grid(cfg: ExperimentConfig, where: str, base: dict[str, Any]) -> No
     for field in ("rows", "columns", "pages"):
         for axis in getattr(cfg.report, field):
             if axis not in names:
-                raise ConfigError(f"{where}: report.{field} names unknown axis '{axis}'{_suggest(axis, known)}")
+                raise ConfigError(f"{where}: report.{field} names unknown axis '{axis}'{near_matches(axis, known)}")
     for i, spec in enumerate(cfg.compare):
         if spec.axis not in names:
-            raise ConfigError(f"{where}: compare[{i}].axis: unknown axis '{spec.axis}'{_suggest(spec.axis, names)}")
+            raise ConfigError(f"{where}: compare[{i}].axis: unknown axis '{spec.axis}'{near_matches(spec.axis, names)}")
         for a, b in spec.pairs or []:
             for level in (a, b):
                 if level not in cfg.axes[spec.axis]:
                     raise ConfigError(f"{where}: compare[{i}].pairs: '{level}' is not a level of axis "
-                                      f"'{spec.axis}'{_suggest(level, list(cfg.axes[spec.axis]))}")
+                                      f"'{spec.axis}'{near_matches(level, list(cfg.axes[spec.axis]))}")
 
 
 def _keep_order(new: Any, original: Any) -> Any:
@@ -285,8 +247,7 @@ def load_grid(path: str | Path, overrides: list[str] | None = None) -> tuple[Exp
     path = Path(path)
     raw = read_yaml(path)
     data = _keep_order(apply_overrides(raw, overrides or [], where=f"{path} (overrides)"), raw)
-    check_keys(ExperimentConfig, data, str(path))
-    cfg: ExperimentConfig = build_config(ExperimentConfig, data, where=str(path))
+    cfg: ExperimentConfig = build_config(ExperimentConfig, data, where=str(path), unknown="unknown key")
     base = base_dict(cfg, path)
     build_config(RunConfig, base, where=f"{path}: base")
     validate_grid(cfg, str(path), base)

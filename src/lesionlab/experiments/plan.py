@@ -15,12 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lesionlab.config import ConfigError, RunConfig, apply_overrides, build_config
+from lesionlab.config import ConfigError, RunConfig, apply_overrides, build_config, computation_dict
 from lesionlab.experiments.grid import ExperimentConfig, flatten, override_strings
-
-#: Settings that change where or how fast a run executes but not what it computes; left out of the run id so that
-#: moving a grid to a GPU machine or another cache still finds its finished runs.
-EXECUTION_ONLY: tuple[tuple[str, str], ...] = (("data", "cache_dir"), ("train", "device"), ("train", "num_workers"))
 
 RUNS_DIR = "runs"
 CONFIGS_DIR = "configs"
@@ -97,16 +93,14 @@ def _slug(text: str) -> str:
 
 
 def config_hash(cfg: RunConfig, fold_token: str | None = None) -> str:
-    """Hash of what a run computes: the resolved config minus its name, output dir and execution-only settings.
+    """Hash of what a run computes: the resolved config without the execution-only settings (name, output dir,
+    cache, device, workers: :data:`lesionlab.config.EXECUTION_ONLY`), so a grid moved to a GPU machine or another
+    cache still finds its finished runs.
 
     For k-fold runs the split path (which lives under the output dir) is replaced by a token naming the fold, so
     the id does not depend on where the grid writes its outputs.
     """
-    data = cfg.model_dump(mode="json")
-    data.pop("name", None)
-    data.pop("output_dir", None)
-    for section, key in EXECUTION_ONLY:
-        data.get(section, {}).pop(key, None)
+    data = computation_dict(cfg)
     if fold_token is not None:
         data["data"]["split"] = fold_token
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))

@@ -19,7 +19,7 @@ re-choosing after seeing a test score turns the test split into a selection set.
 
 from __future__ import annotations
 
-import json
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,13 +30,18 @@ import pandas as pd
 
 from lesionlab.config import ConfigError, RunConfig, apply_overrides, build_config
 from lesionlab.core.errors import LesionlabError
-from lesionlab.core.io import atomic_write_json, atomic_write_text
+from lesionlab.core.io import atomic_write_json, atomic_write_text, read_json
+from lesionlab.experiments.aggregate import Tables, markdown_table
 from lesionlab.experiments.grid import ExperimentConfig, override_strings
 from lesionlab.experiments.plan import EVAL_DIR, PlannedRun, _merge_levels, _slug, config_hash
 
 SELECTION_FILE = "selection.json"
 SELECTION_MARKDOWN = "selection.md"
 FINAL_DIR = "final"
+
+
+class SelectionError(LesionlabError, ValueError):
+    """A selection input (a final run's metrics) that cannot be read; the message names the file."""
 
 
 class TestRescoreError(LesionlabError, ValueError):
@@ -113,8 +118,6 @@ def select(results: pd.DataFrame, cfg: ExperimentConfig) -> Selection:
 
 
 def _combos(cfg: ExperimentConfig) -> list[tuple[str, ...]]:
-    import itertools
-
     return list(itertools.product(*[list(levels) for levels in cfg.axes.values()])) or [()]
 
 
@@ -164,12 +167,7 @@ def check_test_once(output_dir: Path, final: PlannedRun, allow_rescore: bool = F
 def final_metrics(final: PlannedRun) -> dict[str, Any] | None:
     """The final run's test metrics (None until it is evaluated)."""
     path = final.eval_dir / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_json(path, SelectionError) if path.is_file() else None
 
 
 def formatted_table(sel: Selection, axes: Sequence[str], decimals: int = 4) -> pd.DataFrame:
@@ -216,13 +214,11 @@ def selection_record(sel: Selection, cfg: ExperimentConfig, final: PlannedRun | 
 
 def selection_markdown(record: dict[str, Any], table: pd.DataFrame) -> str:
     """``selection.md``: the ranking and the one test score, readable."""
-    from lesionlab.experiments.aggregate import markdown_table
-
     parts = [f"# Selection by cross-validation: grid `{record['grid']}`", "",
              f"{record['folds']} folds ({record['cross_validation']}), fold seed {record['fold_seed']}; conditions "
              f"ranked by the mean {record['metric']} over the folds ({record['mode']}).", ""]
     if not table.empty:
-        parts += [markdown_table(table), ""]
+        parts += [markdown_table(table, "Ranking"), ""]
     final = record.get("final")
     if record.get("chosen") is None:
         parts.append("No condition has all its folds yet.")
@@ -247,3 +243,23 @@ def write_selection(record: dict[str, Any], table: pd.DataFrame, output_dir: Pat
     """Write ``selection.json`` and ``selection.md`` into the grid's output dir."""
     return [atomic_write_json(Path(output_dir) / SELECTION_FILE, record),
             atomic_write_text(Path(output_dir) / SELECTION_MARKDOWN, selection_markdown(record, table))]
+
+
+def write_selection_tables(cfg: ExperimentConfig, results: pd.DataFrame, base: dict[str, Any] | None,
+                           tables: Tables) -> list[Path]:
+    """Rank the conditions by their CV score into ``tables`` and write selection.json / selection.md.
+
+    ``base``, the grid's base config, names the final run (so its test score is read once it exists).
+    """
+    sel = select(results, cfg)
+    final = final_run(cfg, base, sel.chosen) if sel.chosen is not None and base is not None else None
+    table = formatted_table(sel, cfg.axis_names)
+    if not table.empty:
+        tables.tables[f"selection by {cfg.repeat.folds}-fold cross-validation on train + val ({sel.metric})"] = table
+    tables.notes.extend(sel.notes)
+    record = selection_record(sel, cfg, final)
+    if final is not None and (record["final"] or {}).get("test"):
+        t = record["final"]["test"]
+        tables.notes.append(f"final run {final.run_id} (chosen by CV, trained on the base split), test scored once: "
+                            f"accuracy {_fmt(t.get('accuracy'))}, balanced accuracy {_fmt(t.get('balanced_accuracy'))}")
+    return write_selection(record, table, cfg.output_dir)
