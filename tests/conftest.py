@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from PIL import Image
+
+from lesionlab.core.io import atomic_write, atomic_write_text
+from lesionlab.data.synthetic import GENERATOR_VERSION, generate_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LESIONLAB_SHARED", REPO.parent / "shared"))
@@ -40,3 +48,58 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ.pop("LESIONLAB_CACHE", None)
     else:
         os.environ["LESIONLAB_CACHE"] = old
+
+
+def _write_synthetic(out_dir: str | Path, n: int = 700, seed: int = 0, size: int = 64, quality: int = 95) -> Path:
+    """Write a SYNTHETIC set in the HAM10000 layout: ``HAM10000_metadata.csv`` + ``images/SYN_*.jpg`` + README.
+
+    Returns the metadata CSV path. Open it with ``source: ham10000``; the ``dx_type`` column keeps it labelled
+    synthetic.
+    """
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    meta, images = generate_synthetic(n, seed, size)
+    for image_id, pixels in zip(meta["image_id"], images, strict=True):
+        Image.fromarray(pixels).save(out / "images" / f"{image_id}.jpg", quality=quality)
+    atomic_write_text(out / "README.txt", f"SYNTHETIC lesion-like images made by lesionlab (seed {seed}, n={n}, "
+                      f"{size}x{size} px, generator v{GENERATOR_VERSION}).\nThey are NOT dermoscopy images and must "
+                      "never be used to judge a model's clinical performance.\n")
+    return atomic_write(out / "HAM10000_metadata.csv", lambda tmp: meta.to_csv(tmp, index=False))
+
+
+@pytest.fixture(scope="session")
+def write_synthetic() -> Callable[..., Path]:
+    """Writes a SYNTHETIC set in the HAM10000 layout (files, not the in-memory source) into a folder."""
+    return _write_synthetic
+
+
+@contextmanager
+def _serve_in_thread(app: Any, host: str = "127.0.0.1", startup_timeout: float = 30.0) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a daemon thread; yields its base URL and stops it on exit."""
+    import uvicorn
+
+    from lesionlab.serve.bench import free_port
+
+    port = free_port(host)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"the server on {host}:{port} stopped during start-up (port in use?)")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the server on {host}:{port} did not start within {startup_timeout:g} s")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def serve_in_thread() -> Callable[..., Any]:
+    """A context manager running an app under uvicorn in a thread (yields its base URL)."""
+    return _serve_in_thread

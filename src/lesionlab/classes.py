@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lesionlab.core.errors import LesionlabError
+
 
 @dataclass(frozen=True)
 class LesionClass:
@@ -41,7 +43,7 @@ ISIC_COLUMNS: dict[str, str] = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC":
 _BY_CODE = {c.code: c for c in CLASSES}
 
 
-class UnknownClassError(ValueError):
+class UnknownClassError(LesionlabError, ValueError):
     """A label that is not one of the seven lesion classes."""
 
 
@@ -56,13 +58,6 @@ def by_code(code: str) -> LesionClass:
 def index_of(code: str) -> int:
     """The label index (0-6) of a diagnosis code."""
     return by_code(code).index
-
-
-def code_of(index: int) -> str:
-    """The diagnosis code of a label index."""
-    if not 0 <= int(index) < NUM_CLASSES:
-        raise UnknownClassError(f"label index {index} out of range 0..{NUM_CLASSES - 1}")
-    return CLASSES[int(index)].code
 
 
 def check_class_order(codes: list[str] | tuple[str, ...], where: str = "") -> None:

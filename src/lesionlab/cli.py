@@ -1,8 +1,9 @@
-"""The one command line: ``lesionlab <command>``.
+"""The one command line: ``lesionlab [--debug] <command>``.
 
 Thin by design: each concern registers its own sub-commands from a ``commands`` module (argument parsing and
-printing only) and calls pure functions of its package. Command modules are imported lazily by name so that
-``lesionlab --help`` stays fast and one broken optional part cannot break the others.
+printing only) and calls pure functions of its package. The conventions every command follows (RUN first,
+positional ``key=value`` overrides, one meaning per flag, the project's errors as one line and everything else with
+its traceback, ``--debug``, deprecated spellings): docs/ARCHITECTURE.md, "Command line" and "Errors".
 """
 
 from __future__ import annotations
@@ -11,55 +12,45 @@ import argparse
 import importlib
 import sys
 
-# (module, what it adds) - each module defines ``register(subparsers)``.
+from lesionlab.core.argparsing import add_everywhere, parse_args, run_command
+from lesionlab.core.version import __version__
+
+# Each module defines ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
-    "lesionlab.data.commands",      # data summary | audit | split | cache
-    "lesionlab.models.commands",    # models
-    "lesionlab.train.commands",     # train
-    "lesionlab.evaluate.commands",  # evaluate, report, compare
+    "lesionlab.data.commands",         # data summary | audit | split | cache
+    "lesionlab.data.corruption_commands",  # corruptions list | gallery
+    "lesionlab.models.commands",       # models
+    "lesionlab.train.commands",        # train, train-bench
+    "lesionlab.evaluate.commands",     # evaluate, report, compare
     "lesionlab.experiments.commands",  # experiment
-    "lesionlab.serve.commands",     # serve, export, predict
-    "lesionlab.demo",               # demo
-    "lesionlab.study.commands",     # study (reader studies)
-    "lesionlab.synth.commands",     # synth train | sample | traverse | evaluate
+    "lesionlab.serve.commands",        # serve, export, predict, serve-bench
+    "lesionlab.study.commands",        # study (reader studies)
+    "lesionlab.synth.commands",        # synth train | sample | traverse | evaluate
+    "lesionlab.demo",                  # demo
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full parser, with every available command module registered."""
-    from lesionlab import __version__
-
+    """The full parser, with every command module registered (imported here, so ``import lesionlab.cli`` is light)."""
     parser = argparse.ArgumentParser(prog="lesionlab", description="Dermoscopy lesion classification toolkit.")
     parser.add_argument("--version", action="version", version=f"lesionlab {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error, also expected ones")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name and name.startswith(err.name):  # that part is not built yet; other import errors are real
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
+    # `lesionlab <command> ... --debug` means the same as `lesionlab --debug <command> ...`
+    add_everywhere(sub, "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: parse, dispatch to the command's ``func``, turn expected errors into one clear line."""
+    """Entry point: parse, dispatch to the command's ``func``, turn the project's errors into one clear line."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        if getattr(args, "debug", False):
-            raise
-        print(f"lesionlab {args.command}: error: {err}", file=sys.stderr)
-        return 1
+    return run_command(args, args.command)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,18 @@ Unknown keys are errors (with a near-match suggestion) so that a typo never sile
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lesionlab.core.errors import LesionlabError
+from lesionlab.core.paths import cache_dir as default_cache_dir  # noqa: F401  (the old name, re-exported)
 
-class ConfigError(ValueError):
+
+class ConfigError(LesionlabError, ValueError):
     """A configuration file or override that cannot be used; the message names the file and key."""
 
 
@@ -21,13 +25,6 @@ class Strict(BaseModel):
     """Base for every config section: unknown keys are rejected."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
-
-
-def default_cache_dir() -> Path:
-    """Where decoded images and embeddings are cached unless configured (``LESIONLAB_CACHE`` overrides)."""
-    import os
-
-    return Path(os.environ.get("LESIONLAB_CACHE", Path.home() / ".cache" / "lesionlab"))
 
 
 class DataConfig(Strict):
@@ -53,6 +50,9 @@ class DataConfig(Strict):
     synthetic_n: int = Field(700, ge=14)
     synthetic_seed: int = 0
     synthetic_size: int = Field(64, ge=16)
+    # Part of the run's preprocessing (train, evaluate, serve): none, or shades_of_gray (lesionlab.data.colour).
+    colour_constancy: Literal["none", "shades_of_gray"] = "none"
+    colour_constancy_power: float = Field(6.0, ge=1.0)  # Minkowski p of Shades of Gray (6: Barata et al. 2015)
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -83,6 +83,23 @@ class AugmentConfig(Strict):
     saturation: float = 0.1
     hue: float = 0.02
     blur_p: float = 0.1
+    # Acquisition corruptions (lesionlab.data.corruptions, MedMNIST-C): names or ["all"]; empty: off.
+    corruptions: list[str] = []
+    corruption_p: float | None = Field(None, ge=0.0, le=1.0)  # None: n / (n + 1), as MedMNIST-C's augmentation
+    corruption_severity: tuple[int, int] = (1, 5)  # severities drawn uniformly from this range
+
+    @field_validator("corruptions", mode="before")
+    @classmethod
+    def _corruption_list(cls, v: Any) -> Any:
+        # YAML and key=value overrides: "all" or "pixelate,motion_blur" as one string
+        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
+
+    @field_validator("corruption_severity")
+    @classmethod
+    def _severity_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1] <= 5:
+            raise ValueError(f"must be (low, high) with 1 <= low <= high <= 5, got {list(v)}")
+        return v
 
 
 class ModelConfig(Strict):
@@ -151,20 +168,73 @@ class RunConfig(Strict):
     train: TrainConfig = TrainConfig()
 
 
-def _suggest(key: str, options: list[str]) -> str:
+#: The top-level keys of a run config (a YAML file with these is a run config, not just a data section).
+CONFIG_SECTIONS: tuple[str, ...] = tuple(RunConfig.model_fields)
+
+
+#: Settings that change where or how fast a run executes, not what it computes: a run may be resumed with other
+#: values, and an experiment's run ids (``lesionlab.experiments.plan.config_hash``) leave them out.
+EXECUTION_ONLY: tuple[tuple[str, ...], ...] = (("name",), ("output_dir",), ("data", "cache_dir"), ("train", "device"),
+                                               ("train", "num_workers"))
+
+
+def computation_dict(cfg: RunConfig | dict[str, Any]) -> dict[str, Any]:
+    """The config as JSON-ready data without the :data:`EXECUTION_ONLY` settings: what decides a run's numbers."""
+    data = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else yaml.safe_load(yaml.safe_dump(cfg)) or {}
+    for *sections, key in EXECUTION_ONLY:
+        node = data
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
+    return data
+
+
+def near_matches(key: str, options: list[str]) -> str:
+    """"; did you mean ...?" (or the valid keys) for an unknown ``key``: the tail of an error message."""
     close = difflib.get_close_matches(key, options, n=3)
     return f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(sorted(options))}"
 
 
-def _check_keys(model: type[BaseModel], data: dict[str, Any], where: str, prefix: str = "") -> None:
-    """Walk a raw dict against a model so an unknown key is reported with its full dotted path."""
-    fields = model.model_fields
-    for key, value in data.items():
-        if key not in fields:
-            raise ConfigError(f"{where}: unknown config key '{prefix}{key}'{_suggest(key, list(fields))}")
-        ann = fields[key].annotation
-        if isinstance(value, dict) and isinstance(ann, type) and issubclass(ann, BaseModel):
-            _check_keys(ann, value, where, f"{prefix}{key}.")
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``Model``, ``Model | None`` or ``list[Model]``, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _unknown_key(model: type[BaseModel], loc: tuple[Any, ...], where: str, noun: str) -> str:
+    """pydantic's "extra inputs are not permitted", as the dotted key with the near-match keys of its section."""
+    section: type[BaseModel] | None = model
+    path = ""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            path += f"[{part}]"
+            continue
+        path += f"{'.' if path else ''}{part}"
+        field = section.model_fields.get(str(part)) if section is not None else None
+        section = _model_in(field.annotation) if field is not None else None
+    key = str(loc[-1])
+    hint = near_matches(key, list(section.model_fields)) if section is not None else ""
+    return f"{where}: {noun} '{path}{'.' if path else ''}{key}'{hint}"
+
+
+def build_config(model: type[BaseModel], data: dict[str, Any], where: str, unknown: str = "unknown config key"
+                 ) -> Any:
+    """Validate a raw dict into a config model; errors name the file and the dotted key (unknown keys with their
+    near matches, ``unknown`` being how the message calls them)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        errors = err.errors()
+        extra = [e for e in errors if e["type"] == "extra_forbidden"]
+        lines = [_unknown_key(model, tuple(e["loc"]), where, unknown) for e in extra] or [
+            f"{where}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors]
+        raise ConfigError("\n".join(lines)) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], where: str = "overrides") -> dict[str, Any]:
@@ -180,18 +250,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], where: str = "ov
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{where}: {key!r} descends into a non-section value")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{where}: the value of override {key!r} is not valid YAML: {err}") from None
     return out
-
-
-def build_config(model: type[BaseModel], data: dict[str, Any], where: str) -> Any:
-    """Validate a raw dict into a config model with file-and-key error messages."""
-    _check_keys(model, data, where)
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        lines = [f"{where}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
-        raise ConfigError("\n".join(lines)) from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -1,10 +1,9 @@
 """The run directory: one folder that *is* the checkpoint of a trained model.
 
-``runs/<name>/`` holds ``model.safetensors`` (the weights) and ``run.json`` (architecture, timm kwargs, class codes
-in order, preprocessing, the fitted metadata encoder, the resolved training config, the split hash, the best
-validation metrics and, once evaluation fits them, temperature and referral threshold), plus ``config.yaml`` and the
-per-epoch ``history.csv`` / ``history.json``. Evaluation, the service and the reader study load models only through
-:func:`load_run`, so they always score with the preprocessing that training used.
+``runs/<name>/`` holds ``model.safetensors`` (the weights) and ``run.json`` (everything else needed to use them; see
+docs/ARCHITECTURE.md, "Run directory"), plus ``config.yaml`` and ``history.csv`` / ``history.json``. Evaluation,
+the service and the reader study load models only through :func:`load_run`, so they always score with the
+preprocessing that training used.
 
 Every write is atomic (temporary file + ``os.replace``): a run killed mid-write keeps its previous complete files.
 """
@@ -12,17 +11,26 @@ Every write is atomic (temporary file + ``os.replace``): a run killed mid-write 
 from __future__ import annotations
 
 import datetime as _dt
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from lesionlab.classes import CLASS_CODES, check_class_order
-from lesionlab.core.io import atomic_write, atomic_write_json, atomic_write_text, json_safe
+from lesionlab.core.errors import LesionlabError
+from lesionlab.core.io import atomic_write, atomic_write_json, atomic_write_text, json_safe, read_json
+from lesionlab.core.metrics import softmax
+from lesionlab.core.version import __version__
+
+if TYPE_CHECKING:
+    from lesionlab.config import ModelConfig, RunConfig
+    from lesionlab.data.metadata import MetadataEncoder
+    from lesionlab.data.transforms import Preprocessing
+
+softmax_np = softmax  # the old name of lesionlab.core.metrics.softmax
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -32,7 +40,7 @@ HISTORY_CSV = "history.csv"
 HISTORY_JSON = "history.json"
 
 
-class RunError(ValueError):
+class RunError(LesionlabError, ValueError):
     """A run directory that cannot be read or written; the message names the file."""
 
 
@@ -51,7 +59,7 @@ def atomic_save_state_dict(path: str | Path, state: dict[str, torch.Tensor], met
 # ----------------------------------------------------------------------------------------------- writing
 
 
-def model_info(model: torch.nn.Module, model_cfg: Any) -> dict[str, Any]:
+def model_info(model: torch.nn.Module, model_cfg: ModelConfig) -> dict[str, Any]:
     """The architecture part of ``run.json``: enough to rebuild the module with ``create_model`` and no download."""
     cfg = model_cfg.model_dump(mode="json") if hasattr(model_cfg, "model_dump") else dict(model_cfg)
     spec = getattr(model, "spec", None)
@@ -73,15 +81,15 @@ def model_info(model: torch.nn.Module, model_cfg: Any) -> dict[str, Any]:
     }
 
 
-def save_run(run_dir: str | Path, model: torch.nn.Module, cfg: Any, preprocessing: Any, meta_encoder: Any,
-             split_hash: str, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+def save_run(run_dir: str | Path, model: torch.nn.Module, cfg: RunConfig, preprocessing: Preprocessing | None,
+             meta_encoder: MetadataEncoder | None, split_hash: str, metrics: dict[str, Any],
+             extra: dict[str, Any] | None = None) -> Path:
     """Write weights and ``run.json`` (plus ``config.yaml``) into ``run_dir``; returns the directory.
 
     ``cfg`` is the resolved :class:`~lesionlab.config.RunConfig`; ``metrics`` the best validation metrics (with
     ``epoch``); ``extra`` adds or overrides top-level ``run.json`` fields (``data``, ``training``, ...).
     The weights are written first, so a ``run.json`` on disk always describes complete weights.
     """
-    from lesionlab import __version__
     from lesionlab.config import dump_config
 
     run_dir = Path(run_dir)
@@ -112,12 +120,9 @@ def save_run(run_dir: str | Path, model: torch.nn.Module, cfg: Any, preprocessin
 
 def _read_info_if_any(run_dir: Path) -> dict[str, Any]:
     """The existing ``run.json`` (so a re-save keeps fitted temperature/threshold), or ``{}``."""
-    path = run_dir / INFO_FILE
-    if not path.is_file():
-        return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = read_json(run_dir / INFO_FILE)
+    except LesionlabError:
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -158,10 +163,7 @@ def read_info(run_dir: str | Path) -> dict[str, Any]:
     path = run_dir / INFO_FILE
     if not path.is_file():
         raise RunError(f"{path}: missing (not a lesionlab run directory, or training did not finish an epoch)")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RunError(f"{path}: not valid JSON ({err})") from None
+    info = read_json(path, RunError)
     if not isinstance(info, dict):
         raise RunError(f"{path}: expected a JSON object at the top level")
     version = info.get("format_version")
@@ -198,10 +200,10 @@ class Run:
     path: Path
     model: torch.nn.Module
     classes: tuple[str, ...]
-    preprocessing: Any
-    meta_encoder: Any
+    preprocessing: Preprocessing | None
+    meta_encoder: MetadataEncoder | None
     info: dict[str, Any]
-    config: Any
+    config: RunConfig
     tta: bool = True
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
@@ -212,7 +214,7 @@ class Run:
         return float(t) if t else None
 
     def prepare_images(self, images: Sequence[Any] | torch.Tensor) -> torch.Tensor:
-        """A float batch ``[N, C, H, W]``: PIL images / uint8 arrays go through the saved preprocessing."""
+        """A float batch ``[N, C, H, W]``: decoded images (PIL or uint8 arrays) go through the saved preprocessing."""
         if isinstance(images, torch.Tensor):
             if images.ndim != 4 or not images.is_floating_point():
                 raise RunError(f"{self.path}: a tensor batch must be float [N, C, H, W], got {tuple(images.shape)} "
@@ -220,7 +222,7 @@ class Run:
             return images
         if self.preprocessing is None:
             raise RunError(f"{self.path / INFO_FILE}: no preprocessing saved; pass a preprocessed tensor batch")
-        return torch.stack([self.preprocessing(img) for img in images])
+        return self.preprocessing.batch(images)
 
     def prepare_meta(self, meta_rows: Sequence[dict[str, Any]] | None, n: int) -> torch.Tensor | None:
         """Encoded clinical data for a fusion model (``None`` for an image-only model)."""
@@ -255,7 +257,10 @@ class Run:
                       batch_size: int = 64, tta: bool | None = None) -> np.ndarray:
         """Probabilities ``[N, 7]`` (columns in :data:`lesionlab.classes.CLASS_CODES` order), temperature applied."""
         logits = self.predict_logits(images, meta_rows, batch_size=batch_size, tta=tta)
-        return softmax_np(logits, self.temperature)
+        return softmax(logits, self.temperature)
+
+
+Forward = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 def flip_views(x: torch.Tensor) -> list[torch.Tensor]:
@@ -263,25 +268,27 @@ def flip_views(x: torch.Tensor) -> list[torch.Tensor]:
     return [x, torch.flip(x, dims=[-1]), torch.flip(x, dims=[-2])]
 
 
-def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor | None, tta: bool
-                         ) -> torch.Tensor:
-    """Model logits, averaged over :func:`flip_views` when ``tta``; the one definition used in training and serving."""
-    views = flip_views(x) if tta else [x]
+def mean_logits(forward: Forward, views: Sequence[torch.Tensor], meta: torch.Tensor | None = None,
+                batched: bool = False) -> torch.Tensor:
+    """``forward(view, meta)`` averaged over ``views``: the one definition of view averaging (flips at test time,
+    cached augmented views in frozen training). ``batched`` sends every view through one call (cheaper at batch 1).
+    """
+    if batched:
+        n = len(views[0])
+        m = meta.repeat(len(views), 1) if meta is not None else None
+        return forward(torch.cat(list(views)), m).float().reshape(len(views), n, -1).mean(dim=0)
     total = None
     for v in views:
-        out = model(v, meta) if meta is not None else model(v)
-        total = out.float() if total is None else total + out.float()
+        out = forward(v, meta).float()
+        total = out if total is None else total + out
     assert total is not None
     return total / len(views)
 
 
-def softmax_np(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
-    """Softmax of ``logits / T`` in float64 (``T = 1`` when none was fitted)."""
-    t = float(temperature) if temperature else 1.0
-    z = np.asarray(logits, dtype=np.float64) / t
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor | None, tta: bool
+                         ) -> torch.Tensor:
+    """Model logits, averaged over :func:`flip_views` when ``tta``."""
+    return mean_logits(lambda v, m: model(v, m) if m is not None else model(v), flip_views(x) if tta else [x], meta)
 
 
 def build_model_from_info(info: dict[str, Any], where: str) -> torch.nn.Module:
@@ -299,6 +306,24 @@ def build_model_from_info(info: dict[str, Any], where: str) -> torch.nn.Module:
     return create_model(model_cfg, num_classes=len(CLASS_CODES), meta_dim=meta_dim)
 
 
+def read_preprocessing(info: dict[str, Any], where: str) -> tuple[Preprocessing | None, MetadataEncoder | None]:
+    """The saved preprocessing and metadata encoder of ``run.json`` (errors name the file).
+
+    Runs written before ``source_size`` was part of the preprocessing get their ``data.source_image_size``: the
+    squash the service already applied to them, now applied by every entry point alike.
+    """
+    from lesionlab.data.metadata import MetadataEncoder
+    from lesionlab.data.transforms import Preprocessing
+
+    try:
+        pre = None if info.get("preprocessing") is None else Preprocessing.from_dict(
+            info["preprocessing"], source_size=(info.get("data") or {}).get("source_image_size"))
+        encoder = None if info.get("metadata_encoder") is None else MetadataEncoder.from_dict(info["metadata_encoder"])
+    except (ValueError, TypeError, KeyError) as err:
+        raise RunError(f"{where}: {err}") from None
+    return pre, encoder
+
+
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     """Rebuild a ready model (eval mode) from a run directory; every error names the file at fault."""
     from lesionlab.config import RunConfig, build_config
@@ -311,6 +336,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         config = build_config(RunConfig, info["config"], where=f"{info_path} (config)")
     except ValueError as err:
         raise RunError(str(err)) from None
+    preprocessing, meta_encoder = read_preprocessing(info, str(info_path))
     model = build_model_from_info(info, str(info_path))
     missing, unexpected = _state_mismatch(model, state)
     if missing or unexpected:
@@ -324,16 +350,6 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
                        f"{str(err).splitlines()[0]} {_first_shape_error(err)}") from None
     device = torch.device(device)
     model.to(device).eval()
-    preprocessing = None
-    if info.get("preprocessing") is not None:
-        from lesionlab.data.transforms import Preprocessing
-
-        preprocessing = Preprocessing.from_dict(info["preprocessing"])
-    meta_encoder = None
-    if info.get("metadata_encoder") is not None:
-        from lesionlab.data.metadata import MetadataEncoder
-
-        meta_encoder = MetadataEncoder.from_dict(info["metadata_encoder"])
     return Run(path=run_dir, model=model, classes=tuple(info["classes"]), preprocessing=preprocessing,
                meta_encoder=meta_encoder, info=info, config=config, tta=bool(config.train.tta), device=device)
 

@@ -12,7 +12,6 @@ from lesionlab.classes import (
     UnknownClassError,
     by_code,
     check_class_order,
-    code_of,
     index_of,
 )
 
@@ -27,7 +26,7 @@ def test_order_is_the_dermamnist_label_order() -> None:
 @pytest.mark.parametrize(("code", "index"), [("akiec", 0), ("MEL", 4), (" nv ", 5), ("vasc", 6)])
 def test_lookups_round_trip(code: str, index: int) -> None:
     assert index_of(code) == index
-    assert code_of(index) == code.strip().lower()
+    assert CLASS_CODES[index] == code.strip().lower()
     assert by_code(code).index == index
 
 
@@ -35,12 +34,6 @@ def test_lookups_round_trip(code: str, index: int) -> None:
 def test_unknown_code_names_the_valid_ones(bad: str) -> None:
     with pytest.raises(UnknownClassError, match="expected one of akiec, bcc"):
         index_of(bad)
-
-
-@pytest.mark.parametrize("bad", [-1, 7])
-def test_index_out_of_range(bad: int) -> None:
-    with pytest.raises(UnknownClassError, match="out of range"):
-        code_of(bad)
 
 
 def test_check_class_order_rejects_a_shuffled_order() -> None:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from lesionlab.data.synthetic import write_synthetic
-
 
 @pytest.fixture(scope="session")
-def synthetic_ham(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def synthetic_ham(tmp_path_factory: pytest.TempPathFactory, write_synthetic: Callable[..., Path]) -> Path:
     """A 120-image SYNTHETIC set in the HAM10000 layout (read-only for tests: copy before changing it)."""
     return write_synthetic(tmp_path_factory.mktemp("synthetic-ham"), n=120, seed=3, size=32)
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from lesionlab.data.images import DataError, decode_bytes, decode_image
+from lesionlab.data.images import DataError, decode_image
 
 
 def _save(path: Path, img: Image.Image) -> Path:
@@ -82,11 +81,3 @@ def test_int_image_out_of_16_bit_range_is_refused(tmp_path: Path) -> None:
     path = _save(tmp_path / "big.tif", Image.fromarray(np.full((4, 4), 100000, np.int32), "I"))
     with pytest.raises(DataError, match=r"big\.tif: .*outside the 16-bit range"):
         decode_image(path, convert_mode=True)
-
-
-def test_decode_bytes_names_the_upload() -> None:
-    buffer = io.BytesIO()
-    Image.new("RGB", (5, 5), (1, 2, 3)).save(buffer, format="PNG")
-    assert decode_bytes(buffer.getvalue()).size == (5, 5)
-    with pytest.raises(DataError, match=r"photo\.jpg: not a readable image"):
-        decode_bytes(b"garbage", name="photo.jpg")

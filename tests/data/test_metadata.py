@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from lesionlab.data import SEXES, SITES, MetadataEncoder
+from lesionlab.data.metadata import validate_patient
 
 
 def _table() -> pd.DataFrame:
@@ -19,7 +20,7 @@ def _table() -> pd.DataFrame:
 
 def test_layout_and_values() -> None:
     enc = MetadataEncoder.fit(_table())
-    assert len(SITES) == 15 and SITES[-1] == "unknown" and enc.dim == 2 + 3 + 15 == len(enc.feature_names)
+    assert len(SITES) == 15 and SITES[-1] == "unknown" and enc.dim == 2 + 3 + 15
     assert enc.age_mean == pytest.approx(50.0) and enc.age_std == pytest.approx(np.std([30, 50, 70]))
     x = enc.encode_table(_table())
     assert x.dtype == np.float32 and x.shape == (4, 20)
@@ -57,15 +58,16 @@ def test_encode_one_never_fails(age, sex, site, expect_age_missing, sex_slot, si
     (40, "m", "back", r"sex: 'm' is not one of male, female, unknown"),
     (40, "male", "elbow", r"site: 'elbow' is not one of abdomen"),
 ])
-def test_validate_one_rejects_bad_input(age, sex, site, message: str) -> None:
+def test_validate_patient_rejects_bad_input(age, sex, site, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        MetadataEncoder.fit(_table()).validate_one(age, sex, site)
+        validate_patient(age, sex, site)
 
 
-def test_validate_one_accepts_and_normalises() -> None:
+def test_validate_patient_accepts_and_normalises() -> None:
     enc = MetadataEncoder.fit(_table())
-    assert enc.validate_one("45", " Female ", "Upper Extremity") == (45.0, "female", "upper extremity")
-    assert enc.validate_one(None, None, None) == (None, "unknown", "unknown")
+    assert validate_patient("45", " Female ", "Upper Extremity", enc.sexes, enc.sites) == (45.0, "female",
+                                                                                          "upper extremity")
+    assert validate_patient(None, None, None, enc.sexes, enc.sites) == (None, "unknown", "unknown")
 
 
 def test_round_trip_and_damaged_record() -> None:

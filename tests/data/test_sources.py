@@ -12,7 +12,7 @@ from PIL import Image
 
 from lesionlab.classes import CLASS_CODES
 from lesionlab.config import DataConfig
-from lesionlab.data import DataError, open_ham10000, open_isic, open_npz, open_source, open_synthetic
+from lesionlab.data import DataError, DataSource, open_ham10000, open_isic, open_npz, open_source, open_synthetic
 from lesionlab.data.sources import TABLE_COLUMNS
 
 # ----------------------------------------------------------------------------------------------------- HAM10000
@@ -301,3 +301,19 @@ def test_shared_ham10000_auto(shared_data: Path, monkeypatch: pytest.MonkeyPatch
     assert len(source) == 5984 and len(source.metadata) == 10015 and len(source.missing_images) == 4031
     assert source.table["split"].value_counts().to_dict() == {"train": 4624, "test": 908, "val": 452}
     assert "real ham10000 data" in source.describe()
+
+
+@pytest.mark.parametrize(("kind", "synthetic", "expected"), [
+    ("ham10000", False, "CC BY-NC 4.0"),
+    ("npz", False, "CC BY-NC 4.0"),
+    ("isic", False, "ISIC Archive"),
+    ("synthetic", True, "synthetic images"),
+    ("ham10000", True, "synthetic images"),  # a HAM10000-format folder of SYNTHETIC images (dx_type synthetic)
+    ("my-clinic", False, "unknown: check the data's licence"),
+])
+def test_licence_is_a_property_of_the_data_source(kind: str, synthetic: bool, expected: str) -> None:
+    table = open_synthetic(n=14, seed=0, size=16).table
+    source = DataSource(name="any name, even 'synth' or 'isic'", kind=kind, table=table,
+                        images=open_synthetic(n=14, seed=0, size=16).images, synthetic=synthetic)
+    assert expected in source.licence
+    assert "synthetic images" in open_synthetic(n=14, seed=0, size=16).licence

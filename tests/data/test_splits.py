@@ -20,7 +20,7 @@ from lesionlab.data import (
     split_hash,
     write_split_csv,
 )
-from lesionlab.data.splits import lesion_groups
+from lesionlab.data.splits import fold_split, group_folds, lesion_groups
 
 
 @pytest.fixture(scope="module")
@@ -113,13 +113,21 @@ GOOD = [("a", "L1", "train"), ("b", "L1", "train"), ("c", "L2", "val"), ("d", "L
     ([*GOOD, ("e", "L1", "test")],
      r"lesion L1 is in more than one split: train \(row 2\), train \(row 3\), test \(row 6\)"),
     ([r for r in GOOD if r[2] != "val"], r"split val is empty"),
-    ([*GOOD, ("e", "L4", "holdout")], r"row 6: split 'holdout' is not one of train, val, test"),
+    ([*GOOD, ("e", "L4", "unused")], r"row 6: split 'unused' is not one of train, val, test \(or holdout\)"),
+    ([*GOOD, ("e", "L1", "holdout")], r"lesion L1 is in more than one split"),
     ([*GOOD, ("a", "L1", "train")], r"image a appears more than once \(rows 2, 6\)"),
 ])
 def test_bad_split_csv(tmp_path: Path, rows: list[tuple[str, str, str]], message: str) -> None:
     path = _write(tmp_path / "bad_split.csv", rows)
     with pytest.raises(DataError, match=r"bad_split\.csv: " + message):
         read_split_csv(path)
+
+
+def test_holdout_rows_belong_to_no_split(tmp_path: Path) -> None:
+    """Cross-validation files keep the real test split out of a run as ``holdout``."""
+    back = read_split_csv(_write(tmp_path / "cv.csv", [*GOOD, ("e", "L4", "holdout"), ("f", "L4", "holdout")]))
+    assert back.loc[back["split"] == "holdout", "image_id"].tolist() == ["e", "f"]
+    assert sorted(back.loc[back["split"].isin(["train", "val", "test"]), "image_id"]) == ["a", "b", "c", "d"]
 
 
 def test_split_csv_missing_column(tmp_path: Path) -> None:
@@ -194,3 +202,21 @@ def test_too_small_for_the_fractions_is_a_clear_error() -> None:
     tiny = open_synthetic(n=14, seed=0, size=16).table  # 2 images per class
     with pytest.raises(DataError, match=r"cannot hold out 0\.25 of \d+ images \(4 stratified folds\)"):
         lesion_split(tiny, val_fraction=0.25, test_fraction=0.25)
+
+
+def test_fold_assignment_is_grouped_and_stratified() -> None:
+    rng = np.random.default_rng(0)
+    lesions = np.repeat(np.arange(300), 2)  # two images per lesion
+    labels = np.repeat(rng.integers(0, 3, 300), 2)
+    fold_of = group_folds(labels, lesions, 5, seed=0)
+    assert set(fold_of) == {0, 1, 2, 3, 4}
+    assert all(len(set(fold_of[lesions == g])) == 1 for g in range(300))
+    for k in range(5):  # each class spread over the folds
+        assert abs((labels[fold_of == k] == 0).mean() - (labels == 0).mean()) < 0.08
+    table = pd.DataFrame({"image_id": [f"i{i}" for i in range(600)], "lesion_id": lesions.astype(str),
+                          "label": labels})
+    split = fold_split(table, lesions, fold_of, 1, 0.1, seed=0)
+    assert (split.split == "test").sum() == (fold_of == 1).sum()
+    assert 0.05 < (split.split == "val").mean() < 0.15
+    with pytest.raises(ValueError, match="at least 3 lesions"):
+        group_folds(labels[:4], lesions[:4], 3, seed=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 
 from lesionlab.classes import CLASS_CODES
-from lesionlab.data import SITES, generate_synthetic, open_ham10000, write_synthetic
+from lesionlab.data import SITES, generate_synthetic, open_ham10000
 
 
 def test_deterministic_by_seed() -> None:
@@ -35,7 +36,8 @@ def test_looks_like_ham10000() -> None:
     assert images.std() > 20  # not blank
 
 
-def test_written_layout_is_a_labelled_ham10000_folder(tmp_path: Path) -> None:
+def test_written_layout_is_a_labelled_ham10000_folder(tmp_path: Path, write_synthetic: Callable[..., Path]
+                                                      ) -> None:
     csv = write_synthetic(tmp_path / "syn", n=30, seed=1, size=20)
     assert csv.name == "HAM10000_metadata.csv" and len(list((tmp_path / "syn" / "images").glob("SYN_*.jpg"))) == 30
     assert "SYNTHETIC" in (tmp_path / "syn" / "README.txt").read_text()

@@ -14,7 +14,6 @@ from lesionlab.data import (
     LesionDataset,
     MetadataEncoder,
     Preprocessing,
-    build_eval_transform,
     build_train_transform,
     open_synthetic,
     resize_image,
@@ -73,7 +72,7 @@ def test_preprocessing_call_and_round_trip() -> None:
 
 
 def test_eval_transform_rejects_unresized_input() -> None:
-    t = build_eval_transform(Preprocessing(size=(16, 16)))
+    t = Preprocessing(size=(16, 16)).normalize
     with pytest.raises(ValueError, match=r"shape \(3, 20, 16\), expected \(3, 16, 16\)"):
         t(torch.zeros(3, 20, 16, dtype=torch.uint8))
 
@@ -103,7 +102,7 @@ def test_each_augmentation_is_configurable(field: str) -> None:
           "contrast": 0.5, "blur_p": 1.0}
     pre = Preprocessing(size=(64, 64))
     x = _image()
-    plain = build_eval_transform(pre)(x)
+    plain = pre.normalize(x)
     assert torch.equal(build_train_transform(AugmentConfig(**off), pre)(x), plain)
     t = build_train_transform(AugmentConfig(**(off | {field: on[field]})), pre)
     assert any(not torch.equal(seeded(t, x, s), plain) for s in range(4))
@@ -115,7 +114,7 @@ def test_rot90_gives_exact_quarter_turns_and_rejects_non_square_inputs() -> None
     off = AugmentConfig(rotation=0.0, zoom=(1.0, 1.0), shear=0.0, translate=0.0, hflip=False, vflip=False, rot90=True,
                         brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, blur_p=0.0)
     t = build_train_transform(off, pre)
-    plain = build_eval_transform(pre)(x)
+    plain = pre.normalize(x)
     turns = [torch.rot90(plain, k, dims=(-2, -1)) for k in range(4)]
     seen = set()
     for s in range(40):
@@ -130,7 +129,7 @@ def test_rot90_gives_exact_quarter_turns_and_rejects_non_square_inputs() -> None
 def test_disabled_augmentation_is_the_eval_transform() -> None:
     pre = Preprocessing(size=(64, 64))
     x = _image()
-    assert torch.equal(build_train_transform(AugmentConfig(enabled=False), pre)(x), build_eval_transform(pre)(x))
+    assert torch.equal(build_train_transform(AugmentConfig(enabled=False), pre)(x), pre.normalize(x))
 
 
 def test_dataset_yields_contract_samples_without_copying_the_cache() -> None:
@@ -141,7 +140,7 @@ def test_dataset_yields_contract_samples_without_copying_the_cache() -> None:
     val = table[table["split"] == "val"]
     enc = MetadataEncoder.fit(train)
     pre = Preprocessing(size=(32, 32))
-    ds = LesionDataset(images, val, build_eval_transform(pre), enc)
+    ds = LesionDataset(images, val, pre.normalize, enc)
     s = ds[3]
     row = val.iloc[3]
     assert set(s) == {"image", "label", "image_id", "lesion_id", "age", "sex", "site", "meta"}
@@ -150,9 +149,9 @@ def test_dataset_yields_contract_samples_without_copying_the_cache() -> None:
     assert s["meta"].shape == (enc.dim,) and s["meta"].dtype == torch.float32
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch["image"].shape == (4, 3, 32, 32) and len(batch["image_id"]) == 4
-    assert "meta" not in LesionDataset(images, val, build_eval_transform(pre))[0]
+    assert "meta" not in LesionDataset(images, val, pre.normalize)[0]
     with pytest.raises(ValueError, match="keep the source table's index"):
-        LesionDataset(images[:5], val, build_eval_transform(pre))
+        LesionDataset(images[:5], val, pre.normalize)
 
 
 def test_dataset_seed_gives_the_same_views_per_epoch() -> None:
@@ -165,3 +164,32 @@ def test_dataset_seed_gives_the_same_views_per_epoch() -> None:
     first = a[5]["image"]
     a.set_epoch(1)
     assert not torch.equal(a[5]["image"], first)
+
+
+def test_source_size_squashes_full_size_images_first_and_is_idempotent() -> None:
+    pre = Preprocessing(size=(48, 48), source_size=(32, 32))
+    photo = _photo()
+    expected = resize_image(np.array(photo.resize((32, 32), Image.Resampling.BICUBIC)), (48, 48))
+    pixels = pre.resize_image(photo)
+    np.testing.assert_array_equal(pixels, expected)
+    np.testing.assert_array_equal(pre.resize_image(pixels), pixels)  # model-size pixels (a cached row) pass as is
+    small = np.asarray(photo.resize((32, 32), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(pre.resize_image(small), resize_image(small, (48, 48)))  # stored size: no squash
+    assert torch.equal(pre(photo), pre(pixels)) and pre.batch([photo, pixels]).shape == (2, 3, 48, 48)
+
+
+def test_preprocessing_record_keeps_source_size_and_reads_older_records() -> None:
+    pre = Preprocessing(size=(48, 48), source_size=(32, 40))
+    assert Preprocessing.from_dict(json.loads(json.dumps(pre.to_dict()))) == pre
+    old = {k: v for k, v in pre.to_dict().items() if k != "source_size"}  # a run written before source_size
+    assert Preprocessing.from_dict(old).source_size is None
+    assert Preprocessing.from_dict(old, source_size=[64, 64]).source_size == (64, 64)
+    with pytest.raises(ValueError, match="source_size must be"):
+        Preprocessing(size=(8, 8), source_size=(0, 8))
+
+
+def test_the_normalising_transform_is_built_once() -> None:
+    pre = Preprocessing(size=(16, 16))
+    assert pre.normalize.__self__ is pre and pre._normalize is pre._normalize
+    x = to_chw_tensor(np.zeros((16, 16, 3), np.uint8))
+    assert torch.equal(pre.normalize(x), pre._normalize(x))

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from lesionlab.cli import main
+from lesionlab.evaluate import grid_report as G
 from lesionlab.evaluate import report as R
 from lesionlab.evaluate.stats import compare_groups
 
@@ -51,17 +52,6 @@ def test_absent_class_shown_as_undefined(make_eval_dir: Callable[..., Path]) -> 
 def test_synthetic_data_warning_and_licence(make_eval_dir: Callable[..., Path]) -> None:
     html = R.render_run_report(make_eval_dir(synthetic=True))["html"].read_text()
     assert "SYNTHETIC images" in html and "no third-party licence" in html
-
-
-@pytest.mark.parametrize(("source", "synthetic", "expected"), [
-    ("ham10000", False, "CC BY-NC 4.0"),
-    ("npz:dermamnist", False, "CC BY-NC 4.0"),
-    ("isic:ISIC2018_Task3_Test_GroundTruth", False, "ISIC Archive"),
-    ("synthetic", True, "synthetic images"),
-    ("my-clinic", False, "unknown for data source 'my-clinic'"),
-])
-def test_data_licence(source: str, synthetic: bool, expected: str) -> None:
-    assert expected in R.data_licence(source, synthetic)
 
 
 def test_cli_report_prints_html_path(make_eval_dir: Callable[..., Path], tmp_path: Path,
@@ -106,7 +96,7 @@ def test_grid_report(tmp_path: Path) -> None:
     extra = {"balanced_accuracy (models x size)": pd.DataFrame({"64": ["0.63 ± 0.01"], "224": ["0.71 ± 0.01"]},
                                                                  index=pd.Index(["tf_efficientnet_lite0"],
                                                                                 name="model"))}
-    paths = R.render_grid_report(rows, tests, tmp_path, title="size study", tables=extra,
+    paths = G.render_grid_report(rows, tests, tmp_path, title="size study", tables=extra,
                                  notes=["toy numbers"])
     html = paths["html"].read_text()
     for testid in ("table-summary", "table-tests", "table-runs", "table-extra-0", "fig-grid-accuracy",
@@ -117,9 +107,9 @@ def test_grid_report(tmp_path: Path) -> None:
     assert "Mann-Whitney U" in md and "224=3, 64=3" in md and "rank-biserial r = 1.000" in md
     assert "p (Holm)" in md and "toy numbers" in md
     with pytest.raises(R.ReportError, match="no runs"):
-        R.grid_report(rows.iloc[:0], [])
+        G.grid_report(rows.iloc[:0], [])
     with pytest.raises(R.ReportError, match="none of the metrics"):
-        R.grid_report(rows, [], metrics=["macro_auc"])
+        G.grid_report(rows, [], metrics=["macro_auc"])
 
 
 @pytest.mark.browser
@@ -175,4 +165,4 @@ def test_cli_report_of_a_grid_directory(tmp_path: Path, capsys: pytest.CaptureFi
     assert md.count("| Mann-Whitney U |") == 2
     (grid / "tests.json").write_text('[{"test": "x"}]')
     with pytest.raises(R.ReportError, match=r"tests\.json: cannot read saved tests"):
-        R.render_grid_dir(grid)
+        G.render_grid_dir(grid)

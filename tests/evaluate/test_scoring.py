@@ -6,7 +6,6 @@ Uses a real :class:`lesionlab.runs.Run` around a tiny linear model, so these tes
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -15,6 +14,9 @@ import torch
 from torch import nn
 
 from lesionlab.classes import CLASS_CODES
+from lesionlab.config import RunConfig
+from lesionlab.data.sources import ArrayImages, DataSource
+from lesionlab.data.transforms import Preprocessing
 from lesionlab.evaluate import predictions as P
 from lesionlab.runs import Run
 
@@ -31,7 +33,7 @@ class TinyModel(nn.Module):
         return self.fc(x[:, :, :, :].mean(dim=2).flatten(1))  # column means: a horizontal flip reverses them
 
 
-def _source(n: int = 12, dx: list[str] | None = None, split: list[str] | None = None) -> SimpleNamespace:
+def _source(n: int = 12, dx: list[str] | None = None, split: list[str] | None = None) -> DataSource:
     rng = np.random.default_rng(0)
     dx = dx or [CLASS_CODES[i % 7] for i in range(n)]
     split = split or ["test"] * n
@@ -39,17 +41,15 @@ def _source(n: int = 12, dx: list[str] | None = None, split: list[str] | None = 
                           "dx": dx, "label": [CLASS_CODES.index(d) if d in CLASS_CODES else 99 for d in dx],
                           "age": 50.0, "sex": "male", "site": "back", "split": split})
     pixels = rng.integers(0, 255, size=(n, 8, 8, 3), dtype=np.uint8)
-    return SimpleNamespace(name="unit", kind="synthetic", synthetic=True, table=table, cache_dir=None,
-                           load_image=lambda i: pixels[i])
+    return DataSource(name="unit", kind="synthetic", table=table, images=ArrayImages((pixels,), key=f"unit {dx}"),
+                      synthetic=True)
 
 
 def _run(temperature: float | None = None) -> Run:
-    def prep(img: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(img), dtype=torch.float32).permute(2, 0, 1) / 255.0
-
+    prep = Preprocessing(size=(8, 8), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # pixels / 255
     info = {"temperature": temperature}
     return Run(path=Path("unit-run"), model=TinyModel().eval(), classes=CLASS_CODES, preprocessing=prep,
-               meta_encoder=None, info=info, config=None, tta=False)
+               meta_encoder=None, info=info, config=RunConfig(), tta=False)
 
 
 def test_predict_split_table_and_temperature() -> None:

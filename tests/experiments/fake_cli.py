@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
     t.add_argument("--config", type=Path, required=True)
-    t.add_argument("--run-dir", type=Path, required=True)
+    t.add_argument("run_dir", type=Path)
     e = sub.add_parser("evaluate")
     e.add_argument("run", type=Path)
     e.add_argument("--split", required=True)

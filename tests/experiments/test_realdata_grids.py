@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lesionlab.experiments.api import prepare_grid
 from lesionlab.experiments.grid import load_grid
 from lesionlab.experiments.plan import expand
+from lesionlab.experiments.runner import prepare_grid
 
 GRIDS = Path(__file__).resolve().parents[2] / "configs" / "grids"
 

@@ -14,10 +14,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from lesionlab.experiments.api import aggregate_grid
 from lesionlab.experiments.grid import load_grid
 from lesionlab.experiments.plan import expand
-from lesionlab.experiments.runner import execute_local, pending_runs, write_commands, write_slurm
+from lesionlab.experiments.runner import aggregate_grid, execute_local, pending_runs, write_commands, write_slurm
 
 FAKE = (sys.executable, str(Path(__file__).with_name("fake_cli.py")))
 

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from lesionlab.experiments.api import prepare_grid
-from lesionlab.experiments.datasplits import check_test_splits, write_fold_splits
 from lesionlab.experiments.grid import load_grid
 from lesionlab.experiments.plan import expand
+from lesionlab.experiments.runner import prepare_grid
 from lesionlab.experiments.splits import (
     SplitMismatchError,
-    assign_folds,
     check_fold_partition,
     check_same_test,
-    fold_split,
+    check_test_splits,
     ids_hash,
+    write_fold_splits,
 )
 
 BASE = {"data": {"source": "synthetic", "synthetic_n": 140, "split": "lesion"}}
@@ -83,24 +81,6 @@ def test_kfold_grid_needs_one_data_source(tmp_path: Path) -> None:
     cfg, base = load_grid(grid(tmp_path, axes=axes, repeat={"folds": 2}))
     with pytest.raises(SplitMismatchError, match="read different data"):
         write_fold_splits(cfg, expand(cfg, base))
-
-
-def test_fold_assignment_is_grouped_and_stratified() -> None:
-    rng = np.random.default_rng(0)
-    lesions = np.repeat(np.arange(300), 2)  # two images per lesion
-    labels = np.repeat(rng.integers(0, 3, 300), 2)
-    fold_of = assign_folds(labels, lesions, 5, seed=0)
-    assert set(fold_of) == {0, 1, 2, 3, 4}
-    assert all(len(set(fold_of[lesions == g])) == 1 for g in range(300))
-    for k in range(5):  # each class spread over the folds
-        assert abs((labels[fold_of == k] == 0).mean() - (labels == 0).mean()) < 0.08
-    table = pd.DataFrame({"image_id": [f"i{i}" for i in range(600)], "lesion_id": lesions.astype(str),
-                          "label": labels})
-    split = fold_split(table, lesions, fold_of, 1, 0.1, seed=0)
-    assert (split.split == "test").sum() == (fold_of == 1).sum()
-    assert 0.05 < (split.split == "val").mean() < 0.15
-    with pytest.raises(ValueError, match="at least 3 lesions"):
-        assign_folds(labels[:4], lesions[:4], 3, seed=0)
 
 
 def test_partition_and_agreement_checks_name_the_problem() -> None:

@@ -159,5 +159,5 @@ def test_attributes_of_the_contract() -> None:
     for name in ("backbone", "head", "fusion", "data_config", "config", "spec", "weights"):
         assert hasattr(model, name)
     assert set(model.data_config) >= {"input_size", "mean", "std", "interpolation"}
-    groups = model.parameter_groups()
-    assert sum(p.numel() for g in groups.values() for p in g) == sum(p.numel() for p in model.parameters())
+    parts = [model.backbone, model.head, model.fusion]
+    assert sum(p.numel() for m in parts for p in m.parameters()) == sum(p.numel() for p in model.parameters())

@@ -73,3 +73,5 @@ def real_image_paths() -> list[Path]:
         if paths:
             return paths
     return []
+
+

@@ -12,7 +12,7 @@ from PIL import Image
 
 from lesionlab.runs import load_run
 from lesionlab.serve.app import create_app
-from lesionlab.serve.bench import jpeg_bytes, synthetic_lesion
+from lesionlab.serve.samples import jpeg_bytes, synthetic_lesion
 from lesionlab.serve.schemas import BatchResponse, ErrorBody, PredictResponse
 from lesionlab.serve.settings import ServeSettings
 

@@ -11,7 +11,8 @@ from lesionlab.cli import main
 from lesionlab.config import ModelConfig
 from lesionlab.models import create_model
 from lesionlab.runs import load_run
-from lesionlab.serve.bench import jpeg_bytes, model_latency, service_overhead, synthetic_lesion
+from lesionlab.serve.bench import model_latency, service_overhead
+from lesionlab.serve.samples import jpeg_bytes, synthetic_lesion
 from lesionlab.serve.service import Predictor
 from lesionlab.serve.settings import ServeSettings
 
@@ -40,7 +41,7 @@ def test_load_command_starts_the_server_and_reports_zero_errors(image_run: Path,
     """``lesionlab serve-bench load`` runs ``lesionlab serve`` in a subprocess, as a deployment would."""
     image = tmp_path / "lesion.jpg"
     synthetic_lesion().save(image, quality=90)
-    code = main(["serve-bench", "load", "--run", str(image_run), "--image", str(image), "--requests", "20",
+    code = main(["serve-bench", "load", str(image_run), "--image", str(image), "--requests", "20",
                  "--concurrency", "2", "--max-seconds", "120"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["load"]["ok"] == 20 and out["load"]["errors"] == 0

@@ -7,16 +7,15 @@ set (to look at them).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from lesionlab.runs import load_run
 from lesionlab.serve.app import create_app
-from lesionlab.serve.bench import synthetic_lesion
-from lesionlab.serve.loadtest import serve_in_thread
+from lesionlab.serve.samples import synthetic_lesion
 from lesionlab.serve.settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -42,7 +41,7 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def server(meta_run: Path) -> Iterator[str]:
+def server(meta_run: Path, serve_in_thread: Callable[..., Any]) -> Iterator[str]:
     with serve_in_thread(create_app(load_run(meta_run), ServeSettings())) as base:
         yield base
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from lesionlab.runs import load_run
 from lesionlab.serve.app import create_app
-from lesionlab.serve.bench import jpeg_bytes, synthetic_lesion
-from lesionlab.serve.loadtest import load_test, serve_in_thread
+from lesionlab.serve.bench import load_test
+from lesionlab.serve.samples import jpeg_bytes, synthetic_lesion
 from lesionlab.serve.settings import ServeSettings
 
 
-def test_load_test_has_zero_errors_and_the_server_survives_bad_requests(meta_run: Path) -> None:
+def test_load_test_has_zero_errors_and_the_server_survives_bad_requests(meta_run: Path,
+                                                                        serve_in_thread: Callable[..., Any]) -> None:
     app = create_app(load_run(meta_run), ServeSettings())
     image = jpeg_bytes(synthetic_lesion((600, 450)))
     with serve_in_thread(app) as base:

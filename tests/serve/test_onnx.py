@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,8 +14,8 @@ from lesionlab.classes import CLASS_CODES
 from lesionlab.cli import main
 from lesionlab.runs import load_run
 from lesionlab.serve.app import create_app
-from lesionlab.serve.bench import jpeg_bytes, synthetic_lesion
-from lesionlab.serve.onnx_export import PARITY_TOL, export_onnx, onnx_classes, parity, parity_images
+from lesionlab.serve.onnx_export import PARITY_TOL, export_onnx, onnx_props, parity
+from lesionlab.serve.samples import jpeg_bytes, parity_images, synthetic_lesion
 from lesionlab.serve.settings import ServeSettings
 
 
@@ -30,7 +31,7 @@ def test_export_has_documented_inputs_and_dynamic_batch(fixture: str, inputs: li
     if "meta" in inputs:
         assert graph.input[1].type.tensor_type.shape.dim[1].dim_value == run.meta_encoder.dim
     assert [o.name for o in graph.output] == ["logits"]
-    assert onnx_classes(path) == list(CLASS_CODES)
+    assert json.loads(onnx_props(path)["lesionlab.classes"]) == list(CLASS_CODES)
 
 
 @pytest.mark.parametrize("fixture", ["image_run", "meta_run"])
@@ -77,8 +78,11 @@ def test_onnx_file_for_another_input_layout_is_refused(image_run: Path, meta_run
 def test_export_command_writes_into_the_run_and_checks_parity(image_run: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "exported.onnx"
-    assert main(["export", str(image_run), "--onnx", "--out", str(out)]) == 0
+    assert main(["export", str(image_run), "--onnx", str(out)]) == 0
     assert out.is_file() and str(out) in capsys.readouterr().out
+    old = tmp_path / "old-spelling.onnx"
+    assert main(["export", str(image_run), "--onnx", "--out", str(old)]) == 0  # deprecated, still works
+    assert old.is_file() and "--out is deprecated" in capsys.readouterr().err
     assert main(["export", str(image_run)]) == 1  # no format chosen: a clear error, not a traceback
     assert "--onnx" in capsys.readouterr().err
 
@@ -91,7 +95,7 @@ def test_int8_export_keeps_the_padding_arithmetic_in_float(tmp_path: Path, run_f
     run = load_run(run_factory(tmp_path, name="lite0"))
     fp32 = export_onnx(run, tmp_path / "m.onnx")
     assert any(n.op_type == "Pad" for n in onnx.load(str(fp32)).graph.node)
-    feeds = calibration_feeds(run, [synthetic_lesion(seed=i) for i in range(4)])
+    feeds = calibration_feeds(run.preprocessing, [synthetic_lesion(seed=i) for i in range(4)])
     int8 = quantize_int8(fp32, tmp_path / "m.int8.onnx", feeds)
     model = onnx.load(str(int8))
     kinds = {n.op_type for n in model.graph.node}

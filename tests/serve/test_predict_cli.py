@@ -9,7 +9,7 @@ import pytest
 
 from lesionlab.classes import CLASS_CODES
 from lesionlab.cli import main
-from lesionlab.serve.bench import synthetic_lesion
+from lesionlab.serve.samples import synthetic_lesion
 
 
 @pytest.fixture

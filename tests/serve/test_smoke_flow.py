@@ -12,7 +12,7 @@ from PIL import Image
 
 from lesionlab.cli import main
 from lesionlab.serve.app import create_app
-from lesionlab.serve.bench import jpeg_bytes, synthetic_lesion
+from lesionlab.serve.samples import jpeg_bytes, synthetic_lesion
 from lesionlab.serve.settings import ServeSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,8 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_train_calibrate_serve_predict(tmp_path: Path, real_image_paths: list[Path]) -> None:
     run = tmp_path / "smoke"
-    assert main(["train", "--config", str(REPO / "configs" / "smoke.yaml"), "--run-dir", str(run),
-                 "--no-progress"]) == 0
+    assert main(["train", str(run), "--config", str(REPO / "configs" / "smoke.yaml"), "--no-progress"]) == 0
     assert main(["evaluate", str(run), "--calibrate", "--no-report", "--bootstrap", "50",
                  "--timing-images", "0"]) == 0
     image = real_image_paths[0].read_bytes() if real_image_paths else jpeg_bytes(synthetic_lesion())

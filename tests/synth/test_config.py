@@ -8,7 +8,7 @@ import pytest
 
 from lesionlab.config import ConfigError
 from lesionlab.synth.config import load_synth_config
-from lesionlab.synth.training import stage_at, stage_plan
+from lesionlab.synth.schedule import stage_at, stage_plan
 
 PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "synth").glob("*.yaml"))
 

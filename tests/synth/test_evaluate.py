@@ -17,7 +17,7 @@ def evaluated(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     out = tmp_path_factory.mktemp("synth-eval")
     repo = Path(__file__).resolve().parents[2]
     code = main(["synth", "evaluate", str(trained_run), "--out", str(out), "--usefulness", "--no-progress",
-                 "--set", f"usefulness.preset={repo / 'configs' / 'smoke.yaml'}"])
+                 f"usefulness.preset={repo / 'configs' / 'smoke.yaml'}"])
     assert code == 0
     return out
 
@@ -76,8 +76,8 @@ def test_report_has_every_section(evaluated: Path) -> None:
 
 def test_evaluate_without_a_classifier_says_so(trained_run: Path, tmp_path: Path) -> None:
     assert main(["synth", "evaluate", str(trained_run), "--out", str(tmp_path), "--no-progress",
-                 "--set", "n_per_class=6"]) == 0
+                 "evaluate.n_per_class=6"]) == 0
     doc = json.loads((tmp_path / EVAL_FILE).read_text())
     assert "synthetic" not in doc["label_fidelity"] and doc["label_fidelity"]["linear_probe"]["synthetic"]
     assert any("No independent classifier" in n for n in doc["notes"])
-    assert main(["synth", "evaluate", str(trained_run), "--out", str(tmp_path), "--set", "bogus=1"]) == 1
+    assert main(["synth", "evaluate", str(trained_run), "--out", str(tmp_path), "bogus=1"]) == 1

@@ -55,7 +55,7 @@ def test_a_run_trained_on_it_says_synthetic_in_its_model_card(sample_set: Path, 
     """Train the smoke classifier on the sampled set, evaluate it: run.json, metrics and model card say SYNTHETIC."""
     repo = Path(__file__).resolve().parents[2]
     run_dir = tmp_path / "cls"
-    assert main(["train", "--config", str(repo / "configs" / "smoke.yaml"), "--run-dir", str(run_dir),
+    assert main(["train", str(run_dir), "--config", str(repo / "configs" / "smoke.yaml"),
                  "--no-progress", "data.source=ham10000", f"data.metadata_csv={sample_set}", "data.split=lesion",
                  "data.image_size=32", "train.epochs=2"]) == 0
     info = json.loads((run_dir / "run.json").read_text())

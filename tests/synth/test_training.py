@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lesionlab.synth.batches import at_stage, real_batch
 from lesionlab.synth.errors import SynthError
 from lesionlab.synth.run import CHECKPOINT_FILE, load_synth_run
-from lesionlab.synth.training import at_stage, real_batch, train_synth
+from lesionlab.synth.training import train_synth
 
 from .conftest import tiny_config
 
@@ -81,7 +82,7 @@ def test_a_corrupt_checkpoint_is_named(tmp_path: Path) -> None:
 
 
 def test_real_batches_are_augmented_and_brought_to_the_stage() -> None:
-    from lesionlab.synth.training import TrainingData
+    from lesionlab.synth.batches import TrainingData
 
     images = torch.arange(2 * 4 * 4 * 3, dtype=torch.uint8).reshape(2, 4, 4, 3).numpy()
     data = TrainingData(images, pd.DataFrame(), None, torch.ones(2) / 2, {})  # type: ignore[arg-type]
@@ -98,7 +99,7 @@ def test_real_batches_are_augmented_and_brought_to_the_stage() -> None:
 
 
 def test_diff_augment_is_differentiable_and_seeded() -> None:
-    from lesionlab.synth.training import diff_augment
+    from lesionlab.synth.batches import diff_augment
 
     x = torch.randn(4, 3, 8, 8, requires_grad=True)
     a = diff_augment(x, ["color", "translation"], 0.25, torch.Generator().manual_seed(1))

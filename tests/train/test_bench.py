@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from lesionlab.cli import main
 from lesionlab.config import ModelConfig, load_config
-from lesionlab.data.synthetic import write_synthetic
 from lesionlab.models import create_model
-from lesionlab.train.bench import bench_frozen, bench_throughput, main
+from lesionlab.train.bench import bench_frozen, bench_throughput
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def folder(tmp_path_factory: pytest.TempPathFactory, write_synthetic: Callable[..., Path]) -> Path:
     return write_synthetic(tmp_path_factory.mktemp("syn"), n=112, seed=3, size=32)
 
 
@@ -56,24 +57,22 @@ def test_bench_throughput_compares_the_two_input_paths(tmp_path: Path, folder: P
 def test_bench_cli_writes_json(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("name: c\n")
-    args = ["throughput", "--config", str(cfg_file), "data.source=ham10000", f"data.metadata_csv={folder}",
-            "data.split=lesion", "data.image_size=32", f"data.cache_dir={tmp_path}", "model.name=test_efficientnet",
-            "model.pretrained=false", "train.batch_size=16", "train.channels_last=off", "--batches", "1",
-            "--no-progress", "--json", str(tmp_path / "out.json")]
+    args = ["train-bench", "throughput", "--config", str(cfg_file), "data.source=ham10000",
+            f"data.metadata_csv={folder}", "data.split=lesion", "data.image_size=32", f"data.cache_dir={tmp_path}",
+            "model.name=test_efficientnet", "model.pretrained=false", "train.batch_size=16",
+            "train.channels_last=off", "--batches", "1", "--no-progress", "--json", str(tmp_path / "out.json")]
     torch.manual_seed(0)
     assert main(args) == 0
     assert '"speedup"' in (tmp_path / "out.json").read_text()
-    assert "python -m lesionlab.train.bench throughput" in capsys.readouterr().out
+    assert '"command": "lesionlab' in capsys.readouterr().out
 
 
 def test_train_bench_is_a_lesionlab_command(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from lesionlab.cli import main as cli_main
-
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("name: c\n")
     args = ["train-bench", "frozen", "--config", str(cfg_file), "data.source=ham10000", f"data.metadata_csv={folder}",
             "data.split=lesion", "data.image_size=32", f"data.cache_dir={tmp_path}", "model.name=test_efficientnet",
             "model.pretrained=false", "model.head=simple", "train.batch_size=16", "--epochs", "1", "--no-progress"]
-    assert cli_main(args) == 0
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert '"speedup"' in out and '"command": "lesionlab' in out

@@ -22,8 +22,8 @@ def test_every_shipped_config_is_valid(path: Path) -> None:
 
 def test_train_smoke_config_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = tmp_path / "smoke"
-    rc = main(["train", "--config", str(REPO / "configs" / "smoke.yaml"), "train.epochs=3", "--run-dir",
-               str(run_dir), "--no-progress"])
+    rc = main(["train", str(run_dir), "--config", str(REPO / "configs" / "smoke.yaml"), "train.epochs=3",
+               "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "best epoch" in out and str(run_dir) in out and "balanced_accuracy" in out
@@ -31,14 +31,18 @@ def test_train_smoke_config_from_the_cli(tmp_path: Path, capsys: pytest.CaptureF
     assert info["status"] == "complete" and info["data"]["synthetic"] is True
     saved = load_config(run_dir / "config.yaml")
     assert saved.train.epochs == 3 and saved.train.mode == "frozen"
-    # --resume with only --run-dir reads the saved config; the run is complete, so nothing is retrained
+    # --resume with only the run directory reads the saved config; the run is complete, so nothing is retrained
+    assert main(["train", str(run_dir), "--resume", "--no-progress"]) == 0
+    # the old spelling still works for one release, and says what replaces it
     assert main(["train", "--resume", "--run-dir", str(run_dir), "--no-progress"]) == 0
+    assert "--run-dir is deprecated" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["train.lrr=1"], "unknown config key 'train.lrr'; did you mean lr"),
     (["train.epochs"], "not of the form key=value"),
-    (["--resume"], "--resume without --config needs --run-dir"),
+    (["--resume"], "--resume without --config needs the run directory"),
+    (["runs/a", "runs/b"], "one run directory at most"),
 ])
 def test_cli_errors_are_one_clear_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", *argv]) == 1

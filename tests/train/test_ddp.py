@@ -22,7 +22,7 @@ def test_torchrun_two_gloo_processes_train_one_run(tmp_path: Path) -> None:
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LESIONLAB_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "lesionlab.train.ddp", *OVERRIDES, "--run-dir", str(run_dir), "--no-progress"]
+           "-m", "lesionlab.train.ddp", str(run_dir), *OVERRIDES, "--no-progress"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     info = json.loads((run_dir / INFO_FILE).read_text())

@@ -312,7 +312,7 @@ def test_bf16_and_channels_last_run_records_its_precision(tmp_path: Path) -> Non
 def test_source_image_size(sizes: list[tuple[int, int]], expected: list[int] | None) -> None:
     from PIL import Image
 
-    from lesionlab.train.engine import source_image_size
+    from lesionlab.train.plans import source_image_size
 
     class Source:
         def load_image(self, i: int) -> Image.Image:

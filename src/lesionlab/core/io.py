@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from lesionlab.core.errors import LesionlabError
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -54,6 +56,14 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     """Write JSON atomically; NaN/inf become null so every reader can parse the file."""
     return atomic_write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
+
+
+def read_json(path: str | Path, error: Callable[[str], Exception] = LesionlabError, hint: str = "") -> Any:
+    """A JSON file's content; an unreadable or invalid file raises ``error`` naming it (``hint``: what to do)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"{path}: not valid JSON ({err}){hint}") from None
 
 
 def json_safe(value: Any) -> Any:

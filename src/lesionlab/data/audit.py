@@ -28,7 +28,6 @@ duplicate pairs across splits, PASS otherwise.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from typing import Any
@@ -38,6 +37,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from lesionlab.core.io import sha256_bytes
 from lesionlab.data.sources import DataSource
 from lesionlab.data.splits import SPLITS
 
@@ -143,7 +143,7 @@ def image_hashes(source: DataSource, progress: bool = True) -> tuple[list[str], 
     for i in tqdm(range(len(source)), desc="hashing images", unit="img", disable=not progress, leave=False):
         img = source.load_image(i)
         pixels = np.asarray(img)
-        digests.append(hashlib.sha256(repr(pixels.shape).encode() + pixels.tobytes()).hexdigest())
+        digests.append(sha256_bytes(repr(pixels.shape).encode() + pixels.tobytes()))
         bits[i] = np.packbits(imagehash.phash(img, hash_size=NEAR_HASH_SIZE).hash.ravel())
     return digests, bits
 

@@ -8,13 +8,12 @@ then ``key=value`` overrides (``split=lesion`` or ``data.split=lesion``), then f
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from lesionlab.config import DataConfig, apply_overrides, build_config, read_yaml
-
-RUN_SECTIONS = {"name", "output_dir", "data", "augment", "model", "train"}
+from lesionlab.config import CONFIG_SECTIONS, DataConfig, apply_overrides, build_config, read_yaml
+from lesionlab.core.argparsing import rich_table
+from lesionlab.core.io import atomic_write_json
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -42,14 +41,13 @@ def _source_args(parser: argparse.ArgumentParser, split: bool = True) -> None:
         g.add_argument("--fold", type=int, help="with a k-fold split CSV: the validation fold")
     g.add_argument("--convert-mode", action="store_true", help="convert non-RGB images instead of failing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def data_config(args: argparse.Namespace) -> DataConfig:
     """The DataConfig that the command-line arguments describe (file, then overrides, then flags)."""
     raw: dict[str, Any] = read_yaml(args.config) if args.config else {}
     where = str(args.config or "command line")
-    if isinstance(raw.get("data"), dict) and set(raw) <= RUN_SECTIONS:
+    if isinstance(raw.get("data"), dict) and set(raw) <= set(CONFIG_SECTIONS):
         raw = raw["data"]
     overrides = [o[len("data."):] if o.startswith("data.") else o for o in args.overrides]
     raw = apply_overrides(raw, overrides, where)
@@ -85,15 +83,10 @@ def _header(console: Any, source: Any) -> None:
 
 
 def _counts_table(table: Any, title: str) -> Any:
-    from rich.table import Table
-
-    from lesionlab.data.sources import class_split_counts
+    from lesionlab.data.splits import class_split_counts
 
     counts = class_split_counts(table)
-    out = Table(title=title)
-    out.add_column("class")
-    for column in counts.columns:
-        out.add_column(str(column), justify="right")
+    out = rich_table(title, ["class", *map(str, counts.columns)], left=["class"])
     for name, row in counts.iterrows():
         out.add_row(str(name), *(f"{v:,}" for v in row), style="bold" if name == "total" else None)
     return out
@@ -102,9 +95,8 @@ def _counts_table(table: Any, title: str) -> Any:
 # ------------------------------------------------------------------------------------------------------- commands
 def cmd_summary(args: argparse.Namespace) -> int:
     """Class x split counts, rows without image, images without row, metadata missingness."""
-    from rich.table import Table
-
-    from lesionlab.data.sources import missingness, open_source
+    from lesionlab.data.metadata import missingness
+    from lesionlab.data.sources import open_source
 
     source = open_source(data_config(args))
     console = _console()
@@ -116,9 +108,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
                   + (f" (e.g. {', '.join(source.orphan_images[:3])})" if source.orphan_images else ""))
     if len(meta) != len(source.table):
         console.print(_counts_table(meta, "all metadata rows, by class and split ('-' = no split)"))
-    missing = Table(title="missing clinical metadata (images present)")
-    for column in ("field", "missing", "share"):
-        missing.add_column(column, justify="right" if column != "field" else "left")
+    missing = rich_table("missing clinical metadata (images present)", ("field", "missing", "share"), left=["field"])
     for name, count in missingness(source.table).items():
         missing.add_row(name, f"{count:,}", f"{count / max(len(source.table), 1):.1%}")
     console.print(missing)
@@ -129,13 +119,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def render_audit(console: Any, result: Any) -> None:
     """Print an AuditResult as rich tables and the verdict line."""
-    from rich.table import Table
-
     sizes = ", ".join(f"{k} {v:,}" for k, v in result.split_sizes.items())
     console.print(f"split {result.split}: {sizes} (metadata rows)")
-    overlap = Table(title="lesions shared between splits (from the metadata)")
-    for column in ("splits", "lesions", "image pairs", "images involved", "examples"):
-        overlap.add_column(column, justify="left" if column in ("splits", "examples") else "right")
+    overlap = rich_table("lesions shared between splits (from the metadata)", ("splits", "lesions", "image pairs",
+                         "images involved", "examples"), left=("splits", "examples"))
     for p in result.pairs:
         overlap.add_row(f"{p.a}-{p.b}", f"{p.lesions:,}", f"{p.image_pairs:,}", f"{p.images:,}",
                         ", ".join(p.examples[:2]), style="red" if p.lesions else None)
@@ -146,10 +133,9 @@ def render_audit(console: Any, result: Any) -> None:
     console.print("image pairs: (image in A, image in B) of one lesion, the definition of the published DermaMNIST "
                   "figures", style="dim")
     if result.images_hashed:
-        dup = Table(title=f"duplicates among the {result.images_hashed:,} images present "
-                          f"(near: phash-256 Hamming <= {result.near_threshold})")
-        for column in ("kind", "within splits", "across splits", "examples across"):
-            dup.add_column(column, justify="left" if column in ("kind", "examples across") else "right")
+        dup = rich_table(f"duplicates among the {result.images_hashed:,} images present (near: phash-256 Hamming <= "
+                         f"{result.near_threshold})", ("kind", "within splits", "across splits", "examples across"),
+                         left=("kind", "examples across"))
         for kind, pairs in (("exact (same pixels)", result.exact), ("near-duplicate", result.near)):
             across = [p for p in pairs if p.across]
             examples = ", ".join(f"{p.image_a}/{p.image_b} ({p.split_a}-{p.split_b}, d={p.distance})"
@@ -183,8 +169,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     result = audit_split(source, hash_images=not args.no_images, threshold=threshold, progress=not args.no_progress)
     render_audit(console, result)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result.to_dict(), indent=1))
+        atomic_write_json(args.json, result.to_dict())
         console.print(f"wrote {args.json}")
     return 1 if args.strict and result.status == "FAIL" else 0
 
@@ -228,8 +213,6 @@ def cmd_cache(args: argparse.Namespace) -> int:
     """Build (or find) the decode-once cache; ``--benchmark`` times decoding against reading it."""
     import time
 
-    from rich.table import Table
-
     from lesionlab.data.cache import benchmark, cache_path, cached_images
     from lesionlab.data.sources import open_source
 
@@ -241,10 +224,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     _header(console, source)
     if args.benchmark:
         result = benchmark(source, size, resize, progress=not args.no_progress)
-        table = Table(title=f"{result['images']:,} images at {size[0]}x{size[1]} ({resize}), one at a time")
-        table.add_column("path")
-        table.add_column("seconds", justify="right")
-        table.add_column("images / s", justify="right")
+        table = rich_table(f"{result['images']:,} images at {size[0]}x{size[1]} ({resize}), one at a time",
+                           ("path", "seconds", "images / s"), left=["path"])
         for label, key in (("decode + resize (PIL)", "decode_s"), ("read from cache (mmap)", "cache_read_s")):
             table.add_row(label, f"{result[key]:.3f}", f"{result['images'] / result[key]:,.0f}")
         console.print(table)

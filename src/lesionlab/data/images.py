@@ -1,8 +1,8 @@
-"""Decoding one image file into RGB pixels, with errors that name the file.
+"""Decoding one image file into RGB pixels, with errors that name the file; row-aligned image stores.
 
-Every image that enters lesionlab (dataset files, cache builds, uploads to the service) goes through
-:func:`decode_image`, so a corrupt file or an unexpected pixel format is caught in one place and reported the same
-way everywhere.
+Every image file that enters lesionlab (dataset files, cache builds) goes through :func:`decode_image`, and the
+service's upload decoder applies the same :func:`to_rgb`, so a corrupt file or an unexpected pixel format is caught
+in one place and reported the same way everywhere.
 
 Non-RGB images are rejected unless ``convert_mode=True`` (``data.convert_mode``), because a silent conversion can
 hide a wrong export (a mask or a 16-bit scan in a folder of photographs). When converting:
@@ -17,18 +17,24 @@ hide a wrong export (a mask or a 16-bit scan in a folder of photographs). When c
 
 from __future__ import annotations
 
-import io
+import hashlib
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
+from lesionlab.core.errors import LesionlabError
 
-class DataError(ValueError):
+
+class DataError(LesionlabError, ValueError):
     """Bad input data; the message names the file and the row, key or field at fault."""
 
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+KAGGLE_FOLDERS: tuple[str, ...] = ("HAM10000_images_part_1", "HAM10000_images_part_2")
 
 _MODE_NAMES = {
     "1": "1-bit black and white", "L": "8-bit greyscale", "LA": "greyscale with alpha", "P": "palette",
@@ -59,20 +65,6 @@ def to_rgb(img: Image.Image, name: str, convert_mode: bool = False) -> Image.Ima
     return img.convert("RGB")
 
 
-def decode_bytes(data: bytes, name: str = "upload", convert_mode: bool = False) -> Image.Image:
-    """Decode an image held in memory (an upload to the service) as RGB; errors name ``name``."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return to_rgb(img, name, convert_mode)
-    except Image.DecompressionBombError as err:
-        raise DataError(f"{name}: image too large to decode safely ({err})") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        if isinstance(err, DataError):
-            raise
-        raise DataError(f"{name}: not a readable image: corrupt, truncated or not an image ({err})") from None
-
-
 def decode_image(path: str | Path, convert_mode: bool = False) -> Image.Image:
     """Open and fully decode one image file as RGB; a missing, corrupt or truncated file raises :class:`DataError`."""
     path = Path(path)
@@ -88,3 +80,108 @@ def decode_image(path: str | Path, convert_mode: bool = False) -> Image.Image:
         if isinstance(err, DataError):
             raise
         raise DataError(f"{path}: cannot decode image, the file is corrupt or truncated ({err})") from None
+
+
+class ImageStore(Protocol):
+    """Row-aligned image access behind a :class:`DataSource`."""
+
+    def __len__(self) -> int: ...
+    def load(self, i: int) -> Image.Image: ...
+    def fingerprint(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class FileImages:
+    """One image file per row, decoded on demand (picklable, so cache workers can share it)."""
+
+    paths: tuple[Path, ...]
+    convert_mode: bool = False
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, i: int) -> Image.Image:
+        return decode_image(self.paths[i], self.convert_mode)
+
+    def fingerprint(self) -> str:
+        """Each file's name, size and mtime_ns: any replaced or touched file changes it."""
+        digest = hashlib.sha256(f"files convert={self.convert_mode}\n".encode())
+        for path in self.paths:
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                raise DataError(f"{path}: image file disappeared since the source was opened") from None
+            digest.update(f"{path.name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ArrayImages:
+    """Images already in memory (npz splits, the synthetic set): the chunks concatenated give one image per row."""
+
+    chunks: tuple[np.ndarray, ...]
+    key: str  # identifies the content: file stats of an npz, or the generator's seed and version
+    offsets: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "offsets", np.cumsum([0, *(len(c) for c in self.chunks)]))
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def load(self, i: int) -> Image.Image:
+        if not 0 <= i < len(self):
+            raise IndexError(f"image row {i} out of range 0..{len(self) - 1}")
+        c = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return Image.fromarray(self.chunks[c][i - int(self.offsets[c])])
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"arrays\t{self.key}\t{[c.shape for c in self.chunks]}".encode()).hexdigest()
+
+
+def expand_image_dirs(dirs: list[Path]) -> list[Path]:
+    """Check each folder exists; a folder holding the Kaggle ``HAM10000_images_part_1/2`` stands for those two."""
+    out: list[Path] = []
+    for d in dirs:
+        d = Path(d)
+        if not d.is_dir():
+            raise DataError(f"image folder not found: {d}")
+        parts = [d / name for name in KAGGLE_FOLDERS if (d / name).is_dir()]
+        out += parts or [d]
+    return out
+
+
+def index_images(dirs: list[Path]) -> tuple[dict[str, Path], list[str]]:
+    """Map image id (file stem) -> file over the folders; returns (index, notes).
+
+    The same id in two folders is kept once when both files have the same size (Kaggle ships copies) and is an
+    error otherwise, since the two cannot both be the image the metadata means.
+    """
+    found: dict[str, Path] = {}
+    copies = 0
+    for d in dirs:
+        with os.scandir(d) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if not entry.is_file() or Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                stem, path = Path(entry.name).stem, Path(entry.path)
+                if stem in found:
+                    if found[stem].stat().st_size != entry.stat().st_size:
+                        raise DataError(f"image {stem} is in two folders with different content: {found[stem]} "
+                                        f"and {path}")
+                    copies += 1
+                    continue
+                found[stem] = path
+    notes = [f"{copies} identical second copies of images ignored"] if copies else []
+    return found, notes
+
+
+def default_image_dirs(metadata_csv: Path) -> list[Path]:
+    """Image folders next to a metadata CSV: the Kaggle parts, ``images/`` or ``HAM10000_images/``."""
+    base = metadata_csv.parent
+    candidates = [base / n for n in (*KAGGLE_FOLDERS, "images", "HAM10000_images")]
+    dirs = [d for d in candidates if d.is_dir()]
+    if not dirs:
+        raise DataError(f"no image folder given (data.image_dirs) and none found next to {metadata_csv} "
+                        f"(looked for {', '.join(d.name for d in candidates)})")
+    return dirs

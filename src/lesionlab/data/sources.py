@@ -11,25 +11,32 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lesionlab.classes import CLASS_CODES, ISIC_COLUMNS, UnknownClassError, index_of
+from lesionlab.classes import CLASS_CODES, ISIC_COLUMNS, index_of
 from lesionlab.config import DataConfig
+from lesionlab.core.card import LICENCES, UNKNOWN_LICENCE
 from lesionlab.core.paths import shared_data_dir
-from lesionlab.data.images import IMAGE_SUFFIXES, DataError, decode_image
-from lesionlab.data.metadata import AGE_RANGE, SEXES, SITES, normalise_sex, normalise_site
+from lesionlab.data.images import (
+    ArrayImages,
+    DataError,
+    FileImages,
+    ImageStore,
+    default_image_dirs,
+    expand_image_dirs,
+    index_images,
+)
+from lesionlab.data.metadata import first_index, parse_ham_metadata
 from lesionlab.data.splits import (
     KNOWN_DUPLICATES_FILE,
     PUBLISHED_SPLITS,
-    SPLITS,
     apply_split,
     check_split_frame,
     lesion_split,
@@ -45,9 +52,7 @@ from lesionlab.data.synthetic import GENERATOR_VERSION, generate_synthetic, synt
 log = logging.getLogger(__name__)
 
 TABLE_COLUMNS: tuple[str, ...] = ("image_id", "lesion_id", "label", "dx", "age", "sex", "site", "split")
-HAM_COLUMNS: tuple[str, ...] = ("lesion_id", "image_id", "dx", "age", "sex", "localization")
 HAM_METADATA_FILE = "HAM10000_metadata.csv"
-KAGGLE_FOLDERS: tuple[str, ...] = ("HAM10000_images_part_1", "HAM10000_images_part_2")
 NPZ_SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
@@ -56,64 +61,6 @@ def shared_ham10000() -> tuple[Path, Path] | None:
     base = shared_data_dir()
     csv, images = base / "ham10000" / HAM_METADATA_FILE, base / "ham10000-64" / "images"
     return (csv, images) if csv.is_file() and images.is_dir() else None
-
-
-# ---------------------------------------------------------------------------------------------------------- images
-class ImageStore(Protocol):
-    """Row-aligned image access behind a :class:`DataSource`."""
-
-    def __len__(self) -> int: ...
-    def load(self, i: int) -> Image.Image: ...
-    def fingerprint(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class FileImages:
-    """One image file per row, decoded on demand (picklable, so cache workers can share it)."""
-
-    paths: tuple[Path, ...]
-    convert_mode: bool = False
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def load(self, i: int) -> Image.Image:
-        return decode_image(self.paths[i], self.convert_mode)
-
-    def fingerprint(self) -> str:
-        """Each file's name, size and mtime_ns: any replaced or touched file changes it."""
-        digest = hashlib.sha256(f"files convert={self.convert_mode}\n".encode())
-        for path in self.paths:
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                raise DataError(f"{path}: image file disappeared since the source was opened") from None
-            digest.update(f"{path.name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-        return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class ArrayImages:
-    """Images already in memory (npz splits, the synthetic set): the chunks concatenated give one image per row."""
-
-    chunks: tuple[np.ndarray, ...]
-    key: str  # identifies the content: file stats of an npz, or the generator's seed and version
-    offsets: np.ndarray = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "offsets", np.cumsum([0, *(len(c) for c in self.chunks)]))
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def load(self, i: int) -> Image.Image:
-        if not 0 <= i < len(self):
-            raise IndexError(f"image row {i} out of range 0..{len(self) - 1}")
-        c = int(np.searchsorted(self.offsets, i, side="right")) - 1
-        return Image.fromarray(self.chunks[c][i - int(self.offsets[c])])
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(f"arrays\t{self.key}\t{[c.shape for c in self.chunks]}".encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------- source
@@ -135,10 +82,13 @@ class DataSource:
     notes: list[str] = field(default_factory=list)
     split_name: str = ""
     cache_dir: Path | None = None
+    licence: str = ""  # default: the licence of this kind of data (lesionlab.core.card.LICENCES)
 
     def __post_init__(self) -> None:
         if len(self.table) != len(self.images):
             raise ValueError(f"{self.name}: table has {len(self.table)} rows but {len(self.images)} images")
+        if not self.licence:
+            self.licence = LICENCES["synthetic"] if self.synthetic else LICENCES.get(self.kind, UNKNOWN_LICENCE)
         if self.metadata is None:
             self.metadata = self.table.assign(has_image=True)
 
@@ -167,109 +117,6 @@ class DataSource:
 
 
 # --------------------------------------------------------------------------------------------------------- HAM10000
-def _first(mask: pd.Series | np.ndarray) -> int:
-    return int(np.flatnonzero(np.asarray(mask))[0])
-
-
-def parse_ham_metadata(path: str | Path) -> pd.DataFrame:
-    """Read and validate a HAM10000 metadata CSV -> sample table (no split), in file order.
-
-    Errors name the file, the CSV line and the field: a missing or renamed column, an empty or duplicate id, an
-    unknown diagnosis code, an age that is not a number in 0..120, a sex or site outside the HAM10000 vocabulary.
-    """
-    path = Path(path)
-    raw = read_csv_columns(path, HAM_COLUMNS, "HAM10000 metadata CSV")
-    if raw.empty:
-        raise DataError(f"{path}: no data rows")
-
-    def fail(i: int, message: str) -> DataError:
-        return DataError(f"{path}: line {i + 2} (image {raw['image_id'].iloc[i] or '?'}): {message}")
-
-    for column in ("image_id", "lesion_id", "dx"):
-        empty = raw[column] == ""
-        if empty.any():
-            raise fail(_first(empty), f"empty {column}")
-    dup = raw["image_id"].duplicated(keep="first")
-    if dup.any():
-        i = _first(dup)
-        raise fail(i, f"image_id also on line {_first(raw['image_id'] == raw['image_id'].iloc[i]) + 2}")
-    labels = []
-    for i, code in enumerate(raw["dx"]):
-        try:
-            labels.append(index_of(code))
-        except UnknownClassError:
-            raise fail(i, f"unknown diagnosis code {code!r} in column 'dx'; expected one of "
-                          f"{', '.join(CLASS_CODES)}") from None
-    missing_age = raw["age"].str.lower().isin(["", "nan", "na", "unknown"])
-    age = pd.to_numeric(raw["age"].where(~missing_age), errors="coerce")
-    bad_age = (~missing_age & age.isna()) | (age < AGE_RANGE[0]) | (age > AGE_RANGE[1])
-    if bad_age.any():
-        i = _first(bad_age)
-        raise fail(i, f"age {raw['age'].iloc[i]!r} is not a number in {AGE_RANGE[0]:g}..{AGE_RANGE[1]:g}")
-    sex = raw["sex"].map(normalise_sex)
-    if (~sex.isin(SEXES)).any():
-        i = _first(~sex.isin(SEXES))
-        raise fail(i, f"sex {raw['sex'].iloc[i]!r} is not one of {', '.join(SEXES)}")
-    site = raw["localization"].map(normalise_site)
-    if (~site.isin(SITES)).any():
-        i = _first(~site.isin(SITES))
-        raise fail(i, f"localization {raw['localization'].iloc[i]!r} is not one of {', '.join(SITES)}")
-    table = pd.DataFrame({"image_id": raw["image_id"], "lesion_id": raw["lesion_id"], "label": labels,
-                          "dx": raw["dx"].str.lower(), "age": age.astype(float), "sex": sex, "site": site,
-                          "split": ""})
-    if "dx_type" in raw.columns:
-        table["dx_type"] = raw["dx_type"]
-    return table
-
-
-def expand_image_dirs(dirs: list[Path]) -> list[Path]:
-    """Check each folder exists; a folder holding the Kaggle ``HAM10000_images_part_1/2`` stands for those two."""
-    out: list[Path] = []
-    for d in dirs:
-        d = Path(d)
-        if not d.is_dir():
-            raise DataError(f"image folder not found: {d}")
-        parts = [d / name for name in KAGGLE_FOLDERS if (d / name).is_dir()]
-        out += parts or [d]
-    return out
-
-
-def index_images(dirs: list[Path]) -> tuple[dict[str, Path], list[str]]:
-    """Map image id (file stem) -> file over the folders; returns (index, notes).
-
-    The same id in two folders is kept once when both files have the same size (Kaggle ships copies) and is an
-    error otherwise, since the two cannot both be the image the metadata means.
-    """
-    found: dict[str, Path] = {}
-    copies = 0
-    for d in dirs:
-        with os.scandir(d) as entries:
-            for entry in sorted(entries, key=lambda e: e.name):
-                if not entry.is_file() or Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
-                stem, path = Path(entry.name).stem, Path(entry.path)
-                if stem in found:
-                    if found[stem].stat().st_size != entry.stat().st_size:
-                        raise DataError(f"image {stem} is in two folders with different content: {found[stem]} "
-                                        f"and {path}")
-                    copies += 1
-                    continue
-                found[stem] = path
-    notes = [f"{copies} identical second copies of images ignored"] if copies else []
-    return found, notes
-
-
-def default_image_dirs(metadata_csv: Path) -> list[Path]:
-    """Image folders next to a metadata CSV: the Kaggle parts, ``images/`` or ``HAM10000_images/``."""
-    base = metadata_csv.parent
-    candidates = [base / n for n in (*KAGGLE_FOLDERS, "images", "HAM10000_images")]
-    dirs = [d for d in candidates if d.is_dir()]
-    if not dirs:
-        raise DataError(f"no image folder given (data.image_dirs) and none found next to {metadata_csv} "
-                        f"(looked for {', '.join(d.name for d in candidates)})")
-    return dirs
-
-
 def _file_source(meta: pd.DataFrame, csv: Path, dirs: list[Path], convert_mode: bool, rows: str,
                  **fields: Any) -> DataSource:
     """Match a metadata table to the image files in ``dirs``; rows without image and files without row are
@@ -339,7 +186,7 @@ def _npz_split(path: Path, data: np.lib.npyio.NpzFile, split: str, convert_mode:
         raise DataError(f"{path}: {split}_labels has dtype {labels.dtype}, expected integer class indices")
     bad = (labels < 0) | (labels >= len(CLASS_CODES))
     if bad.any():
-        i = _first(bad)
+        i = first_index(bad)
         raise DataError(f"{path}: {split}_labels[{i}] = {labels[i]} is not a class index 0..{len(CLASS_CODES) - 1}")
     return images, labels.astype(np.int64)
 
@@ -408,12 +255,13 @@ def open_isic(ground_truth_csv: str | Path, image_dirs: list[Path], convert_mode
     onehot = raw[list(ISIC_COLUMNS)].apply(pd.to_numeric, errors="coerce")
     bad = onehot.isna().any(axis=1) | ~onehot.isin([0, 1]).all(axis=1) | (onehot.sum(axis=1) != 1)
     if bad.any():
-        i = _first(bad)
+        i = first_index(bad)
         raise DataError(f"{csv}: line {i + 2} (image {raw['image'].iloc[i]}): expected exactly one 1 among "
                         f"{', '.join(ISIC_COLUMNS)} and 0 elsewhere")
     dup = raw["image"].duplicated()
     if dup.any():
-        raise DataError(f"{csv}: line {_first(dup) + 2}: image {raw['image'].iloc[_first(dup)]} appears twice")
+        i = first_index(dup)
+        raise DataError(f"{csv}: line {i + 2}: image {raw['image'].iloc[i]} appears twice")
     codes = [ISIC_COLUMNS[c] for c in onehot.idxmax(axis=1)]
     ids = raw["image"].map(lambda s: Path(s).stem)
     meta = pd.DataFrame({"image_id": ids, "lesion_id": ids, "label": [index_of(c) for c in codes], "dx": codes,
@@ -538,21 +386,3 @@ def open_source(cfg: DataConfig | None = None) -> DataSource:
     for note in source.notes:
         log.info("%s: %s", source.kind, note)
     return source
-
-
-def class_split_counts(table: pd.DataFrame) -> pd.DataFrame:
-    """Images per class (rows, in class order) and split (columns) with totals; unsplit rows under ``-``."""
-    split = table["split"].replace("", "-")
-    counts = pd.crosstab(pd.Categorical(table["dx"], categories=list(CLASS_CODES)), split, dropna=False)
-    order = [s for s in (*SPLITS, "-") if s in counts.columns]
-    counts = counts.reindex(columns=order, fill_value=0)
-    counts["total"] = counts.sum(axis=1)
-    counts.loc["total"] = counts.sum(axis=0)
-    counts.index.name, counts.columns.name = "class", "split"
-    return counts.astype(int)
-
-
-def missingness(table: pd.DataFrame) -> dict[str, int]:
-    """How many rows lack each clinical field (age NaN, sex or site ``unknown``)."""
-    return {"age": int(table["age"].isna().sum()), "sex": int((table["sex"] == "unknown").sum()),
-            "site": int((table["site"] == "unknown").sum())}

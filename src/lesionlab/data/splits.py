@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,11 +27,15 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
+from lesionlab.classes import CLASS_CODES
+from lesionlab.core.io import atomic_write
 from lesionlab.data.images import DataError
 
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Rows a split file keeps out of the run altogether (cross-validation files hold the real test split out so).
+HOLDOUT = "holdout"
 PUBLISHED_SPLITS: dict[str, str] = {"dermamnist": "dermamnist_split_info.csv",
                                     "dermamnist_c": "dermamnist_c_splits.csv"}
 KNOWN_DUPLICATES_FILE = "newly_discovered_duplicates.csv"
@@ -79,24 +81,40 @@ def lesion_groups(table: pd.DataFrame, linked_pairs: Iterable[tuple[str, str]] =
     return merged[codes]
 
 
+def group_folds(labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold index ``0..k-1`` per row: no group (lesion) in two folds, stratified by label as far as groups allow.
+
+    scikit-learn's ``StratifiedGroupKFold`` shuffled by ``seed``; every lesionlab split and fold is made here.
+    """
+    if k < 2:
+        raise DataError(f"k-fold needs k >= 2, got {k}")
+    n_groups = len(np.unique(groups))
+    if n_groups < k:
+        raise DataError(f"{k} folds need at least {k} lesions; the data has {n_groups}")
+    out = np.full(len(labels), -1, dtype=np.int64)
+    with warnings.catch_warnings():
+        # Rare classes with fewer groups than folds are expected (df, vasc in small sets); the folds stay valid.
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        try:
+            for j, (_, held) in enumerate(folds.split(np.zeros(len(labels)), np.asarray(labels), np.asarray(groups))):
+                out[held] = j
+        except ValueError as err:  # e.g. every class smaller than k
+            raise DataError(f"cannot make {k} stratified lesion-grouped folds of {len(labels)} images: {err}") from err
+    return out
+
+
 def _hold_out(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of one stratified group fold of size ~``fraction``."""
     k = max(2, round(1.0 / fraction))
     n_groups = len(np.unique(groups))
     if n_groups < k:
         raise DataError(f"cannot hold out {fraction:g} of the data: only {n_groups} lesion groups for {k} folds")
-    with warnings.catch_warnings():
-        # Rare classes with fewer groups than folds are expected (df, vasc in small sets); the fold stays valid.
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        try:
-            _, held = next(folds.split(np.zeros(len(labels)), labels, groups))
-        except ValueError as err:  # e.g. every class smaller than k: say which data and fraction
-            raise DataError(f"cannot hold out {fraction:g} of {len(labels)} images ({k} stratified folds): "
-                            f"{err}") from err
-    mask = np.zeros(len(labels), dtype=bool)
-    mask[held] = True
-    return mask
+    try:
+        return group_folds(labels, groups, k, seed) == 0
+    except DataError as err:  # say which data and fraction
+        raise DataError(f"cannot hold out {fraction:g} of {len(labels)} images ({k} stratified folds): "
+                        f"{err.__cause__ or err}") from err
 
 
 def lesion_split(table: pd.DataFrame, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
@@ -124,7 +142,7 @@ def kfold_split(table: pd.DataFrame, k: int, test_fraction: float = 0.2, seed: i
     validation, so the frame is also an ordinary split; :func:`read_split_csv` with ``fold=j`` selects another.
     """
     if k < 2:
-        raise ValueError(f"k-fold needs k >= 2, got {k}")
+        raise DataError(f"k-fold needs k >= 2, got {k}")
     labels = table["label"].to_numpy()
     groups = lesion_groups(table, linked_pairs)
     test = _hold_out(labels, groups, test_fraction, seed)
@@ -132,14 +150,41 @@ def kfold_split(table: pd.DataFrame, k: int, test_fraction: float = 0.2, seed: i
     if len(np.unique(groups[rest])) < k:
         raise DataError(f"cannot make {k} folds: only {len(np.unique(groups[rest]))} lesion groups outside test")
     fold = np.full(len(table), -1, dtype=np.int64)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed + 1)
-        for j, (_, held) in enumerate(folds.split(np.zeros(len(rest)), labels[rest], groups[rest])):
-            fold[rest[held]] = j
+    fold[rest] = group_folds(labels[rest], groups[rest], k, seed + 1)
     split = np.where(fold == -1, "test", np.where(fold == 0, "val", "train"))
     return pd.DataFrame({"image_id": table["image_id"].to_numpy(), "lesion_id": table["lesion_id"].to_numpy(),
                          "split": split, "fold": fold})
+
+
+def fold_split(table: pd.DataFrame, groups: np.ndarray, fold_of: np.ndarray, fold: int, val_fraction: float,
+               seed: int) -> pd.DataFrame:
+    """``image_id, lesion_id, split`` for one fold of :func:`group_folds`: that fold is the test part, and one of
+    ``round(1 / val_fraction)`` group folds of the rest (seeded per fold) the validation part."""
+    test = fold_of == fold
+    rest = np.flatnonzero(~test)
+    k_val = max(2, round(1.0 / val_fraction))
+    val_of = group_folds(table["label"].to_numpy()[rest], np.asarray(groups)[rest], k_val, seed + 1000 * (fold + 1))
+    split = np.where(test, "test", "train").astype(object)
+    split[rest[val_of == 0]] = "val"
+    return pd.DataFrame({"image_id": table["image_id"].astype(str).to_numpy(),
+                         "lesion_id": table["lesion_id"].astype(str).to_numpy(), "split": split})
+
+
+def cv_fold_split(table: pd.DataFrame, groups: np.ndarray, fold_of: np.ndarray, fold: int, val_fraction: float,
+                  seed: int, pool: np.ndarray) -> pd.DataFrame:
+    """One cross-validation fold over the rows in ``pool`` (train + val); every other row is ``holdout``.
+
+    Within the pool this is :func:`fold_split`: the held-out fold is ``test`` (what the run is scored on), a
+    grouped, stratified ``val`` part of the rest picks the epoch, the rest trains. ``fold_of`` is aligned with
+    the pool's rows.
+    """
+    pool = np.asarray(pool, dtype=bool)
+    inner = fold_split(table[pool].reset_index(drop=True), np.asarray(groups)[pool], fold_of, fold, val_fraction,
+                       seed)
+    split = np.full(len(table), HOLDOUT, dtype=object)
+    split[pool] = inner["split"].to_numpy()
+    return pd.DataFrame({"image_id": table["image_id"].astype(str).to_numpy(),
+                         "lesion_id": table["lesion_id"].astype(str).to_numpy(), "split": split})
 
 
 def split_frame(table: pd.DataFrame) -> pd.DataFrame:
@@ -149,28 +194,22 @@ def split_frame(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_split_csv(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a split CSV atomically (temp file + rename), after the same checks as reading it."""
-    path = Path(path)
+    """Write a split CSV atomically, after the same checks as reading it."""
     check_split_frame(frame, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            frame.to_csv(handle, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def check_split_frame(frame: pd.DataFrame, where: str, allow_shared_lesions: bool = False) -> None:
-    """Validate a split assignment: known split names, unique images, lesion-disjoint, no empty split."""
+    """Validate a split assignment: known split names, unique images, lesion-disjoint, no empty split.
+
+    ``holdout`` rows belong to no split of the run (no training, validation or testing); they are allowed too.
+    """
     split = frame["split"].astype(str)
-    bad = ~split.isin(SPLITS)
+    bad = ~split.isin((*SPLITS, HOLDOUT))
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"{where}: row {_line(i)}: split {split.iloc[i]!r} is not one of {', '.join(SPLITS)}")
+        raise DataError(f"{where}: row {_line(i)}: split {split.iloc[i]!r} is not one of {', '.join(SPLITS)} "
+                        f"(or {HOLDOUT})")
     dup = frame["image_id"].duplicated(keep=False).to_numpy()
     if dup.any():
         first = frame["image_id"].iloc[int(np.flatnonzero(dup)[0])]
@@ -204,8 +243,8 @@ def read_split_csv(path: str | Path, fold: int | None = None) -> pd.DataFrame:
         if not 0 <= fold < k:
             raise DataError(f"{path}: fold {fold} requested, the file has folds 0..{k - 1}")
         frame["fold"] = folds.astype(int)
-        is_test = frame["split"] == "test"
-        frame["split"] = np.where(is_test, "test", np.where(frame["fold"] == fold, "val", "train"))
+        kept = frame["split"].isin(["test", HOLDOUT])
+        frame["split"] = np.where(kept, frame["split"], np.where(frame["fold"] == fold, "val", "train"))
     check_split_frame(frame, str(path))
     return frame
 
@@ -256,12 +295,6 @@ def apply_split(table: pd.DataFrame, assignment: pd.DataFrame, where: str, requi
     return out
 
 
-def split_counts(table: pd.DataFrame) -> dict[str, int]:
-    """Number of rows per split, in train/val/test order."""
-    counts = table["split"].value_counts()
-    return {name: int(counts.get(name, 0)) for name in SPLITS}
-
-
 def shared_lesion_counts(table: pd.DataFrame) -> dict[tuple[str, str], int]:
     """Lesions shared by each pair of splits (for the warning on published maps; the audit has the details)."""
     lesions = {name: set(table.loc[table["split"] == name, "lesion_id"]) for name in SPLITS}
@@ -273,3 +306,15 @@ def split_hash(table: pd.DataFrame) -> str:
     rows = table.loc[table["split"].astype(str) != "", ["image_id", "split"]].astype(str)
     lines = sorted(f"{i}\t{s}\n" for i, s in zip(rows["image_id"], rows["split"], strict=True))
     return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def class_split_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Images per class (rows, in class order) and split (columns) with totals; unsplit rows under ``-``."""
+    split = table["split"].replace("", "-")
+    counts = pd.crosstab(pd.Categorical(table["dx"], categories=list(CLASS_CODES)), split, dropna=False)
+    order = [s for s in (*SPLITS, HOLDOUT, "-") if s in counts.columns]
+    counts = counts.reindex(columns=order, fill_value=0)
+    counts["total"] = counts.sum(axis=1)
+    counts.loc["total"] = counts.sum(axis=0)
+    counts.index.name, counts.columns.name = "class", "split"
+    return counts.astype(int)

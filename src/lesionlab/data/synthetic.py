@@ -12,14 +12,10 @@ Everything is deterministic by seed. Image ids are ``SYN_xxxxx``, lesion ids ``S
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from scipy.ndimage import zoom
 
 from lesionlab.classes import CLASS_CODES, index_of
@@ -176,26 +172,3 @@ def synthetic_table(meta: pd.DataFrame) -> pd.DataFrame:
         "age": meta["age"].astype(float), "sex": meta["sex"].astype(str), "site": meta["localization"].astype(str),
         "dx_type": meta["dx_type"].astype(str), "split": "",
     })
-
-
-def write_synthetic(out_dir: str | Path, n: int = 700, seed: int = 0, size: int = 64, quality: int = 95) -> Path:
-    """Write a SYNTHETIC set in the HAM10000 layout: ``HAM10000_metadata.csv`` + ``images/SYN_*.jpg`` + README.
-
-    Returns the metadata CSV path. Open it with ``source: ham10000``; the ``dx_type`` column keeps it labelled
-    synthetic.
-    """
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    meta, images = generate_synthetic(n, seed, size)
-    for image_id, pixels in zip(meta["image_id"], images, strict=True):
-        Image.fromarray(pixels).save(out / "images" / f"{image_id}.jpg", quality=quality)
-    (out / "README.txt").write_text(
-        f"SYNTHETIC lesion-like images made by lesionlab (seed {seed}, n={n}, {size}x{size} px, generator "
-        f"v{GENERATOR_VERSION}).\nThey are NOT dermoscopy images and must never be used to judge a model's clinical "
-        "performance.\n")
-    csv = out / "HAM10000_metadata.csv"
-    fd, tmp = tempfile.mkstemp(prefix=".metadata.", dir=out)
-    with os.fdopen(fd, "w", newline="") as handle:
-        meta.to_csv(handle, index=False)
-    os.replace(tmp, csv)
-    return csv

@@ -1,8 +1,9 @@
 """Evaluation: pure metric functions, statistics, calibration, predictions -> metrics, and report rendering.
 
-Kept import-light (numpy/scipy only here) because training imports :func:`compute_metrics` for model selection.
+The metric functions themselves live in the bottom layer (:mod:`lesionlab.core.metrics`), so training and serving
+use them without importing evaluation; ``lesionlab.evaluate.metrics`` re-exports them.
 """
 
-from lesionlab.evaluate.metrics import bootstrap_ci, compute_metrics
+from lesionlab.core.metrics import bootstrap_ci, compute_metrics
 
 __all__ = ["bootstrap_ci", "compute_metrics"]

@@ -22,7 +22,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from lesionlab.classes import CLASS_CODES, MALIGNANT_CODES
-from lesionlab.evaluate.metrics import (
+from lesionlab.core.errors import LesionlabError
+from lesionlab.core.metrics import (
     binary_rates,
     check_inputs,
     expected_calibration_error,
@@ -35,7 +36,7 @@ TEMPERATURE_BOUNDS = (0.05, 20.0)
 _EPS = 1e-12
 
 
-class CalibrationError(ValueError):
+class CalibrationError(LesionlabError, ValueError):
     """Validation data that cannot fit a calibration (no malignant lesion, a single class, ...)."""
 
 

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lesionlab.core.argparsing import Deprecated, rich_table
+from lesionlab.core.errors import UsageError
 from lesionlab.evaluate.calibration import DEFAULT_TARGET_SENSITIVITY
 
 
@@ -17,11 +19,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "for a run, plus report.html/report.md. By default the run's own data config "
                                     "and its test split are used.")
     ev.add_argument("run", type=Path, help="run directory (holds run.json and model.safetensors)")
+    ev.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="data settings replacing the run's, e.g. source=synthetic split=lesion (data. optional)")
     ev.add_argument("--config", type=Path, help="a run config YAML whose data section replaces the run's")
-    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a data setting, e.g. --set source=synthetic (repeatable)")
+    ev.add_argument("--set", dest="old_overrides", action=Deprecated, append=True,
+                    new="positional key=value after RUN")
     ev.add_argument("--source", choices=["auto", "ham10000", "npz", "isic", "synthetic"],
-                    help="shorthand for --set source=...")
+                    help="shorthand for source=...")
     ev.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to score (default test)")
     ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                     help="flip test-time augmentation (default: as the run was validated in training)")
@@ -40,16 +44,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--audit", choices=["none", "lesions", "full"], default="lesions",
                     help="leakage audit of the split for the model card: lesions (metadata, instant), full (also "
                          "hashes every image for duplicates), none")
+    ev.add_argument("--corruptions", metavar="all|NAME,...",
+                    help="also score the corrupted test split: 'all' fifteen acquisition corruptions (MedMNIST-C, "
+                         "Di Salvo et al. 2024) or a comma list, e.g. motion_blur,black_corner; see `lesionlab "
+                         "corruptions list`")
+    ev.add_argument("--severities", default="1-5", metavar="1-5",
+                    help="corruption severities to score: a range or list (default 1-5)")
+    ev.add_argument("--corruption-seed", type=int, default=0, help="seed of the corrupted copies (default 0)")
+    ev.add_argument("--robustness-reference", type=Path, metavar="ROBUSTNESS_JSON",
+                    help="normalise against this evaluation's robustness.json instead of the shipped reference run")
     ev.add_argument("--no-report", action="store_true", help="do not render report.html / report.md")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
-    ev.add_argument("--debug", action="store_true", help="show tracebacks")
     ev.set_defaults(func=cmd_evaluate)
 
     rep = sub.add_parser("report", help="render the HTML + Markdown report of a run, evaluation or grid directory")
     rep.add_argument("path", type=Path, help="evaluation directory (metrics.json), run directory (its eval*/), or "
                                              "an aggregated grid directory (results.csv, tests.json)")
     rep.add_argument("--out", type=Path, help="where to write report.html and report.md (default: beside metrics)")
-    rep.add_argument("--debug", action="store_true", help="show tracebacks")
     rep.set_defaults(func=cmd_report)
 
     cmp = sub.add_parser("compare", help="McNemar + paired bootstrap between two evaluations on the same images")
@@ -60,7 +71,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     cmp.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates")
     cmp.add_argument("--seed", type=int, default=0)
     cmp.add_argument("--json", type=Path, help="also write the tests as JSON here")
-    cmp.add_argument("--debug", action="store_true", help="show tracebacks")
     cmp.set_defaults(func=cmd_compare)
 
 
@@ -69,7 +79,8 @@ def _data_config(args: argparse.Namespace) -> Any | None:
     from lesionlab.config import DataConfig, apply_overrides, build_config, read_yaml
     from lesionlab.runs import read_info
 
-    overrides = list(args.overrides) + ([f"source={args.source}"] if args.source else [])
+    overrides = [o.removeprefix("data.") for o in [*args.overrides, *args.old_overrides]]
+    overrides += [f"source={args.source}"] if args.source else []
     if args.config is None and not overrides:
         return None
     if args.config is not None:
@@ -78,7 +89,7 @@ def _data_config(args: argparse.Namespace) -> Any | None:
     else:
         base = (read_info(args.run).get("config") or {}).get("data", {})
         where = "run data config"
-    return build_config(DataConfig, apply_overrides(base, overrides, where="--set"), where=where)
+    return build_config(DataConfig, apply_overrides(base, overrides, where="overrides"), where=where)
 
 
 def _console() -> Any:
@@ -93,13 +104,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from lesionlab.evaluate.report import render_run_report
 
     if args.split != "test" and args.isic_csv is not None:
-        raise ValueError("--split does not apply to an external ISIC test set (all its images are scored)")
+        raise UsageError("--split does not apply to an external ISIC test set (all its images are scored)")
     result = evaluate_run(args.run, data_cfg=_data_config(args), split=args.split, tta=args.tta,
                           calibrate=args.calibrate, target_sensitivity=args.target_sensitivity,
                           isic_csv=args.isic_csv, isic_images=args.isic_images, out_dir=args.out,
                           bootstrap=args.bootstrap, seed=args.seed, batch_size=args.batch_size, device=args.device,
                           timing_images=args.timing_images, audit=args.audit,
-                          progress=sys.stderr.isatty() and not args.no_progress)
+                          progress=sys.stderr.isatty() and not args.no_progress, corruptions=args.corruptions,
+                          severities=args.severities, corruption_seed=args.corruption_seed,
+                          robustness_reference=args.robustness_reference)
     print_metrics(result.metrics)
     console = _console()
     console.print(f"predictions: {result.predictions_path}")
@@ -111,28 +124,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def print_metrics(doc: dict[str, Any]) -> None:
-    """Headline metrics with CIs, per-class rates, and calibration/referral/timing lines, as rich tables."""
-    from rich.table import Table
-
-    from lesionlab.evaluate.report import METRIC_NAMES, fmt, fmt_ci
+    """The report's metrics and per-class tables, then calibration, referral, timing and undefined-value lines."""
+    from lesionlab.evaluate.report import fmt, headline_table, per_class_table
 
     console = _console()
     data = doc.get("data") or {}
-    title = f"{(doc.get('run') or {}).get('name', 'run')} on {data.get('source', '?')} / {data.get('split', '?')} " \
-            f"({doc['n']} images)"
-    table = Table(title=title)
-    for col in ("metric", "value", "95% CI"):
-        table.add_column(col)
-    ci = doc.get("ci") or {}
-    for name in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece"):
-        table.add_row(METRIC_NAMES[name], fmt(doc.get(name)), fmt_ci(ci.get(name)) if name in ci else "")
-    console.print(table)
-    pc = Table(title="per class")
-    for col in ("class", "n", "TPR", "TNR", "G-mean", "precision", "F1", "AUC"):
-        pc.add_column(col)
-    for code, v in doc["per_class"].items():
-        pc.add_row(code, str(v["support"]), *(fmt(v[k]) for k in ("tpr", "tnr", "gmean", "precision", "f1", "auc")))
-    console.print(pc)
+    console.print(f"[bold]{(doc.get('run') or {}).get('name', 'run')} on {data.get('source', '?')} / "
+                  f"{data.get('split', '?')} ({doc['n']} images)")
+    for table in (headline_table(doc), per_class_table(doc, list(doc["per_class"]))):
+        shown = rich_table(table.title, table.columns, left=table.columns[:1])
+        for row in table.rows:
+            shown.add_row(*row)
+        console.print(shown)
     ev = doc.get("evaluation") or {}
     if ev.get("temperature"):
         unc = doc.get("uncalibrated") or {}
@@ -147,6 +150,14 @@ def print_metrics(doc: dict[str, Any]) -> None:
         t = doc["timing"]
         console.print(f"runtime on {t['device']}: {t['ms_per_image_batch1']:.2f} ms/image at batch 1, "
                       f"{t['ms_per_image_batched']:.2f} ms/image at batch {t['batch_size']} (tta {fmt(t['tta'])})")
+    if doc.get("subgroups"):
+        from lesionlab.evaluate.subgroups import summary_text
+
+        console.print(f"subgroups: {summary_text(doc['subgroups'])}")
+    if doc.get("robustness"):
+        from lesionlab.evaluate.robustness_report import headline_text
+
+        console.print(f"robustness: {headline_text(doc['robustness'])}")
     for key, reason in (doc.get("undefined") or {}).items():
         console.print(f"[yellow]undefined[/yellow] {key}: {reason}")
     for warning in ev.get("warnings") or []:
@@ -155,7 +166,8 @@ def print_metrics(doc: dict[str, Any]) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Render and print the HTML path."""
-    from lesionlab.evaluate.report import GRID_RESULTS_FILE, render_grid_dir, render_run_report
+    from lesionlab.evaluate.grid_report import render_grid_dir
+    from lesionlab.evaluate.report import GRID_RESULTS_FILE, render_run_report
 
     if (args.path / GRID_RESULTS_FILE).is_file():
         paths = render_grid_dir(args.path, args.out)
@@ -173,7 +185,6 @@ def _predictions_path(path: Path) -> Path:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run the paired tests and print each with its sizes and effect size."""
-    from rich.table import Table
 
     from lesionlab.evaluate.predictions import read_predictions
     from lesionlab.evaluate.stats import compare_predictions, format_p
@@ -181,15 +192,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     pa, pb = _predictions_path(args.a), _predictions_path(args.b)
     names = (str(args.a), str(args.b))
     if names[0] == names[1]:
-        raise ValueError(f"comparing {args.a} with itself")
+        raise UsageError(f"comparing {args.a} with itself")
     results = compare_predictions(read_predictions(pa), read_predictions(pb), names=("A", "B"),
                                   metrics=args.metrics or ("accuracy", "balanced_accuracy"), n_boot=args.bootstrap,
                                   seed=args.seed)
     console = _console()
     console.print(f"A = {names[0]}\nB = {names[1]}")
-    table = Table(title="paired tests, A vs B")
-    for col in ("comparison", "test", "statistic", "p", "n", "effect size"):
-        table.add_column(col)
+    columns = ("comparison", "test", "statistic", "p", "n", "effect size")
+    table = rich_table("paired tests, A vs B", columns, left=columns)
     for r in results:
         effect = "undefined" if r.effect_size is None else f"{r.effect_size:.4g}"
         if r.ci is not None:
@@ -200,7 +210,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for r in results:
         print(r)
     if args.json:
-        from lesionlab.runs import atomic_write_json
+        from lesionlab.core.io import atomic_write_json
 
         atomic_write_json(args.json, {"a": names[0], "b": names[1], "tests": [r.to_dict() for r in results]})
     return 0

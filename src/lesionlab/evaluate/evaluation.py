@@ -1,14 +1,8 @@
 """Evaluate a run on a split (or an external ISIC-format test set): predictions, metrics, calibration, timing.
 
-``evaluate_run`` writes into one evaluation directory (default ``RUN/eval-<split>/``):
-
-* ``predictions.csv`` - image_id, label, dx, pred, lesion_id, p_akiec ... p_vasc (probabilities after the
-  temperature in use);
-* ``metrics.json`` - :func:`~lesionlab.evaluate.metrics.compute_metrics` at the top level (so grid aggregation
-  reads ``accuracy``, ``per_class.mel.tpr`` directly), plus ``run``, ``data``, ``audit``, ``evaluation``,
-  ``uncalibrated``, ``calibration``, ``referral`` and ``timing`` context blocks;
-* ``model_card.json`` - the model card the report and the service show.
-
+``evaluate_run`` writes one evaluation directory (default ``RUN/eval-<split>/``; its files: docs/ARCHITECTURE.md,
+"Evaluation directory"); ``metrics.json`` holds :func:`~lesionlab.core.metrics.compute_metrics` at the top level
+(so grid aggregation reads ``accuracy``, ``per_class.mel.tpr`` directly) beside its context blocks.
 With ``calibrate`` the temperature and the referral threshold are fitted on the *validation* split of the run's
 own data only and stored in ``run.json`` (``temperature``, ``referral_threshold``, ``calibration``, ``referral``),
 where the service reads them.
@@ -24,14 +18,26 @@ from typing import Any
 import numpy as np
 
 from lesionlab.classes import CLASS_CODES
+from lesionlab.config import DataConfig
+from lesionlab.core.card import INTENDED_USE, KNOWN_LIMITS
+from lesionlab.core.io import atomic_write_json
+from lesionlab.core.metrics import (
+    brier_score,
+    compute_metrics,
+    expected_calibration_error,
+    negative_log_likelihood,
+    softmax,
+)
+from lesionlab.data.audit import audit_split
+from lesionlab.data.corruptions import parse_corruptions, parse_severities
+from lesionlab.data.sources import DataSource, open_source
+from lesionlab.data.splits import split_hash
 from lesionlab.evaluate.calibration import (
     DEFAULT_TARGET_SENSITIVITY,
-    apply_temperature,
     fit_referral_threshold,
     fit_temperature,
     referral_rates,
 )
-from lesionlab.evaluate.metrics import brier_score, compute_metrics, expected_calibration_error, negative_log_likelihood
 from lesionlab.evaluate.predictions import (
     PredictionsError,
     arrays,
@@ -42,13 +48,12 @@ from lesionlab.evaluate.predictions import (
     time_inference,
     write_predictions,
 )
-from lesionlab.evaluate.report import (
-    INTENDED_USE,
-    KNOWN_LIMITS,
-    METRICS_FILE,
-    PREDICTIONS_FILE,
-    data_licence,
-)
+from lesionlab.evaluate.report import METRICS_FILE, PREDICTIONS_FILE
+from lesionlab.evaluate.robustness import RobustnessError, clean_check_warnings, evaluate_corruptions, load_reference
+from lesionlab.evaluate.robustness_report import card_summary as robustness_card
+from lesionlab.evaluate.subgroups import card_summary as subgroups_card
+from lesionlab.evaluate.subgroups import subgroup_analysis, subgroup_warnings
+from lesionlab.runs import Run, load_run, update_run_info
 
 MODEL_CARD_FILE = "model_card.json"
 AUDIT_FILE = "audit.json"
@@ -75,7 +80,7 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def run_context(run: Any) -> dict[str, Any]:
+def run_context(run: Run) -> dict[str, Any]:
     """The ``run`` block: which model, from where, trained on what."""
     info = run.info
     model = info.get("model") or {}
@@ -92,13 +97,11 @@ def run_context(run: Any) -> dict[str, Any]:
             "train_split_hash": split.get("hash")}
 
 
-def source_context(source: Any, split: str | None, split_name: str, split_hash: str | None) -> dict[str, Any]:
+def source_context(source: DataSource, split: str | None, split_name: str, split_hash: str | None
+                   ) -> dict[str, Any]:
     """The ``data`` block: which images, which split, under which licence."""
-    synthetic = bool(getattr(source, "synthetic", False))
-    kind = str(getattr(source, "kind", source.name))
-    return {"source": source.name, "kind": kind, "synthetic": synthetic, "split": split or "all",
-            "split_name": split_name, "split_hash": split_hash, "licence": data_licence(kind, synthetic),
-            "notes": list(getattr(source, "notes", []))}
+    return {"source": source.name, "kind": source.kind, "synthetic": source.synthetic, "split": split or "all",
+            "split_name": split_name, "split_hash": split_hash, "licence": source.licence, "notes": list(source.notes)}
 
 
 def metrics_document(y: np.ndarray, proba: np.ndarray, raw_proba: np.ndarray | None = None,
@@ -130,16 +133,19 @@ def card_document(doc: dict[str, Any]) -> dict[str, Any]:
                            and ci[name].get("low") is not None else None}
                     for name in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")},
         "malignant": doc.get("malignant"), "referral": doc.get("referral"), "timing": doc.get("timing"),
+        **_card_extras(doc),
         "intended_use": INTENDED_USE, "known_limits": list(KNOWN_LIMITS),
     }
 
 
-def _split_hash(source: Any) -> str | None:
-    try:
-        from lesionlab.data.splits import split_hash
-    except ImportError:
-        return None
-    return split_hash(source.table)
+def _card_extras(doc: dict[str, Any]) -> dict[str, Any]:
+    """The model card's subgroup and robustness summaries, when the evaluation has them."""
+    out: dict[str, Any] = {}
+    if doc.get("subgroups"):
+        out["subgroups"] = subgroups_card(doc["subgroups"])
+    if doc.get("robustness"):
+        out["robustness"] = robustness_card(doc["robustness"])
+    return out
 
 
 def audit_summary(audit: dict[str, Any]) -> dict[str, Any]:
@@ -152,24 +158,19 @@ def audit_summary(audit: dict[str, Any]) -> dict[str, Any]:
             "known_across": sum(bool(p.get("across")) for p in audit.get("known") or [])}
 
 
-def run_audit(source: Any, mode: str, progress: bool) -> dict[str, Any] | None:
+def run_audit(source: DataSource, mode: str, progress: bool) -> dict[str, Any] | None:
     """The data layer's leakage audit of the split: ``lesions`` (metadata only, instant), ``full`` (also exact and
     near-duplicate images, hashing every image) or ``none``."""
     if mode == "none":
         return None
     if mode not in ("lesions", "full"):
         raise ValueError(f"audit mode {mode!r} is not one of none, lesions, full")
-    from lesionlab.data import audit_split
-
     return audit_split(source, hash_images=mode == "full", progress=progress).to_dict()
 
 
-def open_eval_source(run: Any, data_cfg: Any | None = None, isic_csv: Path | None = None,
-                     isic_images: Path | None = None) -> tuple[Any, Any]:
+def open_eval_source(run: Run, data_cfg: DataConfig | None = None, isic_csv: Path | None = None,
+                     isic_images: Path | None = None) -> tuple[DataSource, DataConfig]:
     """The data to evaluate on and its config: an ISIC ground truth + folder, the given config, or the run's own."""
-    from lesionlab.config import DataConfig
-    from lesionlab.data import open_source
-
     if (isic_csv is None) != (isic_images is None):
         raise PredictionsError("an external ISIC test set needs both --isic-csv and --isic-images")
     if isic_csv is not None:
@@ -181,18 +182,16 @@ def open_eval_source(run: Any, data_cfg: Any | None = None, isic_csv: Path | Non
     return open_source(cfg), cfg
 
 
-def calibrate_run(run: Any, source: Any, tta: bool, target_sensitivity: float, batch_size: int,
+def calibrate_run(run: Run, source: DataSource, tta: bool, target_sensitivity: float, batch_size: int,
                   progress: bool) -> dict[str, Any]:
     """Fit temperature and referral threshold on the validation split of ``source``; store both in run.json."""
-    from lesionlab.runs import softmax_np, update_run_info
-
     frame, logits = predict_split(run, source, "val", tta=tta, batch_size=batch_size, temperature=1.0,
                                   progress=progress, return_logits=True)
     y, _ = arrays(frame, run.classes)
-    raw = softmax_np(logits)
-    fit = fit_temperature(y, raw, run.classes)
-    referral = fit_referral_threshold(y, apply_temperature(raw, fit["temperature"]), run.classes, target_sensitivity)
-    provenance = {"split": "val", "source": source.name, "tta": tta, "fitted": now(), "split_hash": _split_hash(source)}
+    fit = fit_temperature(y, softmax(logits), run.classes)
+    referral = fit_referral_threshold(y, softmax(logits, fit["temperature"]), run.classes, target_sensitivity)
+    provenance = {"split": "val", "source": source.name, "tta": tta, "fitted": now(),
+                  "split_hash": split_hash(source.table)}
     calibration = {**fit, **provenance}
     referral = {**referral, **provenance, "applies_to": "probabilities after temperature scaling"}
     info = update_run_info(run.path, temperature=fit["temperature"], referral_threshold=referral["threshold"],
@@ -201,19 +200,57 @@ def calibrate_run(run: Any, source: Any, tta: bool, target_sensitivity: float, b
     return {"calibration": calibration, "referral_fit": referral}
 
 
-def evaluate_run(run_dir: str | Path, data_cfg: Any | None = None, split: str | None = "test", tta: bool | None = None,
-                 calibrate: bool = False, target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY,
-                 isic_csv: str | Path | None = None, isic_images: str | Path | None = None,
-                 out_dir: str | Path | None = None, bootstrap: int = 1000, seed: int = 0, batch_size: int = 64,
-                 device: str = "cpu", timing_images: int = 64, audit: str = "lesions", progress: bool = True
-                 ) -> EvaluationResult:
+def _evaluation_block(run: Run, use_tta: bool, calibrate: bool, bootstrap: int, seed: int) -> dict[str, Any]:
+    temperature = run.temperature
+    return {"tta": use_tta, "temperature": temperature,
+            "temperature_source": "fitted on val (this evaluation)" if calibrate
+            else ("run.json" if temperature else "none (raw softmax)"),
+            "bootstrap": bootstrap, "seed": seed, "created": now(),
+            "lesionlab_version": run.info.get("lesionlab_version"), "device": str(run.device), "warnings": []}
+
+
+def _split_warnings(context: dict[str, Any], calibrate: bool, eval_split: str | None) -> list[str]:
+    """Why the figures of this split may be optimistic: another split than training's, or calibrated on itself."""
+    warnings = []
+    train_hash, this_hash = context["run"]["train_split_hash"], context["data"]["split_hash"]
+    if this_hash and train_hash and this_hash != train_hash:
+        warnings.append(f"split hash {this_hash} differs from the run's training split {train_hash}: test images "
+                        "may have been seen in training")
+    if calibrate and eval_split == "val":
+        warnings.append("temperature and referral threshold were fitted on this same validation split: its "
+                        "calibration figures are optimistic")
+    return warnings
+
+
+def _write_evaluation(out: Path, doc: dict[str, Any], frame: Any, full_audit: dict[str, Any] | None
+                      ) -> EvaluationResult:
+    out.mkdir(parents=True, exist_ok=True)
+    if full_audit is not None:
+        atomic_write_json(out / AUDIT_FILE, full_audit)
+    pred_path = write_predictions(frame, out / PREDICTIONS_FILE)
+    metrics_path = atomic_write_json(out / METRICS_FILE, doc)
+    card_path = atomic_write_json(out / MODEL_CARD_FILE, card_document(doc))
+    return EvaluationResult(out, doc, pred_path, metrics_path, card_path)
+
+
+def evaluate_run(run_dir: str | Path, data_cfg: DataConfig | None = None, split: str | None = "test",
+                 tta: bool | None = None, calibrate: bool = False,
+                 target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY, isic_csv: str | Path | None = None,
+                 isic_images: str | Path | None = None, out_dir: str | Path | None = None, bootstrap: int = 1000,
+                 seed: int = 0, batch_size: int = 64, device: str = "cpu", timing_images: int = 64,
+                 audit: str = "lesions", progress: bool = True, corruptions: str | list[str] | None = None,
+                 severities: str | list[int] | None = None, corruption_seed: int = 0,
+                 robustness_reference: str | Path | None = None) -> EvaluationResult:
     """Score ``split`` of the run's data (or ``data_cfg``, or an ISIC set) and write the evaluation directory.
 
     ``audit``: see :func:`run_audit`; the full audit is written to ``audit.json``, its summary into metrics.json.
-    An external ISIC set is not a split, so it is not audited.
+    An external ISIC set is not a split, so it is not audited. Every evaluation reports subgroups
+    (:mod:`lesionlab.evaluate.subgroups`); with ``corruptions`` (``"all"`` or names) it also scores the corrupted
+    test split (:mod:`lesionlab.evaluate.robustness`) at ``severities`` (default 1-5).
     """
-    from lesionlab.runs import atomic_write_json, load_run, softmax_np
-
+    if corruptions:  # a misspelt corruption fails before any model work
+        parse_corruptions(corruptions)
+        parse_severities(severities)
     run = load_run(run_dir, device=device)
     external = isic_csv is not None
     source, cfg = open_eval_source(run, data_cfg, Path(isic_csv) if isic_csv else None,
@@ -223,56 +260,54 @@ def evaluate_run(run_dir: str | Path, data_cfg: Any | None = None, split: str | 
     use_tta = run.tta if tta is None else bool(tta)
     extra: dict[str, Any] = {}
     if calibrate:
-        cal_source = source
-        if external or (data_cfg is not None and data_cfg != run.config.data):
-            cal_source, _ = open_eval_source(run)  # the run's own validation split, never the test data
+        own = not external and (data_cfg is None or data_cfg == run.config.data)
+        cal_source = source if own else open_eval_source(run)[0]  # the run's own validation split, never test data
         extra.update(calibrate_run(run, cal_source, use_tta, target_sensitivity, batch_size, progress))
-    temperature = run.temperature
     frame, logits = predict_split(run, source, eval_split, tta=use_tta, batch_size=batch_size,
-                                  temperature=temperature or 1.0, progress=progress, return_logits=True)
+                                  temperature=run.temperature or 1.0, progress=progress, return_logits=True)
     y, proba = arrays(frame, run.classes)
-    raw = softmax_np(logits) if temperature else None
-    threshold = run.info.get("referral_threshold")
-    split_name = getattr(source, "split_name", "") or str(cfg.split)
-    hash_ = _split_hash(source)
     context: dict[str, Any] = {
         "run": run_context(run),
-        "data": source_context(source, eval_split, split_name, hash_),
-        "audit": None,
-        "evaluation": {"tta": use_tta, "temperature": temperature,
-                       "temperature_source": "fitted on val (this evaluation)" if calibrate
-                       else ("run.json" if temperature else "none (raw softmax)"),
-                       "bootstrap": bootstrap, "seed": seed, "created": now(),
-                       "lesionlab_version": run.info.get("lesionlab_version"), "device": str(run.device),
-                       "warnings": []},
-        **extra,
-    }
-    if not external and hash_ and context["run"]["train_split_hash"] and hash_ != context["run"]["train_split_hash"]:
-        context["evaluation"]["warnings"].append(f"split hash {hash_} differs from the run's training split "
-                                                 f"{context['run']['train_split_hash']}: test images may have been "
-                                                 "seen in training")
-    if calibrate and eval_split == "val" and not external:
-        context["evaluation"]["warnings"].append("temperature and referral threshold were fitted on this same "
-                                                 "validation split: its calibration figures are optimistic")
+        "data": source_context(source, eval_split, source.split_name or str(cfg.split), split_hash(source.table)),
+        "audit": None, "evaluation": _evaluation_block(run, use_tta, calibrate, bootstrap, seed), **extra}
+    context["evaluation"]["warnings"] += [] if external else _split_warnings(context, calibrate, eval_split)
     if timing_images > 0:
         timed = rows[:timing_images]
-        prep = run.preprocessing
-        images = load_images(source, timed, getattr(prep, "size", None), getattr(prep, "resize", None), False)
+        images = load_images(source, timed, run.preprocessing, False)
         metas = meta_rows(source, timed) if run.meta_encoder is not None else None
         context["timing"] = time_inference(run, images, metas, tta=use_tta, batch_size=batch_size)
-    doc = metrics_document(y, proba, raw, run.classes, bootstrap, seed, threshold,
+    doc = metrics_document(y, proba, softmax(logits) if run.temperature else None, run.classes, bootstrap, seed,
+                           run.info.get("referral_threshold"),
                            "fitted on val (this evaluation)" if calibrate else "run.json", context,
                            referral_fit=run.info.get("referral"))
     out = Path(out_dir) if out_dir else default_out_dir(run.path, eval_split, external)
-    out.mkdir(parents=True, exist_ok=True)
+    doc["subgroups"] = subgroup_analysis(source.table.iloc[rows], y, proba, run.classes, bootstrap=bootstrap,
+                                         seed=seed)
+    context["evaluation"]["warnings"] += subgroup_warnings(doc["subgroups"])
+    if corruptions:
+        doc["robustness"] = _robustness(run, source, rows, y, logits, out, use_tta, batch_size, progress,
+                                        context["data"]["split_name"], corruptions=corruptions,
+                                        severities=severities, seed=corruption_seed, reference=robustness_reference)
+        context["evaluation"]["warnings"] += clean_check_warnings(doc["robustness"])
     full_audit = None if external else run_audit(source, audit, progress)
     if external:
         doc["audit"] = {"status": "n/a", "verdict": "external test set, not a split of the training data; overlap "
                                                     "with the training images was not checked"}
     elif full_audit is not None:
         doc["audit"] = audit_summary(full_audit)
-        atomic_write_json(out / AUDIT_FILE, full_audit)
-    pred_path = write_predictions(frame, out / PREDICTIONS_FILE)
-    metrics_path = atomic_write_json(out / METRICS_FILE, doc)
-    card_path = atomic_write_json(out / MODEL_CARD_FILE, card_document(doc))
-    return EvaluationResult(out, doc, pred_path, metrics_path, card_path)
+    return _write_evaluation(out, doc, frame, full_audit)
+
+
+def _robustness(run: Run, source: DataSource, rows: np.ndarray, y: np.ndarray, logits: np.ndarray, out: Path,
+                tta: bool, batch_size: int, progress: bool, split_name: str, corruptions: Any, severities: Any,
+                seed: int, reference: str | Path | None) -> dict[str, Any]:
+    """The corrupted test split: the same images as the clean evaluation, at the run's input size."""
+    if run.preprocessing is None:
+        raise RobustnessError(f"{run.path}: run.json has no preprocessing, so the input size to corrupt at is unknown")
+    images = [np.asarray(im) for im in load_images(source, rows, run.preprocessing, progress)]
+    metas = meta_rows(source, rows) if run.meta_encoder is not None else None
+    context = {"run": Path(run.path).name, "split_name": split_name, "n": len(rows),
+               "image_size": [int(v) for v in images[0].shape[:2]]}
+    return evaluate_corruptions(run, images, y, source.table["image_id"].iloc[rows].astype(str).tolist(), metas,
+                                out, corruptions, severities, seed, tta, batch_size, load_reference(reference),
+                                context, clean_logits=logits, progress=progress)

@@ -13,7 +13,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,13 +21,22 @@ import torch
 from tqdm.auto import tqdm
 
 from lesionlab.classes import CLASS_CODES
+from lesionlab.core.errors import LesionlabError, MissingFileError
+from lesionlab.core.io import atomic_write
+from lesionlab.core.metrics import softmax
+from lesionlab.data.cache import cached_images
+
+if TYPE_CHECKING:
+    from lesionlab.data.sources import DataSource
+    from lesionlab.data.transforms import Preprocessing
+    from lesionlab.runs import Run
 
 PROBA_PREFIX = "p_"
 ID_COLUMNS = ("image_id", "label", "dx")
 META_FIELDS = ("age", "sex", "site")
 
 
-class PredictionsError(ValueError):
+class PredictionsError(LesionlabError, ValueError):
     """A predictions table or a data split that does not fit the run; the message names the file or column."""
 
 
@@ -118,7 +127,7 @@ def read_predictions(path: str | Path, classes: Sequence[str] = CLASS_CODES) -> 
     """Read and validate a predictions CSV; errors name the file and the offending column or row."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"predictions file not found: {path}")
+        raise MissingFileError(f"predictions file not found: {path}")
     try:
         frame = pd.read_csv(path, dtype={"image_id": str, "dx": str, "pred": str}, keep_default_na=False,
                             na_values=[""])
@@ -129,8 +138,6 @@ def read_predictions(path: str | Path, classes: Sequence[str] = CLASS_CODES) -> 
 
 def write_predictions(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a predictions table as CSV atomically (full float precision)."""
-    from lesionlab.runs import atomic_write
-
     return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.8g"))
 
 
@@ -142,7 +149,7 @@ def arrays(frame: pd.DataFrame, classes: Sequence[str] = CLASS_CODES) -> tuple[n
 # ---------------------------------------------------------------------------------- scoring a data source
 
 
-def split_rows(source: Any, split: str | None) -> np.ndarray:
+def split_rows(source: DataSource, split: str | None) -> np.ndarray:
     """Row positions of ``split`` in ``source.table`` (all rows when ``split`` is None), with a clear error if empty."""
     table = source.table
     if split is None:
@@ -157,7 +164,7 @@ def split_rows(source: Any, split: str | None) -> np.ndarray:
     return rows
 
 
-def check_source_classes(source: Any, run_classes: Sequence[str], rows: np.ndarray | None = None) -> None:
+def check_source_classes(source: DataSource, run_classes: Sequence[str], rows: np.ndarray | None = None) -> None:
     """Refuse data whose class set differs from the run's: a declared class list, or labels/codes outside it."""
     declared = getattr(source, "classes", None)
     if declared is not None and tuple(declared) != tuple(run_classes):
@@ -176,22 +183,18 @@ def check_source_classes(source: Any, run_classes: Sequence[str], rows: np.ndarr
                                f"{int(labels[bad[0]])}, outside the run's classes 0..{len(run_classes) - 1}")
 
 
-def load_images(source: Any, rows: np.ndarray, size: tuple[int, int] | None = None, resize: str | None = None,
+def load_images(source: DataSource, rows: np.ndarray, preprocessing: Preprocessing | None = None,
                 progress: bool = True) -> list[Any]:
-    """The images at ``rows``: from the decode-once cache at the run's size when the data layer offers it."""
-    if size is not None and resize is not None:
-        try:
-            from lesionlab.data.cache import cached_images
-        except ImportError:
-            cached_images = None
-        if cached_images is not None:
-            cache = cached_images(source, tuple(size), resize, cache_dir=getattr(source, "cache_dir", None),
-                                  progress=progress)
-            return [np.array(cache[int(i)]) for i in rows]  # writable copies, detached from the memory map
-    return [source.load_image(int(i)) for i in tqdm(rows, desc="reading images", disable=not progress)]
+    """The images at ``rows`` as the run's preprocessing resizes them, from the decode-once cache (the same
+    ``Preprocessing.resize_image`` pixels; the run then only normalises them), or decoded when there is none."""
+    if preprocessing is None:
+        return [source.load_image(int(i)) for i in tqdm(rows, desc="reading images", disable=not progress)]
+    cache = cached_images(source, preprocessing.size, preprocessing.resize, cache_dir=source.cache_dir,
+                          progress=progress, source_size=preprocessing.source_size)
+    return [np.array(cache[int(i)]) for i in rows]  # writable copies, detached from the memory map
 
 
-def meta_rows(source: Any, rows: np.ndarray) -> list[dict[str, Any]]:
+def meta_rows(source: DataSource, rows: np.ndarray) -> list[dict[str, Any]]:
     """Clinical data (age, sex, site) of ``rows`` as the run's metadata encoder expects them."""
     table = source.table.iloc[rows]
     missing = [f for f in META_FIELDS if f not in table.columns]
@@ -201,7 +204,7 @@ def meta_rows(source: Any, rows: np.ndarray) -> list[dict[str, Any]]:
     return table[list(META_FIELDS)].to_dict("records")
 
 
-def predict_logits(run: Any, images: Sequence[Any], metas: list[dict[str, Any]] | None, tta: bool,
+def predict_logits(run: Run, images: Sequence[Any], metas: list[dict[str, Any]] | None, tta: bool,
                    batch_size: int = 64, progress: bool = True) -> np.ndarray:
     """Run logits ``[N, K]`` in chunks (so preprocessing never holds the whole split as float tensors)."""
     chunk = max(batch_size, 256)
@@ -212,7 +215,8 @@ def predict_logits(run: Any, images: Sequence[Any], metas: list[dict[str, Any]] 
     return np.concatenate(out) if out else np.zeros((0, len(run.classes)))
 
 
-def predict_split(run: Any, source: Any, split: str | None = "test", tta: bool | None = None, batch_size: int = 64,
+def predict_split(run: Run, source: DataSource, split: str | None = "test", tta: bool | None = None,
+                  batch_size: int = 64,
                   temperature: float | None = None, progress: bool = True, return_logits: bool = False
                   ) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
     """Score one split of ``source`` with ``run`` -> predictions table (image_id, label, dx, pred, p_*).
@@ -220,18 +224,13 @@ def predict_split(run: Any, source: Any, split: str | None = "test", tta: bool |
     ``tta`` defaults to the run's own setting (flip averaging, as validated in training). Probabilities are
     ``softmax(logits / T)`` with ``temperature`` if given, else the run's fitted temperature (1 when none).
     """
-    from lesionlab.evaluate.calibration import apply_temperature
-    from lesionlab.runs import softmax_np
-
     rows = split_rows(source, split)
     check_source_classes(source, run.classes, rows)
     use_tta = run.tta if tta is None else tta
-    prep = run.preprocessing
-    images = load_images(source, rows, getattr(prep, "size", None), getattr(prep, "resize", None), progress)
+    images = load_images(source, rows, run.preprocessing, progress)
     metas = meta_rows(source, rows) if run.meta_encoder is not None else None
     logits = predict_logits(run, images, metas, use_tta, batch_size, progress)
-    t = temperature if temperature is not None else run.temperature
-    proba = apply_temperature(softmax_np(logits), t) if t else softmax_np(logits)
+    proba = softmax(logits, temperature if temperature is not None else run.temperature)
     table = source.table.iloc[rows]
     extra = {"lesion_id": table["lesion_id"].astype(str).tolist()} if "lesion_id" in table.columns else None
     frame = predictions_frame(table["image_id"].tolist(), table["label"].to_numpy(), proba, run.classes, extra)
@@ -259,7 +258,7 @@ def device_name(device: torch.device | str) -> str:
     return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
 
 
-def time_inference(run: Any, images: Sequence[Any], metas: list[dict[str, Any]] | None = None, tta: bool = False,
+def time_inference(run: Run, images: Sequence[Any], metas: list[dict[str, Any]] | None = None, tta: bool = False,
                    batch_size: int = 64, n_single: int = 32, warmup: int = 3) -> dict[str, Any]:
     """Milliseconds per image at batch 1 (median over ``n_single`` images) and batched (one pass over ``images``).
 

@@ -22,12 +22,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from lesionlab.evaluate.metrics import MetricFn, bootstrap_indices
+from lesionlab.core.errors import LesionlabError
+from lesionlab.core.metrics import METRIC_FUNCTIONS, MetricFn, bootstrap_indices
 
 MCNEMAR_EXACT_BELOW = 25  # discordant pairs; below this the chi-square approximation is poor
 
 
-class StatsInputError(ValueError):
+class StatsInputError(LesionlabError, ValueError):
     """Samples that a test cannot be run on; the message names the group or the mismatch."""
 
 
@@ -202,30 +203,46 @@ def holm_adjust(p_values: Sequence[float]) -> list[float]:
     return out.tolist()
 
 
-def compare_groups(rows: pd.DataFrame, metric: str, by: str, within: Sequence[str] = ()) -> list[TestResult]:
-    """Mann-Whitney between every pair of ``by`` values, separately for each combination of ``within`` columns.
+def _levels(values: pd.Series) -> list[Any]:
+    """The distinct values of a column: numbers in numeric order (64 before 224), mixed types in text order."""
+    levels = list(values.dropna().unique())
+    try:
+        levels.sort()
+    except TypeError:
+        levels.sort(key=str)
+    return levels
 
-    ``rows`` holds one row per run (e.g. columns ``model``, ``image_size``, ``seed``, ``balanced_accuracy``); the
-    Holm-adjusted p-value over all returned tests is stored in each result's ``detail["p_holm"]``.
+
+def compare_groups(rows: pd.DataFrame, metric: str, by: str, within: Sequence[str] = (),
+                   pairs: Sequence[tuple[Any, Any]] | None = None, notes: list[str] | None = None
+                   ) -> list[TestResult]:
+    """Mann-Whitney between pairs of ``by`` values (default: every pair), separately within each combination of the
+    ``within`` columns; one family for the Holm adjustment, stored in each result's ``detail["p_holm"]``.
+
+    ``rows`` holds one row per run (e.g. columns ``model``, ``image_size``, ``seed``, ``balanced_accuracy``). Runs
+    whose metric is undefined are left out, and a pair with an empty side is skipped; both are said in ``notes``.
     """
     for col in (metric, by, *within):
         if col not in rows.columns:
             raise StatsInputError(f"column {col!r} not in the runs table (columns: {', '.join(rows.columns)})")
+    notes = notes if notes is not None else []
     results: list[TestResult] = []
-    groups = rows.groupby(list(within), sort=True) if within else [((), rows)]
+    groups = rows.groupby(list(within), sort=False) if within else [((), rows)]
     for key, sub in groups:
         key = key if isinstance(key, tuple) else (key,)
         context = ", ".join(f"{c}={v}" for c, v in zip(within, key, strict=True))
-        levels = list(sub[by].dropna().unique())
-        try:  # numbers in numeric order (64 before 224); mixed types fall back to text order
-            levels.sort()
-        except TypeError:
-            levels.sort(key=str)
-        for la, lb in itertools.combinations(levels, 2):
-            a = sub.loc[sub[by] == la, metric].tolist()
-            b = sub.loc[sub[by] == lb, metric].tolist()
+        for la, lb in pairs if pairs is not None else itertools.combinations(_levels(sub[by]), 2):
+            a, b = sub.loc[sub[by] == la, metric], sub.loc[sub[by] == lb, metric]
             label = f"{metric}: {by}={la} vs {by}={lb}" + (f" ({context})" if context else "")
-            results.append(mann_whitney(a, b, names=(str(la), str(lb)), label=label))
+            if int(a.isna().sum() + b.isna().sum()):
+                notes.append(f"{label}: {int(a.isna().sum() + b.isna().sum())} run(s) with undefined {metric} left out")
+            a, b = a.dropna().tolist(), b.dropna().tolist()
+            if not a or not b:
+                notes.append(f"{label}: skipped, no finished runs on one side (n = {len(a)} vs {len(b)})")
+                continue
+            result = mann_whitney(a, b, names=(str(la), str(lb)), label=label)
+            results.append(replace(result, detail={**result.detail, "axis": by, "metric": metric,
+                                                   "within": dict(zip(within, key, strict=True))}))
     adjusted = holm_adjust([r.p_value for r in results]) if results else []
     return [replace(r, detail={**r.detail, "p_holm": p}) for r, p in zip(results, adjusted, strict=True)]
 
@@ -238,7 +255,6 @@ def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str]
     The tables must cover the same images with the same labels (see
     :func:`lesionlab.evaluate.predictions.align_predictions`).
     """
-    from lesionlab.evaluate.metrics import METRIC_FUNCTIONS
     from lesionlab.evaluate.predictions import align_predictions, arrays
 
     unknown = [m for m in metrics if m not in METRIC_FUNCTIONS]

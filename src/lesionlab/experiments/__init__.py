@@ -4,10 +4,9 @@ Typical use: ``lesionlab experiment configs/grids/ham10000-cpu.yaml``; in Python
 :func:`expand` -> :func:`prepare_grid` -> :func:`execute_local` -> :func:`aggregate_grid`.
 """
 
-from lesionlab.experiments.api import aggregate_grid, prepare_grid
 from lesionlab.experiments.grid import ExperimentConfig, load_grid
 from lesionlab.experiments.plan import PlannedRun, expand
-from lesionlab.experiments.runner import execute_local, write_commands, write_slurm
+from lesionlab.experiments.runner import aggregate_grid, execute_local, prepare_grid, write_commands, write_slurm
 
 __all__ = ["ExperimentConfig", "PlannedRun", "aggregate_grid", "execute_local", "expand", "load_grid",
            "prepare_grid", "write_commands", "write_slurm"]

@@ -14,10 +14,9 @@ Everything here is a pure function of the DataFrame except :func:`collect` (read
 from __future__ import annotations
 
 import itertools
-import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,17 @@ import numpy as np
 import pandas as pd
 
 from lesionlab.classes import CLASS_CODES
-from lesionlab.evaluate.stats import TestResult, holm_adjust, mann_whitney
+from lesionlab.core.errors import LesionlabError
+from lesionlab.core.io import atomic_write, atomic_write_json, atomic_write_text, read_json
+from lesionlab.evaluate.report import Table
+from lesionlab.evaluate.stats import TestResult, compare_groups
 from lesionlab.experiments.grid import ExperimentConfig
 from lesionlab.experiments.plan import PlannedRun
 
 SUPPLEMENTARY = {"tpr": "TPR (sensitivity)", "tnr": "TNR (specificity)", "gmean": "G-mean"}
 
 
-class AggregationError(ValueError):
+class AggregationError(LesionlabError, ValueError):
     """A metrics file that cannot be read or lacks a metric the grid reports; names the file or metric."""
 
 
@@ -67,10 +69,7 @@ def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
 
 def read_metrics(path: Path) -> dict[str, Any]:
     """One run's metrics.json, with an error naming the file when it is not a JSON object."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise AggregationError(f"{path}: cannot read metrics: {err}") from None
+    data = read_json(path, AggregationError)
     if not isinstance(data, dict):
         raise AggregationError(f"{path}: expected a JSON object of metrics")
     return data
@@ -155,43 +154,19 @@ def _layout(cfg: ExperimentConfig) -> tuple[list[str], list[str], list[str]]:
 def compare_tests(results: pd.DataFrame, cfg: ExperimentConfig) -> tuple[list[TestResult], list[str]]:
     """Mann-Whitney U between levels of each ``compare`` axis, within each combination of the other axes.
 
-    Runs whose metric is undefined are left out (and noted); a pair with an empty side is skipped with a note.
-    Each axis's tests form one family for the Holm adjustment (stored as ``detail["p_holm"]``).
+    Each axis's tests form one family for the Holm adjustment (see :func:`lesionlab.evaluate.stats.compare_groups`).
     """
     out: list[TestResult] = []
     notes: list[str] = []
-    axes = cfg.axis_names
     for spec in cfg.compare:
         if results.empty:
             break
         if spec.metric not in results.columns:
             raise AggregationError(f"compare metric '{spec.metric}' is not in the runs' metrics "
                                    f"(e.g. {', '.join(c for c in results.columns if '.' not in c)[:200]})")
-        within = [a for a in axes if a != spec.axis]
-        levels = list(cfg.axes[spec.axis])
-        pairs = spec.pairs or list(itertools.combinations(levels, 2))
-        family: list[TestResult] = []
-        groups = results.groupby(within, sort=False) if within else [((), results)]
-        for key, sub in groups:
-            key = key if isinstance(key, tuple) else (key,)
-            context = ", ".join(f"{c}={v}" for c, v in zip(within, key, strict=True))
-            for la, lb in pairs:
-                a = sub.loc[sub[spec.axis] == la, spec.metric]
-                b = sub.loc[sub[spec.axis] == lb, spec.metric]
-                dropped = int(a.isna().sum() + b.isna().sum())
-                a, b = a.dropna().tolist(), b.dropna().tolist()
-                label = f"{spec.metric}: {spec.axis}={la} vs {spec.axis}={lb}" + (f" ({context})" if context else "")
-                if dropped:
-                    notes.append(f"{label}: {dropped} run(s) with undefined {spec.metric} left out")
-                if not a or not b:
-                    notes.append(f"{label}: skipped, no finished runs on one side (n = {len(a)} vs {len(b)})")
-                    continue
-                result = mann_whitney(a, b, names=(la, lb), label=label)
-                detail = {**result.detail, "axis": spec.axis, "metric": spec.metric,
-                          "within": dict(zip(within, key, strict=True))}
-                family.append(replace(result, detail=detail))
-        adjusted = holm_adjust([t.p_value for t in family]) if family else []
-        out.extend(replace(t, detail={**t.detail, "p_holm": p}) for t, p in zip(family, adjusted, strict=True))
+        pairs = spec.pairs or list(itertools.combinations(cfg.axes[spec.axis], 2))
+        within = [a for a in cfg.axis_names if a != spec.axis]
+        out += compare_groups(results, spec.metric, spec.axis, within, pairs=pairs, notes=notes)
     return out, notes
 
 
@@ -244,13 +219,10 @@ def aggregate(results: pd.DataFrame, cfg: ExperimentConfig) -> Tables:
     return Tables(results, summary, tables, tests, tests_frame(tests), notes)
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A pandas frame as a GitHub Markdown table (index as the first column)."""
-    header = [frame.index.name or "", *map(str, frame.columns)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for idx, row in frame.iterrows():
-        lines.append("| " + " | ".join([str(idx), *(str(v) for v in row.tolist())]) + " |")
-    return "\n".join(lines)
+def markdown_table(frame: pd.DataFrame, title: str) -> str:
+    """A titled pandas frame as Markdown (index as the first column), in the reports' own table format."""
+    return Table(title, "", [frame.index.name or "", *map(str, frame.columns)],
+                 [[str(idx), *(str(v) for v in row.tolist())] for idx, row in frame.iterrows()]).markdown()
 
 
 def tables_markdown(cfg: ExperimentConfig, tables: Tables, n_planned: int) -> str:
@@ -260,32 +232,27 @@ def tables_markdown(cfg: ExperimentConfig, tables: Tables, n_planned: int) -> st
              f"{n_done} of {n_planned} runs finished. Cells: mean ± sd over "
              f"{cfg.repeat.kind}s (sample sd, ddof 1).", ""]
     for title, frame in tables.tables.items():
-        parts += [f"## {title}", "", markdown_table(frame), ""]
+        parts += [markdown_table(frame, title), ""]
     if not tables.tests_table.empty:
-        parts += ["## Mann-Whitney U tests", "", markdown_table(tables.tests_table.round(4).set_index("metric")), ""]
+        parts += [markdown_table(tables.tests_table.round(4).set_index("metric"), "Mann-Whitney U tests"), ""]
     if tables.notes:
         parts += ["## Notes", "", *[f"- {n}" for n in tables.notes], ""]
     return "\n".join(parts)
 
 
 def write_outputs(tables: Tables, cfg: ExperimentConfig, out_dir: Path, n_planned: int) -> list[Path]:
-    """Write results.csv, summary.csv, tables/*.csv, tests.csv/json and tables.md; returns the paths written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    tables.results.to_csv(out_dir / "results.csv", index=False)
-    written.append(out_dir / "results.csv")
+    """Write results.csv, summary.csv, tables/*.csv, tests.csv/json and tables.md (atomically); returns the paths."""
+    def csv(frame: pd.DataFrame, index: bool = False) -> Callable[[Path], None]:
+        return lambda tmp: frame.to_csv(tmp, index=index)
+
+    outputs = {"results.csv": csv(tables.results)}
     if not tables.summary.empty:
-        tables.summary.to_csv(out_dir / "summary.csv", index=False)
-        written.append(out_dir / "summary.csv")
-    table_dir = out_dir / "tables"
-    table_dir.mkdir(exist_ok=True)
+        outputs["summary.csv"] = csv(tables.summary)
     for i, (title, frame) in enumerate(tables.tables.items()):
         slug = "".join(ch if ch.isalnum() else "_" for ch in title).strip("_")
-        path = table_dir / f"{i:02d}_{slug}.csv"
-        frame.to_csv(path)
-        written.append(path)
-    tables.tests_table.to_csv(out_dir / "tests.csv", index=False)
-    (out_dir / "tests.json").write_text(json.dumps([t.to_dict() for t in tables.tests], indent=2, default=str))
-    (out_dir / "tables.md").write_text(tables_markdown(cfg, tables, n_planned))
-    written += [out_dir / "tests.csv", out_dir / "tests.json", out_dir / "tables.md"]
+        outputs[f"tables/{i:02d}_{slug}.csv"] = csv(frame, index=True)
+    outputs["tests.csv"] = csv(tables.tests_table)
+    written = [atomic_write(out_dir / name, write) for name, write in outputs.items()]
+    written.append(atomic_write_json(out_dir / "tests.json", [t.to_dict() for t in tables.tests]))
+    written.append(atomic_write_text(out_dir / "tables.md", tables_markdown(cfg, tables, n_planned)))
     return written

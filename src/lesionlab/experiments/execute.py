@@ -24,6 +24,8 @@ from typing import IO
 
 from tqdm.auto import tqdm
 
+from lesionlab.core.errors import UsageError
+
 #: Thread-count variables read by torch (OpenMP), MKL and OpenBLAS when a worker process starts.
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -147,7 +149,7 @@ def run_jobs(jobs: Sequence[Job], workers: int, threads: int | None = None, prog
     calling thread as each job ends (to record status as it happens, so a later kill loses nothing).
     """
     if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+        raise UsageError(f"workers must be at least 1, got {workers}")
     nthreads = threads_per_worker(workers, threads)
     base_env = {**os.environ, **thread_env(nthreads)}
     children = _Children()
@@ -214,7 +216,7 @@ def slurm_script(name: str, commands_file: Path, n_tasks: int, log_dir: Path, sb
     ``SLURM_SUBMIT_DIR`` and the script changes there first).
     """
     if n_tasks < 1:
-        raise ValueError("a Slurm array needs at least one task; every run of this grid is already finished")
+        raise UsageError("a Slurm array needs at least one task; every run of this grid is already finished")
     throttle = f"%{max_parallel}" if max_parallel else ""
     lines = [
         "#!/usr/bin/env bash",

@@ -7,15 +7,12 @@ typo in a 160-run GPU grid is caught before the first run rather than silently t
 
 from __future__ import annotations
 
-import difflib
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from lesionlab.config import ConfigError, RunConfig, Strict, apply_overrides, build_config, read_yaml
+from lesionlab.config import ConfigError, RunConfig, Strict, apply_overrides, build_config, near_matches, read_yaml
 
 #: Label columns the repeat dimension adds next to the axes; axis names may not reuse them.
 REPEAT_LABELS = ("seed", "fold")
@@ -28,6 +25,9 @@ class RepeatSpec(Strict):
     folds: int | None = Field(default=None, ge=2)
     fold_seed: int = 0  # shuffles lesions into folds; changing it changes every fold's run id
     val_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)  # of each fold's training part, lesion-grouped
+    # "all": the folds partition all labelled data (each image tested once). "train_val": cross-validation on the
+    # base split's train + val only; its test split is held out of every fold (split "holdout") for `select`.
+    within: Literal["all", "train_val"] = "all"
 
     @model_validator(mode="after")
     def _one_kind(self) -> RepeatSpec:
@@ -61,6 +61,21 @@ class EvaluateSpec(Strict):
     device: str | None = None  # e.g. cuda on GPU machines (the evaluator defaults to cpu)
     batch_size: int | None = Field(default=None, ge=1)
     extra_args: list[str] = Field(default_factory=list)  # passed to evaluate verbatim
+
+
+class SelectSpec(Strict):
+    """Choose settings by the mean cross-validation score, then score the test split once with the choice.
+
+    Needs ``repeat.folds`` with ``repeat.within: train_val``: the folds cover the base split's train + val, so the
+    choice never sees the test split. ``final``: train the chosen condition on the base split (its own train and
+    val) and evaluate it on the test split; ``final_evaluate_args`` go to that one evaluation only (for example
+    ``["--corruptions", "all"]``).
+    """
+
+    metric: str = "balanced_accuracy"
+    mode: Literal["max", "min"] = "max"
+    final: bool = True
+    final_evaluate_args: list[str] = Field(default_factory=list)
 
 
 class ReportSpec(Strict):
@@ -111,6 +126,7 @@ class ExperimentConfig(Strict):
     evaluate: EvaluateSpec = EvaluateSpec()
     report: ReportSpec = ReportSpec()
     compare: list[CompareSpec] = Field(default_factory=list)
+    select: SelectSpec | None = None
     workers: int = Field(default=1, ge=1)
     threads_per_worker: int | None = Field(default=None, ge=1)  # default: usable cores // workers
     output_dir: Path = Path("runs/grids")
@@ -165,41 +181,6 @@ def override_strings(overrides: dict[str, Any]) -> list[str]:
     return [f"{key}={json.dumps(value, default=str)}" for key, value in overrides.items()]
 
 
-def _suggest(key: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(key, options, n=3)
-    return f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(sorted(options))}"
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside ``Model``, ``Model | None`` or ``list[Model]``, if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType, list):
-        for arg in typing.get_args(annotation):
-            found = _model_in(arg)
-            if found is not None:
-                return found
-    return None
-
-
-def check_keys(model: type[BaseModel], data: Any, where: str, prefix: str = "") -> None:
-    """Reject unknown keys at any depth (also inside lists of sections), naming the file and the dotted key."""
-    if isinstance(data, list):
-        for i, item in enumerate(data):
-            check_keys(model, item, where, f"{prefix[:-1]}[{i}].")
-        return
-    if not isinstance(data, dict):
-        return
-    fields = model.model_fields
-    for key, value in data.items():
-        if key not in fields:
-            raise ConfigError(f"{where}: unknown key '{prefix}{key}'{_suggest(str(key), list(fields))}")
-        inner = _model_in(fields[key].annotation)
-        if inner is not None:
-            check_keys(inner, value, where, f"{prefix}{key}.")
-
-
 def base_dict(cfg: ExperimentConfig, grid_path: Path | None) -> dict[str, Any]:
     """The grid's base run config as a raw dict: ``base_config`` file (if any) with ``base`` applied on top."""
     data: dict[str, Any] = {}
@@ -224,19 +205,29 @@ def validate_grid(cfg: ExperimentConfig, where: str, base: dict[str, Any]) -> No
                 raise ConfigError(f"{where}: axes.{axis}.{level} must be a mapping of config keys to values")
             merged = apply_overrides(base, override_strings(flatten(overrides)), where=f"{where}: axes.{axis}.{level}")
             build_config(RunConfig, merged, where=f"{where}: axes.{axis}.{level}")
+    rep = cfg.repeat
+    if rep.within == "train_val" and rep.folds is None:
+        raise ConfigError(f"{where}: repeat.within: train_val needs repeat.folds (cross-validation folds)")
+    if rep.within == "train_val" and cfg.evaluate.split != "test":
+        raise ConfigError(f"{where}: with repeat.within: train_val each run is scored on its held-out fold, which "
+                          "its split file calls 'test'; set evaluate.split: test (the real test split is held out)")
+    if cfg.select is not None and not (rep.folds is not None and rep.within == "train_val"):
+        raise ConfigError(f"{where}: select chooses by cross-validation on train + val; it needs repeat.folds with "
+                          "repeat.within: train_val (choosing on the test split, or on folds that include it, "
+                          "would make the test score part of the choice)")
     known = [*names, *REPEAT_LABELS]
     for field in ("rows", "columns", "pages"):
         for axis in getattr(cfg.report, field):
             if axis not in names:
-                raise ConfigError(f"{where}: report.{field} names unknown axis '{axis}'{_suggest(axis, known)}")
+                raise ConfigError(f"{where}: report.{field} names unknown axis '{axis}'{near_matches(axis, known)}")
     for i, spec in enumerate(cfg.compare):
         if spec.axis not in names:
-            raise ConfigError(f"{where}: compare[{i}].axis: unknown axis '{spec.axis}'{_suggest(spec.axis, names)}")
+            raise ConfigError(f"{where}: compare[{i}].axis: unknown axis '{spec.axis}'{near_matches(spec.axis, names)}")
         for a, b in spec.pairs or []:
             for level in (a, b):
                 if level not in cfg.axes[spec.axis]:
                     raise ConfigError(f"{where}: compare[{i}].pairs: '{level}' is not a level of axis "
-                                      f"'{spec.axis}'{_suggest(level, list(cfg.axes[spec.axis]))}")
+                                      f"'{spec.axis}'{near_matches(level, list(cfg.axes[spec.axis]))}")
 
 
 def _keep_order(new: Any, original: Any) -> Any:
@@ -256,8 +247,7 @@ def load_grid(path: str | Path, overrides: list[str] | None = None) -> tuple[Exp
     path = Path(path)
     raw = read_yaml(path)
     data = _keep_order(apply_overrides(raw, overrides or [], where=f"{path} (overrides)"), raw)
-    check_keys(ExperimentConfig, data, str(path))
-    cfg: ExperimentConfig = build_config(ExperimentConfig, data, where=str(path))
+    cfg: ExperimentConfig = build_config(ExperimentConfig, data, where=str(path), unknown="unknown key")
     base = base_dict(cfg, path)
     build_config(RunConfig, base, where=f"{path}: base")
     validate_grid(cfg, str(path), base)

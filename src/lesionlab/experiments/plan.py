@@ -15,12 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lesionlab.config import ConfigError, RunConfig, apply_overrides, build_config
+from lesionlab.config import ConfigError, RunConfig, apply_overrides, build_config, computation_dict
 from lesionlab.experiments.grid import ExperimentConfig, flatten, override_strings
-
-#: Settings that change where or how fast a run executes but not what it computes; left out of the run id so that
-#: moving a grid to a GPU machine or another cache still finds its finished runs.
-EXECUTION_ONLY: tuple[tuple[str, str], ...] = (("data", "cache_dir"), ("train", "device"), ("train", "num_workers"))
 
 RUNS_DIR = "runs"
 CONFIGS_DIR = "configs"
@@ -38,6 +34,7 @@ class PlannedRun:
     config: RunConfig = field(repr=False)
     fold: int | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # base + overrides only: what the config file says
+    cv_data: Any = field(default=None, repr=False)  # cross-validation on train+val: the data config the folds split
 
     def config_file_dict(self) -> dict[str, Any]:
         """The run's config file content: the keys the grid sets, plus its name and output dir.
@@ -75,9 +72,14 @@ class PlannedRun:
         return (self.eval_dir / "metrics.json").is_file() and self.is_trained
 
 
-def fold_split_path(output_dir: Path, fold: int, folds: int, fold_seed: int) -> Path:
-    """The split CSV of one fold, written before the grid runs (see :mod:`lesionlab.experiments.splits`)."""
-    return output_dir / SPLITS_DIR / f"fold{fold}-of{folds}-seed{fold_seed}.csv"
+def fold_split_path(output_dir: Path, fold: int, folds: int, fold_seed: int, within: str = "all") -> Path:
+    """The split CSV of one fold, written before the grid runs (see :mod:`lesionlab.experiments.splits`).
+
+    Cross-validation files (``within="train_val"``) are named ``cv-fold...``: their ``test`` is the held-out fold
+    and the real test split is ``holdout``.
+    """
+    prefix = "cv-" if within == "train_val" else ""
+    return output_dir / SPLITS_DIR / f"{prefix}fold{fold}-of{folds}-seed{fold_seed}.csv"
 
 
 def config_path(output_dir: Path, run_id: str) -> Path:
@@ -91,16 +93,14 @@ def _slug(text: str) -> str:
 
 
 def config_hash(cfg: RunConfig, fold_token: str | None = None) -> str:
-    """Hash of what a run computes: the resolved config minus its name, output dir and execution-only settings.
+    """Hash of what a run computes: the resolved config without the execution-only settings (name, output dir,
+    cache, device, workers: :data:`lesionlab.config.EXECUTION_ONLY`), so a grid moved to a GPU machine or another
+    cache still finds its finished runs.
 
     For k-fold runs the split path (which lives under the output dir) is replaced by a token naming the fold, so
     the id does not depend on where the grid writes its outputs.
     """
-    data = cfg.model_dump(mode="json")
-    data.pop("name", None)
-    data.pop("output_dir", None)
-    for section, key in EXECUTION_ONLY:
-        data.get(section, {}).pop(key, None)
+    data = computation_dict(cfg)
     if fold_token is not None:
         data["data"]["split"] = fold_token
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
@@ -135,6 +135,7 @@ def expand(cfg: ExperimentConfig, base: dict[str, Any], where: str = "grid") -> 
             overrides = dict(level_overrides)
             labels = {axis: level for axis, level, _ in combo}
             fold_token = None
+            cv_data = None
             if rep is not None and repeat.kind == "seed":
                 overrides["train.seed"] = rep
                 labels["seed"] = str(rep)
@@ -142,9 +143,15 @@ def expand(cfg: ExperimentConfig, base: dict[str, Any], where: str = "grid") -> 
                 if "data.split" in overrides:
                     raise ConfigError(f"{where}: an axis sets data.split, but repeat.folds gives each fold its own "
                                       "split; remove one of the two")
-                overrides["data.split"] = str(fold_split_path(cfg.output_dir, rep, repeat.folds, repeat.fold_seed))
+                if repeat.within == "train_val":
+                    before = apply_overrides(base, override_strings(overrides), where=f"{where}: run {labels}")
+                    cv_data = build_config(RunConfig, before, where=f"{where}: run {labels}").data
+                overrides["data.split"] = str(fold_split_path(cfg.output_dir, rep, repeat.folds, repeat.fold_seed,
+                                                              repeat.within))
                 labels["fold"] = str(rep)
                 fold_token = f"fold {rep}/{repeat.folds} seed {repeat.fold_seed} val {repeat.val_fraction}"
+                if repeat.within == "train_val":
+                    fold_token += f" within train_val of {cv_data.split}"
             raw = apply_overrides(base, override_strings(overrides), where=f"{where}: run {labels}")
             run_cfg: RunConfig = build_config(RunConfig, raw, where=f"{where}: run {labels}")
             digest = config_hash(run_cfg, fold_token)
@@ -154,5 +161,6 @@ def expand(cfg: ExperimentConfig, base: dict[str, Any], where: str = "grid") -> 
                                   f"(hash {digest}); two axis levels set identical values")
             seen[digest] = labels
             run_cfg = run_cfg.model_copy(update={"name": run_id, "output_dir": runs_root})
-            plan.append(PlannedRun(run_id, overrides, labels, run_cfg, rep if repeat.kind == "fold" else None, raw))
+            plan.append(PlannedRun(run_id, overrides, labels, run_cfg, rep if repeat.kind == "fold" else None, raw,
+                                   cv_data))
     return plan

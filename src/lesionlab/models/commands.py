@@ -21,15 +21,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--size", type=int, default=224, help="square input size for the FLOPs (default 224)")
     p.add_argument("--notes", action="store_true", help="also print each entry's notes (why that timm variant)")
     p.add_argument("--all", action="store_true", help="also list every other timm architecture name")
-    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     from rich.columns import Columns
     from rich.console import Console
-    from rich.table import Table
 
+    from lesionlab.core.argparsing import rich_table
     from lesionlab.models.registry import REGISTRY, resolve_spec, timm_architectures
     from lesionlab.models.summary import registry_summaries, summarize
 
@@ -37,10 +36,10 @@ def _main(args: argparse.Namespace) -> int:
         resolve_spec(name)
     console = Console()
     rows = registry_summaries(args.size) + [summarize(n, args.size) for n in args.names if n not in REGISTRY]
-    table = Table(title=f"lesionlab models at {args.size}x{args.size} (FLOPs: 1 multiply-add = 2)")
-    for col, justify in (("name", "left"), ("kind", "left"), ("timm model", "left"), ("params (M)", "right"),
-                         (f"GFLOPs @{args.size}", "right"), ("native", "right"), ("offline ImageNet weights", "left")):
-        table.add_column(col, justify=justify, overflow="fold")
+    left = ("name", "kind", "timm model", "offline ImageNet weights")
+    table = rich_table(f"lesionlab models at {args.size}x{args.size} (FLOPs: 1 multiply-add = 2)",
+                       (*left[:3], "params (M)", f"GFLOPs @{args.size}", "native", left[3]), left=left,
+                       overflow="fold")
     for r in rows:
         table.add_row(r.name, r.kind, r.timm_name, f"{r.params / 1e6:.2f}", f"{r.flops / 1e9:.2f}",
                       str(r.native_size), r.offline)

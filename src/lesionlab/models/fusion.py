@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lesionlab.config import ConfigError
+
 
 class NoFusion(nn.Module):
     """Image only; ``meta`` is ignored."""
@@ -83,9 +85,9 @@ def build_fusion(kind: str, channels: int, embed_dim: int, meta_dim: int, hidden
     if kind == "none":
         return NoFusion()
     if kind not in ("concat", "metablock"):
-        raise ValueError(f"model.fusion: unknown fusion {kind!r}; expected none, concat or metablock")
+        raise ConfigError(f"model.fusion: unknown fusion {kind!r}; expected none, concat or metablock")
     if meta_dim <= 0:
-        raise ValueError(f"model.fusion={kind}: metadata fusion asked for on a dataset without metadata (meta_dim=0); "
+        raise ConfigError(f"model.fusion={kind}: metadata fusion asked for on a dataset without metadata (meta_dim=0); "
                          "use model.fusion=none or a source with age/sex/site")
     if kind == "concat":
         return ConcatFusion(embed_dim, meta_dim, hidden)

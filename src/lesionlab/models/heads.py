@@ -28,6 +28,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from lesionlab.config import ConfigError
+
 HeadKind = Literal["linear", "simple", "conv", "mlp"]
 FEATURE_KIND: dict[str, Literal["pooled", "map"]] = {"linear": "pooled", "mlp": "pooled", "simple": "map",
                                                       "conv": "map"}
@@ -81,12 +83,12 @@ def build_head(kind: str, channels: int, num_classes: int, hidden: int = 64, dro
                grid: int = 2) -> Head:
     """A head for backbone features with ``channels`` channels (map or pooled, as ``FEATURE_KIND[kind]`` says)."""
     if kind not in FEATURE_KIND:
-        raise ValueError(f"model.head: unknown head {kind!r}; expected one of {', '.join(FEATURE_KIND)}")
+        raise ConfigError(f"model.head: unknown head {kind!r}; expected one of {', '.join(FEATURE_KIND)}")
     if hidden < 1 or grid < 1:
-        raise ValueError(f"model.head_hidden ({hidden}) and model.head_grid ({grid}) must be positive")
+        raise ConfigError(f"model.head_hidden ({hidden}) and model.head_grid ({grid}) must be positive")
     drop = DEFAULT_DROPOUT[kind] if dropout is None else float(dropout)
     if not 0.0 <= drop < 1.0:
-        raise ValueError(f"model.dropout must be in [0, 1), got {drop}")
+        raise ConfigError(f"model.dropout must be in [0, 1), got {drop}")
     if kind == "linear":
         embed, dim = _linear_embed(channels, drop)
     elif kind == "mlp":

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lesionlab.classes import NUM_CLASSES
-from lesionlab.config import ModelConfig
+from lesionlab.config import ConfigError, ModelConfig
 from lesionlab.models.fusion import NoFusion, build_fusion
 from lesionlab.models.heads import FEATURE_KIND, Head, build_head
 from lesionlab.models.presets import resolve_model_config
@@ -122,11 +122,6 @@ class LesionModel(nn.Module):
                     module.eval()
         return self
 
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Backbone and head (incl. fusion) parameters, for different learning rates or freezing."""
-        return {"backbone": list(self.backbone.parameters()),
-                "head": list(self.head.parameters()) + list(self.fusion.parameters())}
-
 
 def freeze_backbone(model: LesionModel, frozen: bool = True) -> LesionModel:
     """Stop (or restart) training the backbone: gradients off and the whole backbone in eval mode while frozen.
@@ -149,7 +144,7 @@ def _timm_kwargs(spec: ModelSpec, cfg: ModelConfig) -> dict[str, Any]:
         kwargs["pretrained_cfg_overlay"] = {**_MOBILENETV2_SHARED_CFG, **kwargs.get("pretrained_cfg_overlay", {})}
     for reserved in ("num_classes", "pretrained", "features_only"):
         if reserved in kwargs:
-            raise ValueError(f"model.timm_kwargs: {reserved!r} is set by lesionlab itself; remove it")
+            raise ConfigError(f"model.timm_kwargs: {reserved!r} is set by lesionlab itself; remove it")
     return kwargs
 
 
@@ -200,7 +195,7 @@ def _map_channels(spec: ModelSpec, kwargs: dict[str, Any], head: str) -> int:
         input_size = tuple(twin.pretrained_cfg.get("input_size", (3, 224, 224)))
         shape = tuple(twin.eval().forward_features(torch.empty(1, *input_size)).shape)
     if len(shape) != 4:
-        raise ValueError(f"model.head={head} needs a convolutional feature map [B, C, H, W], but {spec.timm_name} "
+        raise ConfigError(f"model.head={head} needs a convolutional feature map [B, C, H, W], but {spec.timm_name} "
                          f"gives features of shape {list(shape)}; use model.head=linear or mlp")
     return int(shape[1])
 
@@ -215,7 +210,7 @@ def create_model(cfg: ModelConfig, num_classes: int = NUM_CLASSES, meta_dim: int
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     if not 0.0 <= cfg.meta_dropout < 1.0:
-        raise ValueError(f"model.meta_dropout must be in [0, 1), got {cfg.meta_dropout}")
+        raise ConfigError(f"model.meta_dropout must be in [0, 1), got {cfg.meta_dropout}")
     if cfg.fusion != "none" and meta_dim <= 0:
         build_fusion(cfg.fusion, 1, 1, meta_dim)  # raises the "dataset without metadata" error before any work
     spec = resolve_spec(cfg.name)

@@ -18,6 +18,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lesionlab.config import ConfigError
+
 if TYPE_CHECKING:
     from lesionlab.config import ModelConfig, RunConfig
 
@@ -51,7 +53,7 @@ def head_preset_overrides(name: str, backbone: bool = False) -> dict[str, dict[s
     if key not in HEAD_PRESETS:
         close = difflib.get_close_matches(key, list(HEAD_PRESETS), n=2)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"model.head_preset: unknown preset {name!r}{hint} (known: {', '.join(HEAD_PRESETS)})")
+        raise ConfigError(f"model.head_preset: unknown preset {name!r}{hint} (known: {', '.join(HEAD_PRESETS)})")
     preset = HEAD_PRESETS[key]
     model = dict(preset.model)
     if backbone:
@@ -65,7 +67,7 @@ def _merge(section: Any, updates: dict[str, Any], where: str, preset: str) -> An
                  if k in section.model_fields_set and getattr(section, k) != v]
     if conflicts:
         sets = ", ".join(f"{where}.{k}={v!r}" for k, v in updates.items())
-        raise ValueError(f"model.head_preset={preset} sets {sets} but the config also sets {', '.join(conflicts)}; "
+        raise ConfigError(f"model.head_preset={preset} sets {sets} but the config also sets {', '.join(conflicts)}; "
                          "drop one of them")
     return section.model_copy(update=updates)
 

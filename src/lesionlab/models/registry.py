@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
+from lesionlab.core.errors import LesionlabError
+
 OfflineSource = Literal["", "pypi-lite", "shared-mobilenetv2"]
 
 
@@ -30,13 +32,8 @@ class ModelSpec:
     freeze_bn: bool = False  # the pretrained BatchNorm statistics must not be re-estimated (folded BN)
     strip_pre_logits: bool = False  # drop timm's pre-logits MLP (VGG fc6/fc7) and take the conv feature map
 
-    @property
-    def in_registry(self) -> bool:
-        """Whether this came from the study table (rather than a plain timm name)."""
-        return self.name in REGISTRY
 
-
-class UnknownModelError(ValueError):
+class UnknownModelError(LesionlabError, ValueError):
     """A model name that is neither a registry name nor a timm architecture."""
 
 

@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lesionlab.classes import NUM_CLASSES
 from lesionlab.config import ModelConfig
+from lesionlab.core.errors import UsageError
 from lesionlab.models.model import create_model
 from lesionlab.models.registry import REGISTRY, resolve_spec
 from lesionlab.models.weights import offline_source_available
@@ -46,7 +47,7 @@ def count_flops(model: torch.nn.Module, size: int) -> int:
 def summarize(name: str, size: int = 224) -> ModelSummary:
     """Parameters and FLOPs of ``name`` with the default linear head, built without weights on the meta device."""
     if size < 32:
-        raise ValueError(f"--size must be at least 32 (stride-32 backbones), got {size}")
+        raise UsageError(f"--size must be at least 32 (stride-32 backbones), got {size}")
     spec = resolve_spec(name)
     with torch.device("meta"):
         model = create_model(ModelConfig(name=name, pretrained=False), num_classes=NUM_CLASSES).eval()

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from lesionlab.core.errors import LesionlabError
 from lesionlab.core.io import file_sha256
 from lesionlab.core.paths import shared_dir
 from lesionlab.models.registry import ModelSpec
@@ -46,11 +47,11 @@ OFFLINE_OPTIONS = ("model.weights=/path/file.safetensors (a local safetensors or
                    "offline) or model.pretrained=false")
 
 
-class WeightsError(ValueError):
+class WeightsError(LesionlabError, ValueError):
     """A weights file that cannot be used: unreadable, truncated, or for another architecture or class count."""
 
 
-class OfflineWeightsError(RuntimeError):
+class OfflineWeightsError(LesionlabError, RuntimeError):
     """Pretrained weights were asked for, but the hub is unreachable and nothing local provides them."""
 
 

@@ -17,12 +17,14 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lesionlab import __version__
 from lesionlab.classes import UnknownClassError, by_code
+from lesionlab.core.version import __version__
+from lesionlab.data.metadata import SEXES
+from lesionlab.runs import Run, load_run
 from lesionlab.serve.decode import decode_image
 from lesionlab.serve.errors import ServeError, error_response, install_error_handlers
 from lesionlab.serve.schemas import ERRORS, BatchResponse, PredictResponse
-from lesionlab.serve.service import SEXES, Patient, Predictor, Timer
+from lesionlab.serve.service import Patient, Predictor, Timer
 from lesionlab.serve.settings import ServeSettings
 
 FORM_OVERHEAD = 256 * 1024  # multipart boundaries, headers and the small text fields around the images
@@ -82,12 +84,8 @@ class UploadGuard:
         await self.app(scope, counted, send)
 
 
-def _load(run_or_path: Any) -> Any:
-    if isinstance(run_or_path, (str, Path)):
-        from lesionlab.runs import load_run
-
-        return load_run(run_or_path)
-    return run_or_path
+def _load(run_or_path: Run | str | Path) -> Run:
+    return load_run(run_or_path) if isinstance(run_or_path, (str, Path)) else run_or_path
 
 
 def _pick(values: list[str] | None, n: int, name: str) -> list[str | None]:
@@ -102,44 +100,35 @@ def _pick(values: list[str] | None, n: int, name: str) -> list[str | None]:
     return list(values)
 
 
-def create_app(run_or_path: Any, settings: ServeSettings | None = None) -> FastAPI:
-    """The service for one run (a loaded ``Run`` or its directory); pure apart from loading the model."""
-    settings = settings or ServeSettings()
-    predictor = Predictor(_load(run_or_path), settings)
-    if settings.warmup:
-        predictor.warm_up()
-    app = FastAPI(title="lesionlab decision support", version=__version__, description=DESCRIPTION)
-    app.state.predictor = predictor
-    app.state.settings = settings
-    install_error_handlers(app)
-    app.add_middleware(UploadGuard, limits={
-        "/v1/predict": settings.max_bytes + FORM_OVERHEAD,
-        "/v1/predict/batch": settings.max_batch * settings.max_bytes + FORM_OVERHEAD})
-    app.mount("/static", StaticFiles(directory=static_dir()), name="static")
+def _read_upload(upload: UploadFile, field: str, settings: ServeSettings) -> tuple[bytes, str]:
+    name = upload.filename or field
+    if upload.size is not None and upload.size > settings.max_bytes:
+        raise ServeError(413, "too_many_bytes", f"{name}: {upload.size:,} bytes is over the limit of "
+                         f"{settings.max_bytes:,} bytes", field)
+    return upload.file.read(settings.max_bytes + 1), name
 
-    def read_upload(upload: UploadFile, field: str) -> tuple[bytes, str]:
-        name = upload.filename or field
-        if upload.size is not None and upload.size > settings.max_bytes:
-            raise ServeError(413, "too_many_bytes", f"{name}: {upload.size:,} bytes is over the limit of "
-                             f"{settings.max_bytes:,} bytes", field)
-        return upload.file.read(settings.max_bytes + 1), name
 
-    def run_predict(uploads: list[UploadFile], patients: list[Patient], fields: list[str], explain: bool,
-                    explain_class: str | None) -> tuple[list[dict[str, Any]], dict[str, float]]:
-        start = time.perf_counter()
-        timer = Timer()
-        images, names = [], []
-        t = start
-        for upload, field in zip(uploads, fields, strict=True):
-            data, name = read_upload(upload, field)
-            images.append(decode_image(data, settings, name, upload.content_type, field))
-            names.append(name)
-        timer.add("decode", t)
-        results = predictor.predict(images, patients, names, timer, explain=explain, explain_class=explain_class)
-        timer.add("total", start)
-        timing = {k: round(v, 3) for k, v in timer.stages.items()}
-        timing["overhead"] = round(timing["total"] - timing.get("model", 0.0) - timing.get("explain", 0.0), 3)
-        return results, timing
+def run_predict(predictor: Predictor, uploads: list[UploadFile], patients: list[Patient], fields: list[str],
+                explain: bool, explain_class: str | None) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Decode the uploads and score them; returns the per-image answers and the timing in milliseconds."""
+    settings = predictor.settings
+    start = time.perf_counter()
+    timer = Timer()
+    images, names = [], []
+    for upload, field in zip(uploads, fields, strict=True):
+        data, name = _read_upload(upload, field, settings)
+        images.append(decode_image(data, settings, name, upload.content_type, field))
+        names.append(name)
+    timer.add("decode", start)
+    results = predictor.predict(images, patients, names, timer, explain=explain, explain_class=explain_class)
+    timer.add("total", start)
+    timing = {k: round(v, 3) for k, v in timer.stages.items()}
+    timing["overhead"] = round(timing["total"] - timing.get("model", 0.0) - timing.get("explain", 0.0), 3)
+    return results, timing
+
+
+def _info_routes(app: FastAPI, predictor: Predictor) -> None:
+    settings = predictor.settings
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -159,6 +148,10 @@ def create_app(run_or_path: Any, settings: ServeSettings | None = None) -> FastA
                 "max_bytes": settings.max_bytes, "max_pixels": settings.max_pixels, "max_batch": settings.max_batch,
                 "content_types": list(settings.content_types), "uses_metadata": predictor.uses_meta}
 
+
+def _predict_routes(app: FastAPI, predictor: Predictor) -> None:
+    settings = predictor.settings
+
     @app.post("/v1/predict", summary="Classify one image", response_model=PredictResponse, responses=ERRORS)
     def predict(image: Annotated[UploadFile, File(description="the dermoscopy image (JPEG, PNG, ...)")],
                 age: Annotated[str | None, Form(description="years")] = None,
@@ -174,7 +167,7 @@ def create_app(run_or_path: Any, settings: ServeSettings | None = None) -> FastA
             except UnknownClassError as err:
                 raise ServeError(422, "unknown_class", str(err), "explain_class") from None
             explain = True
-        results, timing = run_predict([image], [patient], ["image"], explain, explain_class)
+        results, timing = run_predict(predictor, [image], [patient], ["image"], explain, explain_class)
         body = {"model": predictor.model_info(), **results[0], "temperature": predictor.temperature,
                 "timing_ms": timing}
         return JSONResponse(body)
@@ -194,8 +187,25 @@ def create_app(run_or_path: Any, settings: ServeSettings | None = None) -> FastA
         rows = enumerate(zip(ages, sexes, sites, strict=True))
         patients = [predictor.check_patient(a, s, t, prefix=f"images[{i}]." if n > 1 else "") for i, (a, s, t) in rows]
         fields = [f"images[{i}]" for i in range(n)]
-        results, timing = run_predict(images, patients, fields, explain, None)
+        results, timing = run_predict(predictor, images, patients, fields, explain, None)
         return JSONResponse({"model": predictor.model_info(), "temperature": predictor.temperature,
                              "results": results, "timing_ms": timing})
 
+
+def create_app(run_or_path: Run | str | Path, settings: ServeSettings | None = None) -> FastAPI:
+    """The service for one run (a loaded ``Run`` or its directory); pure apart from loading the model."""
+    settings = settings or ServeSettings()
+    predictor = Predictor(_load(run_or_path), settings)
+    if settings.warmup:
+        predictor.warm_up()
+    app = FastAPI(title="lesionlab decision support", version=__version__, description=DESCRIPTION)
+    app.state.predictor = predictor
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(UploadGuard, limits={
+        "/v1/predict": settings.max_bytes + FORM_OVERHEAD,
+        "/v1/predict/batch": settings.max_batch * settings.max_bytes + FORM_OVERHEAD})
+    app.mount("/static", StaticFiles(directory=static_dir()), name="static")
+    _info_routes(app, predictor)
+    _predict_routes(app, predictor)
     return app

@@ -17,7 +17,13 @@ from typing import Protocol, TypeVar
 import numpy as np
 import torch
 
+from lesionlab.core.errors import LesionlabError, MissingFileError
+
 T = TypeVar("T")
+
+
+class OnnxError(LesionlabError, ValueError):
+    """An ONNX file that does not fit the run it is meant to serve; the message names the file."""
 
 
 @contextmanager
@@ -87,7 +93,7 @@ def ort_session(path: str | Path, threads: int = 2):
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {path} (write it with `lesionlab export RUN --onnx`)")
+        raise MissingFileError(f"ONNX model not found: {path} (write it with `lesionlab export RUN --onnx`)")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -105,7 +111,7 @@ class OnnxBackend:
         self.session = ort_session(path, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         if "image" not in self.input_names:
-            raise ValueError(f"{path}: ONNX model has inputs {self.input_names}, expected 'image' (and 'meta')")
+            raise OnnxError(f"{path}: ONNX model has inputs {self.input_names}, expected 'image' (and 'meta')")
         self.uses_meta = "meta" in self.input_names
         self.lock = threading.Lock()  # one run at a time: parallel runs would only oversubscribe the cores
 
@@ -114,7 +120,7 @@ class OnnxBackend:
         feeds = {"image": np.ascontiguousarray(images, dtype=np.float32)}
         if self.uses_meta:
             if meta is None:
-                raise ValueError(f"{self.path}: this ONNX model needs a 'meta' input")
+                raise OnnxError(f"{self.path}: this ONNX model needs a 'meta' input")
             feeds["meta"] = np.ascontiguousarray(meta, dtype=np.float32)
         with self.lock:
             return self.session.run(None, feeds)[0]

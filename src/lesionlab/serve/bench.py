@@ -2,20 +2,35 @@
 
 Batch 1, one image at a time, as a clinician's request arrives; warm-up runs are discarded; medians and p95 are
 reported in milliseconds. Thread counts are fixed (``threads``) so numbers are comparable between runs.
+
+The load test (:func:`load_test`, ``lesionlab serve-bench load``) sends a fixed number of requests at a fixed
+concurrency within a wall-clock bound and reports every failure rather than retrying, so "zero errors" means what
+it says.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import socket
+import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import torch
+
+from lesionlab.serve.backend import ort_session
+from lesionlab.serve.decode import decode_image
+from lesionlab.serve.onnx_export import export_module, quantize_int8
+from lesionlab.serve.samples import jpeg_bytes, synthetic_lesion  # noqa: F401  (re-exported: their former home)
+from lesionlab.serve.service import Predictor
 
 
 def time_calls(fn: Callable[[], object], runs: int = 50, warmup: int = 5) -> dict[str, float]:
@@ -40,9 +55,6 @@ def model_latency(model: torch.nn.Module, size: tuple[int, int], meta_dim: int =
     With ``int8_feeds`` (calibration inputs) an int8 ONNX Runtime variant is measured too, with its logit difference
     from PyTorch on the benchmark input.
     """
-    from lesionlab.serve.backend import ort_session
-    from lesionlab.serve.onnx_export import export_module, quantize_int8
-
     torch.set_num_threads(threads)
     model = model.eval()
     g = torch.Generator().manual_seed(0)
@@ -86,14 +98,12 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-def service_overhead(predictor: Any, image_bytes: bytes, content_type: str = "image/jpeg", runs: int = 100,
+def service_overhead(predictor: Predictor, image_bytes: bytes, content_type: str = "image/jpeg", runs: int = 100,
                      warmup: int = 5) -> dict[str, dict[str, float]]:
     """The service's own time per image, without the model: decode, preprocess (+ metadata), JSON encoding.
 
     Measured in-process on the same code the endpoint runs; ``total`` is their sum per call.
     """
-    from lesionlab.serve.decode import decode_image
-
     patient = predictor.check_patient("55", "female", "back")
     image = decode_image(image_bytes, predictor.settings, "bench", content_type)
     x, meta = predictor.prepare(image, patient)
@@ -118,26 +128,93 @@ def service_overhead(predictor: Any, image_bytes: bytes, content_type: str = "im
     return out
 
 
-def jpeg_bytes(image: Any, quality: int = 90) -> bytes:
-    """Encode a PIL image as JPEG bytes (for synthetic benchmark inputs)."""
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+@dataclass
+class LoadResult:
+    """Outcome of :func:`load_test`; latencies in milliseconds, measured by the client."""
+
+    requests: int
+    concurrency: int
+    ok: int
+    errors: int
+    seconds: float
+    throughput: float  # successful requests per second
+    p50: float
+    p95: float
+    p99: float
+    server_model_p50: float | None = None
+    server_overhead_p50: float | None = None
+    error_samples: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
 
 
-def synthetic_lesion(size: tuple[int, int] = (600, 450), seed: int = 0) -> Any:
-    """A seeded lesion-like RGB image (dark ellipse on noisy skin tone) of ``size`` = (width, height).
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
 
-    Only for checks that need some image when no real one is present (parity, benchmarks, tests); it carries no
-    diagnostic content.
+
+def load_test(url: str, image: bytes, requests: int = 200, concurrency: int = 4, filename: str = "image.jpg",
+              content_type: str = "image/jpeg", fields: dict[str, str] | None = None, timeout: float = 30.0,
+              max_seconds: float = 300.0) -> LoadResult:
+    """POST ``image`` to ``url`` (``/v1/predict``) ``requests`` times from ``concurrency`` client threads.
+
+    A request that fails, answers non-200 or would start after ``max_seconds`` counts as an error.
     """
-    from PIL import Image
+    if requests < 1 or concurrency < 1:
+        raise ValueError(f"requests ({requests}) and concurrency ({concurrency}) must be at least 1")
+    lock = threading.Lock()
+    latencies: list[float] = []
+    model_ms: list[float] = []
+    overhead_ms: list[float] = []
+    errors: list[str] = []
+    counter = iter(range(requests))
+    start = time.perf_counter()
 
-    rng = np.random.default_rng(seed)
-    w, h = size
-    yy, xx = np.mgrid[:h, :w]
-    cy, cx = h * rng.uniform(0.4, 0.6), w * rng.uniform(0.4, 0.6)
-    blob = ((yy - cy) ** 2 / (h / 3) ** 2 + (xx - cx) ** 2 / (w / 3) ** 2) < 1
-    skin = np.array([205, 150, 130]) + rng.normal(0, 10, 3)
-    arr = skin + rng.normal(0, 12, (h, w, 3)) - rng.uniform(60, 120) * blob[..., None]
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    def worker() -> None:
+        with httpx.Client(timeout=timeout) as client:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                if time.perf_counter() - start > max_seconds:
+                    with lock:
+                        errors.append(f"request {i}: not sent, past the {max_seconds:g} s bound")
+                    continue
+                t = time.perf_counter()
+                try:
+                    resp = client.post(url, files={"image": (filename, image, content_type)}, data=fields or {})
+                    elapsed = 1000.0 * (time.perf_counter() - t)
+                    if resp.status_code != 200:
+                        raise RuntimeError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                    timing = resp.json().get("timing_ms", {})
+                except (httpx.HTTPError, RuntimeError, ValueError) as err:
+                    with lock:
+                        errors.append(f"request {i}: {err}")
+                    continue
+                with lock:
+                    latencies.append(elapsed)
+                    if "model" in timing:
+                        model_ms.append(float(timing["model"]))
+                    if "overhead" in timing:
+                        overhead_ms.append(float(timing["overhead"]))
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for f in [pool.submit(worker) for _ in range(concurrency)]:
+            f.result()
+    seconds = time.perf_counter() - start
+    return LoadResult(
+        requests=requests, concurrency=concurrency, ok=len(latencies), errors=len(errors), seconds=seconds,
+        throughput=len(latencies) / seconds if seconds > 0 else float("nan"),
+        p50=_percentile(latencies, 50), p95=_percentile(latencies, 95), p99=_percentile(latencies, 99),
+        server_model_p50=statistics.median(model_ms) if model_ms else None,
+        server_overhead_p50=statistics.median(overhead_ms) if overhead_ms else None,
+        error_samples=errors[:5])
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (for tests and benchmarks on loopback)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

@@ -1,6 +1,8 @@
 """Command-line entry points of the service: ``serve``, ``export``, ``predict`` and ``serve-bench``.
 
-Argument parsing and printing only; the work is done by the pure functions of :mod:`lesionlab.serve`.
+Argument parsing and printing only; the work is done by the pure functions of :mod:`lesionlab.serve`. The run
+directory is the first positional argument of each, and ``--onnx [PATH]`` means the same everywhere: ONNX Runtime
+with the file PATH (default ``RUN/model.onnx``, exported when missing).
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from lesionlab.core.argparsing import Deprecated, rich_table
+from lesionlab.core.errors import LesionlabError, MissingFileError, UsageError
+from lesionlab.core.io import atomic_write
 
 DEFAULT_PORT = 8000
 
@@ -25,25 +31,25 @@ def _limit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help=f"default referral threshold when the run has none fitted (default {d.default_threshold})")
     p.add_argument("--threads", type=int, default=d.threads, help="intra-op threads for inference")
-    p.add_argument("--no-tta", action="store_true", help="single view instead of the run's flip averaging")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip-averaged predictions (default: as the run was validated)")
     p.add_argument("--source-size", type=int, default=None, metavar="PX",
                    help="squash uploads to PX x PX first, as the training images were stored (default: the size "
                         "the run recorded, e.g. 64 for the shared 64 px HAM10000 images; 0: never)")
 
 
 def _settings(args: argparse.Namespace, onnx_path: str | None = None) -> Any:
+    from lesionlab.config import build_config
     from lesionlab.serve.settings import ServeSettings
 
     values: dict[str, Any] = {"max_bytes": args.max_bytes, "max_pixels": args.max_pixels,
                               "max_batch": args.max_batch, "content_types": args.content_types,
-                              "threads": args.threads, "onnx_path": onnx_path}
+                              "threads": args.threads, "onnx_path": onnx_path, "tta": args.tta}
     if args.threshold is not None:
         values["default_threshold"] = args.threshold
-    if args.no_tta:
-        values["tta"] = False
     if args.source_size is not None:
         values["source_size"] = args.source_size
-    return ServeSettings(**values)
+    return build_config(ServeSettings, values, where="command-line options")
 
 
 def _onnx_for(run: Any, flag: str | None) -> str | None:
@@ -52,7 +58,7 @@ def _onnx_for(run: Any, flag: str | None) -> str | None:
         return None
     if flag != "auto":
         return flag
-    from lesionlab.serve.onnx_export import check_onnx_matches, export_onnx
+    from lesionlab.serve.onnx_export import OnnxError, check_onnx_matches, export_onnx
 
     path = Path(run.path) / "model.onnx"
     if not path.is_file():
@@ -61,7 +67,7 @@ def _onnx_for(run: Any, flag: str | None) -> str | None:
     else:
         try:
             check_onnx_matches(path, run)
-        except ValueError as err:
+        except OnnxError as err:
             print(f"re-exporting {path}: {err}", file=sys.stderr)
             export_onnx(run, path)
     return str(path)
@@ -84,38 +90,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Write ``model.onnx`` and check it against PyTorch on real images (synthetic ones when none are present)."""
     from rich.console import Console
-    from rich.table import Table
 
     from lesionlab.runs import load_run
     from lesionlab.serve.onnx_export import (
         PARITY_TOL,
+        OnnxError,
         calibration_feeds,
         export_onnx,
         parity,
-        parity_images,
         quantize_int8,
+        run_uses_meta,
     )
+    from lesionlab.serve.samples import parity_images
 
-    if not args.onnx:
-        raise ValueError("choose an export format: --onnx (the only one so far)")
+    if not args.onnx and not args.out:
+        raise UsageError("choose an export format: --onnx [PATH] (the only one so far)")
     run = load_run(args.run)
-    path = export_onnx(run, args.out)
+    path = export_onnx(run, args.out or (None if args.onnx in (None, "auto") else args.onnx))
     images, source = parity_images(args.check_images, limit=args.check_limit)
     results = {path: parity(run, path, images, threads=args.threads)}
     if args.int8:
         q_path = path.with_name(path.stem + ".int8.onnx")
-        quantize_int8(path, q_path, calibration_feeds(run, images))
+        quantize_int8(path, q_path, calibration_feeds(run.preprocessing, images,
+                                                      run.meta_encoder if run_uses_meta(run) else None))
         results[q_path] = parity(run, q_path, images, threads=args.threads)
-    table = Table(title=f"ONNX export, parity with PyTorch on {len(images)} images ({source})")
-    for col in ("file", "max |p diff|", "max |logit diff|", "top-1 agreement"):
-        table.add_column(col, justify="right")
-    for file, r in results.items():
-        table.add_row(file.name, f"{r['max_abs_prob_diff']:.2e}", f"{r['max_abs_logit_diff']:.2e}",
-                      f"{r['top1_agreement']:.3f}")
-    Console(stderr=True).print(table)
+    Console(stderr=True).print(_table(
+        f"ONNX export, parity with PyTorch on {len(images)} images ({source})",
+        ("file", "max |p diff|", "max |logit diff|", "top-1 agreement"),
+        [[file.name, f"{r['max_abs_prob_diff']:.2e}", f"{r['max_abs_logit_diff']:.2e}", f"{r['top1_agreement']:.3f}"]
+         for file, r in results.items()]))
     if results[path]["max_abs_prob_diff"] > PARITY_TOL:
-        raise RuntimeError(f"{path}: ONNX probabilities differ from PyTorch by "
-                           f"{results[path]['max_abs_prob_diff']:.2e} > {PARITY_TOL:g}; do not serve this file")
+        raise OnnxError(f"{path}: ONNX probabilities differ from PyTorch by "
+                        f"{results[path]['max_abs_prob_diff']:.2e} > {PARITY_TOL:g}; do not serve this file")
     if args.int8:
         print("int8: probabilities differ from PyTorch by the amounts above (calibrated on the same images); "
               "check the run's metrics with it before serving it", file=sys.stderr)
@@ -131,9 +137,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from lesionlab.serve.service import Predictor
 
     if args.csv and (args.images or args.age or args.sex or args.site):
-        raise ValueError("give either --csv FILE or IMAGE... with --age/--sex/--site, not both")
+        raise UsageError("give either --csv FILE or IMAGE... with --age/--sex/--site, not both")
     if not args.csv and not args.images:
-        raise ValueError("nothing to predict: give image files or --csv FILE")
+        raise UsageError("nothing to predict: give image files or --csv FILE")
     table = read_input_csv(args.csv) if args.csv else input_table(args.images, args.age, args.sex, args.site)
     run = load_run(args.run)
     predictor = Predictor(run, _settings(args, _onnx_for(run, args.onnx)))
@@ -141,8 +147,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.out == "-":
         result.to_csv(sys.stdout, index=False)
     else:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        result.to_csv(args.out, index=False)
+        atomic_write(args.out, lambda tmp: result.to_csv(tmp, index=False))
         print(f"wrote {len(result)} rows to {args.out}", file=sys.stderr)
     failed = result[result["error"] != ""]
     for message in failed["error"]:
@@ -150,41 +155,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if len(failed) else 0
 
 
+def _table(title: str, columns: tuple[str, ...], rows: list[list[str]]) -> Any:
+    table = rich_table(title, columns)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Latency (eager vs ONNX Runtime), service overhead, or a loopback load test; prints a table and JSON."""
     from rich.console import Console
-    from rich.table import Table
 
+    if args.old_run and args.run and args.old_run != args.run:
+        raise UsageError(f"serve-bench: two runs given ({args.run} and --run {args.old_run}); give one")
+    args.run = args.run or args.old_run
     console = Console(stderr=True)
     if args.what == "latency":
         result = _bench_latency(args)
-        table = Table(title=f"batch-1 latency, {result['model']} at {result['size']}, {args.threads} threads (ms)")
-        for col in ("backend", "p50", "p95", "min"):
-            table.add_column(col, justify="right")
-        for key, name in (("eager_ms", "PyTorch eager"), ("onnxruntime_ms", "ONNX Runtime"),
-                          ("onnxruntime_int8_ms", "ONNX Runtime int8")):
-            if key not in result:
-                continue
-            r = result[key]
-            table.add_row(name, f"{r['p50']:.2f}", f"{r['p95']:.2f}", f"{r['min']:.2f}")
-        console.print(table)
+        rows = [[name, *(f"{result[key][q]:.2f}" for q in ("p50", "p95", "min"))] for key, name in
+                (("eager_ms", "PyTorch eager"), ("onnxruntime_ms", "ONNX Runtime"),
+                 ("onnxruntime_int8_ms", "ONNX Runtime int8")) if key in result]
+        console.print(_table(f"batch-1 latency, {result['model']} at {result['size']}, {args.threads} threads (ms)",
+                             ("backend", "p50", "p95", "min"), rows))
     elif args.what == "overhead":
         result = _bench_overhead(args)
-        table = Table(title="service overhead per image, in-process (ms)")
-        for col in ("stage", "p50", "p95"):
-            table.add_column(col, justify="right")
-        for stage, r in result["stages"].items():
-            table.add_row(stage, f"{r['p50']:.2f}", f"{r['p95']:.2f}")
-        console.print(table)
+        console.print(_table("service overhead per image, in-process (ms)", ("stage", "p50", "p95"),
+                             [[stage, f"{r['p50']:.2f}", f"{r['p95']:.2f}"] for stage, r in result["stages"].items()]))
     else:
         result = _bench_load(args)
-        table = Table(title=f"load test: {args.requests} requests, {args.concurrency} clients, loopback")
-        for col in ("ok", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "server overhead p50 ms"):
-            table.add_column(col, justify="right")
         r = result["load"]
-        table.add_row(str(r["ok"]), str(r["errors"]), f"{r['throughput']:.1f}", f"{r['p50']:.1f}", f"{r['p95']:.1f}",
-                      f"{r['p99']:.1f}", f"{r['server_overhead_p50']:.2f}" if r["server_overhead_p50"] else "-")
-        console.print(table)
+        console.print(_table(f"load test: {args.requests} requests, {args.concurrency} clients, loopback",
+                             ("ok", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "server overhead p50 ms"),
+                             [[str(r["ok"]), str(r["errors"]), f"{r['throughput']:.1f}", f"{r['p50']:.1f}",
+                               f"{r['p95']:.1f}", f"{r['p99']:.1f}",
+                               f"{r['server_overhead_p50']:.2f}" if r["server_overhead_p50"] else "-"]]))
         for sample in r["error_samples"]:
             console.print(f"error: {sample}")
     print(json.dumps(result, indent=2))
@@ -218,29 +222,26 @@ def _bench_latency(args: argparse.Namespace) -> dict[str, Any]:
 
 def _int8_feeds(run: Any, model: Any, size: tuple[int, int], count: int) -> list[Any]:
     """Calibration inputs for int8: real images through the run's preprocessing (or the model's normalisation)."""
-    from types import SimpleNamespace
-
     from lesionlab.data.transforms import Preprocessing
-    from lesionlab.serve.onnx_export import calibration_feeds, parity_images
+    from lesionlab.serve.onnx_export import calibration_feeds, run_uses_meta
+    from lesionlab.serve.samples import parity_images
 
     images, _ = parity_images(limit=count)
     if run is None:
-        pre = Preprocessing(size=size, mean=model.data_config["mean"], std=model.data_config["std"])
-        run = SimpleNamespace(preprocessing=pre, meta_encoder=None, info={}, model=model)
-    return calibration_feeds(run, images)
+        return calibration_feeds(Preprocessing(size=size, mean=model.data_config["mean"],
+                                               std=model.data_config["std"]), images)
+    return calibration_feeds(run.preprocessing, images, run.meta_encoder if run_uses_meta(run) else None)
 
 
 def _bench_image(args: argparse.Namespace) -> tuple[bytes, str]:
     if args.image:
         path = Path(args.image)
         if not path.is_file():
-            raise FileNotFoundError(f"benchmark image not found: {path}")
+            raise MissingFileError(f"benchmark image not found: {path}")
         return path.read_bytes(), path.name
-    from lesionlab.serve.onnx_export import parity_images
+    from lesionlab.serve.samples import jpeg_bytes, parity_images
 
     images, _ = parity_images(None, limit=1, full_size_only=True)
-    from lesionlab.serve.bench import jpeg_bytes
-
     return jpeg_bytes(images[0]), "image.jpg"
 
 
@@ -250,7 +251,7 @@ def _bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
     from lesionlab.serve.service import Predictor
 
     if not args.run:
-        raise ValueError("serve-bench overhead needs --run RUN")
+        raise UsageError("serve-bench overhead needs a run: lesionlab serve-bench overhead RUN")
     data, name = _bench_image(args)
     predictor = Predictor(load_run(args.run), _settings(args))
     return {"run": args.run, "image": name, "bytes": len(data),
@@ -264,28 +265,29 @@ def _bench_load(args: argparse.Namespace) -> dict[str, Any]:
 
     import httpx
 
-    from lesionlab.serve.loadtest import free_port, load_test
+    from lesionlab.serve.bench import free_port, load_test
 
     if not args.run:
-        raise ValueError("serve-bench load needs --run RUN")
+        raise UsageError("serve-bench load needs a run: lesionlab serve-bench load RUN")
     data, name = _bench_image(args)
     port = free_port()
+    onnx = [] if args.onnx is None else ["--onnx"] + ([] if args.onnx == "auto" else [args.onnx])
     cmd = [sys.executable, "-m", "lesionlab.cli", "serve", args.run, "--port", str(port), "--threads",
-           str(args.threads), "--log-level", "warning"] + (["--onnx"] if args.onnx else [])
+           str(args.threads), "--log-level", "warning", *onnx]
     proc = subprocess.Popen(cmd)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with status {proc.returncode} during start-up")
+                raise LesionlabError(f"the server exited with status {proc.returncode} during start-up")
             try:
                 if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass  # not listening yet
             if time.monotonic() > deadline:
-                raise RuntimeError("the server did not answer /healthz within 120 s")
+                raise LesionlabError("the server did not answer /healthz within 120 s")
             time.sleep(0.25)
         fields = {"age": "55", "sex": "female", "site": "back"}
         load_test(f"{base}/v1/predict", data, requests=min(10, args.requests), concurrency=1, filename=name,
@@ -295,8 +297,13 @@ def _bench_load(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    return {"run": args.run, "image": name, "backend": "onnxruntime" if args.onnx else "torch",
+    return {"run": args.run, "image": name, "backend": "torch" if args.onnx is None else "onnxruntime",
             "load": result.as_dict()}
+
+
+def _onnx_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--onnx", nargs="?", const="auto", default=None, metavar="PATH",
+                   help=f"{what} (file PATH, default <run>/model.onnx)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -306,16 +313,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory (runs/<name>)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--onnx", nargs="?", const="auto", default=None, metavar="PATH",
-                   help="score with ONNX Runtime (default file <run>/model.onnx, exported when missing)")
+    _onnx_arg(p, "score with ONNX Runtime, exporting the file when missing")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     _limit_args(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="export a run's model (ONNX) and check parity with PyTorch")
     p.add_argument("run", help="run directory")
-    p.add_argument("--onnx", action="store_true", help="write ONNX (image and metadata inputs, dynamic batch)")
-    p.add_argument("--out", default=None, help="output file (default <run>/model.onnx)")
+    _onnx_arg(p, "write ONNX (image and metadata inputs, dynamic batch)")
+    p.add_argument("--out", action=Deprecated, new="--onnx PATH")
     p.add_argument("--int8", action="store_true",
                    help="also write <name>.int8.onnx, statically quantised on the parity images (faster on CPU)")
     p.add_argument("--check-images", default=None, metavar="DIR",
@@ -332,13 +338,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--site", default=None, help="HAM10000 localization")
     p.add_argument("--csv", default=None, help="CSV with columns image[,age,sex,site] instead of IMAGE...")
     p.add_argument("--out", default="predictions.csv", help="output CSV ('-' for standard output)")
-    p.add_argument("--onnx", nargs="?", const="auto", default=None, metavar="PATH", help="score with ONNX Runtime")
+    _onnx_arg(p, "score with ONNX Runtime")
     _limit_args(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve-bench", help="latency (eager vs ONNX Runtime), service overhead, loopback load test")
     p.add_argument("what", choices=["latency", "overhead", "load"])
-    p.add_argument("--run", default=None, help="run directory (latency: instead of --arch)")
+    p.add_argument("run", nargs="?", default=None, help="run directory (latency: instead of --arch)")
+    p.add_argument("--run", dest="old_run", action=Deprecated, new="lesionlab serve-bench WHAT RUN")
     p.add_argument("--arch", default="resnet50", help="latency without a run: this architecture, random weights")
     p.add_argument("--size", type=int, default=224, help="latency without a run: input size")
     p.add_argument("--runs", type=int, default=50, help="timed calls per measurement")
@@ -346,7 +353,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--max-seconds", type=float, default=300.0, help="load test wall-clock bound")
-    p.add_argument("--onnx", action="store_true", help="load test: serve with ONNX Runtime")
+    _onnx_arg(p, "load test: serve with ONNX Runtime")
     p.add_argument("--int8", action="store_true", help="latency: also an int8 ONNX Runtime model (static quantisation)")
     p.add_argument("--calibration", type=int, default=32, help="latency --int8: calibration images")
     _limit_args(p)

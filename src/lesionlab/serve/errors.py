@@ -14,10 +14,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lesionlab.core.errors import LesionlabError
+
 log = logging.getLogger("lesionlab.serve")
 
 
-class ServeError(Exception):
+class ServeError(LesionlabError):
     """A request the service refuses, with the HTTP status and the machine-readable code to send back."""
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:

@@ -18,6 +18,13 @@ import numpy as np
 import torch
 
 from lesionlab.classes import CLASS_CODES
+from lesionlab.core.io import atomic_write, file_sha256
+from lesionlab.core.metrics import softmax
+from lesionlab.data.metadata import MetadataEncoder
+from lesionlab.data.transforms import Preprocessing
+from lesionlab.runs import WEIGHTS_FILE, Run
+from lesionlab.serve.backend import OnnxBackend, OnnxError, TorchBackend
+from lesionlab.serve.samples import parity_images  # noqa: F401  (re-exported: its former home)
 
 OPSET = 17
 # Parity tolerance on probabilities (max abs difference, ONNX Runtime vs PyTorch eager, float32 both). Observed
@@ -37,33 +44,30 @@ class _Exportable(torch.nn.Module):
         return self.model(image, meta) if self.uses_meta else self.model(image)
 
 
-def run_uses_meta(run: Any) -> bool:
+def run_uses_meta(run: Run) -> bool:
     """Whether the run's model fuses clinical data (an encoder was fitted and the model has a metadata input)."""
-    if getattr(run, "meta_encoder", None) is None or meta_width(run) <= 0:
+    if run.meta_encoder is None or meta_width(run) <= 0:
         return False
-    fusion = getattr(run.model, "fusion", None)
-    return bool(getattr(fusion, "needs_meta", True))  # an encoder saved beside an image-only model is not used
+    fusion = getattr(run.model, "fusion", None)  # a LesionModel's; an encoder beside an image-only model is unused
+    return bool(getattr(fusion, "needs_meta", True))
 
 
-def input_shape(run: Any) -> tuple[int, int]:
+def input_shape(run: Run) -> tuple[int, int]:
     """The ``(height, width)`` the run's preprocessing produces."""
-    size = getattr(run.preprocessing, "size", None)
-    if size is None:
-        raise ValueError(f"{getattr(run, 'path', 'run')}: preprocessing has no size; cannot export")
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if run.preprocessing is None:
+        raise OnnxError(f"{run.path}: the run saved no preprocessing; cannot export")
+    return run.preprocessing.size
 
 
-def meta_width(run: Any) -> int:
+def meta_width(run: Run) -> int:
     """``D``, the width of the encoded metadata row."""
-    return int(((getattr(run, "info", None) or {}).get("model") or {}).get("meta_dim") or 0)
+    return int((run.info.get("model") or {}).get("meta_dim") or 0)
 
 
 def export_module(model: torch.nn.Module, path: str | Path, size: tuple[int, int], meta_dim: int = 0,
                   props: dict[str, str] | None = None, opset: int = OPSET) -> Path:
     """Export a ``LesionModel``-like module (``forward(image, meta=None)``) to ``path``, atomically; returns it."""
     import onnx
-
-    from lesionlab.runs import atomic_write
 
     path = Path(path)
     uses_meta = meta_dim > 0
@@ -92,11 +96,11 @@ def export_module(model: torch.nn.Module, path: str | Path, size: tuple[int, int
     return atomic_write(path, write)
 
 
-def export_onnx(run: Any, path: str | Path | None = None, opset: int = OPSET) -> Path:
+def export_onnx(run: Run, path: str | Path | None = None, opset: int = OPSET) -> Path:
     """Write the run's model as ONNX (default ``<run>/model.onnx``) and return the path."""
     path = Path(path) if path is not None else Path(run.path) / "model.onnx"
-    info = run.info or {}
-    props = {"lesionlab.run": str(info.get("name") or Path(getattr(run, "path", "run")).name),
+    info = run.info
+    props = {"lesionlab.run": str(info.get("name") or Path(run.path).name),
              "lesionlab.preprocessing": json.dumps(info.get("preprocessing")),
              WEIGHTS_PROP: weights_digest(run)}
     meta_dim = meta_width(run) if run_uses_meta(run) else 0
@@ -106,12 +110,10 @@ def export_onnx(run: Any, path: str | Path | None = None, opset: int = OPSET) ->
 WEIGHTS_PROP = "lesionlab.weights_sha256"
 
 
-def weights_digest(run: Any) -> str:
+def weights_digest(run: Run) -> str:
     """SHA-256 prefix of the run's ``model.safetensors`` (the served model's version), or ``""`` without a file."""
-    from lesionlab.serve.service import file_digest
-
-    path = Path(getattr(run, "path", "")) / "model.safetensors"
-    return file_digest(path) if path.is_file() else ""
+    path = Path(run.path) / WEIGHTS_FILE
+    return file_sha256(path)[:12] if path.is_file() else ""
 
 
 def onnx_props(path: str | Path) -> dict[str, str]:
@@ -122,34 +124,25 @@ def onnx_props(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def onnx_classes(path: str | Path) -> list[str] | None:
-    """The class order stored in an exported file (``None`` for a file not written by lesionlab)."""
-    props = onnx_props(path)
-    return json.loads(props["lesionlab.classes"]) if "lesionlab.classes" in props else None
-
-
-def check_onnx_matches(path: str | Path, run: Any) -> None:
+def check_onnx_matches(path: str | Path, run: Run) -> None:
     """Refuse an ONNX file exported from other weights or with another class order than ``run``'s."""
     props = onnx_props(path)
     if json.loads(props.get("lesionlab.classes", "null")) != list(CLASS_CODES):
-        raise ValueError(f"{path}: not written by `lesionlab export` for the class order {list(CLASS_CODES)}; "
+        raise OnnxError(f"{path}: not written by `lesionlab export` for the class order {list(CLASS_CODES)}; "
                          "re-export it with `lesionlab export RUN --onnx`")
     expected = weights_digest(run)
     if expected and props.get(WEIGHTS_PROP) != expected:
-        raise ValueError(f"{path}: exported from other weights (sha256 {props.get(WEIGHTS_PROP) or 'unknown'}, "
+        raise OnnxError(f"{path}: exported from other weights (sha256 {props.get(WEIGHTS_PROP) or 'unknown'}, "
                          f"run has {expected}); re-export it with `lesionlab export RUN --onnx`")
 
 
-def parity(run: Any, onnx_path: str | Path, images: Sequence[Any], meta_rows: Sequence[dict[str, Any]] | None = None,
+def parity(run: Run, onnx_path: str | Path, images: Sequence[Any], meta_rows: Sequence[dict[str, Any]] | None = None,
            threads: int = 2, batch_size: int = 32) -> dict[str, float]:
     """Max abs difference of logits and probabilities, ONNX Runtime vs PyTorch eager, on the same preprocessed batch.
 
-    ``images`` are PIL images or uint8 arrays that go through the run's preprocessing; the temperature is applied
-    to both. The two sides see identical inputs, so any difference is the runtimes' arithmetic.
+    ``images`` are decoded images that go through the run's preprocessing; the temperature is applied to both.
+    The two sides see identical inputs, so any difference is the runtimes' arithmetic.
     """
-    from lesionlab.runs import softmax_np
-    from lesionlab.serve.backend import OnnxBackend, TorchBackend
-
     if not images:
         raise ValueError("parity needs at least one image")
     uses_meta = run_uses_meta(run)
@@ -158,40 +151,15 @@ def parity(run: Any, onnx_path: str | Path, images: Sequence[Any], meta_rows: Se
     torch_backend, onnx_backend = TorchBackend(run.model), OnnxBackend(onnx_path, threads)
     refs, gots = [], []
     for start in range(0, len(images), batch_size):
-        x = torch.stack([run.preprocessing(im) for im in images[start:start + batch_size]]).float().numpy()
-        meta = np.stack([run.meta_encoder.encode_one(r.get("age"), r.get("sex"), r.get("site"))
-                         for r in rows[start:start + batch_size]]) if uses_meta else None
-        refs.append(torch_backend.logits(x, meta))
-        gots.append(onnx_backend.logits(x, meta))
+        x = run.prepare_images(list(images[start:start + batch_size])).float().numpy()
+        meta = run.prepare_meta(rows[start:start + batch_size], len(x)) if uses_meta else None
+        refs.append(torch_backend.logits(x, meta.numpy() if meta is not None else None))
+        gots.append(onnx_backend.logits(x, meta.numpy() if meta is not None else None))
     ref, got = np.concatenate(refs), np.concatenate(gots)
-    t = (run.info or {}).get("temperature")
+    t = run.temperature
     return {"n": float(len(ref)), "max_abs_logit_diff": float(np.abs(ref - got).max()),
-            "max_abs_prob_diff": float(np.abs(softmax_np(ref, t) - softmax_np(got, t)).max()),
+            "max_abs_prob_diff": float(np.abs(softmax(ref, t) - softmax(got, t)).max()),
             "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean())}
-
-
-def parity_images(folder: str | Path | None = None, limit: int = 32, full_size_only: bool = False
-                  ) -> tuple[list[Any], str]:
-    """Images for parity checks and benchmarks: ``folder``, else the real HAM10000 images in the shared folder
-    (the seven 600x450 ones first, then 64x64 ones), else seeded synthetic images; returns them and their source.
-    """
-    from lesionlab.data.images import IMAGE_SUFFIXES, decode_image
-    from lesionlab.models.weights import shared_dir
-
-    if folder is not None:
-        paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
-        if not paths:
-            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
-        return [decode_image(p, convert_mode=True) for p in paths], str(folder)
-    data = shared_dir() / "data"
-    paths = sorted((data / "ham10000-600x450").glob("ISIC_*.jpg"))
-    if not full_size_only:
-        paths += sorted((data / "ham10000-64" / "images").glob("ISIC_*.jpg"))[: max(0, limit - len(paths))]
-    if paths:
-        return [decode_image(p) for p in paths[:limit]], f"real HAM10000 images in {data}"
-    from lesionlab.serve.bench import synthetic_lesion
-
-    return [synthetic_lesion(seed=i) for i in range(min(limit, 8))], "synthetic images (no ../shared/data found)"
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, feeds: Sequence[dict[str, np.ndarray]]) -> Path:
@@ -203,8 +171,6 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, feeds: Sequence[d
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from lesionlab.runs import atomic_write
 
     if not feeds:
         raise ValueError("int8 quantisation needs at least one calibration input")
@@ -255,13 +221,14 @@ def shape_nodes(model: Any) -> set[str]:
     return found
 
 
-def calibration_feeds(run: Any, images: Sequence[Any]) -> list[dict[str, np.ndarray]]:
-    """One ONNX feed per image (batch 1), through the run's preprocessing; unknown metadata for fusion models."""
+def calibration_feeds(preprocessing: Preprocessing, images: Sequence[Any], meta_encoder: MetadataEncoder | None = None
+                      ) -> list[dict[str, np.ndarray]]:
+    """One ONNX feed per image (batch 1) through ``preprocessing``; unknown metadata when ``meta_encoder`` is given
+    (a fusion model)."""
     feeds = []
-    uses_meta = run_uses_meta(run)
     for image in images:
-        feed = {"image": run.preprocessing(image).unsqueeze(0).float().numpy()}
-        if uses_meta:
-            feed["meta"] = run.meta_encoder.encode_one(None, "unknown", "unknown")[None, :].astype(np.float32)
+        feed = {"image": preprocessing(image).unsqueeze(0).float().numpy()}
+        if meta_encoder is not None:
+            feed["meta"] = meta_encoder.encode_one(None, "unknown", "unknown")[None, :].astype(np.float32)
         feeds.append(feed)
     return feeds

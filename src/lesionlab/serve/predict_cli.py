@@ -13,6 +13,8 @@ from typing import Any
 import pandas as pd
 
 from lesionlab.classes import CLASS_CODES
+from lesionlab.data.images import DataError
+from lesionlab.data.splits import read_csv_columns
 from lesionlab.serve.decode import decode_image
 from lesionlab.serve.errors import ServeError
 from lesionlab.serve.service import Patient, Predictor, Timer
@@ -23,17 +25,10 @@ INPUT_COLUMNS = ("image", "age", "sex", "site")
 def read_input_csv(path: str | Path) -> pd.DataFrame:
     """A CSV with an ``image`` column (paths relative to the CSV's folder, or absolute) and optional age/sex/site."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"input CSV not found: {path}")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a readable CSV ({err})") from None
-    if "image" not in table.columns:
-        raise ValueError(f"{path}: needs an 'image' column (optional: age, sex, site); found {list(table.columns)}")
+    table = read_csv_columns(path, ("image",), "input CSV")
     unknown = sorted(set(table.columns) - set(INPUT_COLUMNS))
     if unknown:
-        raise ValueError(f"{path}: unknown columns {unknown}; expected {', '.join(INPUT_COLUMNS)}")
+        raise DataError(f"{path}: unknown columns {unknown}; expected {', '.join(INPUT_COLUMNS)}")
     table = table.copy()
     table["image"] = [str(p if Path(p).is_absolute() else path.parent / p) for p in table["image"]]
     for col in ("age", "sex", "site"):

@@ -1,16 +1,17 @@
 """The service's core, free of HTTP: validate metadata, preprocess, score, calibrate, flag, explain.
 
 ``create_app`` wraps one :class:`Predictor` per process; the ``predict`` command and the benchmarks call it
-directly, so the command line, the API and the page give the same numbers for the same image.
+directly, so the command line, the API and the page give the same numbers for the same image. The image goes
+through the run's own :class:`~lesionlab.data.transforms.Preprocessing` (the one ``Run.predict_proba`` and
+evaluation use), so the service answers exactly as the run is evaluated.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lesionlab import __version__
 from lesionlab.classes import CLASS_CODES, CLASSES, MALIGNANT_CODES, MALIGNANT_INDICES, by_code
-from lesionlab.data.metadata import SEXES, SITES, normalise_sex, normalise_site
-from lesionlab.runs import flip_views, softmax_np
-from lesionlab.serve.backend import Backend, OnnxBackend, TorchBackend, torch_threads
+from lesionlab.core.card import INTENDED_USE, KNOWN_LIMITS, SERVING_LIMITS
+from lesionlab.core.io import file_sha256, read_json
+from lesionlab.core.metrics import softmax
+from lesionlab.core.version import __version__
+from lesionlab.data.metadata import SITES, MetadataError, validate_patient
+from lesionlab.data.transforms import Preprocessing
+from lesionlab.runs import WEIGHTS_FILE, Run, RunError, flip_views, mean_logits
+from lesionlab.serve.backend import Backend, OnnxBackend, OnnxError, TorchBackend, torch_threads
+from lesionlab.serve.decode import decode_image
 from lesionlab.serve.errors import ServeError
 from lesionlab.serve.explain import GradCamExplainer, overlay_png, to_image_geometry
 from lesionlab.serve.onnx_export import check_onnx_matches, run_uses_meta
+from lesionlab.serve.samples import jpeg_bytes, synthetic_lesion
 from lesionlab.serve.settings import ServeSettings
 
 
@@ -55,25 +62,9 @@ class Patient:
         return {"age": self.age, "sex": self.sex, "site": self.site}
 
 
-def site_vocabulary(meta_encoder: Any = None) -> tuple[str, ...]:
-    """The sites a request may name: the run's encoder's (HAM10000's 14 localizations and ``unknown``)."""
-    sites = tuple(getattr(meta_encoder, "sites", None) or SITES)
-    return (*(s for s in sites if s != "unknown"), "unknown")
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    """``repr`` of a user-sent value, cut so that a megabyte of junk does not come back in the error message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "...'"
-
-
-def file_digest(path: Path, n: int = 12) -> str:
-    """First ``n`` hex digits of a file's SHA-256: the model version, which changes whenever the weights do."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:n]
+def site_vocabulary(sites: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The sites a request may name: the run's encoder's (HAM10000's 14 localizations), ``unknown`` last."""
+    return (*(s for s in (sites or SITES) if s != "unknown"), "unknown")
 
 
 def referral_threshold(info: dict[str, Any], settings: ServeSettings) -> tuple[float, str]:
@@ -85,110 +76,99 @@ def referral_threshold(info: dict[str, Any], settings: ServeSettings) -> tuple[f
         return settings.default_threshold, "default"
     value = float(value)
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"run.json: referral_threshold {value} is not a probability in [0, 1]")
+        raise RunError(f"run.json: referral_threshold {value} is not a probability in [0, 1]")
     return value, "validation"
+
+
+EVAL_CARD_DIRS = ("eval-test", "eval-isic", "eval-val", "eval-all")
+
+
+def evaluation_card(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The evaluation's ``model_card.json`` (``RUN/eval-test/`` first) and its folder; ``None`` before any."""
+    for name in EVAL_CARD_DIRS:
+        path = run_dir / name / "model_card.json"
+        if path.is_file():
+            return read_json(path, RunError, "; re-run `lesionlab evaluate`"), name
+    return None, None
+
+
+def served_preprocessing(run: Run, settings: ServeSettings) -> Preprocessing:
+    """The run's preprocessing, with ``settings.source_size`` instead of the run's own when one is set (0: none)."""
+    if run.preprocessing is None:
+        raise RunError(f"{run.path}: the run saved no preprocessing; it cannot be served")
+    if settings.source_size is None:
+        return run.preprocessing
+    return replace(run.preprocessing, source_size=settings.source_size if min(settings.source_size) > 0 else None)
 
 
 class Predictor:
     """One loaded run behind the service: everything a request needs, and nothing about HTTP."""
 
-    def __init__(self, run: Any, settings: ServeSettings) -> None:
+    def __init__(self, run: Run, settings: ServeSettings) -> None:
+        if tuple(run.classes) != CLASS_CODES:
+            raise RunError(f"run classes {list(run.classes)} differ from the project's {list(CLASS_CODES)}")
         self.run = run
         self.settings = settings
-        self.info: dict[str, Any] = dict(getattr(run, "info", {}) or {})
-        codes = tuple(getattr(run, "classes", CLASS_CODES))
-        if codes != CLASS_CODES:
-            raise ValueError(f"run classes {list(codes)} differ from the project's {list(CLASS_CODES)}")
-        self.preprocessing = run.preprocessing
-        self.meta_encoder = getattr(run, "meta_encoder", None)
+        self.info: dict[str, Any] = dict(run.info)
+        self.preprocessing = served_preprocessing(run, settings)
+        self.meta_encoder = run.meta_encoder
         self.uses_meta = run_uses_meta(run)
-        self.tta = bool(getattr(run, "tta", False)) if settings.tta is None else settings.tta
-        source = settings.source_size
-        if source is None:  # as the run records; runs from before the field have none
-            source = (self.info.get("data") or {}).get("source_image_size")
-        self.source_size: tuple[int, int] | None = (  # PIL's (w, h); (0, 0) switches it off
-            (int(source[1]), int(source[0])) if source and min(source) > 0 else None)
+        self.tta = run.tta if settings.tta is None else settings.tta
         temperature = self.info.get("temperature")
         self.temperature = float(temperature) if temperature is not None else None
         if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"run.json: temperature {temperature!r} must be a positive number")
+            raise RunError(f"run.json: temperature {temperature!r} must be a positive number")
         self.threshold, self.threshold_source = referral_threshold(self.info, settings)
         torch_backend = TorchBackend(run.model, threads=settings.threads)
-        self.backend: Backend = OnnxBackend(settings.onnx_path, settings.threads) if settings.onnx_path \
-            else torch_backend
-        if isinstance(self.backend, OnnxBackend):
-            if self.backend.uses_meta != self.uses_meta:
-                raise ValueError(f"{settings.onnx_path}: ONNX model {'has' if self.backend.uses_meta else 'lacks'} "
-                                 f"a 'meta' input but the run {'uses' if self.uses_meta else 'does not use'} "
-                                 "metadata; re-export it with `lesionlab export RUN --onnx`")
-            check_onnx_matches(settings.onnx_path, run)
+        self.backend: Backend = self._onnx_backend(settings) if settings.onnx_path else torch_backend
         self.explainer = GradCamExplainer(torch_backend)
-        path = getattr(run, "path", None) or getattr(run, "run_dir", None)
-        self.run_dir = Path(path) if path is not None else None
-        config_name = (self.info.get("config") or {}).get("name")
-        self.model_id = str(self.run_dir.name if self.run_dir else config_name or "model")
-        weights = self.run_dir / "model.safetensors" if self.run_dir else None
-        self.model_version = file_digest(weights) if weights is not None and weights.is_file() else \
-            str(self.info.get("version", "unversioned"))
-        self.sites = site_vocabulary(self.meta_encoder)
-        from lesionlab.serve.card import evaluation_card
+        self.run_dir = Path(run.path)
+        self.model_id = self.run_dir.name
+        weights = self.run_dir / WEIGHTS_FILE
+        self.model_version = file_sha256(weights)[:12] if weights.is_file() else "unversioned"
+        self.sites = site_vocabulary(self.meta_encoder.sites if self.meta_encoder is not None else None)
+        self.evaluation = evaluation_card(self.run_dir)  # read once: the card must not change under a running server
 
-        self.evaluation = evaluation_card(self)  # read once: the card must not change under a running server
+    def _onnx_backend(self, settings: ServeSettings) -> OnnxBackend:
+        backend = OnnxBackend(str(settings.onnx_path), settings.threads)
+        if backend.uses_meta != self.uses_meta:
+            raise OnnxError(f"{settings.onnx_path}: ONNX model {'has' if backend.uses_meta else 'lacks'} a 'meta' "
+                            f"input but the run {'uses' if self.uses_meta else 'does not use'} metadata; re-export "
+                            "it with `lesionlab export RUN --onnx`")
+        check_onnx_matches(str(settings.onnx_path), self.run)
+        return backend
+
+    @property
+    def source_size(self) -> tuple[int, int] | None:
+        """The size uploads are squashed to first, as PIL's (width, height); ``None``: not squashed."""
+        size = self.preprocessing.source_size
+        return (size[1], size[0]) if size else None
 
     # -- input checks ------------------------------------------------------------------------------------------
 
     def check_patient(self, age: str | float | None, sex: str | None, site: str | None, prefix: str = "") -> Patient:
-        """Validate form values (strings as sent) into a :class:`Patient`; :class:`ServeError` 422 names the field.
-
-        Sex and site are normalised as in training (case, underscores, spaces) and must then be in the HAM10000
-        vocabulary: the encoder would silently map an unseen value to ``unknown``, which a typo must not become.
-        """
-        low, high = self.settings.age_range
-        value: float | None = None
-        if age is not None and str(age).strip() != "":
-            try:
-                value = float(str(age).strip())
-            except ValueError:
-                raise ServeError(422, "invalid_age", f"age {_short(age)} is not a number", prefix + "age") from None
-            if not math.isfinite(value) or not low <= value <= high:
-                raise ServeError(422, "age_out_of_range", f"age {_short(age)} is outside {low:g}..{high:g} years",
-                                 prefix + "age")
-        sex_v = normalise_sex(sex)
-        if sex_v not in SEXES:
-            raise ServeError(422, "unknown_sex", f"sex {_short(sex)} is not one of {', '.join(SEXES)}", prefix + "sex")
-        site_v = normalise_site(site)
-        if site_v not in self.sites:
-            raise ServeError(422, "unknown_site", f"site {_short(site)} is not a HAM10000 site; use one of "
-                             f"{', '.join(self.sites)}", prefix + "site")
-        if self.meta_encoder is not None:
-            try:
-                self.meta_encoder.validate_one(value, sex_v, site_v)
-            except ValueError as err:
-                name = str(err).split(":", 1)[0]
-                field = prefix + name if name in ("age", "sex", "site") else (prefix.rstrip(".") or None)
-                raise ServeError(422, "invalid_metadata", str(err), field) from None
+        """Validate form values (strings as sent) into a :class:`Patient`; :class:`ServeError` 422 names the field
+        (the data layer's :func:`~lesionlab.data.metadata.validate_patient`, with the service's age range)."""
+        try:
+            value, sex_v, site_v = validate_patient(age, sex, site, sites=self.sites, age_range=self.settings.age_range)
+        except MetadataError as err:
+            raise ServeError(422, err.code, str(err), prefix + err.field) from None
         return Patient(value, sex_v, site_v)
 
     # -- scoring -----------------------------------------------------------------------------------------------
 
     def prepare(self, image: Image.Image, patient: Patient) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The model inputs of one image: the run's preprocessing, and its encoded metadata when the model uses it.
-
-        With a ``source_size`` the image is first squashed to that size (bicubic), reproducing training images that
-        were stored small (the shared 64 px HAM10000) before the run's own resize.
-        """
-        if self.source_size is not None and image.size != self.source_size:
-            image = image.resize(self.source_size, Image.Resampling.BICUBIC)
+        """The model inputs of one image: the run's preprocessing, and its encoded metadata when the model uses it."""
         with torch_threads(1):
             x = self.preprocessing(image)
-        if not isinstance(x, torch.Tensor):
-            x = torch.as_tensor(np.asarray(x))
         meta = None
-        if self.uses_meta:
+        if self.uses_meta and self.meta_encoder is not None:
             age = float("nan") if patient.age is None else patient.age
-            meta = torch.as_tensor(np.asarray(self.meta_encoder.encode_one(age, patient.sex, patient.site),
-                                              dtype=np.float32))
+            meta = torch.as_tensor(self.meta_encoder.encode_one(age, patient.sex, patient.site), dtype=torch.float32)
         return x, meta
+
+    def _backend_logits(self, x: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
+        return torch.from_numpy(self.backend.logits(x.numpy(), meta.numpy() if meta is not None else None))
 
     def probabilities(self, images: torch.Tensor, meta: torch.Tensor | None) -> np.ndarray:
         """Calibrated class probabilities ``[N, 7]``: flip-averaged logits when the run was validated that way
@@ -197,10 +177,7 @@ class Predictor:
         The views go through the backend as one batch, which costs less than three calls at batch 1.
         """
         views = flip_views(images) if self.tta else [images]
-        x = torch.cat(views).numpy()
-        m = meta.repeat(len(views), 1).numpy() if meta is not None else None
-        logits = self.backend.logits(x, m).reshape(len(views), len(images), -1).mean(axis=0)
-        return softmax_np(logits, self.temperature)
+        return softmax(mean_logits(self._backend_logits, views, meta, batched=True).numpy(), self.temperature)
 
     def describe(self, probs: np.ndarray) -> dict[str, Any]:
         """The per-image answer: every class, the top ``k``, and the referral decision."""
@@ -220,10 +197,10 @@ class Predictor:
                 image_size: tuple[int, int]) -> dict[str, Any]:
         """Grad-CAM of one class as a base64 RGBA PNG in the uploaded image's geometry."""
         hm = self.explainer.cam(x, meta, class_index)
-        resize = getattr(self.preprocessing, "resize", "square")
         width, height = image_size
         scale = min(1.0, self.settings.heatmap_max_side / max(width, height))
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        resize = self.preprocessing.resize
         if self.source_size is not None:  # the model saw the squashed image: map onto it, then stretch back
             cam = to_image_geometry(to_image_geometry(hm.cam, self.source_size, resize), size, "square")
         else:
@@ -238,7 +215,7 @@ class Predictor:
         t = time.perf_counter()
         prepared = [self.prepare(im, p) for im, p in zip(images, patients, strict=True)]
         x = torch.stack([p[0] for p in prepared])
-        meta = torch.stack([p[1] for p in prepared]) if self.uses_meta else None
+        meta = torch.stack([p[1] for p in prepared if p[1] is not None]) if self.uses_meta else None
         t = timer.add("preprocess", t)
         probs = self.probabilities(x, meta)
         t = timer.add("model", t)
@@ -258,9 +235,6 @@ class Predictor:
 
     def warm_up(self) -> None:
         """Decode, preprocess and score one synthetic JPEG: first calls pay for lazy imports and allocations."""
-        from lesionlab.serve.bench import jpeg_bytes, synthetic_lesion
-        from lesionlab.serve.decode import decode_image
-
         image = decode_image(jpeg_bytes(synthetic_lesion()), self.settings, "warm-up", "image/jpeg")
         self.predict([image], [Patient()], ["warm-up"], Timer())
 
@@ -270,7 +244,26 @@ class Predictor:
                 "flip_averaged": self.tta, "lesionlab": __version__}
 
     def card(self) -> dict[str, Any]:
-        """The model card: identity, classes, data, validation metrics, calibration, referral rule, limits."""
-        from lesionlab.serve.card import model_card
-
-        return model_card(self)
+        """The model card of ``GET /v1/model``: identity, classes, data, validation and evaluation figures,
+        calibration, referral rule, intended use and limits; from run.json and the evaluation's model_card.json,
+        so it can never describe another model than the one answering (no file system paths)."""
+        model = self.info.get("model") or {}
+        evaluation, eval_dir = self.evaluation
+        source_size = self.preprocessing.source_size
+        return {
+            "model_id": self.model_id, "model_version": self.model_version, "backend": self.backend.name,
+            "architecture": {k: model.get(k) for k in ("name", "timm_name", "head", "fusion", "parameters")},
+            "classes": [{"index": c.index, "code": c.code, "name": c.name, "malignant": c.malignant} for c in CLASSES],
+            "input": {"preprocessing": self.info.get("preprocessing"), "flip_averaged": self.tta,
+                      "source_size": list(source_size) if source_size else None},
+            "uses_metadata": self.uses_meta,
+            "calibration": {"temperature": self.temperature, "applied": self.temperature is not None,
+                            "fit": self.info.get("calibration")},
+            "referral": {"rule": f"refer when p({' + '.join(MALIGNANT_CODES)}) >= threshold",
+                         "threshold": self.threshold, "threshold_source": self.threshold_source,
+                         "fit": self.info.get("referral")},
+            "training": {"created": self.info.get("created"), "split": self.info.get("split"),
+                         "data": self.info.get("data"), "best_validation": self.info.get("best")},
+            "evaluation": evaluation, "evaluation_source": eval_dir,
+            "intended_use": INTENDED_USE, "known_limits": [*KNOWN_LIMITS, *SERVING_LIMITS],
+        }

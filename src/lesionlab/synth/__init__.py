@@ -11,7 +11,8 @@ Public API::
     sample_to_folder(run, "out/", n=1000, balanced=True)            # HAM10000-layout SYNTHETIC set
     evaluate_synth(run_dir, usefulness=True)                        # report in RUN/eval/
 
-Modules: ``networks`` (generator, critic), ``codes`` (the structured code), ``training``, ``run`` (run directory),
+Modules: ``networks`` (generator, critic), ``codes`` (the structured code), ``schedule``, ``batches`` (real
+images), ``checkpoint``, ``training`` (the loop), ``run`` (run directory),
 ``sample``, ``traverse``, ``features`` + ``fidelity`` (FD/KID/precision-recall on Lite0 features), ``evaluation``,
 ``usefulness``, ``report``, ``commands`` (CLI).
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 _EXPORTS: dict[str, str] = {
     "SynthConfig": "config", "load_synth_config": "config",
-    "train_synth": "training", "stage_plan": "training",
+    "train_synth": "training", "stage_plan": "schedule",
     "SynthRun": "run", "load_synth_run": "run",
     "CodeLayout": "codes", "CodeRequest": "codes", "Labels": "codes",
     "sample_to_folder": "sample", "traverse": "traverse",

@@ -10,11 +10,12 @@ from typing import Any
 EPILOG = """examples:
   lesionlab synth train --config configs/synth/cpu-32.yaml                  (about 20 min on 2 CPU cores)
   lesionlab synth train --config configs/synth/smoke.yaml                   (seconds, built-in synthetic data)
+  lesionlab synth train runs/synth-b --config configs/synth/cpu-32.yaml train.seed=1   (re-run to resume)
   lesionlab synth sample runs/synth-cpu-32 --n 1000 --balanced --out runs/synth-cpu-32/samples-balanced
   lesionlab synth sample runs/synth-cpu-32 --n 200 --class mel --age 60 --sex female --site back
   lesionlab synth traverse runs/synth-cpu-32
   lesionlab synth evaluate runs/synth-cpu-32 --usefulness                  (trains 4 classifiers: about an hour)
-  lesionlab synth evaluate runs/synth-cpu-32 --classifier runs/cpu-lite0-64
+  lesionlab synth evaluate runs/synth-cpu-32 --classifier runs/cpu-lite0-64 n_per_class=100
 """
 
 
@@ -30,11 +31,11 @@ def register(subparsers: Any) -> None:
     tr = sub.add_parser("train", help="train (or resume) a generator into a run directory",
                         description="Train a generator; re-run the same command after a kill to resume from the last "
                                     "checkpoint.")
+    tr.add_argument("args", nargs="*", metavar="[RUN] [key=value ...]",
+                    help="the run directory (default: <output_dir>/<name> from the config), then config overrides, "
+                         "e.g. train.seed=1 train.bf16=false")
     tr.add_argument("--config", type=Path, help="YAML config (configs/synth/*.yaml); defaults when omitted")
-    tr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.seed=1")
-    tr.add_argument("--run-dir", type=Path, help="run directory (default: <output_dir>/<name>)")
-    tr.add_argument("--no-progress", action="store_true")
-    tr.add_argument("--debug", action="store_true", help="show full tracebacks")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar (stage lines in the log only)")
     tr.set_defaults(func=_train)
 
     sa = sub.add_parser("sample", help="write a labelled SYNTHETIC image set (HAM10000 layout)",
@@ -51,7 +52,6 @@ def register(subparsers: Any) -> None:
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--out", type=Path, help="output folder (default RUN/samples-<seed>)")
     sa.add_argument("--overwrite", action="store_true", help="replace an existing sample set in --out")
-    sa.add_argument("--debug", action="store_true")
     sa.set_defaults(func=_sample)
 
     tv = sub.add_parser("traverse", help="one grid per code: what each code controls",
@@ -62,33 +62,34 @@ def register(subparsers: Any) -> None:
     tv.add_argument("--rows", type=int, default=6)
     tv.add_argument("--steps", type=int, default=7, help="values per continuous code / sites shown")
     tv.add_argument("--seed", type=int, default=0)
-    tv.add_argument("--debug", action="store_true")
     tv.set_defaults(func=_traverse)
 
     ev = sub.add_parser("evaluate", help="fidelity, diversity, label fidelity, codes, memorisation, usefulness",
                         description="Measure a generator on class-balanced samples and write RUN/eval/report.html "
                                     "and report.md (settings: the run config's evaluate section, overridable).")
     ev.add_argument("run", type=Path)
+    ev.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="evaluate settings replacing the run config's (evaluate. optional), e.g. n_per_class=100 "
+                         "usefulness.arms=[real,synthetic]")
     ev.add_argument("--classifier", type=Path, help="an independent lesionlab run trained on real images")
     ev.add_argument("--usefulness", action="store_true",
                     help="train the usefulness arms (real, class-weighted, oversampled, synthetic-only) with the "
                          "classifier preset; the class-weighted arm becomes the classifier unless --classifier")
     ev.add_argument("--out", type=Path, help="output folder (default RUN/eval)")
-    ev.add_argument("--set", dest="settings", action="append", default=[], metavar="key=value",
-                    help="override an evaluate setting, e.g. --set n_per_class=100 --set usefulness.arms=[real]")
     ev.add_argument("--no-progress", action="store_true")
-    ev.add_argument("--debug", action="store_true")
     ev.set_defaults(func=_evaluate)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lesionlab.synth.config import load_synth_config
+    from lesionlab.core.argparsing import run_and_overrides
+    from lesionlab.synth.config import SYNTH_SECTIONS, load_synth_config
     from lesionlab.synth.run import read_info
     from lesionlab.synth.training import train_synth
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_synth_config(args.config, args.overrides)
-    run_dir = train_synth(cfg, run_dir=args.run_dir, progress=not args.no_progress)
+    run, overrides = run_and_overrides(args.args, "synth train", config_keys=SYNTH_SECTIONS)
+    cfg = load_synth_config(args.config, overrides)
+    run_dir = train_synth(cfg, run_dir=run, progress=not args.no_progress)
     info = read_info(run_dir)
     print(f"synthesis run: {run_dir} (status {info.get('status')}, {info.get('images', 0):,} images, "
           f"{info.get('seconds', 0.0):.0f} s); sample grids in {run_dir / 'samples'}")
@@ -141,8 +142,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run = load_synth_run(args.run)
-    raw = apply_overrides(run.config.evaluate.model_dump(mode="json"), args.settings, where="--set")
-    settings = build_config(SynthEvalConfig, raw, where="--set")
+    overrides = [o.removeprefix("evaluate.") for o in args.overrides]
+    raw = apply_overrides(run.config.evaluate.model_dump(mode="json"), overrides, where="evaluate overrides")
+    settings = build_config(SynthEvalConfig, raw, where="evaluate overrides")
     doc = evaluate_synth(args.run, out_dir=args.out, classifier=args.classifier, usefulness=args.usefulness,
                          settings=settings, progress=not args.no_progress)
     fid = doc["fidelity"]

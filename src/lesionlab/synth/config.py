@@ -15,6 +15,7 @@ from lesionlab.config import ConfigError, DataConfig, Strict, apply_overrides, b
 from lesionlab.synth.networks import stage_resolutions
 
 CODE_PARTS: tuple[str, ...] = ("class", "sex", "site", "age", "free")
+SYNTH_SECTIONS: tuple[str, ...] = ("name", "output_dir", "data", "codes", "model", "train", "evaluate")
 
 
 class CodesConfig(Strict):
@@ -189,5 +190,5 @@ def load_synth_config(path: str | Path | None = None, overrides: list[str] | Non
     return build_config(SynthConfig, data, where=str(path or "config"))
 
 
-__all__ = ["CODE_PARTS", "CodesConfig", "ConfigError", "GanModelConfig", "GanTrainConfig", "SynthConfig",
-           "SynthEvalConfig", "UsefulnessConfig", "load_synth_config"]
+__all__ = ["CODE_PARTS", "SYNTH_SECTIONS", "CodesConfig", "ConfigError", "GanModelConfig", "GanTrainConfig",
+           "SynthConfig", "SynthEvalConfig", "UsefulnessConfig", "load_synth_config"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,7 @@ import torch
 
 from lesionlab.classes import CLASS_CODES, NUM_CLASSES
 from lesionlab.core.io import atomic_write_json
-from lesionlab.data.metadata import SEXES, SITES
-from lesionlab.synth.codes import KNOWN_SEXES, KNOWN_SITES, Labels, labels_from_table, split_q
+from lesionlab.synth.codes import Labels, labels_from_table
 from lesionlab.synth.config import SynthEvalConfig
 from lesionlab.synth.errors import SynthError
 from lesionlab.synth.fidelity import (
@@ -48,13 +48,18 @@ from lesionlab.synth.fidelity import (
     upsample_nearest,
 )
 from lesionlab.synth.networks import stage_resolutions
+from lesionlab.synth.probes import (
+    apply_probes,
+    code_targets,
+    controllability,
+    fit_probes,
+    free_code_controllability,
+    q_head_recovery,
+)
 from lesionlab.synth.run import SynthRun, load_synth_run, stage_name
 
 log = logging.getLogger(__name__)
 EVAL_FILE = "synth-eval.json"
-
-
-# ------------------------------------------------------------------------------------------------------- helpers
 
 
 def balanced_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -74,134 +79,6 @@ def distribution_measures(ref: np.ndarray, ref_w: np.ndarray, x: np.ndarray, x_w
     p, r = precision_recall(ref, x, k=k, w_real=ref_w, w_fake=x_w)
     return {"fd": fd(x, ref, x_w, ref_w), "kid": kid(x, ref, x_w, ref_w), "precision": p, "recall": r,
             "n": len(x)}
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> dict[str, float | None]:
-    from scipy import stats
-
-    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
-        return {"r": None, "p": None, "n": len(a)}
-    r, p = stats.pearsonr(a, b)
-    return {"r": float(r), "p": float(p), "n": len(a)}
-
-
-def _cls_scores(y: np.ndarray, pred: np.ndarray, k: int) -> dict[str, Any]:
-    import warnings
-
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score
-
-    if len(y) == 0:
-        return {"accuracy": None, "balanced_accuracy": None, "n": 0, "chance": None}
-    present = len(np.unique(y))
-    majority = float(np.bincount(y).max() / len(y))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a prediction of a class absent from y is expected and fine here
-        bal = float(balanced_accuracy_score(y, pred))
-    return {"accuracy": float(accuracy_score(y, pred)), "balanced_accuracy": bal,
-            "n": len(y), "chance": 1.0 / max(present, 1), "majority": majority, "classes": int(present),
-            "of": k}
-
-
-# ------------------------------------------------------------------------------------------------------- probes
-
-
-def code_targets(labels: Labels) -> dict[str, np.ndarray]:
-    """Probe targets: class, known sex (0/1 or -1), known site (0..13 or -1), age in years (NaN unknown)."""
-    sex = labels.sex.numpy()
-    site = labels.site.numpy()
-    sex_t = np.array([KNOWN_SEXES.index(SEXES[s]) if SEXES[s] in KNOWN_SEXES else -1 for s in sex])
-    site_t = np.array([KNOWN_SITES.index(SITES[s]) if SITES[s] in KNOWN_SITES else -1 for s in site])
-    age = labels.age.numpy().astype(np.float64)
-    age = np.where(labels.age_known.numpy(), age, np.nan)
-    return {"class": labels.label.numpy(), "sex": sex_t, "site": site_t, "age": age}
-
-
-def fit_probes(x: np.ndarray, t: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
-    """Linear probes on features: logistic regression (class, sex, site; class-balanced) and ridge (age)."""
-    from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    probes: dict[str, Any] = {}
-    for name in ("class", "sex", "site"):
-        keep = t[name] >= 0
-        if len(np.unique(t[name][keep])) < 2:
-            continue
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000, class_weight="balanced",
-                                                                   random_state=seed))
-        probes[name] = model.fit(x[keep], t[name][keep])
-    keep = np.isfinite(t["age"])
-    if keep.sum() >= 3:
-        probes["age"] = make_pipeline(StandardScaler(), Ridge(alpha=1000.0)).fit(x[keep], t["age"][keep])
-    return probes
-
-
-def apply_probes(probes: dict[str, Any], x: np.ndarray, t: dict[str, np.ndarray]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, k in (("class", NUM_CLASSES), ("sex", len(KNOWN_SEXES)), ("site", len(KNOWN_SITES))):
-        if name in probes:
-            keep = t[name] >= 0
-            out[name] = _cls_scores(t[name][keep], probes[name].predict(x[keep]) if keep.any() else
-                                    np.zeros(0, int), k)
-    if "age" in probes:
-        keep = np.isfinite(t["age"])
-        out["age"] = _pearson(probes["age"].predict(x[keep]), t["age"][keep]) if keep.any() else {"r": None}
-    return out
-
-
-def q_head_recovery(run: SynthRun, images: np.ndarray, labels: Labels, stage: int | None = None) -> dict[str, Any]:
-    """What the critic's own Q head reads from images (trained together with the generator: not independent)."""
-    critic = run.critic()
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-    outs = []
-    with torch.inference_mode():
-        for start in range(0, len(x), 256):
-            _, q = critic(x[start:start + 256], stage, 1.0)
-            if q is None:
-                return {}
-            outs.append(q)
-    parts = split_q(run.layout, torch.cat(outs))
-    t = code_targets(labels)
-    res: dict[str, Any] = {"class": _cls_scores(t["class"], parts["class"].argmax(1).numpy(), NUM_CLASSES)}
-    for name, k in (("sex", len(KNOWN_SEXES)), ("site", len(KNOWN_SITES))):
-        if name in parts:
-            keep = t[name] >= 0
-            res[name] = _cls_scores(t[name][keep], parts[name].argmax(1).numpy()[keep], k)
-    if "age" in parts:
-        keep = np.isfinite(t["age"])
-        res["age"] = _pearson(parts["age"][:, 0].numpy()[keep] * 20 + 50, t["age"][keep])
-    if "free" in parts:
-        res["free"] = [_pearson(parts["free"][:, j].numpy(), labels.free[:, j].numpy())
-                       for j in range(labels.free.shape[1])]
-    return res
-
-
-def free_code_controllability(x: np.ndarray, free: np.ndarray, seed: int) -> list[dict[str, float | None]]:
-    """Ridge probe trained on half of the generated images, tested on the other half, per free code."""
-    from sklearn.linear_model import Ridge
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(x))
-    a, b = order[: len(x) // 2], order[len(x) // 2:]
-    out = []
-    for j in range(free.shape[1]):
-        model = make_pipeline(StandardScaler(), Ridge(alpha=1000.0)).fit(x[a], free[a, j])
-        out.append(_pearson(model.predict(x[b]), free[b, j]))
-    return out
-
-
-def controllability(x: np.ndarray, t: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
-    """Probes trained on half of the generated images (codes as targets) and tested on the other half."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(x))
-    a, b = order[: len(x) // 2], order[len(x) // 2:]
-    probes = fit_probes(x[a], {k: v[a] for k, v in t.items()}, seed)
-    return apply_probes(probes, x[b], {k: v[b] for k, v in t.items()})
-
-
-# -------------------------------------------------------------------------------------------------- evaluation
 
 
 def _real_labels(table: pd.DataFrame) -> Labels:
@@ -228,12 +105,171 @@ def classifier_scores(classifier: Path, images: np.ndarray, labels: Labels, boot
             "n": m["n"], "uses_metadata": meta is not None, "confusion": m["confusion_matrix"]["counts"]}
 
 
+
+# -------------------------------------------------------------------------------------------------- the inputs
+
+
+@dataclass
+class EvalInputs:
+    """The run, the real images and their features, and the class-balanced generated set with its features."""
+
+    run: SynthRun
+    ev: SynthEvalConfig
+    source: Any
+    table: pd.DataFrame
+    images: np.ndarray  # every real image of the source at the generator's resolution
+    train: np.ndarray  # row indices
+    held: np.ndarray
+    test: np.ndarray
+    classes: np.ndarray  # class of each generated image
+    labels: Labels  # codes of each generated image
+    z: torch.Tensor
+    syn: np.ndarray  # generated images
+    f_train: np.ndarray
+    f_held: np.ndarray
+    f_pix: np.ndarray
+    f_syn: np.ndarray
+
+    def real(self, rows: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.images[rows])
+
+    def y(self, rows: np.ndarray) -> np.ndarray:
+        return self.table["label"].to_numpy()[rows].astype(np.int64)
+
+
+def prepare_inputs(run: SynthRun, ev: SynthEvalConfig, fx: Any, progress: bool) -> EvalInputs:
+    """Open the run's data source, generate ``n_per_class`` images per class, and extract every feature set."""
+    from lesionlab.data import cached_images, open_source
+    from lesionlab.synth.features import cached_features
+
+    res = run.resolution
+    source = open_source(run.config.data)
+    table = source.table.reset_index(drop=True)
+    images = cached_images(source, (res, res), run.config.data.resize, progress=progress)
+    split = table["split"].astype(str).to_numpy()
+    train, held = np.flatnonzero(split == "train"), np.flatnonzero(np.isin(split, ["val", "test"]))
+    if len(held) < 2 * NUM_CLASSES:
+        raise SynthError(f"{source.name}: only {len(held)} validation and test images; the real-vs-real "
+                         "reference needs more")
+    if run.info.get("data", {}).get("fingerprint") not in (None, source.fingerprint()):
+        log.warning("the data source changed since the generator was trained (fingerprint differs)")
+    # generated images: class-balanced, codes drawn from real training rows of each class
+    present = np.flatnonzero(np.bincount(run.sampler.labels.label.numpy(), minlength=NUM_CLASSES) > 0)
+    classes = np.repeat(present, ev.n_per_class)
+    labels, _ = run.draw_labels(len(classes), np.random.default_rng([ev.seed, 11]), classes=classes)
+    z = torch.randn(len(classes), run.generator.z_dim, generator=torch.Generator().manual_seed(ev.seed + 3))
+    syn = run.generate(labels, seed=ev.seed, z=z)
+    key = f"{source.fingerprint()}|{res}|{run.config.data.resize}"
+    real_held = np.ascontiguousarray(images[held])
+    return EvalInputs(
+        run, ev, source, table, images, train, held, np.flatnonzero(split == "test"), classes, labels, z, syn,
+        f_train=cached_features(fx, np.ascontiguousarray(images[train]), key + "|train", progress, "features train"),
+        f_held=cached_features(fx, real_held, key + "|held", progress, "features held-out"),
+        f_pix=cached_features(fx, pixelate(real_held, ev.pixelate), key + f"|held-pix{ev.pixelate}", progress,
+                              "features pixelated"),
+        f_syn=fx(syn, progress=progress, desc="features generated"))
+
+
+# ------------------------------------------------------------------------------------------------ the measures
+
+
+def fidelity_section(inp: EvalInputs, fx: Any, progress: bool) -> dict[str, Any]:
+    """FD, KID, precision and recall at equal set sizes for the generated, real and degraded sets; FD per stage."""
+    ev, run = inp.ev, inp.run
+    rng = np.random.default_rng([ev.seed, 5])
+    y_held = inp.y(inp.held)
+    w_train = class_weights(inp.y(inp.train))
+    n_cmp = min(len(inp.held), len(inp.syn))
+    sub_syn = balanced_subset(inp.classes, n_cmp, rng)
+    sub_held = np.sort(rng.choice(len(inp.held), size=min(n_cmp, len(inp.held)), replace=False))
+    k = min(ev.pr_k, n_cmp - 1)
+    w_held, w_syn = class_weights(y_held[sub_held]), class_weights(inp.classes[sub_syn])
+    fid: dict[str, Any] = {
+        "synthetic": distribution_measures(inp.f_train, w_train, inp.f_syn[sub_syn], w_syn, k),
+        "real_held_out": distribution_measures(inp.f_train, w_train, inp.f_held[sub_held], w_held, k),
+        "pixelated_real": distribution_measures(inp.f_train, w_train, inp.f_pix[sub_held], w_held, k),
+        "pixelate_factor": ev.pixelate,
+    }
+    stages = []
+    for s_res, g in run.stage_generators():
+        stage_index = stage_resolutions(run.resolution).index(s_res)
+        imgs = run.generate(inp.labels.index(torch.as_tensor(sub_syn)), seed=ev.seed, generator=g, stage=stage_index,
+                            z=inp.z[torch.as_tensor(sub_syn)])
+        feats = fx(upsample_nearest(imgs, run.resolution), progress=progress, desc=f"features {s_res} px")
+        stages.append({"resolution": s_res, "fd": fd(feats, inp.f_train, w_syn, w_train),
+                       "kid": kid(feats, inp.f_train, w_syn, w_train),
+                       "seconds": (run.info.get("stage_seconds") or {}).get(stage_name(s_res))})
+    fid["stages"] = stages
+    return fid
+
+
+def codes_section(inp: EvalInputs) -> dict[str, Any]:
+    """Code recovery by real-trained probes, generated-trained probes and the critic's Q head."""
+    seed = inp.ev.seed
+    held_labels = _real_labels(inp.table.iloc[inp.held])
+    t_syn = code_targets(inp.labels)
+    probes = fit_probes(inp.f_train, code_targets(_real_labels(inp.table.iloc[inp.train])), seed)
+    recovery: dict[str, Any] = {
+        "real_probe_on_real_held_out": apply_probes(probes, inp.f_held, code_targets(held_labels)),
+        "real_probe_on_synthetic": apply_probes(probes, inp.f_syn, t_syn),
+        "synthetic_probe_on_synthetic": controllability(inp.f_syn, t_syn, seed),
+        "q_head_on_synthetic": q_head_recovery(inp.run, inp.syn, inp.labels),
+        "q_head_on_real_held_out": q_head_recovery(inp.run, inp.real(inp.held), held_labels),
+    }
+    if inp.run.layout.free:
+        recovery["free_codes_synthetic_probe"] = free_code_controllability(inp.f_syn, inp.labels.free.numpy(), seed)
+    return recovery
+
+
+def memorisation_section(inp: EvalInputs) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray],
+                                                   tuple[np.ndarray, np.ndarray]]:
+    """Nearest real training image of every sample; the share closer than any real held-out image is.
+
+    Returns the figures, the closest (generated, real) pairs and both distance arrays (for the histogram).
+    """
+    d_syn, nn_syn = pairwise_min(inp.f_syn, inp.f_train)
+    d_held, _ = pairwise_min(inp.f_held, inp.f_train)
+    threshold = float(d_held.min())
+    closer = d_syn < threshold
+    order = np.argsort(d_syn)[: inp.ev.closest_pairs]
+    present = np.unique(inp.classes)
+    ids = inp.table["image_id"]
+    doc = {
+        "threshold_min_held_out_distance": threshold,
+        "fraction_closer_than_any_held_out": float(closer.mean()),
+        "count_closer": int(closer.sum()), "n": len(d_syn),
+        "fraction_below_held_out_p01": float((d_syn < np.quantile(d_held, 0.01)).mean()),
+        "fraction_below_held_out_p05": float((d_syn < np.quantile(d_held, 0.05)).mean()),
+        "median_nn_distance": {"synthetic": float(np.median(d_syn)), "real_held_out": float(np.median(d_held))},
+        "per_class_fraction": {CLASS_CODES[c]: float(closer[inp.classes == c].mean()) for c in present},
+        "closest": [{"sample": int(i), "dx": CLASS_CODES[int(inp.classes[i])], "distance": float(d_syn[i]),
+                     "train_image": str(ids.iloc[inp.train[nn_syn[i]]])} for i in order],
+    }
+    return doc, (inp.syn[order], inp.real(inp.train[nn_syn[order]])), (d_syn, d_held)
+
+
+def label_fidelity_section(inp: EvalInputs, classifier: Path | None, recovery: dict[str, Any]) -> dict[str, Any]:
+    """An independent real-trained classifier on the generated images and on real test images (same resolution)."""
+    ev = inp.ev
+    out: dict[str, Any] = {"linear_probe": {
+        "real_held_out": recovery["real_probe_on_real_held_out"].get("class"),
+        "synthetic": recovery["real_probe_on_synthetic"].get("class")}}
+    if classifier is not None:
+        out["classifier"] = str(classifier)
+        out["synthetic"] = classifier_scores(classifier, inp.syn, inp.labels, ev.bootstrap, ev.seed)
+        out["real_test"] = classifier_scores(classifier, inp.real(inp.test), _real_labels(inp.table.iloc[inp.test]),
+                                             ev.bootstrap, ev.seed)
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- evaluation
+
+
 def evaluate_synth(run_dir: str | Path, out_dir: str | Path | None = None, classifier: str | Path | None = None,
                    usefulness: bool = False, settings: SynthEvalConfig | None = None, progress: bool = True
                    ) -> dict[str, Any]:
     """Run every measure of the module docstring; write ``synth-eval.json`` and the report; return the document."""
-    from lesionlab.data import cached_images, open_source
-    from lesionlab.synth.features import FeatureExtractor, cached_features
+    from lesionlab.synth.features import FeatureExtractor
     from lesionlab.synth.report import write_synth_report
 
     t0 = time.perf_counter()
@@ -241,148 +277,49 @@ def evaluate_synth(run_dir: str | Path, out_dir: str | Path | None = None, class
     ev = settings or run.config.evaluate
     out = Path(out_dir) if out_dir else run.path / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    res = run.resolution
-    source = open_source(run.config.data)
-    table = source.table.reset_index(drop=True)
-    images = cached_images(source, (res, res), run.config.data.resize, progress=progress)
-    split = table["split"].astype(str).to_numpy()
-    train_rows = np.flatnonzero(split == "train")
-    held_rows = np.flatnonzero(np.isin(split, ["val", "test"]))
-    test_rows = np.flatnonzero(split == "test")
-    if len(held_rows) < 2 * NUM_CLASSES:
-        raise SynthError(f"{source.name}: only {len(held_rows)} validation and test images; the real-vs-real "
-                         "reference needs more")
-    if run.info.get("data", {}).get("fingerprint") not in (None, source.fingerprint()):
-        log.warning("the data source changed since the generator was trained (fingerprint differs)")
-    rng = np.random.default_rng([ev.seed, 5])
-    doc: dict[str, Any] = {
+    fx = FeatureExtractor(ev.feature_size, ev.batch_size)
+    inp = prepare_inputs(run, ev, fx, progress)
+    doc = _header(inp)
+    doc["fidelity"] = fidelity_section(inp, fx, progress)
+    doc["codes"] = codes_section(inp)
+    doc["memorisation"], pairs, distances = memorisation_section(inp)
+    if usefulness:  # trains the arms; the class-weighted real arm is the independent classifier unless one is given
+        from lesionlab.synth.usefulness import score_arms, train_arms
+
+        runs = train_arms(run, inp.table, inp.images, out / "usefulness", ev.usefulness, ev.seed, progress)
+        doc["usefulness"] = score_arms(runs, inp.real(inp.test), inp.y(inp.test), ev.bootstrap, ev.seed)
+        if classifier is None and "real_weighted" in runs:
+            classifier = runs["real_weighted"]
+    doc["label_fidelity"] = label_fidelity_section(inp, Path(classifier) if classifier else None, doc["codes"])
+    if classifier is None:
+        doc["notes"].append("No independent classifier given (--classifier RUN or --usefulness): label fidelity "
+                            "uses the linear probe on Lite0 features only.")
+    doc["seconds"] = time.perf_counter() - t0
+    atomic_write_json(out / EVAL_FILE, doc)
+    present = np.unique(inp.classes)
+    grid_idx = np.concatenate([np.flatnonzero(inp.classes == c)[:8] for c in present])
+    paths = write_synth_report(doc, out, samples=(inp.syn[grid_idx], inp.classes[grid_idx]), pairs=pairs,
+                               stage_grids=sorted((run.path / "samples").glob("stage-*.png")), nn=distances)
+    doc["report"] = {k: str(v) for k, v in paths.items()}
+    return doc
+
+
+def _header(inp: EvalInputs) -> dict[str, Any]:
+    run, ev, source = inp.run, inp.ev, inp.source
+    return {
         "kind": "lesionlab-synth-eval", "run": str(run.path), "created": _now(),
-        "generator": {"resolution": res, "trained_on": run.info.get("data", {}),
+        "generator": {"resolution": run.resolution, "trained_on": run.info.get("data", {}),
                       "networks": run.info.get("networks"), "seconds": run.info.get("seconds"),
                       "images": run.info.get("images"), "stage_seconds": run.info.get("stage_seconds"),
                       "schedule": run.info.get("schedule"), "layout": run.layout.to_dict()},
-        "data": {"source": source.name, "synthetic": bool(source.synthetic), "n_train": len(train_rows),
-                 "n_held_out": len(held_rows), "n_test": len(test_rows),
+        "data": {"source": source.name, "synthetic": bool(source.synthetic), "n_train": len(inp.train),
+                 "n_held_out": len(inp.held), "n_test": len(inp.test),
                  "split": getattr(source, "split_name", "")},
         "settings": ev.model_dump(mode="json"),
         "notes": ["FD-lite0 and KID-lite0 are the Frechet and kernel distances on ImageNet EfficientNet-Lite0 features "
                   f"(images upsampled to {ev.feature_size} px). They are comparable with each other, never with "
                   "published FID/KID, which use InceptionV3 weights that cannot be installed offline."],
     }
-
-    # ---- generated images: class-balanced, codes drawn from real training rows of each class
-    present = np.flatnonzero(np.bincount(run.sampler.labels.label.numpy(), minlength=NUM_CLASSES) > 0)
-    classes = np.repeat(present, ev.n_per_class)
-    labels, _ = run.draw_labels(len(classes), np.random.default_rng([ev.seed, 11]), classes=classes)
-    z = torch.randn(len(classes), run.generator.z_dim, generator=torch.Generator().manual_seed(ev.seed + 3))
-    syn = run.generate(labels, seed=ev.seed, z=z)
-
-    # ---- features
-    fx = FeatureExtractor(ev.feature_size, ev.batch_size)
-    key = f"{source.fingerprint()}|{res}|{run.config.data.resize}"
-    f_train = cached_features(fx, np.ascontiguousarray(images[train_rows]), key + "|train", progress, "features train")
-    f_held = cached_features(fx, np.ascontiguousarray(images[held_rows]), key + "|held", progress, "features held-out")
-    f_pix = cached_features(fx, pixelate(np.ascontiguousarray(images[held_rows]), ev.pixelate),
-                            key + f"|held-pix{ev.pixelate}", progress, "features pixelated")
-    f_syn = fx(syn, progress=progress, desc="features generated")
-    y_train = table["label"].to_numpy()[train_rows].astype(np.int64)
-    y_held = table["label"].to_numpy()[held_rows].astype(np.int64)
-    w_train, _w_held = class_weights(y_train), class_weights(y_held)
-
-    # ---- 1. fidelity and diversity at equal set sizes
-    n_cmp = min(len(held_rows), len(syn))
-    sub_syn = balanced_subset(classes, n_cmp, rng)
-    sub_held = np.sort(rng.choice(len(held_rows), size=min(n_cmp, len(held_rows)), replace=False))
-    k = min(ev.pr_k, n_cmp - 1)
-    fid = {
-        "synthetic": distribution_measures(f_train, w_train, f_syn[sub_syn], class_weights(classes[sub_syn]), k),
-        "real_held_out": distribution_measures(f_train, w_train, f_held[sub_held], class_weights(y_held[sub_held]),
-                                               k),
-        "pixelated_real": distribution_measures(f_train, w_train, f_pix[sub_held], class_weights(y_held[sub_held]),
-                                                k),
-    }
-    fid["pixelate_factor"] = ev.pixelate
-    stages = []
-    for s_res, g in run.stage_generators():
-        stage_index = stage_resolutions(res).index(s_res)
-        imgs = run.generate(labels.index(torch.as_tensor(sub_syn)), seed=ev.seed, generator=g, stage=stage_index,
-                            z=z[torch.as_tensor(sub_syn)])
-        feats = fx(upsample_nearest(imgs, res), progress=progress, desc=f"features {s_res} px")
-        w = class_weights(classes[sub_syn])
-        stages.append({"resolution": s_res, "fd": fd(feats, f_train, w, w_train),
-                       "kid": kid(feats, f_train, w, w_train),
-                       "seconds": (run.info.get("stage_seconds") or {}).get(stage_name(s_res))})
-    fid["stages"] = stages
-    doc["fidelity"] = fid
-
-    # ---- 2./3. label fidelity and code recovery
-    t_train = code_targets(_real_labels(table.iloc[train_rows]))
-    t_held = code_targets(_real_labels(table.iloc[held_rows]))
-    t_syn = code_targets(labels)
-    probes = fit_probes(f_train, t_train, ev.seed)
-    recovery: dict[str, Any] = {
-        "real_probe_on_real_held_out": apply_probes(probes, f_held, t_held),
-        "real_probe_on_synthetic": apply_probes(probes, f_syn, t_syn),
-        "synthetic_probe_on_synthetic": controllability(f_syn, t_syn, ev.seed),
-        "q_head_on_synthetic": q_head_recovery(run, syn, labels),
-        "q_head_on_real_held_out": q_head_recovery(run, np.ascontiguousarray(images[held_rows]),
-                                                   _real_labels(table.iloc[held_rows])),
-    }
-    if run.layout.free:
-        recovery["free_codes_synthetic_probe"] = free_code_controllability(f_syn, labels.free.numpy(), ev.seed)
-    doc["codes"] = recovery
-
-    # ---- 4. memorisation
-    d_syn, nn_syn = pairwise_min(f_syn, f_train)
-    d_held, _ = pairwise_min(f_held, f_train)
-    threshold = float(d_held.min())
-    closer = d_syn < threshold
-    order = np.argsort(d_syn)[: ev.closest_pairs]
-    doc["memorisation"] = {
-        "threshold_min_held_out_distance": threshold,
-        "fraction_closer_than_any_held_out": float(closer.mean()),
-        "count_closer": int(closer.sum()), "n": len(d_syn),
-        "fraction_below_held_out_p01": float((d_syn < np.quantile(d_held, 0.01)).mean()),
-        "fraction_below_held_out_p05": float((d_syn < np.quantile(d_held, 0.05)).mean()),
-        "median_nn_distance": {"synthetic": float(np.median(d_syn)), "real_held_out": float(np.median(d_held))},
-        "per_class_fraction": {CLASS_CODES[c]: float(closer[classes == c].mean()) for c in present},
-        "closest": [{"sample": int(i), "dx": CLASS_CODES[int(classes[i])], "distance": float(d_syn[i]),
-                     "train_image": str(table["image_id"].iloc[train_rows[nn_syn[i]]])} for i in order],
-    }
-    pairs = (syn[order], np.ascontiguousarray(images[train_rows[nn_syn[order]]]))
-
-    # ---- 5. usefulness (trains the arms), then the independent classifier
-    useful = None
-    if usefulness:
-        from lesionlab.synth.usefulness import score_arms, train_arms
-
-        runs = train_arms(run, table, images, out / "usefulness", ev.usefulness, ev.seed, progress)
-        useful = score_arms(runs, np.ascontiguousarray(images[test_rows]),
-                            table["label"].to_numpy()[test_rows].astype(np.int64), ev.bootstrap, ev.seed)
-        doc["usefulness"] = useful
-        if classifier is None and "real_weighted" in runs:
-            classifier = runs["real_weighted"]
-    label_fid: dict[str, Any] = {"linear_probe": {
-        "real_held_out": recovery["real_probe_on_real_held_out"].get("class"),
-        "synthetic": recovery["real_probe_on_synthetic"].get("class")}}
-    if classifier is not None:
-        classifier = Path(classifier)
-        label_fid["classifier"] = str(classifier)
-        label_fid["synthetic"] = classifier_scores(classifier, syn, labels, ev.bootstrap, ev.seed)
-        label_fid["real_test"] = classifier_scores(classifier, np.ascontiguousarray(images[test_rows]),
-                                                   _real_labels(table.iloc[test_rows]), ev.bootstrap, ev.seed)
-    else:
-        doc["notes"].append("No independent classifier given (--classifier RUN or --usefulness): label fidelity "
-                            "uses the linear probe on Lite0 features only.")
-    doc["label_fidelity"] = label_fid
-    doc["seconds"] = time.perf_counter() - t0
-    atomic_write_json(out / EVAL_FILE, doc)
-    grid_idx = np.concatenate([np.flatnonzero(classes == c)[:8] for c in present])
-    paths = write_synth_report(doc, out, samples=(syn[grid_idx], classes[grid_idx]), pairs=pairs,
-                               stage_grids=sorted((run.path / "samples").glob("stage-*.png")),
-                               nn=(d_syn, d_held))
-    doc["report"] = {k: str(v) for k, v in paths.items()}
-    return doc
 
 
 def _now() -> str:

@@ -99,19 +99,12 @@ def _ci(ci: dict[str, Any] | None) -> str:
     return f" [{ci['low']:.3f}, {ci['high']:.3f}]"
 
 
-def synth_document(doc: dict[str, Any], samples: tuple[np.ndarray, np.ndarray] | None = None,
-                   pairs: tuple[np.ndarray, np.ndarray] | None = None, stage_grids: Sequence[Path] = (),
-                   nn: tuple[np.ndarray, np.ndarray] | None = None) -> Document:
-    """The report's content (pure but for reading the stage grid PNGs)."""
+def _card(doc: dict[str, Any]) -> list[tuple[str, str]]:
     gen = doc.get("generator", {})
     trained = gen.get("trained_on", {})
-    fid = doc.get("fidelity", {})
-    warnings = [SYNTHETIC_WARNING]
-    if trained.get("synthetic"):
-        warnings.append("The generator itself was trained on SYNTHETIC data (lesionlab's built-in demo set): these "
-                        "numbers test the software, not how well it models dermoscopy.")
     nets = gen.get("networks") or {}
-    card = [
+    data = doc.get("data", {})
+    return [
         ("Generator run", str(doc.get("run"))),
         ("Trained on", f"{trained.get('source', 'n/a')}{' (SYNTHETIC)' if trained.get('synthetic') else ''}; "
                        f"{trained.get('n_train', 'n/a')} training images, split {trained.get('split', 'n/a')}"),
@@ -119,14 +112,16 @@ def synth_document(doc: dict[str, Any], samples: tuple[np.ndarray, np.ndarray] |
                      f"{fmt(nets.get('critic_parameters'))} parameters; channels {nets.get('channels')}; "
                      f"{gen.get('resolution')} px"),
         ("Training", f"{fmt(gen.get('images'))} real images shown, {fmt(gen.get('seconds'), 0)} s"),
-        ("Evaluated on", f"{doc.get('data', {}).get('source')}: {doc.get('data', {}).get('n_train')} training, "
-                         f"{doc.get('data', {}).get('n_held_out')} held-out (val + test) images"),
+        ("Evaluated on", f"{data.get('source')}: {data.get('n_train')} training, "
+                         f"{data.get('n_held_out')} held-out (val + test) images"),
         ("Samples", f"{doc.get('settings', {}).get('n_per_class')} generated images per class, clinical codes drawn "
                     "from real training images of that class"),
         ("Evaluated", f"{doc.get('created')} in {fmt(doc.get('seconds'), 0)} s"),
     ]
-    tables: list[Table] = []
-    plots: list[Plot] = []
+
+
+def fidelity_parts(fid: dict[str, Any]) -> tuple[list[Table], list[Plot]]:
+    """The fidelity table, the per-stage table and its figure."""
     rows = []
     names = {"synthetic": "generated (class-balanced)", "real_held_out": "real held-out (real vs real)",
              "pixelated_real": f"real held-out pixelated {fid.get('pixelate_factor', '?')}x (degraded)"}
@@ -135,12 +130,13 @@ def synth_document(doc: dict[str, Any], samples: tuple[np.ndarray, np.ndarray] |
         if m:
             rows.append([title, fmt(m["fd"], 1), fmt(m["kid"], 4), fmt(m["precision"]), fmt(m["recall"]),
                          fmt(m["n"])])
-    tables.append(Table("Fidelity and diversity (vs real training images)", "table-fidelity",
-                        ["set", "FD-lite0", "KID-lite0", "precision", "recall", "n"], rows,
-                        "Lower FD/KID is closer to the real images; precision = share of the set inside the real "
-                        "manifold (fidelity), recall = share of real images inside the set's manifold (diversity). "
-                        "Real sets are class-weighted to match a class-balanced sample. FD-lite0/KID-lite0 are not "
-                        "comparable with published FID/KID (InceptionV3)."))
+    tables = [Table("Fidelity and diversity (vs real training images)", "table-fidelity",
+                    ["set", "FD-lite0", "KID-lite0", "precision", "recall", "n"], rows,
+                    "Lower FD/KID is closer to the real images; precision = share of the set inside the real "
+                    "manifold (fidelity), recall = share of real images inside the set's manifold (diversity). "
+                    "Real sets are class-weighted to match a class-balanced sample. FD-lite0/KID-lite0 are not "
+                    "comparable with published FID/KID (InceptionV3).")]
+    plots = []
     stages = fid.get("stages") or []
     if stages:
         tables.append(Table("FD-lite0 across stages", "table-stages", ["stage", "FD-lite0", "KID-lite0", "seconds"],
@@ -155,7 +151,10 @@ def synth_document(doc: dict[str, Any], samples: tuple[np.ndarray, np.ndarray] |
             refs["real held-out"] = fid["real_held_out"]["fd"]
         plots.append(Plot("FD-lite0 across stages", "fig-stages", png_data_uri(stages_figure(stages, refs)),
                           "FD-lite0 of each stage's generator with the real and degraded references"))
-    lf = doc.get("label_fidelity", {})
+    return tables, plots
+
+
+def label_table(lf: dict[str, Any]) -> Table | None:
     rows = []
     if lf.get("synthetic"):
         syn, real = lf["synthetic"], lf.get("real_test") or {}
@@ -165,73 +164,84 @@ def synth_document(doc: dict[str, Any], samples: tuple[np.ndarray, np.ndarray] |
     if probe.get("synthetic"):
         rows.append(["linear probe (Lite0 features, real-trained)", _score(probe["synthetic"]),
                      _score(probe.get("real_held_out"))] + ["" for _ in CLASS_CODES])
-    if rows:
-        tables.append(Table("Label fidelity: is a generated 'mel' a melanoma to an independent classifier?",
-                            "table-label-fidelity", ["classifier", "balanced acc. on generated", "on real test",
-                                                     *[f"recall {c} (gen / real)" for c in CLASS_CODES]], rows,
-                            f"Classifier: {lf.get('classifier', 'none given')}. Real test images are at the "
-                            "generator's resolution, like the generated ones. Chance is 1/7 = 0.143. 95% bootstrap "
-                            "intervals in brackets."))
-    codes = doc.get("codes", {})
-    rows = []
-    for part, label in (("class", "class (balanced acc.)"), ("sex", "sex (balanced acc.)"),
-                        ("site", "site (balanced acc.)"), ("age", "age (Pearson r)")):
-        def cell(block: str, part: str = part) -> str:
-            m = (codes.get(block) or {}).get(part)
-            if not m:
-                return "n/a"
-            if part == "age":
-                return "n/a" if m.get("r") is None else f"{m['r']:.3f} (p {m['p']:.2g}, n {m['n']})"
-            return f"{fmt(m.get('balanced_accuracy'))} (chance {fmt(m.get('chance'))}, n {m.get('n')})"
-        rows.append([label, cell("real_probe_on_real_held_out"), cell("real_probe_on_synthetic"),
-                     cell("synthetic_probe_on_synthetic"), cell("q_head_on_synthetic"),
-                     cell("q_head_on_real_held_out")])
+    if not rows:
+        return None
+    return Table("Label fidelity: is a generated 'mel' a melanoma to an independent classifier?",
+                 "table-label-fidelity", ["classifier", "balanced acc. on generated", "on real test",
+                                          *[f"recall {c} (gen / real)" for c in CLASS_CODES]], rows,
+                 f"Classifier: {lf.get('classifier', 'none given')}. Real test images are at the "
+                 "generator's resolution, like the generated ones. Chance is 1/7 = 0.143. 95% bootstrap "
+                 "intervals in brackets.")
+
+
+def _code_cell(codes: dict[str, Any], block: str, part: str) -> str:
+    m = (codes.get(block) or {}).get(part)
+    if not m:
+        return "n/a"
+    if part == "age":
+        return "n/a" if m.get("r") is None else f"{m['r']:.3f} (p {m['p']:.2g}, n {m['n']})"
+    return f"{fmt(m.get('balanced_accuracy'))} (chance {fmt(m.get('chance'))}, n {m.get('n')})"
+
+
+def codes_table(codes: dict[str, Any]) -> Table:
+    blocks = ("real_probe_on_real_held_out", "real_probe_on_synthetic", "synthetic_probe_on_synthetic",
+              "q_head_on_synthetic", "q_head_on_real_held_out")
+    rows = [[label, *[_code_cell(codes, b, part) for b in blocks]]
+            for part, label in (("class", "class (balanced acc.)"), ("sex", "sex (balanced acc.)"),
+                                ("site", "site (balanced acc.)"), ("age", "age (Pearson r)"))]
     for j, m in enumerate(codes.get("free_codes_synthetic_probe") or []):
         q = (codes.get("q_head_on_synthetic") or {}).get("free") or []
         qr = q[j]["r"] if j < len(q) and q[j].get("r") is not None else None
         rows.append([f"free code {j} (Pearson r)", "-", "-", "n/a" if m.get("r") is None else f"{m['r']:.3f}",
                      "n/a" if qr is None else f"{qr:.3f}", "-"])
-    tables.append(Table("Code recovery", "table-codes",
-                        ["code", "real probe on real held-out", "real probe on generated", "generated probe on "
-                         "generated", "critic's Q head on generated", "Q head on real held-out"], rows,
-                        "Real probe: linear models on Lite0 features trained on real training images (does a code "
-                        "mean the real thing?). Generated probe: trained on half of the generated images with their "
-                        "codes, tested on the other half (does the code change the image at all?). The Q head was "
-                        "trained with the generator and can read codes that no independent model sees: it is "
-                        "shown for contrast, not as evidence."))
-    mem = doc.get("memorisation", {})
-    if mem:
-        tables.append(Table("Memorisation", "table-memorisation", ["measure", "value"], [
-            ["generated images closer to a training image than any real held-out image is",
-             f"{fmt(mem['fraction_closer_than_any_held_out'])} ({mem['count_closer']} of {mem['n']})"],
-            ["threshold: smallest held-out distance to the training set",
-             fmt(mem["threshold_min_held_out_distance"], 2)],
-            ["share below the held-out 1% / 5% quantile (about 0.01 / 0.05 if nothing is copied)",
-             f"{fmt(mem['fraction_below_held_out_p01'])} / {fmt(mem['fraction_below_held_out_p05'])}"],
-            ["median nearest-neighbour distance, generated / real held-out",
-             f"{fmt(mem['median_nn_distance']['synthetic'], 2)} / "
-             f"{fmt(mem['median_nn_distance']['real_held_out'], 2)}"],
-            *[[f"share closer than any held-out image: {c}", fmt(v)] for c, v in mem["per_class_fraction"].items()],
-        ], "Distances between Lite0 features; the closest pairs are shown in the figures."))
-    useful = doc.get("usefulness")
-    if useful:
-        arm_rows = []
-        for _arm, m in useful["arms"].items():
-            ci = m.get("ci", {}).get("balanced_accuracy")
-            arm_rows.append([m["title"], fmt(m.get("n_train")), _score(m) + _ci(ci), fmt(m.get("accuracy")),
-                             *[fmt(m["recall"].get(c)) for c in CLASS_CODES]])
-        tables.append(Table("Usefulness on the real test split", "table-usefulness",
-                            ["training data", "train images", "balanced acc. [95% CI]", "accuracy",
-                             *[f"recall {c}" for c in CLASS_CODES]], arm_rows,
-                            f"{useful.get('n_test')} real test images at the generator's resolution; every arm uses "
-                            "the project's CPU classifier preset and selects its epoch on the real validation split."))
-        test_rows = [[f"{t['arm']} - {t['reference']}", f"{t['difference']:+.3f}",
-                      f"[{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]" if t.get("ci") else "n/a",
-                      f"{t['p_bootstrap']:.3g}", f"{t['p_mcnemar']:.3g}"] for t in useful.get("tests", [])]
-        if test_rows:
-            tables.append(Table("Paired tests (same test images)", "table-usefulness-tests",
-                                ["comparison", "balanced acc. difference", "95% CI", "p (paired bootstrap)",
-                                 "p (McNemar, accuracy)"], test_rows))
+    return Table("Code recovery", "table-codes",
+                 ["code", "real probe on real held-out", "real probe on generated", "generated probe on "
+                  "generated", "critic's Q head on generated", "Q head on real held-out"], rows,
+                 "Real probe: linear models on Lite0 features trained on real training images (does a code "
+                 "mean the real thing?). Generated probe: trained on half of the generated images with their "
+                 "codes, tested on the other half (does the code change the image at all?). The Q head was "
+                 "trained with the generator and can read codes that no independent model sees: it is "
+                 "shown for contrast, not as evidence.")
+
+
+def memorisation_table(mem: dict[str, Any]) -> Table:
+    return Table("Memorisation", "table-memorisation", ["measure", "value"], [
+        ["generated images closer to a training image than any real held-out image is",
+         f"{fmt(mem['fraction_closer_than_any_held_out'])} ({mem['count_closer']} of {mem['n']})"],
+        ["threshold: smallest held-out distance to the training set", fmt(mem["threshold_min_held_out_distance"], 2)],
+        ["share below the held-out 1% / 5% quantile (about 0.01 / 0.05 if nothing is copied)",
+         f"{fmt(mem['fraction_below_held_out_p01'])} / {fmt(mem['fraction_below_held_out_p05'])}"],
+        ["median nearest-neighbour distance, generated / real held-out",
+         f"{fmt(mem['median_nn_distance']['synthetic'], 2)} / {fmt(mem['median_nn_distance']['real_held_out'], 2)}"],
+        *[[f"share closer than any held-out image: {c}", fmt(v)] for c, v in mem["per_class_fraction"].items()],
+    ], "Distances between Lite0 features; the closest pairs are shown in the figures.")
+
+
+def usefulness_tables(useful: dict[str, Any]) -> list[Table]:
+    arm_rows = []
+    for m in useful["arms"].values():
+        ci = m.get("ci", {}).get("balanced_accuracy")
+        arm_rows.append([m["title"], fmt(m.get("n_train")), _score(m) + _ci(ci), fmt(m.get("accuracy")),
+                         *[fmt(m["recall"].get(c)) for c in CLASS_CODES]])
+    tables = [Table("Usefulness on the real test split", "table-usefulness",
+                    ["training data", "train images", "balanced acc. [95% CI]", "accuracy",
+                     *[f"recall {c}" for c in CLASS_CODES]], arm_rows,
+                    f"{useful.get('n_test')} real test images at the generator's resolution; every arm uses "
+                    "the project's CPU classifier preset and selects its epoch on the real validation split.")]
+    test_rows = [[f"{t['arm']} - {t['reference']}", f"{t['difference']:+.3f}",
+                  f"[{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]" if t.get("ci") else "n/a",
+                  f"{t['p_bootstrap']:.3g}", f"{t['p_mcnemar']:.3g}"] for t in useful.get("tests", [])]
+    if test_rows:
+        tables.append(Table("Paired tests (same test images)", "table-usefulness-tests",
+                            ["comparison", "balanced acc. difference", "95% CI", "p (paired bootstrap)",
+                             "p (McNemar, accuracy)"], test_rows))
+    return tables
+
+
+def image_plots(mem: dict[str, Any], samples: tuple[np.ndarray, np.ndarray] | None,
+                pairs: tuple[np.ndarray, np.ndarray] | None, stage_grids: Sequence[Path],
+                nn: tuple[np.ndarray, np.ndarray] | None) -> list[Plot]:
+    plots = []
     if samples is not None:
         plots.append(Plot("Generated samples (one row per class)", "fig-samples",
                           _pil_uri(samples_image(*samples)), "generated samples per class"))
@@ -245,9 +255,30 @@ def synth_document(doc: dict[str, Any], samples: tuple[np.ndarray, np.ndarray] |
     for path in stage_grids:
         plots.append(Plot(f"Sample grid {path.stem}", f"fig-{path.stem}", _pil_uri(Image.open(path).convert("RGB")),
                           f"fixed codes and noise at the end of {path.stem}"))
+    return plots
+
+
+def synth_document(doc: dict[str, Any], samples: tuple[np.ndarray, np.ndarray] | None = None,
+                   pairs: tuple[np.ndarray, np.ndarray] | None = None, stage_grids: Sequence[Path] = (),
+                   nn: tuple[np.ndarray, np.ndarray] | None = None) -> Document:
+    """The report's content (pure but for reading the stage grid PNGs)."""
+    gen = doc.get("generator", {})
+    warnings = [SYNTHETIC_WARNING]
+    if gen.get("trained_on", {}).get("synthetic"):
+        warnings.append("The generator itself was trained on SYNTHETIC data (lesionlab's built-in demo set): these "
+                        "numbers test the software, not how well it models dermoscopy.")
+    tables, plots = fidelity_parts(doc.get("fidelity", {}))
+    label = label_table(doc.get("label_fidelity", {}))
+    tables += [label] if label is not None else []
+    tables.append(codes_table(doc.get("codes", {})))
+    mem = doc.get("memorisation", {})
+    tables += [memorisation_table(mem)] if mem else []
+    tables += usefulness_tables(doc["usefulness"]) if doc.get("usefulness") else []
+    plots += image_plots(mem, samples, pairs, stage_grids, nn)
     return Document(title=f"Synthetic images: {Path(str(doc.get('run'))).name}",
                     subtitle=f"generator at {gen.get('resolution')} px - what its images are worth", kind="synth",
-                    warnings=warnings, card=card, plots=plots, tables=tables, notes=list(doc.get("notes") or []))
+                    warnings=warnings, card=_card(doc), plots=plots, tables=tables,
+                    notes=list(doc.get("notes") or []))
 
 
 def write_synth_report(doc: dict[str, Any], out_dir: Path, **parts: Any) -> dict[str, Path]:

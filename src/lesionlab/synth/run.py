@@ -210,7 +210,7 @@ def load_synth_run(path: str | Path, device: str | torch.device = "cpu") -> Synt
     info = read_info(path)
     if info.get("status") != "complete":
         raise SynthError(f"{path}: the synthesis run is not finished (status {info.get('status')!r}); re-run "
-                         f"`lesionlab synth train --run-dir {path}` to resume it")
+                         f"`lesionlab synth train {path} --config CONFIG` to resume it")
     try:
         config = build_config(SynthConfig, info["config"], where=str(path / INFO_FILE))
     except (ConfigError, KeyError) as err:

@@ -14,36 +14,41 @@ Everything random comes from one seeded ``torch.Generator`` whose state is check
 optimisers and the counters every ``checkpoint_kimg`` thousand images (atomically), so a killed run resumes where
 its last checkpoint left off and ends with exactly the weights an uninterrupted run gets on the same CPU.
 At the end of each stage the EMA generator is saved under ``stages/`` and a sample grid under ``samples/``.
+The schedule lives in :mod:`~lesionlab.synth.schedule`, the real batches in :mod:`~lesionlab.synth.batches`, the
+checkpoint in :mod:`~lesionlab.synth.checkpoint`.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as _dt
-import io
 import logging
 import math
-import pickle
 import time
-import zipfile
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from lesionlab.classes import CLASS_CODES, NUM_CLASSES
 from lesionlab.config import dump_config
-from lesionlab.core.io import atomic_write, atomic_write_json, atomic_write_text
-from lesionlab.synth.codes import CodeLayout, Labels, encode, labels_from_table, q_loss, sampling_weights
+from lesionlab.core.io import atomic_write_json, atomic_write_text
+from lesionlab.synth.batches import (
+    TrainingData,
+    at_stage,
+    diff_augment,
+    effective_layout,
+    prepare_training_data,
+    real_batch,
+)
+from lesionlab.synth.checkpoint import load_checkpoint, run_state, save_checkpoint
+from lesionlab.synth.codes import CodeLayout, Labels, encode, q_loss
 from lesionlab.synth.config import SynthConfig
 from lesionlab.synth.errors import SynthError
-from lesionlab.synth.networks import Critic, Generator, channel_plan, count_parameters, stage_resolutions
+from lesionlab.synth.networks import Critic, Generator, channel_plan, count_parameters
 from lesionlab.synth.run import (
     CHECKPOINT_FILE,
     CODES_FILE,
@@ -56,164 +61,14 @@ from lesionlab.synth.run import (
     code_routing,
     grid_image,
     grid_labels,
-    read_info,
     save_state,
     stage_name,
     to_uint8,
 )
+from lesionlab.synth.schedule import Stage, current_lr, ema_beta, stage_at, stage_plan
 
 log = logging.getLogger(__name__)
-CHECKPOINT_FORMAT = 1
 StepCallback = Callable[[int, dict[str, Any]], None]
-
-
-# ------------------------------------------------------------------------------------------------------ schedule
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One stage of the progressive schedule, in images shown."""
-
-    index: int
-    resolution: int
-    fade: int  # images while the new block fades in (0 for the first stage)
-    stable: int  # images at full weight
-    batch: int
-    start: int  # images shown before this stage
-
-    @property
-    def end(self) -> int:
-        return self.start + self.fade + self.stable
-
-
-def stage_plan(cfg: SynthConfig) -> list[Stage]:
-    """The stages of a config: resolution, fade and stable lengths (images), batch size, cumulative start."""
-    fades, stables, batches = cfg.per_stage("fade_kimg"), cfg.per_stage("stable_kimg"), cfg.per_stage("batch_size")
-    out, start = [], 0
-    for i, res in enumerate(stage_resolutions(cfg.model.resolution)):
-        fade = 0 if i == 0 else round(float(fades[i]) * 1000)
-        stable = round(float(stables[i]) * 1000)
-        if fade + stable <= 0:
-            raise SynthError(f"stage {res} px shows no images (fade_kimg + stable_kimg = 0)")
-        if int(batches[i]) < 2:
-            raise SynthError(f"train.batch_size for {res} px is {batches[i]}; the critic needs at least 2")
-        out.append(Stage(i, res, fade, stable, int(batches[i]), start))
-        start += fade + stable
-    return out
-
-
-def stage_at(plan: list[Stage], images: int) -> tuple[Stage, float]:
-    """The stage and fade-in weight ``alpha`` after ``images`` images."""
-    for st in plan:
-        if images < st.end:
-            alpha = 1.0 if st.fade == 0 else min(1.0, (images - st.start) / st.fade)
-            return st, float(alpha)
-    return plan[-1], 1.0
-
-
-# ---------------------------------------------------------------------------------------------------- real data
-
-
-@dataclass
-class TrainingData:
-    """The real training images at the final resolution and their labels."""
-
-    images: np.ndarray  # uint8 [N, R, R, 3]
-    table: pd.DataFrame  # training rows of the source table (index 0..N-1)
-    labels: Labels
-    weights: torch.Tensor  # per-row sampling probabilities
-    info: dict[str, Any]
-
-
-def prepare_training_data(cfg: SynthConfig, progress: bool = True) -> TrainingData:
-    """Open the configured source, keep its training split and cache its images at the generator's resolution."""
-    from lesionlab.data import cached_images, open_source
-
-    source = open_source(cfg.data)
-    table = source.table
-    rows = np.flatnonzero(table["split"].astype(str).to_numpy() == "train")
-    if len(rows) == 0:
-        raise SynthError(f"data source {source.name!r} (split {cfg.data.split!r}) has no training rows")
-    res = cfg.model.resolution
-    all_images = cached_images(source, (res, res), cfg.data.resize, progress=progress)
-    images = np.ascontiguousarray(all_images[rows])
-    train = table.iloc[rows].reset_index(drop=True)
-    labels = labels_from_table(train, cfg.codes.free)
-    counts = np.bincount(labels.label.numpy(), minlength=NUM_CLASSES)
-    weights = torch.as_tensor(sampling_weights(labels.label.numpy(), cfg.train.class_sampling))
-    has_meta = bool(getattr(source, "has_metadata", True))
-    info = {"source": source.name, "kind": getattr(source, "kind", ""), "synthetic": bool(source.synthetic),
-            "fingerprint": source.fingerprint(), "split": getattr(source, "split_name", "") or str(cfg.data.split),
-            "n_train": len(rows), "train_class_counts": dict(zip(CLASS_CODES, counts.tolist(), strict=True)),
-            "has_metadata": has_meta, "resolution": res}
-    return TrainingData(images, train, labels, weights, info)
-
-
-def effective_layout(cfg: SynthConfig, has_metadata: bool) -> tuple[CodeLayout, list[str]]:
-    """The code layout; without clinical metadata in the source the sex, site and age codes are switched off."""
-    notes = []
-    sex, site, age = cfg.codes.sex, cfg.codes.site, cfg.codes.age
-    if not has_metadata and (sex or site or age):
-        notes.append("the data source has no clinical metadata: sex, site and age codes are off")
-        sex = site = age = False
-    return CodeLayout(sex=sex, site=site, age=age, free=cfg.codes.free), notes
-
-
-def real_batch(data: TrainingData, idx: torch.Tensor, augment: str, gen: torch.Generator) -> torch.Tensor:
-    """Real images ``idx`` as float [-1, 1] NCHW at the final resolution, randomly flipped/transposed."""
-    x = torch.from_numpy(data.images[idx.numpy()]).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-    if augment == "dihedral":
-        bits = torch.rand(3, len(x), generator=gen) < 0.5
-        x = torch.where(bits[0].view(-1, 1, 1, 1), x.flip(3), x)
-        x = torch.where(bits[1].view(-1, 1, 1, 1), x.flip(2), x)
-        x = torch.where(bits[2].view(-1, 1, 1, 1), x.transpose(2, 3), x)
-    return x.contiguous()
-
-
-def at_stage(x: torch.Tensor, resolution: int, alpha: float) -> torch.Tensor:
-    """Real images brought to a stage: box-downsampled, and during fade-in blended with the previous stage's
-    (upsampled) version exactly as the generator blends its two outputs."""
-    factor = x.shape[-1] // resolution
-    if factor > 1:
-        x = F.avg_pool2d(x, factor)
-    if alpha < 1.0:
-        low = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest")
-        x = torch.lerp(low, x, alpha)
-    return x
-
-
-def diff_augment(x: torch.Tensor, ops: list[str], translation: float, gen: torch.Generator) -> torch.Tensor:
-    """DiffAugment: random colour (brightness, saturation, contrast) and translation, differentiable in ``x``.
-
-    Applied with independent draws to every image the critic sees, real or generated, in both steps.
-    """
-    n = len(x)
-    if not ops:
-        return x
-    dev = x.device
-    if "color" in ops:
-        x = x + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5).to(dev)
-        mean = x.mean(dim=1, keepdim=True)
-        x = (x - mean) * (torch.rand(n, 1, 1, 1, generator=gen) * 2).to(dev) + mean
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * (torch.rand(n, 1, 1, 1, generator=gen) + 0.5).to(dev) + mean
-    if "translation" in ops and translation > 0:
-        h, w = x.shape[-2:]
-        sh, sw = int(h * translation + 0.5), int(w * translation + 0.5)
-        if sh or sw:
-            dy = torch.randint(-sh, sh + 1, (n, 1, 1), generator=gen).to(dev)
-            dx = torch.randint(-sw, sw + 1, (n, 1, 1), generator=gen).to(dev)
-            gy, gx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
-            gy = (gy.unsqueeze(0) + dy).clamp(-1, h)  # one step outside the image reads the zero padding
-            gx = (gx.unsqueeze(0) + dx).clamp(-1, w)
-            padded = F.pad(x, (1, 1, 1, 1))
-            flat = padded.flatten(2)
-            idx = ((gy + 1) * (w + 2) + (gx + 1)).flatten(1).unsqueeze(1).expand(-1, x.shape[1], -1)
-            x = flat.gather(2, idx).view_as(x)
-    return x
-
-
-# ------------------------------------------------------------------------------------------------------ the loop
 
 
 def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor, stage: int, alpha: float,
@@ -233,18 +88,6 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, beta: float) -> Non
             pe.lerp_(p, 1.0 - beta)
 
 
-def ema_beta(cfg: SynthConfig, batch: int, images: int) -> float:
-    half_life = cfg.train.ema_kimg * 1000.0
-    if cfg.train.ema_rampup is not None:
-        half_life = min(half_life, images * cfg.train.ema_rampup)
-    return 0.0 if half_life <= 0 else 0.5 ** (batch / half_life)
-
-
-def current_lr(cfg: SynthConfig, images: int) -> float:
-    tc = cfg.train
-    return tc.lr * tc.lr_decay ** (images / (tc.lr_decay_kimg * 1000.0))
-
-
 def make_optimizers(cfg: SynthConfig, g: Generator, d: Critic) -> tuple[torch.optim.Adam, torch.optim.Adam]:
     b = cfg.train.betas
     return (torch.optim.Adam(g.parameters(), lr=cfg.train.lr, betas=b, eps=1e-8),
@@ -260,62 +103,239 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(cfg_dict)
-    for key in ("output_dir", "name", "evaluate"):
-        out.pop(key, None)
-    for key in ("device", "threads", "checkpoint_kimg", "log_every"):
-        out.get("train", {}).pop(key, None)
-    return out
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, **state}, buf)
-    data = buf.getvalue()
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by :func:`save_checkpoint`; tensors and plain data only (``weights_only``)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise SynthError(f"{path}: checkpoint is truncated or corrupt ({err}); delete it to start the run over"
-                         ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise SynthError(f"{path}: not a lesionlab synthesis checkpoint (format {CHECKPOINT_FORMAT})")
-    return state
-
-
-def run_state(run_dir: Path, cfg: SynthConfig) -> str:
-    """``fresh``, ``resume`` or ``complete``; a checkpoint or finished run with another config is an error."""
-    ckpt = run_dir / CHECKPOINT_FILE
-    info_path = run_dir / INFO_FILE
-    if info_path.is_file():
-        info = read_info(run_dir)
-        diff = _diff(_comparable(info.get("config", {})), _comparable(cfg.model_dump(mode="json")))
-        complete = info.get("status") == "complete"
-        if diff and (complete or ckpt.is_file()):
-            raise SynthError(f"{info_path}: this run directory holds a run with another config "
-                             f"({'; '.join(diff[:5])}); choose another --run-dir or delete it")
-        if complete:
-            return "complete"
-    return "resume" if ckpt.is_file() else "fresh"
-
-
 def _set_requires_grad(module: torch.nn.Module, flag: bool) -> None:
     for p in module.parameters():
         p.requires_grad_(flag)
+
+
+# ---------------------------------------------------------------------------------------------- training state
+
+
+@dataclass
+class Trainer:
+    """Everything a training step reads and changes; :meth:`state` is what the checkpoint holds."""
+
+    cfg: SynthConfig
+    run_dir: Path
+    data: TrainingData
+    layout: CodeLayout
+    plan: list[Stage]
+    device: torch.device
+    g: Generator
+    d: Critic
+    g_ema: Generator
+    gen: torch.Generator
+    opt_g: torch.optim.Adam
+    opt_d: torch.optim.Adam
+    opt_stage: int = 0
+    images: int = 0
+    step: int = 0
+    stage_done: list[str] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    last_gp: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def state(self) -> dict[str, Any]:
+        return {"generator": self.g.state_dict(), "critic": self.d.state_dict(),
+                "generator_ema": self.g_ema.state_dict(), "opt_g": self.opt_g.state_dict(),
+                "opt_d": self.opt_d.state_dict(), "opt_stage": self.opt_stage,
+                "rng": self.gen.get_state(), "images": self.images, "step": self.step, "stage_done": self.stage_done,
+                "history": self.history, "stage_seconds": self.stage_seconds,
+                "config": self.cfg.model_dump(mode="json")}
+
+    def load(self, ck: dict[str, Any]) -> None:
+        self.g.load_state_dict(ck["generator"])
+        self.d.load_state_dict(ck["critic"])
+        self.g_ema.load_state_dict(ck["generator_ema"])
+        self.opt_stage = int(ck["opt_stage"])
+        self.opt_g.load_state_dict(ck["opt_g"])
+        self.opt_d.load_state_dict(ck["opt_d"])
+        self.gen.set_state(ck["rng"].cpu())
+        self.images, self.step = int(ck["images"]), int(ck["step"])
+        self.stage_done = list(ck["stage_done"])
+        self.history = list(ck["history"])
+        self.stage_seconds = dict(ck["stage_seconds"])
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.state())
+        atomic_write_text(self.run_dir / HISTORY_FILE, pd.DataFrame(self.history).to_csv(index=False))
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.train.bf16 else nullcontext()
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """DiffAugment of anything the critic scores (identity unless ``train.diffaug`` names operations)."""
+        tc = self.cfg.train
+        return diff_augment(x, tc.diffaug, tc.diffaug_translation, self.gen)
+
+
+def build_trainer(cfg: SynthConfig, run_dir: Path, resume: bool, progress: bool) -> Trainer:
+    """Data, networks, EMA copy, optimisers and RNG of a run, loaded from its checkpoint when resuming."""
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = resolve_device(tc.device)
+    data = prepare_training_data(cfg, progress)
+    layout, notes = effective_layout(cfg, data.info["has_metadata"])
+    torch.manual_seed(tc.seed)
+    g, d = build_networks(cfg, layout)
+    g, d = g.to(device), d.to(device)
+    if tc.channels_last:
+        g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
+    g_ema = copy.deepcopy(g).eval()
+    _set_requires_grad(g_ema, False)
+    opt_g, opt_d = make_optimizers(cfg, g, d)
+    tr = Trainer(cfg, run_dir, data, layout, stage_plan(cfg), device, g, d, g_ema,
+                 torch.Generator().manual_seed(tc.seed), opt_g, opt_d, notes=notes)
+    if resume:
+        tr.load(load_checkpoint(run_dir / CHECKPOINT_FILE))
+        log.info("resuming %s at %d images (step %d)", run_dir, tr.images, tr.step)
+    return tr
+
+
+def run_info(tr: Trainer) -> dict[str, Any]:
+    """The parts of ``synth.json`` known before training starts."""
+    from lesionlab.core.version import __version__
+
+    cfg = tr.cfg
+    return {
+        "kind": "lesionlab-synth", "lesionlab_version": __version__, "created": _now(),
+        "config": cfg.model_dump(mode="json"), "layout": tr.layout.to_dict(), "notes": tr.notes, "data": tr.data.info,
+        "networks": {"generator_parameters": count_parameters(tr.g), "critic_parameters": count_parameters(tr.d),
+                     "channels": channel_plan(cfg.model.resolution, cfg.model.fmap_base, cfg.model.fmap_max,
+                                              cfg.model.fmap_min),
+                     "critic_channels": tr.d.channels, "routing": code_routing(cfg, tr.layout)},
+        "schedule": [{"resolution": s.resolution, "fade_images": s.fade, "stable_images": s.stable,
+                      "batch": s.batch} for s in tr.plan],
+        "status": "training",
+    }
+
+
+# ----------------------------------------------------------------------------------------------------- one step
+
+
+def critic_step(tr: Trainer, st: Stage, alpha: float, real: torch.Tensor, real_labels: Labels,
+                fake_labels: Labels, code: torch.Tensor) -> dict[str, Any]:
+    """One critic update: Wasserstein loss, drift, Q losses on real and generated images, lazy gradient penalty."""
+    tc, d = tr.cfg.train, tr.d
+    z = torch.randn(len(real), tr.cfg.model.z_dim, generator=tr.gen).to(tr.device)
+    _set_requires_grad(d, True)
+    with tr.autocast():
+        with torch.no_grad():
+            fake = tr.g(z, code, st.index, alpha).float()
+        s_real, q_real = d(tr.augment(real), st.index, alpha, real_labels.label)
+        s_fake, q_fake = d(tr.augment(fake), st.index, alpha, real_labels.label)
+    s_real, s_fake = s_real.float(), s_fake.float()
+    w_dist = s_real.mean() - s_fake.mean()
+    loss = -w_dist + tc.drift * s_real.pow(2).mean()
+    lq_real, parts_real = (q_loss(tr.layout, q_real, real_labels, tc.q_weights, fake=False)
+                           if q_real is not None else (torch.zeros(()), {}))
+    lq_fake, _ = (q_loss(tr.layout, q_fake, fake_labels, tc.q_weights, fake=True)
+                  if q_fake is not None else (torch.zeros(()), {}))
+    loss = loss + tc.q_real * lq_real + tc.q_fake * lq_fake
+    if tc.gp_weight > 0 and tr.step % tc.gp_every == 0:
+        gp = gradient_penalty(d, tr.augment(real), tr.augment(fake), st.index, alpha, tr.gen, real_labels.label)
+        tr.last_gp = float(gp.detach())
+        loss = loss + tc.gp_weight * tc.gp_every * gp
+    tr.opt_d.zero_grad(set_to_none=True)
+    loss.backward()
+    tr.opt_d.step()
+    return {"w_dist": float(w_dist.detach()), "gp": tr.last_gp, "loss_d": float(loss.detach()),
+            "q_real": float(lq_real.detach()), "q_fake": float(lq_fake.detach()),
+            **{f"q_real_{k}": v for k, v in parts_real.items()}}
+
+
+def generator_step(tr: Trainer, st: Stage, alpha: float, fake_labels: Labels, code: torch.Tensor) -> dict[str, Any]:
+    """One generator update: ``-D(G(z, c))`` plus the Q loss on its own images; then the EMA follows."""
+    tc = tr.cfg.train
+    _set_requires_grad(tr.d, False)
+    z = torch.randn(len(code), tr.cfg.model.z_dim, generator=tr.gen).to(tr.device)
+    with tr.autocast():
+        fake = tr.g(z, code, st.index, alpha)
+        s_gen, q_gen = tr.d(tr.augment(fake.float()), st.index, alpha, fake_labels.label)
+    loss = -s_gen.float().mean()
+    lq_gen, parts_gen = (q_loss(tr.layout, q_gen, fake_labels, tc.q_weights, fake=True)
+                         if q_gen is not None else (torch.zeros(()), {}))
+    loss = loss + tc.q_generator * lq_gen
+    tr.opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    tr.opt_g.step()
+    return {"loss_g": float(loss.detach()), "q_gen": float(lq_gen.detach()),
+            **{f"q_gen_{k}": v for k, v in parts_gen.items()}}
+
+
+def train_step(tr: Trainer) -> tuple[Stage, dict[str, Any]]:
+    """One critic and one generator update on one batch; returns the stage and the step's history row."""
+    st, alpha = stage_at(tr.plan, tr.images)
+    if st.index != tr.opt_stage:  # ProGAN resets the optimiser moments when a new block arrives
+        tr.opt_g, tr.opt_d = make_optimizers(tr.cfg, tr.g, tr.d)
+        tr.opt_stage = st.index
+    lr = current_lr(tr.cfg, tr.images)
+    for opt in (tr.opt_g, tr.opt_d):
+        for group in opt.param_groups:
+            group["lr"] = lr
+    b, dev = st.batch, tr.device
+    idx = torch.multinomial(tr.data.weights, b, replacement=True, generator=tr.gen)
+    real = at_stage(real_batch(tr.data, idx, tr.cfg.train.augment, tr.gen).to(dev), st.resolution, alpha)
+    real_labels = tr.data.labels.index(idx).to(dev)
+    free = (torch.rand(b, tr.layout.free, generator=tr.gen) * 2.0 - 1.0).to(dev)
+    fake_labels = Labels(real_labels.label, real_labels.sex, real_labels.site, real_labels.age,
+                         torch.ones(b, dtype=torch.bool, device=dev), free)  # a generated image's age is its code
+    code = encode(tr.layout, fake_labels)
+    losses = critic_step(tr, st, alpha, real, real_labels, fake_labels, code)
+    losses.update(generator_step(tr, st, alpha, fake_labels, code))
+    tr.images += b
+    tr.step += 1
+    ema_update(tr.g_ema, tr.g, ema_beta(tr.cfg, b, tr.images))
+    if not all(math.isfinite(float(losses[k])) for k in ("loss_d", "loss_g")):
+        raise SynthError(f"training diverged at step {tr.step} ({tr.images} images, {st.resolution} px): loss is "
+                         "not finite; lower train.lr or raise train.gp_weight, then start a new run")
+    row = {"step": tr.step, "images": tr.images, "resolution": st.resolution, "alpha": round(alpha, 4), "lr": lr,
+           **losses}
+    if tr.step % tr.cfg.train.log_every == 0 or tr.images >= st.end:
+        tr.history.append(row)
+    return st, row
+
+
+# ------------------------------------------------------------------------------------------------------- the loop
+
+
+def finish_stage(tr: Trainer, st: Stage, row: dict[str, Any], grid: tuple[torch.Tensor, torch.Tensor, Labels]
+                 ) -> str:
+    """Save the stage's EMA generator and sample grid, checkpoint; returns the line to log."""
+    name = stage_name(st.resolution)
+    save_state(tr.run_dir / "stages" / f"{name}.safetensors", tr.g_ema.state_dict())
+    z, code, labels = grid
+    with torch.no_grad():
+        imgs = to_uint8(tr.g_ema(z, code, st.index, 1.0))
+    grid_image(imgs, labels, tr.cfg.train.grid_columns, f"{st.resolution} px, {tr.images:,} images").save(
+        tr.run_dir / "samples" / f"{name}.png")
+    tr.stage_done.append(name)
+    tr.checkpoint()
+    return (f"stage {st.resolution} px done at {tr.images:,} images ({tr.stage_seconds[name]:.0f} s): "
+            f"W {row['w_dist']:.3f}, Q real {row['q_real']:.3f}, Q gen {row['q_gen']:.3f}")
+
+
+def _prepare_run_dir(tr: Trainer) -> dict[str, Any]:
+    run_dir = tr.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "samples").mkdir(exist_ok=True)
+    (run_dir / "stages").mkdir(exist_ok=True)
+    atomic_write_text(run_dir / CONFIG_FILE, dump_config(tr.cfg))
+    codes_table = tr.data.table[["image_id", "label", "dx", "age", "sex", "site"]]
+    atomic_write_text(run_dir / CODES_FILE, codes_table.to_csv(index=False))
+    base = run_info(tr)
+    atomic_write_json(run_dir / INFO_FILE, {**base, "images": tr.images})
+    return base
+
+
+def _grid(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, Labels]:
+    """Fixed noise and codes of the per-stage sample grids."""
+    tc = tr.cfg.train
+    labels = grid_labels(tr.data.table, tr.layout, tc.grid_columns, tc.seed)
+    z = torch.randn(len(labels), tr.cfg.model.z_dim, generator=torch.Generator().manual_seed(tc.seed + 1))
+    return z.to(tr.device), encode(tr.layout, labels).to(tr.device), labels
 
 
 def train_synth(cfg: SynthConfig, run_dir: str | Path | None = None, progress: bool = True,
@@ -326,201 +346,56 @@ def train_synth(cfg: SynthConfig, run_dir: str | Path | None = None, progress: b
     """
     from tqdm.auto import tqdm
 
-    from lesionlab import __version__
-
     run_dir = Path(run_dir) if run_dir else Path(cfg.output_dir) / cfg.name
     state = run_state(run_dir, cfg)
     if state == "complete":
         log.info("%s already holds a complete synthesis run; nothing to do", run_dir)
         return run_dir
-    tc = cfg.train
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    device = resolve_device(tc.device)
-    data = prepare_training_data(cfg, progress)
-    layout, notes = effective_layout(cfg, data.info["has_metadata"])
-    plan = stage_plan(cfg)
-    total = plan[-1].end
-    torch.manual_seed(tc.seed)
-    g, d = build_networks(cfg, layout)
-    g, d = g.to(device), d.to(device)
-    if tc.channels_last:
-        g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
-    g_ema = copy.deepcopy(g).eval()
-    _set_requires_grad(g_ema, False)
-    gen = torch.Generator().manual_seed(tc.seed)
-    images_seen, step, stage_done, history = 0, 0, [], []
-    stage_seconds: dict[str, float] = {}
-    opt_g, opt_d = make_optimizers(cfg, g, d)
-    opt_stage = 0
-    if state == "resume":
-        ck = load_checkpoint(run_dir / CHECKPOINT_FILE)
-        g.load_state_dict(ck["generator"])
-        d.load_state_dict(ck["critic"])
-        g_ema.load_state_dict(ck["generator_ema"])
-        opt_stage = int(ck["opt_stage"])
-        opt_g.load_state_dict(ck["opt_g"])
-        opt_d.load_state_dict(ck["opt_d"])
-        gen.set_state(ck["rng"].cpu())
-        images_seen, step = int(ck["images"]), int(ck["step"])
-        stage_done = list(ck["stage_done"])
-        history = list(ck["history"])
-        stage_seconds = dict(ck["stage_seconds"])
-        log.info("resuming %s at %d images (step %d)", run_dir, images_seen, step)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "samples").mkdir(exist_ok=True)
-    (run_dir / "stages").mkdir(exist_ok=True)
-    atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg))
-    codes_table = data.table[["image_id", "label", "dx", "age", "sex", "site"]]
-    atomic_write_text(run_dir / CODES_FILE, codes_table.to_csv(index=False))
-    base_info = {
-        "kind": "lesionlab-synth", "lesionlab_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "config": cfg.model_dump(mode="json"), "layout": layout.to_dict(), "notes": notes, "data": data.info,
-        "networks": {"generator_parameters": count_parameters(g), "critic_parameters": count_parameters(d),
-                     "channels": channel_plan(cfg.model.resolution, cfg.model.fmap_base, cfg.model.fmap_max,
-                                              cfg.model.fmap_min),
-                     "routing": code_routing(cfg, layout)},
-        "schedule": [{"resolution": s.resolution, "fade_images": s.fade, "stable_images": s.stable,
-                      "batch": s.batch} for s in plan],
-        "status": "training",
-    }
-    atomic_write_json(run_dir / INFO_FILE, {**base_info, "images": images_seen})
-    grid_labels_ = grid_labels(data.table, layout, tc.grid_columns, tc.seed)
-    grid_z = torch.randn(len(grid_labels_), cfg.model.z_dim,
-                         generator=torch.Generator().manual_seed(tc.seed + 1)).to(device)
-    grid_code = encode(layout, grid_labels_).to(device)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if tc.bf16 else nullcontext
-    next_ckpt = (images_seen // int(tc.checkpoint_kimg * 1000) + 1) * int(tc.checkpoint_kimg * 1000)
-    bar = tqdm(total=total, initial=images_seen, unit="img", desc="synth train", disable=not progress,
+    tr = build_trainer(cfg, run_dir, state == "resume", progress)
+    base = _prepare_run_dir(tr)
+    grid = _grid(tr)
+    every = int(cfg.train.checkpoint_kimg * 1000)
+    next_ckpt = (tr.images // every + 1) * every
+    total = tr.plan[-1].end
+    bar = tqdm(total=total, initial=tr.images, unit="img", desc="synth train", disable=not progress,
                dynamic_ncols=True)
-    t_stage = time.perf_counter()
-    last_row: dict[str, Any] = {}
-    last_gp: float | None = None
-
-    def checkpoint() -> None:
-        save_checkpoint(run_dir / CHECKPOINT_FILE, {
-            "generator": g.state_dict(), "critic": d.state_dict(), "generator_ema": g_ema.state_dict(),
-            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "opt_stage": opt_stage, "rng": gen.get_state(),
-            "images": images_seen, "step": step, "stage_done": stage_done, "history": history,
-            "stage_seconds": stage_seconds, "config": cfg.model_dump(mode="json")})
-        atomic_write_text(run_dir / HISTORY_FILE, pd.DataFrame(history).to_csv(index=False))
-
-    while images_seen < total:
-        st, alpha = stage_at(plan, images_seen)
-        if st.index != opt_stage:  # ProGAN resets the optimiser moments when a new block arrives
-            opt_g, opt_d = make_optimizers(cfg, g, d)
-            opt_stage = st.index
-        lr = current_lr(cfg, images_seen)
-        for opt in (opt_g, opt_d):
-            for group in opt.param_groups:
-                group["lr"] = lr
-        b = st.batch
-        idx = torch.multinomial(data.weights, b, replacement=True, generator=gen)
-        real = at_stage(real_batch(data, idx, tc.augment, gen).to(device), st.resolution, alpha)
-        real_labels = data.labels.index(idx).to(device)
-        fake_labels = Labels(real_labels.label, real_labels.sex, real_labels.site, real_labels.age,
-                             torch.ones(b, dtype=torch.bool, device=device),
-                             (torch.rand(b, layout.free, generator=gen) * 2.0 - 1.0).to(device))
-        code = encode(layout, fake_labels)
-        z = torch.randn(b, cfg.model.z_dim, generator=gen).to(device)
-
-        # critic step
-        _set_requires_grad(d, True)
-        with autocast():
-            with torch.no_grad():
-                fake = g(z, code, st.index, alpha)
-            s_real, q_real = d(diff_augment(real, tc.diffaug, tc.diffaug_translation, gen), st.index, alpha,
-                               real_labels.label)
-            s_fake, q_fake = d(diff_augment(fake.float(), tc.diffaug, tc.diffaug_translation, gen), st.index, alpha,
-                               real_labels.label)
-        s_real, s_fake = s_real.float(), s_fake.float()
-        w_dist = s_real.mean() - s_fake.mean()
-        loss_d = -w_dist + tc.drift * s_real.pow(2).mean()
-        lq_real, parts_real = (q_loss(layout, q_real, real_labels, tc.q_weights, fake=False)
-                               if q_real is not None else (torch.zeros(()), {}))
-        lq_fake, _ = (q_loss(layout, q_fake, fake_labels, tc.q_weights, fake=True)
-                      if q_fake is not None else (torch.zeros(()), {}))
-        loss_d = loss_d + tc.q_real * lq_real + tc.q_fake * lq_fake
-        gp = None
-        if tc.gp_weight > 0 and step % tc.gp_every == 0:
-            gp = gradient_penalty(d, diff_augment(real, tc.diffaug, tc.diffaug_translation, gen),
-                                  diff_augment(fake.float(), tc.diffaug, tc.diffaug_translation, gen), st.index, alpha,
-                                  gen, real_labels.label)
-            last_gp = float(gp.detach())
-            loss_d = loss_d + tc.gp_weight * tc.gp_every * gp
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-
-        # generator step
-        _set_requires_grad(d, False)
-        z2 = torch.randn(b, cfg.model.z_dim, generator=gen).to(device)
-        with autocast():
-            fake2 = g(z2, code, st.index, alpha)
-            s_gen, q_gen = d(diff_augment(fake2.float(), tc.diffaug, tc.diffaug_translation, gen), st.index, alpha,
-                             real_labels.label)
-        loss_g = -s_gen.float().mean()
-        lq_gen, parts_gen = (q_loss(layout, q_gen, fake_labels, tc.q_weights, fake=True)
-                             if q_gen is not None else (torch.zeros(()), {}))
-        loss_g = loss_g + tc.q_generator * lq_gen
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-
-        images_seen += b
-        step += 1
-        ema_update(g_ema, g, ema_beta(cfg, b, images_seen))
-        if not all(math.isfinite(float(v)) for v in (loss_d.detach(), loss_g.detach())):
-            raise SynthError(f"training diverged at step {step} ({images_seen} images, {st.resolution} px): loss is "
-                             "not finite; lower train.lr or raise train.gp_weight, then start a new run")
-        row = {"step": step, "images": images_seen, "resolution": st.resolution, "alpha": round(alpha, 4),
-               "lr": lr, "w_dist": float(w_dist.detach()), "gp": last_gp,
-               "loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach()),
-               "q_real": float(lq_real.detach()), "q_fake": float(lq_fake.detach()), "q_gen": float(lq_gen.detach()),
-               **{f"q_real_{k}": v for k, v in parts_real.items()}, **{f"q_gen_{k}": v for k, v in parts_gen.items()}}
-        if step % tc.log_every == 0 or images_seen >= st.end:
-            history.append(row)
-        bar.update(b)
-        last_row = row
-        if progress and (step % 5 == 0):
-            bar.set_postfix(res=st.resolution, a=f"{alpha:.2f}", W=f"{row['w_dist']:.3f}", Qr=f"{row['q_real']:.2f}",
+    t_stage, row = time.perf_counter(), {}
+    while tr.images < total:
+        st, row = train_step(tr)
+        bar.update(st.batch)
+        if progress and tr.step % 5 == 0:
+            bar.set_postfix(res=st.resolution, W=f"{row['w_dist']:.3f}", Qr=f"{row['q_real']:.2f}",
                             Qg=f"{row['q_gen']:.2f}", refresh=False)
-
-        if images_seen >= st.end and stage_name(st.resolution) not in stage_done:
-            stage_seconds[stage_name(st.resolution)] = stage_seconds.get(stage_name(st.resolution), 0.0) + (
-                time.perf_counter() - t_stage)
+        stage_over = tr.images >= st.end and stage_name(st.resolution) not in tr.stage_done
+        if stage_over or tr.images >= next_ckpt:
+            name = stage_name(st.resolution)
+            tr.stage_seconds[name] = tr.stage_seconds.get(name, 0.0) + time.perf_counter() - t_stage
             t_stage = time.perf_counter()
-            save_state(run_dir / "stages" / f"{stage_name(st.resolution)}.safetensors", g_ema.state_dict())
-            with torch.no_grad():
-                imgs = to_uint8(g_ema(grid_z, grid_code, st.index, 1.0))
-            grid_image(imgs, grid_labels_, tc.grid_columns, f"{st.resolution} px, {images_seen:,} images").save(
-                run_dir / "samples" / f"{stage_name(st.resolution)}.png")
-            stage_done.append(stage_name(st.resolution))
-            message = (f"stage {st.resolution} px done at {images_seen:,} images "
-                       f"({stage_seconds[stage_name(st.resolution)]:.0f} s): W {row['w_dist']:.3f}, "
-                       f"Q real {row['q_real']:.3f}, Q gen {row['q_gen']:.3f}")
-            if progress:
-                bar.write(message)
+            if stage_over:
+                message = finish_stage(tr, st, row, grid)
+                if progress:
+                    bar.write(message)
+                else:
+                    log.info("%s", message)
             else:
-                log.info("%s", message)
-            checkpoint()
-            next_ckpt = images_seen + int(tc.checkpoint_kimg * 1000)
-        elif images_seen >= next_ckpt:
-            stage_seconds[stage_name(st.resolution)] = stage_seconds.get(stage_name(st.resolution), 0.0) + (
-                time.perf_counter() - t_stage)
-            t_stage = time.perf_counter()
-            checkpoint()
-            next_ckpt = images_seen + int(tc.checkpoint_kimg * 1000)
+                tr.checkpoint()
+            next_ckpt = tr.images + every
         for cb in callbacks:
-            cb(step, row)
+            cb(tr.step, row)
     bar.close()
-    save_state(run_dir / GENERATOR_FILE, g_ema.state_dict())
-    save_state(run_dir / CRITIC_FILE, d.state_dict())
-    atomic_write_text(run_dir / HISTORY_FILE, pd.DataFrame(history).to_csv(index=False))
+    save_state(run_dir / GENERATOR_FILE, tr.g_ema.state_dict())
+    save_state(run_dir / CRITIC_FILE, tr.d.state_dict())
+    atomic_write_text(run_dir / HISTORY_FILE, pd.DataFrame(tr.history).to_csv(index=False))
     atomic_write_json(run_dir / INFO_FILE, {
-        **base_info, "status": "complete", "images": images_seen, "steps": step, "stage_seconds": stage_seconds,
-        "seconds": float(sum(stage_seconds.values())), "final": last_row,
-        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+        **base, "status": "complete", "images": tr.images, "steps": tr.step, "stage_seconds": tr.stage_seconds,
+        "seconds": float(sum(tr.stage_seconds.values())), "final": row, "finished": _now()})
     (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     return run_dir
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+__all__ = ["Trainer", "build_trainer", "critic_step", "generator_step", "gradient_penalty", "train_step",
+           "train_synth"]

@@ -7,13 +7,16 @@ Public API::
     run = lesionlab.load_run(run_dir)
 
 Pieces: :func:`make_loss`, :func:`make_optimizer`, :func:`make_scheduler`, :func:`make_sampler`,
-:class:`EarlyStopping`, :func:`train_one_epoch`, :func:`predict` (probabilities and labels over a loader).
+:class:`EarlyStopping`, :func:`train_one_epoch`, :func:`predict` (probabilities and labels over a loader); the
+loop's handlers in :mod:`lesionlab.train.handlers`; a run's data, model and plan in :mod:`lesionlab.train.plans`
+(``prepare_data``, ``image_dataset``, ``make_loader``, for benchmarks and other engines).
 """
 
-from lesionlab.train.engine import TrainError, fit
+from lesionlab.train.engine import fit
 from lesionlab.train.loop import Precision, predict, seed_everything, train_one_epoch
 from lesionlab.train.pieces import (
     EarlyStopping,
+    TrainError,
     class_weights,
     make_loss,
     make_optimizer,
@@ -21,17 +24,5 @@ from lesionlab.train.pieces import (
     make_scheduler,
 )
 
-__all__ = [
-    "EarlyStopping",
-    "Precision",
-    "TrainError",
-    "class_weights",
-    "fit",
-    "make_loss",
-    "make_optimizer",
-    "make_sampler",
-    "make_scheduler",
-    "predict",
-    "seed_everything",
-    "train_one_epoch",
-]
+__all__ = ["EarlyStopping", "Precision", "TrainError", "class_weights", "fit", "make_loss", "make_optimizer",
+           "make_sampler", "make_scheduler", "predict", "seed_everything", "train_one_epoch"]

@@ -12,18 +12,18 @@ the config uses workers, again with as many.
 The sides alternate over a few rounds; the speed-up is the median of the rounds' ratios (a shared machine's slow
 spells move single figures by 20% and more).
 
-Run under ``flock /tmp/lesionlab-cpu.lock`` on a shared machine::
+Run alone on the machine (``flock -x /tmp/lesionlab-cpu.lock`` on a shared one)::
 
     lesionlab train-bench frozen --config configs/frozen-simple-64.yaml
     lesionlab train-bench throughput --config configs/cpu-lite0-64.yaml data.image_size=64
+
+The data and model are prepared with the engine's own public functions (:mod:`lesionlab.train.plans`), so both
+sides measure what training does.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from lesionlab.config import RunConfig, load_config
-from lesionlab.train.commands import add_bench_arguments
+from lesionlab.config import RunConfig
+from lesionlab.data.transforms import build_train_transform
 from lesionlab.train.embeddings import FeatureDataset, HeadOnly, compute_embeddings
-from lesionlab.train.engine import _image_dataset, _loader, build_model, prepare_data, preprocessing_for
 from lesionlab.train.loop import Precision, seed_everything, train_one_epoch
 from lesionlab.train.pieces import class_counts, make_loss, make_optimizer
+from lesionlab.train.plans import build_model, image_dataset, make_loader, prepare_data, preprocessing_for
 from lesionlab.train.precision import choose_precision
 
 
@@ -56,16 +56,14 @@ def bench_frozen(cfg: RunConfig, epochs: int = 5, keras_epochs: int = 1, progres
     data = prepare_data(cfg, progress)
     model = build_model(cfg.model_copy(update={"train": tc.model_copy(update={"mode": "frozen"})}),
                         int(data.meta.shape[1]) if data.meta is not None else 0)
-    pre = preprocessing_for(cfg, model)
+    pre = preprocessing_for(cfg, model, data.source_size)
     precision = Precision(torch.device("cpu"))
-    from lesionlab.data import build_eval_transform
-
     labels = data.train_labels
     loss_fn = make_loss(tc, class_counts(labels))
-    images = _image_dataset(data, data.train_rows, build_eval_transform(pre))
+    images = image_dataset(data, data.train_rows, pre.normalize)
 
     start = time.perf_counter()
-    feats = compute_embeddings(model, _loader(images, tc.eval_batch_size, num_workers=tc.num_workers),
+    feats = compute_embeddings(model, make_loader(images, tc.eval_batch_size, num_workers=tc.num_workers),
                                precision=precision, progress=progress, desc="embed train")
     build_s = time.perf_counter() - start
 
@@ -78,7 +76,7 @@ def bench_frozen(cfg: RunConfig, epochs: int = 5, keras_epochs: int = 1, progres
     cached = []
     for e in range(epochs):
         head.train()
-        stats = train_one_epoch(head, _loader(features, tc.batch_size, shuffle=True, generator=g, num_workers=0),
+        stats = train_one_epoch(head, make_loader(features, tc.batch_size, shuffle=True, generator=g, num_workers=0),
                                 loss_fn, optimizer, precision=precision, progress=progress,
                                 desc=f"cached epoch {e + 1}")
         cached.append(stats["seconds"])
@@ -88,7 +86,7 @@ def bench_frozen(cfg: RunConfig, epochs: int = 5, keras_epochs: int = 1, progres
     keras = []
     for e in range(keras_epochs):
         model.train()  # the frozen backbone stays in eval mode (LesionModel.train)
-        stats = train_one_epoch(model, _loader(images, tc.batch_size, shuffle=True, generator=g,
+        stats = train_one_epoch(model, make_loader(images, tc.batch_size, shuffle=True, generator=g,
                                                num_workers=tc.num_workers),
                                 loss_fn, optimizer, precision=precision, progress=progress,
                                 desc=f"backbone-every-epoch epoch {e + 1}")
@@ -161,15 +159,13 @@ def bench_throughput(cfg: RunConfig, batches: int = 30, warmup: int = 3, progres
     The sides alternate for ``rounds`` rounds (plain, [plain with workers,] engine); ``speedup`` is the median of the
     rounds' ratios, each from two back-to-back measurements, so one slow spell of a shared machine cannot decide it.
     """
-    from lesionlab.data import build_train_transform
-
     tc = cfg.train
     seed_everything(tc.seed)
     data = prepare_data(cfg, progress)
     device = torch.device("cpu")
     model = build_model(cfg, 0)
     init = copy.deepcopy(model.state_dict())
-    pre = preprocessing_for(cfg, model)
+    pre = preprocessing_for(cfg, model, data.source_size)
     counts = class_counts(data.train_labels)
     g = torch.Generator().manual_seed(tc.seed)
 
@@ -177,11 +173,11 @@ def bench_throughput(cfg: RunConfig, batches: int = 30, warmup: int = 3, progres
     plain_ds = PlainJPEGDataset(paths, data.train_labels, tuple(cfg.data.image_size), pre.mean, pre.std,
                                 cfg.augment.hflip, cfg.augment.vflip)
     # The plain loop as PyTorch's defaults give it (no worker processes), and with the engine's worker count.
-    plain_loader = _loader(plain_ds, tc.batch_size, shuffle=True, generator=g, num_workers=0, drop_last=True)
-    plain_w_loader = _loader(plain_ds, tc.batch_size, shuffle=True, generator=g, num_workers=tc.num_workers,
+    plain_loader = make_loader(plain_ds, tc.batch_size, shuffle=True, generator=g, num_workers=0, drop_last=True)
+    plain_w_loader = make_loader(plain_ds, tc.batch_size, shuffle=True, generator=g, num_workers=tc.num_workers,
                              drop_last=True)
-    ours_ds = _image_dataset(data, data.train_rows, build_train_transform(cfg.augment, pre), tc.seed)
-    ours_loader = _loader(ours_ds, tc.batch_size, shuffle=True, generator=g, num_workers=tc.num_workers,
+    ours_ds = image_dataset(data, data.train_rows, build_train_transform(cfg.augment, pre), tc.seed)
+    ours_loader = make_loader(ours_ds, tc.batch_size, shuffle=True, generator=g, num_workers=tc.num_workers,
                           drop_last=True)
 
     def sample() -> tuple[torch.Tensor, None]:
@@ -218,32 +214,3 @@ def bench_throughput(cfg: RunConfig, batches: int = 30, warmup: int = 3, progres
             "per_round": {"plain": plain, "plain_with_workers": plain_w or plain, "engine": ours, "speedup": ratios},
             "plain_data_only_images_per_s": plain_data, "engine_data_only_images_per_s": ours_data,
             "engine_precision": precision.describe(), "precision_check": report, **_environment()}
-
-
-def run(args: argparse.Namespace, command: str) -> int:
-    """Run one benchmark, print its JSON (with the command that produced it) and optionally save it."""
-    cfg = load_config(args.config, args.overrides)
-    progress = not args.no_progress
-    if args.which == "frozen":
-        result = bench_frozen(cfg, args.epochs, args.keras_epochs, progress)
-    else:
-        result = bench_throughput(cfg, args.batches, progress=progress, rounds=args.rounds)
-    result["command"] = command
-    text = json.dumps(result, indent=2, default=str)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m lesionlab.train.bench {frozen,throughput} --config FILE [key=value ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m lesionlab.train.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_bench_arguments(parser)
-    args = parser.parse_args(argv)
-    return run(args, " ".join(["python -m lesionlab.train.bench", *(argv if argv is not None else sys.argv[1:])]))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

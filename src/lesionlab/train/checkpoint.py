@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lesionlab.runs import RunError, atomic_write
+from lesionlab.core.io import atomic_write_bytes
+from lesionlab.runs import RunError
 
 CHECKPOINT_FILE = "last.ckpt"
 CHECKPOINT_FORMAT = 1
@@ -47,7 +48,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return atomic_write_bytes(path, data)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -1,36 +1,47 @@
-"""``lesionlab train``: argument parsing and printing only; the work is :func:`lesionlab.train.fit`."""
+"""``lesionlab train`` and ``lesionlab train-bench``: argument parsing and printing only.
+
+The work is :func:`lesionlab.train.fit` and the benchmark functions of :mod:`lesionlab.train.bench`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
+
+from lesionlab.config import RunConfig
+from lesionlab.core.argparsing import Deprecated, rich_table, run_and_overrides
+from lesionlab.core.errors import UsageError
+from lesionlab.core.io import atomic_write_text
 
 EPILOG = """examples:
   lesionlab train --config configs/smoke.yaml
   lesionlab train --config configs/cpu-lite0-64.yaml train.epochs=6 train.seed=1
-  lesionlab train --config configs/cpu-lite0-64.yaml --run-dir runs/lite0-a     (re-run to resume after a kill)
-  lesionlab train --resume --run-dir runs/lite0-a                               (resume with the saved config)
+  lesionlab train runs/lite0-a --config configs/cpu-lite0-64.yaml     (re-run to resume after a kill)
+  lesionlab train runs/lite0-a --resume                                (resume with the saved config)
   torchrun --nproc_per_node=2 -m lesionlab.train.ddp --config configs/smoke.yaml   (data parallel)
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The train command's arguments (shared with ``python -m lesionlab.train.ddp``)."""
+    parser.add_argument("args", nargs="*", metavar="[RUN] [key=value ...]",
+                        help="the run directory (default: <output_dir>/<name> from the config), then config "
+                             "overrides, e.g. train.epochs=5 model.name=lite0 data.image_size=128")
     parser.add_argument("--config", type=Path, help="YAML run config (configs/*.yaml); defaults when omitted")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. train.epochs=5 model.name=lite0 data.image_size=128")
-    parser.add_argument("--run-dir", type=Path, help="run directory (default: <output_dir>/<name> from the config)")
+    parser.add_argument("--run-dir", dest="old_run_dir", type=Path, action=Deprecated, new="lesionlab train RUN")
     parser.add_argument("--resume", action="store_true",
                         help="require a checkpoint in the run directory and continue from it; without --config the "
                              "run's saved config.yaml is used")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
 def register(subparsers: Any) -> None:
-    """Add ``train`` to the ``lesionlab`` command line."""
+    """Add ``train`` and ``train-bench`` to the ``lesionlab`` command line."""
     parser = subparsers.add_parser("train", help="train a model into a run directory",
                                    description="Train one run (scratch, finetune or frozen) into a run directory. "
                                                "Under torchrun it trains data-parallel.",
@@ -38,58 +49,67 @@ def register(subparsers: Any) -> None:
     add_arguments(parser)
     parser.set_defaults(func=run_train)
 
-    bench_parser = subparsers.add_parser(
+    bench = subparsers.add_parser(
         "train-bench", help="training benchmarks: embedding cache vs frozen backbone, engine vs a plain JPEG loop",
         description="frozen: seconds per head-training epoch on cached embeddings vs running the frozen backbone "
                     "every epoch. throughput: fine-tuning images/s of the engine's input path vs a plain loop that "
-                    "decodes the JPEGs every epoch. Run alone on the machine (e.g. under flock).",
+                    "decodes the JPEGs every epoch. Run alone on the machine (e.g. under flock -x).",
         epilog="examples:\n  lesionlab train-bench frozen --config configs/frozen-simple-64.yaml\n"
                "  lesionlab train-bench throughput --config configs/cpu-lite0-64.yaml data.image_size=64",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_bench_arguments(bench_parser)
-    bench_parser.set_defaults(func=_run_bench)
-
-
-def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    """Sub-commands ``frozen`` and ``throughput`` of ``lesionlab train-bench`` (and of the module).
-
-    Sub-parsers rather than a positional choice, so that ``key=value`` overrides may follow options.
-    """
-    which = parser.add_subparsers(dest="which", metavar="{frozen,throughput}", required=True)
+    # sub-parsers rather than a positional choice, so that key=value overrides may follow options
+    which = bench.add_subparsers(dest="which", metavar="{frozen,throughput}", required=True)
     for name, text in (("frozen", "seconds per head epoch: embedding cache vs the frozen backbone every epoch"),
                        ("throughput", "fine-tuning images/s: the engine's input path vs a plain JPEG-decoding loop")):
         sub = which.add_parser(name, help=text, description=text)
-        sub.add_argument("--config", type=Path, required=True)
         sub.add_argument("overrides", nargs="*", metavar="key=value")
+        sub.add_argument("--config", type=Path, required=True)
         sub.add_argument("--epochs", type=int, default=5, help="frozen: cached head epochs timed")
         sub.add_argument("--keras-epochs", type=int, default=1, help="frozen: backbone-every-epoch epochs timed")
         sub.add_argument("--batches", type=int, default=30, help="throughput: timed batches per side and round")
         sub.add_argument("--rounds", type=int, default=3, help="throughput: alternating rounds (medians compared)")
         sub.add_argument("--json", type=Path, help="also write the result here")
         sub.add_argument("--no-progress", action="store_true")
+        sub.set_defaults(func=run_bench)
 
 
-def _run_bench(args: argparse.Namespace) -> int:
-    import sys
-
+def run_bench(args: argparse.Namespace) -> int:
+    """Run one benchmark, print its JSON (with the command that produced it) and optionally save it."""
+    from lesionlab.config import load_config
     from lesionlab.train import bench
 
-    return bench.run(args, " ".join(["lesionlab", *sys.argv[1:]]))
+    cfg = load_config(args.config, args.overrides)
+    progress = not args.no_progress
+    if args.which == "frozen":
+        result = bench.bench_frozen(cfg, args.epochs, args.keras_epochs, progress)
+    else:
+        result = bench.bench_throughput(cfg, args.batches, progress=progress, rounds=args.rounds)
+    result["command"] = " ".join(["lesionlab", *sys.argv[1:]])
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if args.json:
+        atomic_write_text(args.json, text + "\n")
+    return 0
 
 
-def resolve_config(args: argparse.Namespace) -> Any:
-    """The run config from ``--config`` + overrides, or the saved one of ``--run-dir`` when resuming."""
-    from lesionlab.config import ConfigError, load_config
+def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path | None]:
+    """The run config from ``--config`` + overrides (or the saved one of RUN when resuming), and the run directory."""
+    from lesionlab.config import CONFIG_SECTIONS, ConfigError, load_config
     from lesionlab.runs import CONFIG_FILE
 
+    run, overrides = run_and_overrides(args.args, "train", config_keys=CONFIG_SECTIONS)
+    if run is not None and args.old_run_dir is not None and Path(run) != args.old_run_dir:
+        raise UsageError(f"train: two run directories given ({run} and --run-dir {args.old_run_dir}); give one")
+    run_dir = Path(run) if run is not None else args.old_run_dir
     path = args.config
     if path is None and args.resume:
-        if args.run_dir is None:
-            raise ConfigError("--resume without --config needs --run-dir (the run's config.yaml is used)")
-        path = args.run_dir / CONFIG_FILE
+        if run_dir is None:
+            raise ConfigError("--resume without --config needs the run directory: lesionlab train RUN --resume "
+                              "(the run's config.yaml is used)")
+        path = run_dir / CONFIG_FILE
         if not path.is_file():
             raise ConfigError(f"{path}: missing; pass --config with the run's original config")
-    return load_config(path, args.overrides)
+    return load_config(path, overrides), run_dir
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -98,9 +118,9 @@ def run_train(args: argparse.Namespace) -> int:
     from lesionlab.train.distributed import launched_by_torchrun
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = resolve_config(args)
-    run_dir = fit(cfg, run_dir=args.run_dir, resume=True if args.resume else None, progress=not args.no_progress)
-    if not launched_by_torchrun() or int(__import__("os").environ.get("RANK", "0")) == 0:
+    cfg, run_dir = resolve_config(args)
+    run_dir = fit(cfg, run_dir=run_dir, resume=True if args.resume else None, progress=not args.no_progress)
+    if not launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0:
         print_summary(run_dir)
     return 0
 
@@ -108,16 +128,13 @@ def run_train(args: argparse.Namespace) -> int:
 def print_summary(run_dir: Path) -> None:
     """A rich table of the best epoch's validation metrics."""
     from rich.console import Console
-    from rich.table import Table
 
     from lesionlab.runs import read_info
 
     info = read_info(run_dir)
     best = info.get("best", {})
-    table = Table(title=f"best epoch {int(best.get('epoch', -1)) + 1} (by val {best.get('monitor', '?')})",
-                  min_width=56)
-    table.add_column("validation metric")
-    table.add_column("value", justify="right")
+    table = rich_table(f"best epoch {int(best.get('epoch', -1)) + 1} (by val {best.get('monitor', '?')})",
+                       ("validation metric", "value"), left=["validation metric"], min_width=56)
     for key, value in best.items():
         if key.startswith("val_"):
             table.add_row(key.removeprefix("val_"), "n/a" if value is None else f"{value:.4f}")

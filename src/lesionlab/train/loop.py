@@ -20,7 +20,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
-from lesionlab.runs import view_averaged_logits
+from lesionlab.runs import mean_logits, view_averaged_logits
+from lesionlab.train.pieces import TrainError
 
 
 def seed_everything(seed: int) -> None:
@@ -50,7 +51,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but CUDA is not available here")
+        raise TrainError(f"train.device={name!r} but CUDA is not available here")
     return device
 
 
@@ -152,7 +153,7 @@ def train_one_epoch(model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer
                 logits = _forward(model, x, meta)
             loss = loss_fn(logits.float(), y)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} at step {steps} of {desc}; lower "
+                raise TrainError(f"training loss became {loss.item()} at step {steps} of {desc}; lower "
                                          "train.lr or turn off reduced precision (train.bf16 / train.amp)")
             optimizer.zero_grad(set_to_none=True)
             if precision.scaler is not None:
@@ -214,9 +215,4 @@ def view_logits(model: nn.Module, x: torch.Tensor, meta: torch.Tensor | None, tt
     """Logits averaged over views: cached feature views (``x`` is ``[B, V, ...]``) or, with ``tta``, image flips."""
     if not feature_views:
         return view_averaged_logits(model, x, meta, tta)
-    total = None
-    for v in range(x.shape[1]):
-        out = _forward(model, x[:, v], meta).float()
-        total = out if total is None else total + out
-    assert total is not None
-    return total / x.shape[1]
+    return mean_logits(lambda v, m: _forward(model, v, m), [x[:, v] for v in range(x.shape[1])], meta)

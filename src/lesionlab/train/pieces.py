@@ -16,9 +16,18 @@ from torch import nn
 
 from lesionlab.classes import NUM_CLASSES
 from lesionlab.config import TrainConfig
+from lesionlab.core.errors import LesionlabError
+from lesionlab.core.metrics import compute_metrics
+
+
+class TrainError(LesionlabError, ValueError):
+    """A configuration or data combination that cannot be trained; the message names the setting."""
+
 
 #: Validation metrics where lower is better; every other monitored metric is maximised.
 MINIMISED = frozenset({"loss", "nll", "ece", "brier"})
+#: Scalar metrics recorded per epoch (as ``val_<name>``) and available to ``train.monitor``.
+SELECTION_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_auc", "macro_f1", "nll", "ece")
 
 
 def class_counts(labels: Sequence[int] | np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -127,6 +136,21 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     raise ValueError(f"unknown schedule {cfg.schedule!r}")
+
+
+def selection_metrics(labels: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, macro AUC, macro F1, NLL and ECE (``None`` where undefined)."""
+    full = compute_metrics(labels, proba)
+    return {name: full.get(name) for name in SELECTION_METRICS}
+
+
+def check_monitor(name: str) -> str:
+    """The metric name behind ``train.monitor`` (``val_`` prefix optional), or an error listing the choices."""
+    key = name.removeprefix("val_")
+    if key not in SELECTION_METRICS:
+        raise TrainError(f"train.monitor={name!r} is not a validation metric; choose one of "
+                         f"{', '.join(SELECTION_METRICS)}")
+    return key
 
 
 def monitor_mode(metric: str) -> str:

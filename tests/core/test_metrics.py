@@ -9,7 +9,7 @@ import pytest
 from sklearn import metrics as skm
 
 from lesionlab.classes import CLASS_CODES
-from lesionlab.evaluate import metrics as M
+from lesionlab.core import metrics as M
 
 
 def _onehotish(pred: list[int], k: int, conf: float = 0.7) -> np.ndarray:
@@ -220,9 +220,14 @@ def test_compute_metrics_with_ci_has_headline_intervals() -> None:
     json.dumps(m, allow_nan=False)
 
 
-def test_metric_value_paths() -> None:
-    y, p = _case("random")
-    m = M.compute_metrics(y, p)
-    assert M.metric_value(m, "per_class.mel.tpr") == m["per_class"]["mel"]["tpr"]
-    with pytest.raises(KeyError, match=r"no 'xyz'"):
-        M.metric_value(m, "per_class.xyz.tpr")
+def test_softmax_applies_the_temperature_to_the_logits() -> None:
+    logits = np.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(M.softmax(logits).sum(axis=1), 1.0)
+    np.testing.assert_allclose(M.softmax(logits, 2.0), M.softmax(logits / 2.0))
+    assert M.softmax(logits, None).tolist() == M.softmax(logits, 1.0).tolist()
+
+
+def test_evaluate_metrics_re_exports_the_core_functions() -> None:
+    from lesionlab.evaluate import metrics as old
+
+    assert old.compute_metrics is M.compute_metrics and set(old.__all__) == set(M.__all__)
