@@ -158,6 +158,16 @@ def _decide_precision(cfg: RunConfig, device: torch.device, model: torch.nn.Modu
     return precision, report
 
 
+def _restore(run_dir: Path, restore: Callable[[], Any]) -> None:
+    """Apply a part of the checkpoint; a state that does not fit this run is an error naming the file."""
+    try:
+        restore()
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunError(f"{run_dir / CHECKPOINT_FILE}: the checkpoint does not fit this run ({type(err).__name__}: "
+                       f"{first}); delete it to start the run over") from None
+
+
 # ------------------------------------------------------------------------------------------------------- the loop
 
 
@@ -264,7 +274,7 @@ def _fit(cfg: RunConfig, ctx: dist_utils.DistContext, run_dir: Path, resume: boo
     pre = preprocessing_for(cfg, model, data.source_size)
     ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE) if what == "resume" else None
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        _restore(run_dir, lambda: model.load_state_dict(ckpt["model"]))
     precision, prec_report = _decide_precision(cfg, device, model, data, pre, ckpt)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -294,7 +304,7 @@ def _fit(cfg: RunConfig, ctx: dist_utils.DistContext, run_dir: Path, resume: boo
                   "training": {"mode": tc.mode, "precision": prec_report, "world_size": ctx.world_size,
                                "embeddings": plan.embedding_info}})
     if ckpt is not None:
-        H.Checkpoint.restore(state, ckpt)
+        _restore(run_dir, lambda: H.Checkpoint.restore(state, ckpt))
         log.info("resuming %s after epoch %d", run_dir, state.start_epoch)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
