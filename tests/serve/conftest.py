@@ -28,8 +28,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def make_run(root: Path, fusion: str = "none", size: int = 64, resize: str = "square", calibrated: bool = False,
              name: str = "test_efficientnet") -> Path:
-    """Save a randomly initialised run (timm's tiny ``test_efficientnet`` unless ``name`` says otherwise);
-    calibrated runs get temperature 1.7 and referral threshold 0.3 in run.json, as evaluation writes them.
+    """Save a randomly initialised run (timm's tiny ``test_efficientnet`` unless ``name`` says otherwise), marked
+    complete and not synthetic (random weights stand for a trained model: the service's own checks are what these
+    tests exercise); calibrated runs get temperature 1.7 and referral threshold 0.3 in run.json, as evaluation
+    writes them.
     """
     cfg = load_config(None, [f"model.name={name}", "model.pretrained=false", f"model.fusion={fusion}",
                              f"data.image_size={size}", f"data.resize={resize}", "name=tiny"])
@@ -42,7 +44,7 @@ def make_run(root: Path, fusion: str = "none", size: int = 64, resize: str = "sq
                         std=model.data_config["std"])
     run_dir = save_run(root / f"tiny-{name}-{fusion}-{resize}", model, cfg, pre, encoder, "hash0",
                        {"epoch": 1, "balanced_accuracy": 0.2},
-                       extra={"data": {"source": "synthetic", "synthetic": True}})
+                       extra={"data": {"source": "test fixture", "synthetic": False}, "status": "complete"})
     if calibrated:
         update_run_info(run_dir, temperature=1.7, referral_threshold=0.3)
     return run_dir
