@@ -40,7 +40,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pre = Preprocessing(size=(32, 32), mean=model.data_config["mean"], std=model.data_config["std"])
     source = open_source(cfg.data)
     return save_run(tmp_path_factory.mktemp("runs") / "tiny", model, cfg, pre, None, split_hash(source.table),
-                    {"epoch": 1, "balanced_accuracy": 0.2})
+                    {"epoch": 1, "balanced_accuracy": 0.2}, extra={"status": "complete"})
 
 
 def _json(path: Path) -> dict:
@@ -171,7 +171,8 @@ def test_evaluate_on_real_ham10000_test_split(shared_data: Path, tmp_path: Path)
     torch.manual_seed(0)
     model = create_model(cfg.model).eval()
     pre = Preprocessing(size=(64, 64), mean=model.data_config["mean"], std=model.data_config["std"])
-    run = save_run(tmp_path / "real", model, cfg, pre, None, "not-the-eval-split", {"epoch": 0})
+    run = save_run(tmp_path / "real", model, cfg, pre, None, "not-the-eval-split", {"epoch": 0},
+                   extra={"status": "complete"})
     assert main(["evaluate", str(run), "--bootstrap", "50", "--timing-images", "8", "--no-tta"]) == 0
     doc = _json(run / "eval-test" / "metrics.json")
     assert doc["n"] == 908 and doc["data"]["synthetic"] is False

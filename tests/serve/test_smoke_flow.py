@@ -23,9 +23,9 @@ def test_train_calibrate_serve_predict(tmp_path: Path, real_image_paths: list[Pa
     run = tmp_path / "smoke"
     assert main(["train", str(run), "--config", str(REPO / "configs" / "smoke.yaml"), "--no-progress"]) == 0
     assert main(["evaluate", str(run), "--calibrate", "--no-report", "--bootstrap", "50",
-                 "--timing-images", "0"]) == 0
+                 "--timing-images", "0", "--allow-synthetic"]) == 0  # synthetic data without ../shared
     image = real_image_paths[0].read_bytes() if real_image_paths else jpeg_bytes(synthetic_lesion())
-    with TestClient(create_app(run, ServeSettings())) as client:
+    with TestClient(create_app(run, ServeSettings(allow_synthetic=True))) as client:
         body = client.post("/v1/predict", files={"image": ("lesion.jpg", image, "image/jpeg")},
                            data={"age": "45", "sex": "female", "site": "back", "explain": "true"}).json()
         card = client.get("/v1/model").json()

@@ -21,15 +21,15 @@ def _listed(folder: Path, exclude: Iterable[str]) -> list[Path]:
         rel = path.relative_to(folder)
         if not path.is_file() or path.is_symlink() or rel.as_posix() in skip:
             continue
-        if any(part.startswith(".") for part in rel.parts) or path.name.endswith(TMP_SUFFIX):
-            continue  # hidden files and temporaries of a write in progress
+        if any(part.startswith(".") for part in rel.parts) or path.name.endswith((TMP_SUFFIX, ".log")):
+            continue  # hidden files, temporaries of a write in progress, logs that keep growing
         out.append(path)
     return out
 
 
 def file_manifest(folder: str | Path, exclude: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
     """``{relative posix path: {"bytes", "sha256"}}`` for every regular file under ``folder`` (hidden files,
-    temporaries, symbolic links and the ``exclude`` paths left out)."""
+    temporaries, ``*.log`` files, symbolic links and the ``exclude`` paths left out)."""
     folder = Path(folder)
     return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
             for p in _listed(folder, exclude)}

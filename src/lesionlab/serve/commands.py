@@ -25,7 +25,19 @@ def _limit_args(p: argparse.ArgumentParser) -> None:
 
     d = ServeSettings()
     p.add_argument("--max-bytes", type=int, default=d.max_bytes, help="largest upload per image (bytes)")
-    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest width x height per image")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                   help="largest width x height decoded per image (default: 256 x the model's input pixels; JPEGs "
+                        "are decoded scaled down first)")
+    p.add_argument("--image-modes", choices=["convert", "refuse"], default=d.image_modes,
+                   help="greyscale, alpha, palette and 16-bit uploads: convert with a note in the answer (default), "
+                        "or refuse them (415)")
+    p.add_argument("--max-decodes", type=int, default=d.max_decodes, help="images decoded at the same time")
+    p.add_argument("--read-timeout", type=float, default=d.read_timeout_s,
+                   help="seconds a request body may pause before 408")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="use a run whose training did not finish (every answer then carries a warning)")
+    p.add_argument("--allow-synthetic", action="store_true",
+                   help="use a run trained on synthetic images (every answer then carries a warning)")
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="most images per batch request")
     p.add_argument("--content-types", default=",".join(d.content_types), help="accepted image content types")
     p.add_argument("--threshold", type=float, default=None,
@@ -44,7 +56,10 @@ def _settings(args: argparse.Namespace, onnx_path: str | None = None) -> Any:
 
     values: dict[str, Any] = {"max_bytes": args.max_bytes, "max_pixels": args.max_pixels,
                               "max_batch": args.max_batch, "content_types": args.content_types,
-                              "threads": args.threads, "onnx_path": onnx_path, "tta": args.tta}
+                              "threads": args.threads, "onnx_path": onnx_path, "tta": args.tta,
+                              "image_modes": args.image_modes, "max_decodes": args.max_decodes,
+                              "read_timeout_s": args.read_timeout, "allow_unfinished": args.allow_unfinished,
+                              "allow_synthetic": args.allow_synthetic}
     if args.threshold is not None:
         values["default_threshold"] = args.threshold
     if args.source_size is not None:
