@@ -214,7 +214,11 @@ class Predictor:
 
     def features(self, images: torch.Tensor) -> np.ndarray:
         """The run's pooled image features (PyTorch, also when ONNX Runtime scores): the scope gate's input."""
-        return self.torch_backend.call(lambda: pooled_features(self.run.model, images).numpy())
+        def run() -> np.ndarray:
+            with torch.inference_mode():
+                return pooled_features(self.run.model, images).numpy()
+
+        return self.torch_backend.call(run)
 
     def describe(self, probs: np.ndarray, assessment: dict[str, Any] | None = None) -> dict[str, Any]:
         """The per-image answer: every class, the top ``k``, and the referral decision (withheld, ``refer: null``,
