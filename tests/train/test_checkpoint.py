@@ -63,6 +63,12 @@ def test_round_trip_is_exact_including_rng_states(tmp_path: Path) -> None:
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
+def test_memory_layout_survives(tmp_path: Path) -> None:
+    t = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "c", {**_state(), "moment": t}))["moment"]
+    assert torch.equal(loaded, t) and loaded.stride() == t.stride()
+
+
 def test_unknown_objects_are_refused_when_saving() -> None:
     with pytest.raises(TypeError, match="cannot store a function"):
         flatten({"f": lambda: 1}, {})

@@ -19,11 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lesionlab.classes import UnknownClassError, by_code
+from lesionlab.core.io import sweep_stale_temporaries
 from lesionlab.core.version import __version__
 from lesionlab.data.metadata import SEXES
 from lesionlab.runs import Run, load_run
 from lesionlab.serve.contract import BATCH_FIELDS, SINGLE_FIELDS, install_openapi, known_fields
-from lesionlab.serve.errors import ServeError, error_response, install_error_handlers
+from lesionlab.serve.errors import ServeError, error_response, install_error_handlers, log
 from lesionlab.serve.schemas import ERRORS, BatchResponse, PredictResponse
 from lesionlab.serve.service import Patient, Predictor, Timer
 from lesionlab.serve.settings import ServeSettings
@@ -222,7 +223,10 @@ def _predict_routes(app: FastAPI, predictor: Predictor) -> None:
 def create_app(run_or_path: Run | str | Path, settings: ServeSettings | None = None) -> FastAPI:
     """The service for one run (a loaded ``Run`` or its directory); pure apart from loading the model."""
     settings = settings or ServeSettings()
-    predictor = Predictor(_load(run_or_path), settings)
+    run = _load(run_or_path)
+    for tmp in sweep_stale_temporaries(run.path):  # an hour old or more: never a write in progress
+        log.warning("removed %s, left by a process that was killed mid-write", tmp)
+    predictor = Predictor(run, settings)
     if settings.warmup:
         predictor.warm_up()
     app = FastAPI(title="lesionlab decision support", version=__version__, description=DESCRIPTION)

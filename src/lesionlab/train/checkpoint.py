@@ -42,8 +42,14 @@ def flatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     """
     if isinstance(value, torch.Tensor):
         key = f"t{len(tensors)}"
-        tensors[key] = value.detach().to("cpu").contiguous().clone()
-        return {"__tensor__": key}
+        t = value.detach().to("cpu")
+        if t.is_contiguous() or t.ndim < 2:
+            tensors[key] = t.contiguous().clone()
+            return {"__tensor__": key}
+        # keep the memory layout (channels-last optimizer moments): elementwise kernels round differently per layout
+        order = list(t.dim_order())
+        tensors[key] = t.permute(order).contiguous().clone()
+        return {"__tensor__": key, "order": order}
     if isinstance(value, np.ndarray):
         key = f"t{len(tensors)}"
         wide = value.astype(np.int64) if value.dtype == np.uint32 else value  # safetensors has no uint32 in torch
@@ -73,7 +79,8 @@ def unflatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if not isinstance(value, dict):
         return value
     if "__tensor__" in value:
-        return tensors[value["__tensor__"]]
+        t = tensors[value["__tensor__"]]
+        return t.permute(np.argsort(value["order"]).tolist()) if "order" in value else t
     if "__ndarray__" in value:
         return tensors[value["__ndarray__"]].numpy().astype(np.dtype(value["dtype"]))
     if "__map__" in value:
