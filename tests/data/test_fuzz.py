@@ -198,5 +198,5 @@ def test_audit_finds_exactly_the_shared_lesions(rows: list[tuple[str, str]]) -> 
 def test_degenerate_csvs_are_named(text: str, tmp_path: Path) -> None:
     path = tmp_path / "meta.csv"
     path.write_text(text)
-    with pytest.raises(LesionlabError, match="meta.csv"):
+    with pytest.raises(LesionlabError, match=r"meta\.csv"):
         parse_ham_metadata(path)
