@@ -59,7 +59,21 @@ class Scored:
         return gate.score(self.features, self.logits, self.proba)
 
 
+_SCORED: dict[tuple[Any, ...], tuple[Scored, np.ndarray]] = {}
+
+
 def _split(run: Run, source: DataSource, split: str, tta: bool, progress: bool) -> tuple[Scored, np.ndarray]:
+    """A split scored once per run, source and temperature (fitting and then measuring need the same features)."""
+    key = (str(run.path), run.info.get("created"), source.name, len(source), split, run.temperature, tta)
+    if key not in _SCORED:
+        while len(_SCORED) >= 3:  # train, val and the evaluated split of one evaluation, no more
+            _SCORED.pop(next(iter(_SCORED)))
+        _SCORED[key] = _score_split(run, source, split, tta, progress)
+    return _SCORED[key]
+
+
+def _score_split(run: Run, source: DataSource, split: str, tta: bool, progress: bool
+                 ) -> tuple[Scored, np.ndarray]:
     rows = split_rows(source, split)
     images = load_images(source, rows, run.preprocessing, progress)
     metas = meta_rows(source, rows) if run.meta_encoder is not None else None
