@@ -50,6 +50,34 @@ def make_run(root: Path, fusion: str = "none", size: int = 64, resize: str = "sq
     return run_dir
 
 
+def gated_run(source: Path, root: Path, threshold: float, uncertainty: float | None = None) -> Path:
+    """A copy of a fixture run with a Mahalanobis scope gate (statistics from features of seeded lesion-like
+    pictures, the given threshold: -1 rejects everything, 1e12 nothing) and optionally an abstention margin."""
+    import shutil
+
+    import numpy as np
+
+    from lesionlab.core.scope import SCOPE_FILE, ScopeGate, fit_arrays, save_gate_arrays
+    from lesionlab.runs import load_run
+    from lesionlab.serve.samples import synthetic_lesion
+
+    run_dir = Path(shutil.copytree(source, root / f"gated-{threshold}-{uncertainty}"))
+    feats = load_run(run_dir).predict_features([synthetic_lesion((120, 90), seed=i) for i in range(24)])
+    gate = ScopeGate("mahalanobis", threshold, fit_arrays("mahalanobis", feats, np.arange(24) % 2))
+    save_gate_arrays(run_dir / SCOPE_FILE, gate)
+    fields: dict[str, Any] = {"scope": gate.record()}
+    if uncertainty is not None:
+        fields["uncertainty"] = {"threshold": uncertainty}
+    update_run_info(run_dir, **fields)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def gated_run_factory() -> Callable[..., Path]:
+    """:func:`gated_run`, for tests of the out-of-scope and uncertain states."""
+    return gated_run
+
+
 @pytest.fixture(scope="session")
 def run_factory() -> Callable[..., Path]:
     """:func:`make_run` for tests that need another flavour (test modules do not import conftest)."""

@@ -19,7 +19,6 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from lesionlab.core.scope import SCOPE_FILE, ScopeGate, save_gate_arrays
 from lesionlab.runs import RunError, load_run, update_run_info
 from lesionlab.serve.app import UploadGuard, create_app
 from lesionlab.serve.decode import decode_upload
@@ -36,27 +35,13 @@ def png(arr: np.ndarray, mode: str | None = None) -> bytes:
     return buf.getvalue()
 
 
-def gated_run(source: Path, root: Path, threshold: float, uncertainty: float | None = None) -> Path:
-    """A copy of a fixture run with a Mahalanobis gate fitted on features of seeded lesion-like pictures."""
-    run_dir = Path(shutil.copytree(source, root / f"gated-{threshold}-{uncertainty}"))
-    run = load_run(run_dir)
-    feats = run.predict_features([synthetic_lesion((120, 90), seed=i) for i in range(24)])
-    from lesionlab.core.scope import fit_arrays
-
-    gate = ScopeGate("mahalanobis", threshold, fit_arrays("mahalanobis", feats, np.arange(24) % 2))
-    save_gate_arrays(run_dir / SCOPE_FILE, gate)
-    fields: dict[str, Any] = {"scope": gate.record()}
-    if uncertainty is not None:
-        fields["uncertainty"] = {"threshold": uncertainty}
-    update_run_info(run_dir, **fields)
-    return run_dir
-
-
 @pytest.fixture(scope="module")
-def runs(image_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def runs(image_run: Path, tmp_path_factory: pytest.TempPathFactory,
+         gated_run_factory: Callable[..., Path]) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("gated")
-    return {"reject_all": gated_run(image_run, root, -1.0), "keep_all": gated_run(image_run, root, 1e12, 2.0),
-            "plain": gated_run(image_run, root, 1e12)}
+    return {"reject_all": gated_run_factory(image_run, root, -1.0),
+            "keep_all": gated_run_factory(image_run, root, 1e12, 2.0),
+            "plain": gated_run_factory(image_run, root, 1e12)}
 
 
 def post(client: TestClient, data: bytes, ctype: str = "image/jpeg", **form: str) -> Any:

@@ -271,7 +271,7 @@ class Predictor:
             out = {"image": {"name": name, "width": d.width, "height": d.height, "mode": d.mode, "notes": d.notes},
                    **self.describe(probs[i], assessed[i]),
                    "metadata": {**patient.as_dict(), "used_by_model": self.uses_meta}}
-            if explain:
+            if explain and assessed[i]["assessment"]["status"] != "cannot_assess":  # no verdict, nothing to explain
                 cls = by_code(explain_class).index if explain_class else int(np.argmax(probs[i]))
                 out["heatmap"] = self.heatmap(prepared[i][0], prepared[i][1], cls, d.image.size)
             else:
