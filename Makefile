@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lesionlab-installed
 
-.PHONY: demo test test-fast lint audit browser clean
+.PHONY: demo test test-fast lint audit browser postgres clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,15 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
 	  || echo "could not install chromium: browser tests will be skipped"; }
 
-test: $(STAMP) browser
+# The reader-study storage tests start their own PostgreSQL server (as the postgres user, in a temporary folder);
+# install Debian's server when missing, as for chromium.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
+	  echo "installing Debian postgresql for the reader-study storage tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	  || echo "could not install postgresql: the PostgreSQL tests will be skipped"; }
+
+test: $(STAMP) browser postgres
 	$(BIN)/ruff check src tests
 	$(BIN)/python .ci/dep_audit.py
 	$(BIN)/pytest

@@ -1,7 +1,8 @@
 """``lesionlab demo``: the main job end to end, on real data when present, else on the built-in SYNTHETIC set.
 
 data summary -> leakage audit -> split file -> decode-once cache -> train a CPU preset -> evaluate on the test split
-(temperature and referral threshold fitted on validation) -> one self-contained HTML report. Every step calls the
+(temperature and referral threshold fitted on validation) -> one self-contained HTML report -> the HAM10000 study's
+35 + 35 reader contest on that run's outputs with SIMULATED readers, and its reader-study report. Every step calls the
 same functions as its own command; this module only chains them and says which data it used.
 """
 
@@ -66,38 +67,38 @@ def run_demo(cfg: RunConfig, out: Path, progress: bool = True, console: Any = No
         console.rule(f"[bold]{title}")
         return time.perf_counter()
 
-    start = step("1/6 data")
+    start = step("1/7 data")
     source = open_source(cfg.data)
     _header(console, source)
     console.print(_counts_table(source.table, "images by class and split"))
     timings["data_s"] = time.perf_counter() - start
 
-    start = step("2/6 leakage audit")
+    start = step("2/7 leakage audit")
     audit = audit_split(source, progress=progress)
     render_audit(console, audit)
     atomic_write_json(out / "audit.json", audit.to_dict())
     timings["audit_s"] = time.perf_counter() - start
 
-    start = step("3/6 split file")
+    start = step("3/7 split file")
     split_csv = write_split_csv(split_frame(source.table), out / "split.csv")
     console.print(f"split {source.split_name or cfg.data.split} written to {split_csv}; "
                   f"hash {split_hash(source.table)[:16]}")
     timings["split_s"] = time.perf_counter() - start
 
-    start = step("4/6 decode-once cache")
+    start = step("4/7 decode-once cache")
     images = cached_images(source, cfg.data.image_size, cfg.data.resize, cache_dir=cfg.data.cache_dir,
                            progress=progress)
     console.print(f"{images.shape[0]:,} images cached at {images.shape[1]}x{images.shape[2]}")
     timings["cache_s"] = time.perf_counter() - start
 
-    start = step(f"5/6 train ({cfg.name}: {cfg.model.name}, {cfg.train.mode}, {cfg.train.epochs} epochs)")
+    start = step(f"5/7 train ({cfg.name}: {cfg.model.name}, {cfg.train.mode}, {cfg.train.epochs} epochs)")
     # A complete run is reused and a killed one resumes from its last checkpoint (the engine decides).
     run_dir = fit(cfg, run_dir=out / "run", progress=progress)
     best = read_info(run_dir).get("best") or {}
     console.print(f"run: {run_dir}; best epoch {best.get('epoch')} by validation {cfg.train.monitor}")
     timings["train_s"] = time.perf_counter() - start
 
-    start = step("6/6 evaluate on the test split (calibrated on validation) and report")
+    start = step("6/7 evaluate on the test split (calibrated on validation) and report")
     # the demo says so loudly when it ran on the synthetic set; its report then carries the warning too
     result = evaluate_run(run_dir, split="test", calibrate=True, out_dir=out / "eval-test", timing_images=16,
                           progress=progress, allow_synthetic=source.synthetic)
@@ -105,16 +106,33 @@ def run_demo(cfg: RunConfig, out: Path, progress: bool = True, console: Any = No
     report = render_run_report(result.out_dir)
     timings["evaluate_s"] = time.perf_counter() - start
 
+    start = step("7/7 reader study with SIMULATED readers (HAM10000 contest 2) and its report")
+    study = demo_study(run_dir, cfg, source, out / "study")
+    console.print(study["summary"])
+    timings["study_s"] = time.perf_counter() - start
+
     kind = "SYNTHETIC data (not dermoscopy; numbers mean nothing clinically)" if source.synthetic else \
         f"real data: {source.name}"
     console.rule("[bold]done")
     console.print(f"data:   {kind}")
     console.print(f"report: {report['html']}")
     console.print(f"serve:  lesionlab serve {run_dir}{' --allow-synthetic' if source.synthetic else ''}")
+    console.print(f"study:  {study['report']} (SIMULATED readers, not people)")
     m = result.metrics
     return {"synthetic": bool(source.synthetic), "run_dir": str(run_dir), "report": str(report["html"]),
             "accuracy": m.get("accuracy"), "balanced_accuracy": m.get("balanced_accuracy"),
-            "macro_auc": m.get("macro_auc"), "timings": timings}
+            "macro_auc": m.get("macro_auc"), "study_report": study["report"], "timings": timings}
+
+
+def demo_study(run_dir: Path, cfg: RunConfig, source: Any, out: Path) -> dict[str, Any]:
+    """The HAM10000 study's 35 + 35 contest on this run's outputs with SIMULATED readers (fewer cases when the test
+    split is small), from the contest definition to the report."""
+    from lesionlab.study.simulated_contests import contest_summary, run_contest
+
+    n_test = int((source.table["split"] == "test").sum())
+    result = run_contest("ham10000-35x35", out, run=run_dir, data_cfg=cfg.data, n_boot=500,
+                         cases_per_arm=min(35, n_test // 2))
+    return {"report": str(result.paths["report_html"]), "summary": contest_summary(result)}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

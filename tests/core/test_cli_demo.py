@@ -95,4 +95,5 @@ def test_demo_on_synthetic_data_end_to_end(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert summary["synthetic"] is True
     assert Path(summary["report"]).is_file() and (Path(summary["run_dir"]) / "run.json").is_file()
+    assert Path(summary["study_report"]).is_file() and "SIMULATED readers" in out.stdout
     assert 0.0 <= summary["balanced_accuracy"] <= 1.0
