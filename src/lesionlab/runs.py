@@ -11,7 +11,7 @@ Every write is atomic (temporary file + ``os.replace``): a run killed mid-write 
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,13 @@ from lesionlab.core.manifest import file_manifest, verify_manifest
 from lesionlab.core.metrics import softmax
 from lesionlab.core.scope import SCOPE_FILE, ScopeError, ScopeGate, load_gate
 from lesionlab.core.version import __version__
+from lesionlab.models.views import (  # noqa: F401  (re-exported: the run's view averaging, defined with the models)
+    Forward,
+    flip_views,
+    mean_logits,
+    pooled_features,
+    view_averaged_logits,
+)
 
 if TYPE_CHECKING:
     from lesionlab.config import ModelConfig, RunConfig
@@ -297,43 +304,6 @@ class Run:
         """Probabilities ``[N, 7]`` (columns in :data:`lesionlab.classes.CLASS_CODES` order), temperature applied."""
         logits = self.predict_logits(images, meta_rows, batch_size=batch_size, tta=tta)
         return softmax(logits, self.temperature)
-
-
-Forward = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-
-
-def flip_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """The views averaged at test time: identity, horizontal and vertical flip (lesions have no orientation)."""
-    return [x, torch.flip(x, dims=[-1]), torch.flip(x, dims=[-2])]
-
-
-def mean_logits(forward: Forward, views: Sequence[torch.Tensor], meta: torch.Tensor | None = None,
-                batched: bool = False) -> torch.Tensor:
-    """``forward(view, meta)`` averaged over ``views``: the one definition of view averaging (flips at test time,
-    cached augmented views in frozen training). ``batched`` sends every view through one call (cheaper at batch 1).
-    """
-    if batched:
-        n = len(views[0])
-        m = meta.repeat(len(views), 1) if meta is not None else None
-        return forward(torch.cat(list(views)), m).float().reshape(len(views), n, -1).mean(dim=0)
-    total = None
-    for v in views:
-        out = forward(v, meta).float()
-        total = out if total is None else total + out
-    assert total is not None
-    return total / len(views)
-
-
-def pooled_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``model.forward_features`` averaged over space when it is a map: ``[N, C]`` float32 on the CPU."""
-    feats = model.forward_features(x).float()
-    return (feats.mean(dim=(2, 3)) if feats.ndim == 4 else feats.flatten(1)).cpu()
-
-
-def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor | None, tta: bool
-                         ) -> torch.Tensor:
-    """Model logits, averaged over :func:`flip_views` when ``tta``."""
-    return mean_logits(lambda v, m: model(v, m) if m is not None else model(v), flip_views(x) if tta else [x], meta)
 
 
 def build_model_from_info(info: dict[str, Any], where: str) -> torch.nn.Module:
