@@ -53,6 +53,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="measure every out-of-scope score against the out-of-scope sets, not just the run's")
     ev.add_argument("--ood-images", type=int, default=60, help="images per out-of-scope set (0: do not measure)")
     _allow_args(ev, "evaluate")
+    ev.add_argument("--corruptions", metavar="all|NAME,...",
+                    help="also score the corrupted test split: 'all' fifteen acquisition corruptions (MedMNIST-C, "
+                         "Di Salvo et al. 2024) or a comma list, e.g. motion_blur,black_corner; see `lesionlab "
+                         "corruptions list`")
+    ev.add_argument("--severities", default="1-5", metavar="1-5",
+                    help="corruption severities to score: a range or list (default 1-5)")
+    ev.add_argument("--corruption-seed", type=int, default=0, help="seed of the corrupted copies (default 0)")
+    ev.add_argument("--robustness-reference", type=Path, metavar="ROBUSTNESS_JSON",
+                    help="normalise against this evaluation's robustness.json instead of the shipped reference run")
     ev.add_argument("--no-report", action="store_true", help="do not render report.html / report.md")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_evaluate)
@@ -117,7 +126,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           isic_csv=args.isic_csv, isic_images=args.isic_images, out_dir=args.out,
                           bootstrap=args.bootstrap, seed=args.seed, batch_size=args.batch_size, device=args.device,
                           timing_images=args.timing_images, audit=args.audit,
-                          progress=sys.stderr.isatty() and not args.no_progress,
+                          progress=sys.stderr.isatty() and not args.no_progress, corruptions=args.corruptions,
+                          severities=args.severities, corruption_seed=args.corruption_seed,
+                          robustness_reference=args.robustness_reference,
                           scope=ScopeOptions(args.scope_method, args.max_false_rejection, args.scope_compare,
                                              args.ood_images),
                           allow_unfinished=args.allow_unfinished, allow_synthetic=args.allow_synthetic)
@@ -159,6 +170,14 @@ def print_metrics(doc: dict[str, Any]) -> None:
         console.print(f"runtime on {t['device']}: {t['ms_per_image_batch1']:.2f} ms/image at batch 1, "
                       f"{t['ms_per_image_batched']:.2f} ms/image at batch {t['batch_size']} (tta {fmt(t['tta'])})")
     print_scope(console, doc.get("scope") or {})
+    if doc.get("subgroups"):
+        from lesionlab.evaluate.subgroups import summary_text
+
+        console.print(f"subgroups: {summary_text(doc['subgroups'])}")
+    if doc.get("robustness"):
+        from lesionlab.evaluate.robustness_report import headline_text
+
+        console.print(f"robustness: {headline_text(doc['robustness'])}")
     for key, reason in (doc.get("undefined") or {}).items():
         console.print(f"[yellow]undefined[/yellow] {key}: {reason}")
     for warning in ev.get("warnings") or []:

@@ -7,8 +7,8 @@ Sets (each seeded, ``n`` images, sizes like a photograph's):
 * ``text``: rendered text on paper-coloured backgrounds (a scanned letter, a screenshot);
 * ``noise``: uniform and Gaussian pixel noise;
 * ``flat``: a single colour (black, white or random), optionally with a faint gradient;
-* ``corrupted``: real dermoscopy images under the heaviest MedMNIST-C corruptions, when the data layer provides them
-  (``lesionlab.data.corruptions``) and real images are given.
+* ``corrupted``: real dermoscopy images of the evaluated split, each under one of the fifteen MedMNIST-C corruptions
+  at its heaviest severity (``lesionlab.data.corruptions``).
 """
 
 from __future__ import annotations
@@ -97,25 +97,17 @@ def flat(n: int, rng: np.random.Generator, size: tuple[int, int] = (600, 450)) -
 
 
 def corrupted(n: int, rng: np.random.Generator, images: Sequence[Any]) -> list[Image.Image]:
-    """Real dermoscopy images under the heaviest (severity 5) MedMNIST-C corruptions, cycling through them."""
-    from lesionlab.data import corruptions  # type: ignore[attr-defined]
+    """Real dermoscopy images under the heaviest (severity 5) MedMNIST-C corruptions, one each, cycling through all
+    fifteen (:mod:`lesionlab.data.corruptions`)."""
+    from lesionlab.data.corruptions import CORRUPTION_NAMES, corrupt
 
-    names = list(corruptions.CORRUPTIONS)
     out = []
     for i in range(min(n, len(images))):
         img = images[i]
-        arr = np.asarray(img if not isinstance(img, Image.Image) else img.convert("RGB"), dtype=np.uint8)
-        out.append(Image.fromarray(corruptions.corrupt(arr, names[i % len(names)], 5, seed=int(rng.integers(2**31)))))
+        arr = np.asarray(img.convert("RGB") if isinstance(img, Image.Image) else img, dtype=np.uint8)
+        name = CORRUPTION_NAMES[i % len(CORRUPTION_NAMES)]
+        out.append(Image.fromarray(corrupt(arr, name, 5, int(rng.integers(2**31)))))
     return out
-
-
-def corruptions_available() -> bool:
-    """Whether the data layer provides the MedMNIST-C corruptions."""
-    try:
-        from lesionlab.data import corruptions  # type: ignore[attr-defined]  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def ood_sets(n: int = 60, seed: int = 0, real_images: Sequence[Any] | None = None
@@ -124,6 +116,6 @@ def ood_sets(n: int = 60, seed: int = 0, real_images: Sequence[Any] | None = Non
     makers: dict[str, Callable[[int, np.random.Generator], list[Image.Image]]] = {
         "photographs": photographs, "text": text, "noise": noise, "flat": flat}
     out = {name: make(n, np.random.default_rng([seed, i])) for i, (name, make) in enumerate(makers.items())}
-    if real_images is not None and len(real_images) and corruptions_available():
+    if real_images is not None and len(real_images):
         out["corrupted"] = corrupted(n, np.random.default_rng([seed, 99]), real_images)
     return out
