@@ -45,15 +45,17 @@ if TYPE_CHECKING:
 class Scored:
     """Features, logits and model pixels of a set of images, computed once and scored by every method."""
 
-    def __init__(self, run: Run, images: Sequence[Any], metas: list[dict[str, Any]] | None, tta: bool) -> None:
+    def __init__(self, run: Run, images: Sequence[Any], metas: list[dict[str, Any]] | None, tta: bool,
+                 logits: bool = True) -> None:
         pre = run.preprocessing
         assert pre is not None
         self.pixels = [pre.resize_image(im) for im in images]
         self.features = run.predict_features(self.pixels)
         if run.meta_encoder is not None and metas is None:
             metas = [{"age": None, "sex": "unknown", "site": "unknown"}] * len(images)
-        self.logits = run.predict_logits(self.pixels, metas, tta=tta)
-        self.proba = softmax(self.logits, run.temperature)
+        # the training split needs features only (the gates' statistics); scores of logits need the logits
+        self.logits = run.predict_logits(self.pixels, metas, tta=tta) if logits else np.zeros((len(images), 0))
+        self.proba = softmax(self.logits, run.temperature) if logits else self.logits
 
     def scores(self, gate: ScopeGate) -> np.ndarray:
         return gate.score(self.features, self.logits, self.proba)
@@ -76,8 +78,8 @@ def _score_split(run: Run, source: DataSource, split: str, tta: bool, progress: 
                  ) -> tuple[Scored, np.ndarray]:
     rows = split_rows(source, split)
     images = load_images(source, rows, run.preprocessing, progress)
-    metas = meta_rows(source, rows) if run.meta_encoder is not None else None
-    return Scored(run, images, metas, tta), source.table["label"].to_numpy()[rows]
+    metas = meta_rows(source, rows) if run.meta_encoder is not None and split != "train" else None
+    return Scored(run, images, metas, tta, logits=split != "train"), source.table["label"].to_numpy()[rows]
 
 
 def fit_run_scope(run: Run, source: DataSource, tta: bool, method: str = DEFAULT_SCOPE_METHOD,
