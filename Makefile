@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lesionlab-installed
 
-.PHONY: demo test test-fast lint browser postgres clean
+.PHONY: demo test test-fast lint audit browser postgres clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,7 @@ postgres:
 
 test: $(STAMP) browser postgres
 	$(BIN)/ruff check src tests
+	$(BIN)/python .ci/dep_audit.py
 	$(BIN)/pytest
 
 test-fast: $(STAMP)
@@ -40,6 +41,10 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
+
+# Known vulnerabilities in the installed packages (pip-audit); says so, and passes, where no service answers.
+audit: $(STAMP)
+	$(BIN)/python .ci/dep_audit.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

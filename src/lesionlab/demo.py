@@ -99,8 +99,9 @@ def run_demo(cfg: RunConfig, out: Path, progress: bool = True, console: Any = No
     timings["train_s"] = time.perf_counter() - start
 
     start = step("6/7 evaluate on the test split (calibrated on validation) and report")
+    # the demo says so loudly when it ran on the synthetic set; its report then carries the warning too
     result = evaluate_run(run_dir, split="test", calibrate=True, out_dir=out / "eval-test", timing_images=16,
-                          progress=progress)
+                          progress=progress, allow_synthetic=source.synthetic)
     print_metrics(result.metrics)
     report = render_run_report(result.out_dir)
     timings["evaluate_s"] = time.perf_counter() - start
@@ -115,7 +116,7 @@ def run_demo(cfg: RunConfig, out: Path, progress: bool = True, console: Any = No
     console.rule("[bold]done")
     console.print(f"data:   {kind}")
     console.print(f"report: {report['html']}")
-    console.print(f"serve:  lesionlab serve {run_dir}")
+    console.print(f"serve:  lesionlab serve {run_dir}{' --allow-synthetic' if source.synthetic else ''}")
     console.print(f"study:  {study['report']} (SIMULATED readers, not people)")
     m = result.metrics
     return {"synthetic": bool(source.synthetic), "run_dir": str(run_dir), "report": str(report["html"]),
