@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from lesionlab.cli import build_parser, main
+from lesionlab.config import load_config
 from lesionlab.core.argparsing import parse_args
 from lesionlab.core.errors import LesionlabError
-from lesionlab.config import load_config
 from lesionlab.demo import (
     QUICK_HEADS,
     QUICK_REAL_PRESET,
