@@ -18,6 +18,7 @@ from lesionlab.core.version import __version__
 # Each module defines ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
     "lesionlab.data.commands",         # data summary | audit | split | cache
+    "lesionlab.data.corruption_commands",  # corruptions list | gallery
     "lesionlab.models.commands",       # models
     "lesionlab.train.commands",        # train, train-bench
     "lesionlab.evaluate.commands",     # evaluate, report, compare

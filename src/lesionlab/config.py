@@ -50,6 +50,9 @@ class DataConfig(Strict):
     synthetic_n: int = Field(700, ge=14)
     synthetic_seed: int = 0
     synthetic_size: int = Field(64, ge=16)
+    # Part of the run's preprocessing (train, evaluate, serve): none, or shades_of_gray (lesionlab.data.colour).
+    colour_constancy: Literal["none", "shades_of_gray"] = "none"
+    colour_constancy_power: float = Field(6.0, ge=1.0)  # Minkowski p of Shades of Gray (6: Barata et al. 2015)
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -80,6 +83,23 @@ class AugmentConfig(Strict):
     saturation: float = 0.1
     hue: float = 0.02
     blur_p: float = 0.1
+    # Acquisition corruptions (lesionlab.data.corruptions, MedMNIST-C): names or ["all"]; empty: off.
+    corruptions: list[str] = []
+    corruption_p: float | None = Field(None, ge=0.0, le=1.0)  # None: n / (n + 1), as MedMNIST-C's augmentation
+    corruption_severity: tuple[int, int] = (1, 5)  # severities drawn uniformly from this range
+
+    @field_validator("corruptions", mode="before")
+    @classmethod
+    def _corruption_list(cls, v: Any) -> Any:
+        # YAML and key=value overrides: "all" or "pixelate,motion_blur" as one string
+        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
+
+    @field_validator("corruption_severity")
+    @classmethod
+    def _severity_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1] <= 5:
+            raise ValueError(f"must be (low, high) with 1 <= low <= high <= 5, got {list(v)}")
+        return v
 
 
 class ModelConfig(Strict):

@@ -113,13 +113,21 @@ GOOD = [("a", "L1", "train"), ("b", "L1", "train"), ("c", "L2", "val"), ("d", "L
     ([*GOOD, ("e", "L1", "test")],
      r"lesion L1 is in more than one split: train \(row 2\), train \(row 3\), test \(row 6\)"),
     ([r for r in GOOD if r[2] != "val"], r"split val is empty"),
-    ([*GOOD, ("e", "L4", "holdout")], r"row 6: split 'holdout' is not one of train, val, test"),
+    ([*GOOD, ("e", "L4", "unused")], r"row 6: split 'unused' is not one of train, val, test \(or holdout\)"),
+    ([*GOOD, ("e", "L1", "holdout")], r"lesion L1 is in more than one split"),
     ([*GOOD, ("a", "L1", "train")], r"image a appears more than once \(rows 2, 6\)"),
 ])
 def test_bad_split_csv(tmp_path: Path, rows: list[tuple[str, str, str]], message: str) -> None:
     path = _write(tmp_path / "bad_split.csv", rows)
     with pytest.raises(DataError, match=r"bad_split\.csv: " + message):
         read_split_csv(path)
+
+
+def test_holdout_rows_belong_to_no_split(tmp_path: Path) -> None:
+    """Cross-validation files keep the real test split out of a run as ``holdout``."""
+    back = read_split_csv(_write(tmp_path / "cv.csv", [*GOOD, ("e", "L4", "holdout"), ("f", "L4", "holdout")]))
+    assert back.loc[back["split"] == "holdout", "image_id"].tolist() == ["e", "f"]
+    assert sorted(back.loc[back["split"].isin(["train", "val", "test"]), "image_id"]) == ["a", "b", "c", "d"]
 
 
 def test_split_csv_missing_column(tmp_path: Path) -> None:

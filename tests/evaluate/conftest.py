@@ -68,3 +68,23 @@ def make_eval_dir(tmp_path: Path) -> Callable[..., Path]:
 def synth() -> Callable[..., pd.DataFrame]:
     """:func:`synthetic_predictions` as a fixture (test modules cannot import conftest in importlib mode)."""
     return synthetic_predictions
+
+
+@pytest.fixture
+def real_untrained_run(shared_data: Path, tmp_path: Path) -> Path:
+    """A randomly initialised test network saved as a run on the shared 64 px HAM10000 (DermaMNIST-C split)."""
+    import torch
+
+    from lesionlab.config import load_config
+    from lesionlab.data.transforms import Preprocessing
+    from lesionlab.models import create_model
+    from lesionlab.runs import save_run
+
+    data = ["data.source=ham10000", f"data.metadata_csv={shared_data / 'ham10000' / 'HAM10000_metadata.csv'}",
+            f"data.image_dirs=[{shared_data / 'ham10000-64' / 'images'}]", "data.split=dermamnist_c",
+            "data.image_size=64"]
+    cfg = load_config(None, ["model.name=test_efficientnet", "model.pretrained=false", "name=real", *data])
+    torch.manual_seed(0)
+    model = create_model(cfg.model).eval()
+    pre = Preprocessing(size=(64, 64), mean=model.data_config["mean"], std=model.data_config["std"])
+    return save_run(tmp_path / "real", model, cfg, pre, None, "not-the-eval-split", {"epoch": 0})

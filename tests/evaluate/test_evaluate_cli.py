@@ -158,20 +158,9 @@ def test_isic_flags_must_come_together(run_dir: Path, capsys: pytest.CaptureFixt
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_evaluate_on_real_ham10000_test_split(shared_data: Path, tmp_path: Path) -> None:
+def test_evaluate_on_real_ham10000_test_split(real_untrained_run: Path) -> None:
     """The DermaMNIST-C test split of the shared 64px HAM10000: 908 images, the README's class counts, audit PASS."""
-    from lesionlab.data.transforms import Preprocessing
-    from lesionlab.models import create_model
-    from lesionlab.runs import save_run
-
-    data = ["data.source=ham10000", f"data.metadata_csv={shared_data / 'ham10000' / 'HAM10000_metadata.csv'}",
-            f"data.image_dirs=[{shared_data / 'ham10000-64' / 'images'}]", "data.split=dermamnist_c",
-            "data.image_size=64"]
-    cfg = load_config(None, ["model.name=test_efficientnet", "model.pretrained=false", "name=real", *data])
-    torch.manual_seed(0)
-    model = create_model(cfg.model).eval()
-    pre = Preprocessing(size=(64, 64), mean=model.data_config["mean"], std=model.data_config["std"])
-    run = save_run(tmp_path / "real", model, cfg, pre, None, "not-the-eval-split", {"epoch": 0})
+    run = real_untrained_run
     assert main(["evaluate", str(run), "--bootstrap", "50", "--timing-images", "8", "--no-tta"]) == 0
     doc = _json(run / "eval-test" / "metrics.json")
     assert doc["n"] == 908 and doc["data"]["synthetic"] is False

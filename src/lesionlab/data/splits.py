@@ -34,6 +34,8 @@ from lesionlab.data.images import DataError
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Rows a split file keeps out of the run altogether (cross-validation files hold the real test split out so).
+HOLDOUT = "holdout"
 PUBLISHED_SPLITS: dict[str, str] = {"dermamnist": "dermamnist_split_info.csv",
                                     "dermamnist_c": "dermamnist_c_splits.csv"}
 KNOWN_DUPLICATES_FILE = "newly_discovered_duplicates.csv"
@@ -168,6 +170,23 @@ def fold_split(table: pd.DataFrame, groups: np.ndarray, fold_of: np.ndarray, fol
                          "lesion_id": table["lesion_id"].astype(str).to_numpy(), "split": split})
 
 
+def cv_fold_split(table: pd.DataFrame, groups: np.ndarray, fold_of: np.ndarray, fold: int, val_fraction: float,
+                  seed: int, pool: np.ndarray) -> pd.DataFrame:
+    """One cross-validation fold over the rows in ``pool`` (train + val); every other row is ``holdout``.
+
+    Within the pool this is :func:`fold_split`: the held-out fold is ``test`` (what the run is scored on), a
+    grouped, stratified ``val`` part of the rest picks the epoch, the rest trains. ``fold_of`` is aligned with
+    the pool's rows.
+    """
+    pool = np.asarray(pool, dtype=bool)
+    inner = fold_split(table[pool].reset_index(drop=True), np.asarray(groups)[pool], fold_of, fold, val_fraction,
+                       seed)
+    split = np.full(len(table), HOLDOUT, dtype=object)
+    split[pool] = inner["split"].to_numpy()
+    return pd.DataFrame({"image_id": table["image_id"].astype(str).to_numpy(),
+                         "lesion_id": table["lesion_id"].astype(str).to_numpy(), "split": split})
+
+
 def split_frame(table: pd.DataFrame) -> pd.DataFrame:
     """The split CSV content of a table that carries a ``split`` column (and ``fold`` if present)."""
     columns = [*SPLIT_COLUMNS, "fold"] if "fold" in table.columns else list(SPLIT_COLUMNS)
@@ -181,12 +200,16 @@ def write_split_csv(frame: pd.DataFrame, path: str | Path) -> Path:
 
 
 def check_split_frame(frame: pd.DataFrame, where: str, allow_shared_lesions: bool = False) -> None:
-    """Validate a split assignment: known split names, unique images, lesion-disjoint, no empty split."""
+    """Validate a split assignment: known split names, unique images, lesion-disjoint, no empty split.
+
+    ``holdout`` rows belong to no split of the run (no training, validation or testing); they are allowed too.
+    """
     split = frame["split"].astype(str)
-    bad = ~split.isin(SPLITS)
+    bad = ~split.isin((*SPLITS, HOLDOUT))
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"{where}: row {_line(i)}: split {split.iloc[i]!r} is not one of {', '.join(SPLITS)}")
+        raise DataError(f"{where}: row {_line(i)}: split {split.iloc[i]!r} is not one of {', '.join(SPLITS)} "
+                        f"(or {HOLDOUT})")
     dup = frame["image_id"].duplicated(keep=False).to_numpy()
     if dup.any():
         first = frame["image_id"].iloc[int(np.flatnonzero(dup)[0])]
@@ -220,8 +243,8 @@ def read_split_csv(path: str | Path, fold: int | None = None) -> pd.DataFrame:
         if not 0 <= fold < k:
             raise DataError(f"{path}: fold {fold} requested, the file has folds 0..{k - 1}")
         frame["fold"] = folds.astype(int)
-        is_test = frame["split"] == "test"
-        frame["split"] = np.where(is_test, "test", np.where(frame["fold"] == fold, "val", "train"))
+        kept = frame["split"].isin(["test", HOLDOUT])
+        frame["split"] = np.where(kept, frame["split"], np.where(frame["fold"] == fold, "val", "train"))
     check_split_frame(frame, str(path))
     return frame
 
@@ -289,7 +312,7 @@ def class_split_counts(table: pd.DataFrame) -> pd.DataFrame:
     """Images per class (rows, in class order) and split (columns) with totals; unsplit rows under ``-``."""
     split = table["split"].replace("", "-")
     counts = pd.crosstab(pd.Categorical(table["dx"], categories=list(CLASS_CODES)), split, dropna=False)
-    order = [s for s in (*SPLITS, "-") if s in counts.columns]
+    order = [s for s in (*SPLITS, HOLDOUT, "-") if s in counts.columns]
     counts = counts.reindex(columns=order, fill_value=0)
     counts["total"] = counts.sum(axis=1)
     counts.loc["total"] = counts.sum(axis=0)

@@ -14,7 +14,9 @@ the service and the ONNX path. The steps:
    - ``aspect``: keep the aspect ratio, scale so the image covers H x W, then crop the centre, as the 300x224 and
      600x450 inputs of the HAM10000 study (whose 4:3 images lose at most a few pixels at the sides);
 
-3. scale to [0, 1] and normalise with the backbone's mean and std (a v2 transform built once per object).
+3. ``colour_constancy`` (optional): Shades of Gray (:mod:`lesionlab.data.colour`) on the uint8 pixels at the model
+   size, so in training it follows every augmentation and acquisition corruption;
+4. scale to [0, 1] and normalise with the backbone's mean and std (steps 3-4: a v2 transform built once per object).
 
 Both resizes use Pillow's bicubic filter (antialiased when shrinking). Steps 1-2 are idempotent: pixels already at
 the model size pass unchanged, so a cached row and the decoded image it came from give the same tensor.
@@ -117,6 +119,8 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     source_size: tuple[int, int] | None = None  # (height, width) the training images were stored at
+    colour_constancy: str = "none"  # or "shades_of_gray" (lesionlab.data.colour): step 3
+    colour_constancy_power: float = 6.0
     _normalize: v2.Compose = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -132,15 +136,15 @@ class Preprocessing:
         if min(self.std) <= 0:
             raise ValueError(f"Preprocessing.std must be positive, got {self.std}")
         object.__setattr__(self, "_normalize", v2.Compose([
-            _CheckSize(self.size), v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(self.mean), std=list(self.std))]))
+            _CheckSize(self.size), *_colour_steps(self.colour_constancy, self.colour_constancy_power),
+            v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(self.mean), std=list(self.std))]))
 
     def resize_image(self, img: Image.Image | np.ndarray) -> np.ndarray:
         """Steps 1-2: the HxWx3 uint8 pixels the model sees (the same function fills the cache)."""
         return model_pixels(img, self.size, self.resize, self.source_size)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Step 3: uint8 [3, H, W] at ``size`` -> normalised float tensor; no randomness."""
+        """Steps 3-4: uint8 [3, H, W] at ``size`` -> normalised float tensor; no randomness."""
         return self._normalize(x)
 
     def __call__(self, img: Image.Image | np.ndarray) -> torch.Tensor:
@@ -152,8 +156,11 @@ class Preprocessing:
         return torch.stack([self(img) for img in images])
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict for ``run.json``."""
+        """Plain JSON-ready dict for ``run.json`` (the colour-constancy keys only when it is on)."""
         out = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        if self.colour_constancy == "none":
+            out.pop("colour_constancy")
+            out.pop("colour_constancy_power")
         return {key: list(value) if isinstance(value, tuple) else value for key, value in out.items()}
 
     @classmethod
@@ -163,12 +170,16 @@ class Preprocessing:
         ``source_size`` is used when the record has none: records written before it was part of the preprocessing
         lack it, and their run's ``data.source_image_size`` (which the service applied to them) takes its place.
         """
-        required, optional = {"size", "resize", "mean", "std"}, {"source_size"}
+        required = {"size", "resize", "mean", "std"}
+        optional = {"source_size", "colour_constancy", "colour_constancy_power"}
         if not required <= set(data) <= required | optional:
-            raise ValueError(f"preprocessing record has keys {sorted(data)}, expected {sorted(required | optional)}")
+            raise ValueError(f"preprocessing record has keys {sorted(data)}, expected {sorted(required)} "
+                             f"(and optionally {sorted(optional)})")
         source = data.get("source_size") or source_size
         return cls(size=tuple(data["size"]), resize=data["resize"], mean=tuple(data["mean"]), std=tuple(data["std"]),
-                   source_size=tuple(source) if source else None)
+                   source_size=tuple(source) if source else None,
+                   colour_constancy=data.get("colour_constancy", "none"),
+                   colour_constancy_power=float(data.get("colour_constancy_power", 6.0)))
 
 
 class RandomRot90(torch.nn.Module):
@@ -179,12 +190,21 @@ class RandomRot90(torch.nn.Module):
         return torch.rot90(x, k, dims=(-2, -1)) if k else x
 
 
+def _colour_steps(method: str, power: float) -> list[Any]:
+    """Step 3, colour constancy (empty when off): the last step on uint8 pixels, after any augmentation."""
+    from lesionlab.data.colour import colour_step
+
+    step = colour_step(method, power)
+    return [] if step is None else [step]
+
+
 def build_train_transform(aug: AugmentConfig, pre: Preprocessing) -> v2.Compose:
     """Augmentation on uint8 [3,H,W] tensors, then ``pre``'s normalisation; without ``aug.enabled`` just that.
 
     Geometry (rotation, zoom, shear, translation, flips, quarter turns) then camera-like changes (brightness,
-    contrast, colour, blur), as in the HAM10000 study. Rotated-in corners are filled with black, like a
-    dermoscope's vignette. Draws come from torch's global generator: use :func:`seeded` for reproducible views.
+    contrast, colour, blur), as in the HAM10000 study, then an acquisition corruption (``aug.corruptions``), then
+    the preprocessing's colour constancy. Rotated-in corners are filled with black, like a dermoscope's vignette.
+    Draws come from torch's global generator: use :func:`seeded` for reproducible views.
     """
     if not aug.enabled:
         return pre.normalize
@@ -209,6 +229,10 @@ def build_train_transform(aug: AugmentConfig, pre: Preprocessing) -> v2.Compose:
     if aug.blur_p > 0:
         kernel = 2 * max(1, round(0.04 * min(h, w))) + 1  # 7 px at 64, 19 px at 224
         steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, max(0.5, min(h, w) / 64)))], p=aug.blur_p))
+    if aug.corruptions:  # acquisition corruptions act on the final pixels, as on the corrupted test split
+        from lesionlab.data.corruptions import RandomCorruption
+
+        steps.append(RandomCorruption(aug.corruptions, aug.corruption_p, tuple(aug.corruption_severity)))
     return v2.Compose([*steps, pre.normalize])
 
 

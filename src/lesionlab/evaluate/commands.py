@@ -44,6 +44,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--audit", choices=["none", "lesions", "full"], default="lesions",
                     help="leakage audit of the split for the model card: lesions (metadata, instant), full (also "
                          "hashes every image for duplicates), none")
+    ev.add_argument("--corruptions", metavar="all|NAME,...",
+                    help="also score the corrupted test split: 'all' fifteen acquisition corruptions (MedMNIST-C, "
+                         "Di Salvo et al. 2024) or a comma list, e.g. motion_blur,black_corner; see `lesionlab "
+                         "corruptions list`")
+    ev.add_argument("--severities", default="1-5", metavar="1-5",
+                    help="corruption severities to score: a range or list (default 1-5)")
+    ev.add_argument("--corruption-seed", type=int, default=0, help="seed of the corrupted copies (default 0)")
+    ev.add_argument("--robustness-reference", type=Path, metavar="ROBUSTNESS_JSON",
+                    help="normalise against this evaluation's robustness.json instead of the shipped reference run")
     ev.add_argument("--no-report", action="store_true", help="do not render report.html / report.md")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_evaluate)
@@ -101,7 +110,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           isic_csv=args.isic_csv, isic_images=args.isic_images, out_dir=args.out,
                           bootstrap=args.bootstrap, seed=args.seed, batch_size=args.batch_size, device=args.device,
                           timing_images=args.timing_images, audit=args.audit,
-                          progress=sys.stderr.isatty() and not args.no_progress)
+                          progress=sys.stderr.isatty() and not args.no_progress, corruptions=args.corruptions,
+                          severities=args.severities, corruption_seed=args.corruption_seed,
+                          robustness_reference=args.robustness_reference)
     print_metrics(result.metrics)
     console = _console()
     console.print(f"predictions: {result.predictions_path}")
@@ -139,6 +150,14 @@ def print_metrics(doc: dict[str, Any]) -> None:
         t = doc["timing"]
         console.print(f"runtime on {t['device']}: {t['ms_per_image_batch1']:.2f} ms/image at batch 1, "
                       f"{t['ms_per_image_batched']:.2f} ms/image at batch {t['batch_size']} (tta {fmt(t['tta'])})")
+    if doc.get("subgroups"):
+        from lesionlab.evaluate.subgroups import summary_text
+
+        console.print(f"subgroups: {summary_text(doc['subgroups'])}")
+    if doc.get("robustness"):
+        from lesionlab.evaluate.robustness_report import headline_text
+
+        console.print(f"robustness: {headline_text(doc['robustness'])}")
     for key, reason in (doc.get("undefined") or {}).items():
         console.print(f"[yellow]undefined[/yellow] {key}: {reason}")
     for warning in ev.get("warnings") or []:

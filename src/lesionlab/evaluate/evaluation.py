@@ -29,6 +29,7 @@ from lesionlab.core.metrics import (
     softmax,
 )
 from lesionlab.data.audit import audit_split
+from lesionlab.data.corruptions import parse_corruptions, parse_severities
 from lesionlab.data.sources import DataSource, open_source
 from lesionlab.data.splits import split_hash
 from lesionlab.evaluate.calibration import (
@@ -48,6 +49,10 @@ from lesionlab.evaluate.predictions import (
     write_predictions,
 )
 from lesionlab.evaluate.report import METRICS_FILE, PREDICTIONS_FILE
+from lesionlab.evaluate.robustness import RobustnessError, clean_check_warnings, evaluate_corruptions, load_reference
+from lesionlab.evaluate.robustness_report import card_summary as robustness_card
+from lesionlab.evaluate.subgroups import card_summary as subgroups_card
+from lesionlab.evaluate.subgroups import subgroup_analysis, subgroup_warnings
 from lesionlab.runs import Run, load_run, update_run_info
 
 MODEL_CARD_FILE = "model_card.json"
@@ -128,8 +133,19 @@ def card_document(doc: dict[str, Any]) -> dict[str, Any]:
                            and ci[name].get("low") is not None else None}
                     for name in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")},
         "malignant": doc.get("malignant"), "referral": doc.get("referral"), "timing": doc.get("timing"),
+        **_card_extras(doc),
         "intended_use": INTENDED_USE, "known_limits": list(KNOWN_LIMITS),
     }
+
+
+def _card_extras(doc: dict[str, Any]) -> dict[str, Any]:
+    """The model card's subgroup and robustness summaries, when the evaluation has them."""
+    out: dict[str, Any] = {}
+    if doc.get("subgroups"):
+        out["subgroups"] = subgroups_card(doc["subgroups"])
+    if doc.get("robustness"):
+        out["robustness"] = robustness_card(doc["robustness"])
+    return out
 
 
 def audit_summary(audit: dict[str, Any]) -> dict[str, Any]:
@@ -222,12 +238,19 @@ def evaluate_run(run_dir: str | Path, data_cfg: DataConfig | None = None, split:
                  target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY, isic_csv: str | Path | None = None,
                  isic_images: str | Path | None = None, out_dir: str | Path | None = None, bootstrap: int = 1000,
                  seed: int = 0, batch_size: int = 64, device: str = "cpu", timing_images: int = 64,
-                 audit: str = "lesions", progress: bool = True) -> EvaluationResult:
+                 audit: str = "lesions", progress: bool = True, corruptions: str | list[str] | None = None,
+                 severities: str | list[int] | None = None, corruption_seed: int = 0,
+                 robustness_reference: str | Path | None = None) -> EvaluationResult:
     """Score ``split`` of the run's data (or ``data_cfg``, or an ISIC set) and write the evaluation directory.
 
     ``audit``: see :func:`run_audit`; the full audit is written to ``audit.json``, its summary into metrics.json.
-    An external ISIC set is not a split, so it is not audited.
+    An external ISIC set is not a split, so it is not audited. Every evaluation reports subgroups
+    (:mod:`lesionlab.evaluate.subgroups`); with ``corruptions`` (``"all"`` or names) it also scores the corrupted
+    test split (:mod:`lesionlab.evaluate.robustness`) at ``severities`` (default 1-5).
     """
+    if corruptions:  # a misspelt corruption fails before any model work
+        parse_corruptions(corruptions)
+        parse_severities(severities)
     run = load_run(run_dir, device=device)
     external = isic_csv is not None
     source, cfg = open_eval_source(run, data_cfg, Path(isic_csv) if isic_csv else None,
@@ -257,11 +280,34 @@ def evaluate_run(run_dir: str | Path, data_cfg: DataConfig | None = None, split:
                            run.info.get("referral_threshold"),
                            "fitted on val (this evaluation)" if calibrate else "run.json", context,
                            referral_fit=run.info.get("referral"))
+    out = Path(out_dir) if out_dir else default_out_dir(run.path, eval_split, external)
+    doc["subgroups"] = subgroup_analysis(source.table.iloc[rows], y, proba, run.classes, bootstrap=bootstrap,
+                                         seed=seed)
+    context["evaluation"]["warnings"] += subgroup_warnings(doc["subgroups"])
+    if corruptions:
+        doc["robustness"] = _robustness(run, source, rows, y, logits, out, use_tta, batch_size, progress,
+                                        context["data"]["split_name"], corruptions=corruptions,
+                                        severities=severities, seed=corruption_seed, reference=robustness_reference)
+        context["evaluation"]["warnings"] += clean_check_warnings(doc["robustness"])
     full_audit = None if external else run_audit(source, audit, progress)
     if external:
         doc["audit"] = {"status": "n/a", "verdict": "external test set, not a split of the training data; overlap "
                                                     "with the training images was not checked"}
     elif full_audit is not None:
         doc["audit"] = audit_summary(full_audit)
-    out = Path(out_dir) if out_dir else default_out_dir(run.path, eval_split, external)
     return _write_evaluation(out, doc, frame, full_audit)
+
+
+def _robustness(run: Run, source: DataSource, rows: np.ndarray, y: np.ndarray, logits: np.ndarray, out: Path,
+                tta: bool, batch_size: int, progress: bool, split_name: str, corruptions: Any, severities: Any,
+                seed: int, reference: str | Path | None) -> dict[str, Any]:
+    """The corrupted test split: the same images as the clean evaluation, at the run's input size."""
+    if run.preprocessing is None:
+        raise RobustnessError(f"{run.path}: run.json has no preprocessing, so the input size to corrupt at is unknown")
+    images = [np.asarray(im) for im in load_images(source, rows, run.preprocessing, progress)]
+    metas = meta_rows(source, rows) if run.meta_encoder is not None else None
+    context = {"run": Path(run.path).name, "split_name": split_name, "n": len(rows),
+               "image_size": [int(v) for v in images[0].shape[:2]]}
+    return evaluate_corruptions(run, images, y, source.table["image_id"].iloc[rows].astype(str).tolist(), metas,
+                                out, corruptions, severities, seed, tta, batch_size, load_reference(reference),
+                                context, clean_logits=logits, progress=progress)

@@ -9,9 +9,7 @@ Every section carries a stable ``id`` and ``data-testid`` so browser tests (and 
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from lesionlab.core.card import INTENDED_USE, KNOWN_LIMITS, UNKNOWN_LICENCE
 from lesionlab.core.errors import LesionlabError, MissingFileError
 from lesionlab.core.io import atomic_write_text, read_json
 from lesionlab.core.metrics import HEADLINE
+from lesionlab.evaluate.document import Document, Plot, Table, fmt, fmt_ci
 from lesionlab.evaluate.figures import (
     confusion_figure,
     curves_figure,
@@ -32,6 +31,10 @@ from lesionlab.evaluate.figures import (
     sens_spec_figure,
 )
 from lesionlab.evaluate.predictions import arrays, read_predictions
+from lesionlab.evaluate.robustness_report import headline_text, report_plots
+from lesionlab.evaluate.robustness_report import report_tables as robustness_tables
+from lesionlab.evaluate.subgroups import report_tables as subgroup_tables
+from lesionlab.evaluate.subgroups import summary_text
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -49,78 +52,6 @@ METRIC_NAMES = {
 
 class ReportError(LesionlabError, ValueError):
     """Inputs a report cannot be made from; the message names the file or field."""
-
-
-# ------------------------------------------------------------------------------------------------- pieces
-
-
-@dataclass
-class Table:
-    """A titled table rendered identically into HTML and Markdown (cells are already formatted strings)."""
-
-    title: str
-    testid: str
-    columns: list[str]
-    rows: list[list[str]]
-    note: str = ""
-
-    def markdown(self) -> str:
-        """GitHub Markdown: heading, table, note."""
-        esc = [str(c).replace("|", "\\|") for c in self.columns]
-        lines = [f"### {self.title}", "", "| " + " | ".join(esc) + " |", "|" + "---|" * len(esc)]
-        lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in self.rows]
-        if self.note:
-            lines += ["", self.note]
-        return "\n".join(lines)
-
-
-@dataclass
-class Plot:
-    """A figure as an inline PNG data URI."""
-
-    title: str
-    testid: str
-    data_uri: str
-    alt: str
-    caption: str = ""
-
-
-@dataclass
-class Document:
-    """Everything a report template needs."""
-
-    title: str
-    subtitle: str
-    kind: str  # "run" or "grid"
-    warnings: list[str] = field(default_factory=list)
-    card: list[tuple[str, str]] = field(default_factory=list)  # model card: (field, text)
-    card_lists: dict[str, list[str]] = field(default_factory=dict)  # model card: (heading -> bullet points)
-    plots: list[Plot] = field(default_factory=list)
-    tables: list[Table] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    generated: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-
-
-def fmt(value: Any, digits: int = 3) -> str:
-    """A cell: ``n/a`` for undefined, fixed decimals for floats, text otherwise."""
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int | np.integer):
-        return f"{int(value):,}"
-    if isinstance(value, float | np.floating):
-        return f"{float(value):.{digits}f}"
-    return str(value)
-
-
-def fmt_ci(ci: dict[str, Any] | None) -> str:
-    """``low - high`` of a bootstrap CI, or why it is missing."""
-    if not ci:
-        return "not computed"
-    if ci.get("low") is None:
-        return f"n/a ({ci.get('undefined', 'undefined')})"
-    return f"{ci['low']:.3f} – {ci['high']:.3f}"
 
 
 # ------------------------------------------------------------------------------------------ run document
@@ -234,11 +165,18 @@ def model_card(doc: dict[str, Any]) -> tuple[list[tuple[str, str]], dict[str, li
                        f"lesionlab {ev.get('lesionlab_version', 'n/a')}, {ev.get('created', '')}"),
         ("Intended use", INTENDED_USE),
     ]
+    if doc.get("subgroups"):
+        card.insert(-1, ("Subgroups", summary_text(doc["subgroups"])))
+    if doc.get("robustness"):
+        card.insert(-1, ("Robustness (corrupted test split)", headline_text(doc["robustness"])))
     return card, {"Known limits": list(KNOWN_LIMITS)}
 
 
-def run_report(doc: dict[str, Any], predictions: pd.DataFrame) -> Document:
-    """The run report's content from a metrics document and its predictions table (pure)."""
+def run_report(doc: dict[str, Any], predictions: pd.DataFrame, gallery_png: bytes | None = None) -> Document:
+    """The run report's content from a metrics document and its predictions table (pure).
+
+    ``gallery_png``: the corruption gallery image, shown with the robustness figures when given.
+    """
     classes = list(doc.get("classes") or CLASS_CODES)
     y, proba = arrays(predictions, classes)
     if len(y) != doc.get("n"):
@@ -270,6 +208,11 @@ def run_report(doc: dict[str, Any], predictions: pd.DataFrame) -> Document:
     ]
     tables = [headline_table(doc), per_class_table(doc, classes), _confusion_table(doc, classes)]
     tables += [t for t in (_referral_table(doc), _runtime_table(doc)) if t is not None]
+    if doc.get("subgroups"):
+        tables += subgroup_tables(doc["subgroups"])
+    if doc.get("robustness"):
+        tables += robustness_tables(doc["robustness"], classes)
+        plots += report_plots(doc["robustness"], gallery_png)
     tables.append(Table("Classes", "table-classes", ["code", "name"], [[c, names.get(c, c)] for c in classes]))
     return Document(title=f"Evaluation report: {run.get('name', 'run')}",
                     subtitle=f"{data.get('source', 'data')} / {data.get('split', 'split')} - {doc.get('n')} images",
@@ -351,4 +294,6 @@ def render_run_report(path: str | Path, out_dir: str | Path | None = None) -> di
     eval_dir = find_eval_dir(path)
     doc = read_metrics_doc(eval_dir / METRICS_FILE)
     predictions = read_predictions(eval_dir / PREDICTIONS_FILE, doc["classes"])
-    return write_report(run_report(doc, predictions), out_dir or eval_dir)
+    gallery = eval_dir / str(((doc.get("robustness") or {}).get("gallery") or {}).get("file", ""))
+    gallery_png = gallery.read_bytes() if doc.get("robustness") and gallery.is_file() else None
+    return write_report(run_report(doc, predictions, gallery_png), out_dir or eval_dir)

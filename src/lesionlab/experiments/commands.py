@@ -33,6 +33,11 @@ def register(subparsers: Any) -> None:
     what.add_argument("--commands", type=Path, metavar="FILE", help="write one shell command per unfinished run")
     p.add_argument("--workers", type=int, default=None, help="parallel runs (default: the grid's 'workers')")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // workers)")
+    p.add_argument("--no-final", action="store_true",
+                   help="with a select section: stop after the cross-validation ranking (no final run, test unscored)")
+    p.add_argument("--allow-rescore", action="store_true",
+                   help="with a select section: score the test split for a new choice although another choice's "
+                        "final run has scored it already (recorded)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_main)
 
@@ -59,10 +64,10 @@ def _frame_table(title: str, frame: Any) -> Table:
     return table
 
 
-def _aggregate(cfg: Any, plan: list, console: Console) -> None:
+def _aggregate(cfg: Any, plan: list, console: Console, base: dict | None = None) -> None:
     from lesionlab.experiments.runner import aggregate_grid
 
-    tables, paths = aggregate_grid(cfg, plan)
+    tables, paths = aggregate_grid(cfg, plan, base)
     for title, frame in tables.tables.items():
         console.print(_frame_table(title, frame))
     if not tables.tests_table.empty:
@@ -95,9 +100,13 @@ def _main(args: argparse.Namespace) -> int:
                   f"{len(todo)} to do -> {cfg.output_dir}")
     if args.dry_run:
         console.print(_plan_table(plan, cfg.label_names))
+        if cfg.select is not None:
+            console.print(f"then: the condition with the best mean {cfg.select.metric} over the folds is trained on "
+                          "the base split and scored once on its test split"
+                          + ("" if cfg.select.final else " (select.final is off: no final run)"))
         return 0
     if args.aggregate_only:
-        _aggregate(cfg, plan, console)
+        _aggregate(cfg, plan, console, base)
         return 0
     hashes = prepare_grid(cfg, plan, grid_path=args.grid)
     n_splits = len(set(hashes.values()))
@@ -113,8 +122,11 @@ def _main(args: argparse.Namespace) -> int:
                       f"sbatch {args.slurm}")
         return 0
     results = execute_local(plan, cfg, threads=args.threads, progress=not args.no_progress)
-    _aggregate(cfg, plan, console)
+    _aggregate(cfg, plan, console, base)
     failed = [r for r in results if not r.ok]
+    if cfg.select is not None and cfg.select.final and not args.no_final and not failed:
+        results += _final(cfg, plan, base, args, console)
+        failed = [r for r in results if not r.ok]
     if failed:
         cols = ("run id", "exit status", "log")
         table = rich_table(f"[red]{len(failed)} of {len(results)} runs failed[/] (the others were kept)", cols, cols)
@@ -125,3 +137,31 @@ def _main(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _final(cfg: Any, plan: list, base: dict, args: argparse.Namespace, console: Console) -> list:
+    """Train the CV-chosen condition on the base split and score its test split once; re-aggregate."""
+    from lesionlab.experiments.aggregate import collect
+    from lesionlab.experiments.runner import execute_local
+    from lesionlab.experiments.selection import check_test_once, final_run, select
+
+    results, _ = collect(plan)
+    sel = select(results, cfg)
+    if not sel.complete or sel.chosen is None:
+        console.print("[yellow]selection:[/] not every condition has all its folds; no final run yet (re-run to "
+                      "finish them)")
+        return []
+    final = final_run(cfg, base, sel.chosen, where=str(args.grid))
+    done = []
+    if not final.is_finished:
+        for note in check_test_once(cfg.output_dir, final, allow_rescore=args.allow_rescore):
+            console.print(f"[yellow]note:[/] {note}")
+        evaluate = cfg.evaluate.model_copy(update={
+            "split": "test", "extra_args": list(cfg.select.final_evaluate_args or cfg.evaluate.extra_args)})
+        final_cfg = cfg.model_copy(update={"evaluate": evaluate, "workers": 1})
+        console.print(f"final run {final.run_id}: chosen {sel.chosen} by the mean {sel.metric} over "
+                      f"{cfg.repeat.folds} folds; training on the base split, then scoring its test split once")
+        done = execute_local([final], final_cfg, threads=args.threads, progress=not args.no_progress)
+    _aggregate(cfg, plan, console, base)
+    console.print(f"selection: {cfg.output_dir / 'selection.md'}")
+    return done

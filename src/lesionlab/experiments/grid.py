@@ -25,6 +25,9 @@ class RepeatSpec(Strict):
     folds: int | None = Field(default=None, ge=2)
     fold_seed: int = 0  # shuffles lesions into folds; changing it changes every fold's run id
     val_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)  # of each fold's training part, lesion-grouped
+    # "all": the folds partition all labelled data (each image tested once). "train_val": cross-validation on the
+    # base split's train + val only; its test split is held out of every fold (split "holdout") for `select`.
+    within: Literal["all", "train_val"] = "all"
 
     @model_validator(mode="after")
     def _one_kind(self) -> RepeatSpec:
@@ -58,6 +61,21 @@ class EvaluateSpec(Strict):
     device: str | None = None  # e.g. cuda on GPU machines (the evaluator defaults to cpu)
     batch_size: int | None = Field(default=None, ge=1)
     extra_args: list[str] = Field(default_factory=list)  # passed to evaluate verbatim
+
+
+class SelectSpec(Strict):
+    """Choose settings by the mean cross-validation score, then score the test split once with the choice.
+
+    Needs ``repeat.folds`` with ``repeat.within: train_val``: the folds cover the base split's train + val, so the
+    choice never sees the test split. ``final``: train the chosen condition on the base split (its own train and
+    val) and evaluate it on the test split; ``final_evaluate_args`` go to that one evaluation only (for example
+    ``["--corruptions", "all"]``).
+    """
+
+    metric: str = "balanced_accuracy"
+    mode: Literal["max", "min"] = "max"
+    final: bool = True
+    final_evaluate_args: list[str] = Field(default_factory=list)
 
 
 class ReportSpec(Strict):
@@ -108,6 +126,7 @@ class ExperimentConfig(Strict):
     evaluate: EvaluateSpec = EvaluateSpec()
     report: ReportSpec = ReportSpec()
     compare: list[CompareSpec] = Field(default_factory=list)
+    select: SelectSpec | None = None
     workers: int = Field(default=1, ge=1)
     threads_per_worker: int | None = Field(default=None, ge=1)  # default: usable cores // workers
     output_dir: Path = Path("runs/grids")
@@ -186,6 +205,16 @@ def validate_grid(cfg: ExperimentConfig, where: str, base: dict[str, Any]) -> No
                 raise ConfigError(f"{where}: axes.{axis}.{level} must be a mapping of config keys to values")
             merged = apply_overrides(base, override_strings(flatten(overrides)), where=f"{where}: axes.{axis}.{level}")
             build_config(RunConfig, merged, where=f"{where}: axes.{axis}.{level}")
+    rep = cfg.repeat
+    if rep.within == "train_val" and rep.folds is None:
+        raise ConfigError(f"{where}: repeat.within: train_val needs repeat.folds (cross-validation folds)")
+    if rep.within == "train_val" and cfg.evaluate.split != "test":
+        raise ConfigError(f"{where}: with repeat.within: train_val each run is scored on its held-out fold, which "
+                          "its split file calls 'test'; set evaluate.split: test (the real test split is held out)")
+    if cfg.select is not None and not (rep.folds is not None and rep.within == "train_val"):
+        raise ConfigError(f"{where}: select chooses by cross-validation on train + val; it needs repeat.folds with "
+                          "repeat.within: train_val (choosing on the test split, or on folds that include it, "
+                          "would make the test score part of the choice)")
     known = [*names, *REPEAT_LABELS]
     for field in ("rows", "columns", "pages"):
         for axis in getattr(cfg.report, field):

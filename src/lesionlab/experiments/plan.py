@@ -34,6 +34,7 @@ class PlannedRun:
     config: RunConfig = field(repr=False)
     fold: int | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # base + overrides only: what the config file says
+    cv_data: Any = field(default=None, repr=False)  # cross-validation on train+val: the data config the folds split
 
     def config_file_dict(self) -> dict[str, Any]:
         """The run's config file content: the keys the grid sets, plus its name and output dir.
@@ -71,9 +72,14 @@ class PlannedRun:
         return (self.eval_dir / "metrics.json").is_file() and self.is_trained
 
 
-def fold_split_path(output_dir: Path, fold: int, folds: int, fold_seed: int) -> Path:
-    """The split CSV of one fold, written before the grid runs (see :mod:`lesionlab.experiments.splits`)."""
-    return output_dir / SPLITS_DIR / f"fold{fold}-of{folds}-seed{fold_seed}.csv"
+def fold_split_path(output_dir: Path, fold: int, folds: int, fold_seed: int, within: str = "all") -> Path:
+    """The split CSV of one fold, written before the grid runs (see :mod:`lesionlab.experiments.splits`).
+
+    Cross-validation files (``within="train_val"``) are named ``cv-fold...``: their ``test`` is the held-out fold
+    and the real test split is ``holdout``.
+    """
+    prefix = "cv-" if within == "train_val" else ""
+    return output_dir / SPLITS_DIR / f"{prefix}fold{fold}-of{folds}-seed{fold_seed}.csv"
 
 
 def config_path(output_dir: Path, run_id: str) -> Path:
@@ -129,6 +135,7 @@ def expand(cfg: ExperimentConfig, base: dict[str, Any], where: str = "grid") -> 
             overrides = dict(level_overrides)
             labels = {axis: level for axis, level, _ in combo}
             fold_token = None
+            cv_data = None
             if rep is not None and repeat.kind == "seed":
                 overrides["train.seed"] = rep
                 labels["seed"] = str(rep)
@@ -136,9 +143,15 @@ def expand(cfg: ExperimentConfig, base: dict[str, Any], where: str = "grid") -> 
                 if "data.split" in overrides:
                     raise ConfigError(f"{where}: an axis sets data.split, but repeat.folds gives each fold its own "
                                       "split; remove one of the two")
-                overrides["data.split"] = str(fold_split_path(cfg.output_dir, rep, repeat.folds, repeat.fold_seed))
+                if repeat.within == "train_val":
+                    before = apply_overrides(base, override_strings(overrides), where=f"{where}: run {labels}")
+                    cv_data = build_config(RunConfig, before, where=f"{where}: run {labels}").data
+                overrides["data.split"] = str(fold_split_path(cfg.output_dir, rep, repeat.folds, repeat.fold_seed,
+                                                              repeat.within))
                 labels["fold"] = str(rep)
                 fold_token = f"fold {rep}/{repeat.folds} seed {repeat.fold_seed} val {repeat.val_fraction}"
+                if repeat.within == "train_val":
+                    fold_token += f" within train_val of {cv_data.split}"
             raw = apply_overrides(base, override_strings(overrides), where=f"{where}: run {labels}")
             run_cfg: RunConfig = build_config(RunConfig, raw, where=f"{where}: run {labels}")
             digest = config_hash(run_cfg, fold_token)
@@ -148,5 +161,6 @@ def expand(cfg: ExperimentConfig, base: dict[str, Any], where: str = "grid") -> 
                                   f"(hash {digest}); two axis levels set identical values")
             seen[digest] = labels
             run_cfg = run_cfg.model_copy(update={"name": run_id, "output_dir": runs_root})
-            plan.append(PlannedRun(run_id, overrides, labels, run_cfg, rep if repeat.kind == "fold" else None, raw))
+            plan.append(PlannedRun(run_id, overrides, labels, run_cfg, rep if repeat.kind == "fold" else None, raw,
+                                   cv_data))
     return plan

@@ -24,6 +24,7 @@ from lesionlab.experiments.aggregate import Tables, aggregate, collect, write_ou
 from lesionlab.experiments.execute import Job, JobResult, run_jobs, shell_command, slurm_script, thread_env
 from lesionlab.experiments.grid import EvaluateSpec, ExperimentConfig
 from lesionlab.experiments.plan import PlannedRun, config_path
+from lesionlab.experiments.selection import write_selection_tables
 
 #: How the local scheduler calls lesionlab: the same interpreter (and so the same environment) as this process.
 LOCAL_EXE: tuple[str, ...] = (sys.executable, "-m", "lesionlab.cli")
@@ -159,14 +160,20 @@ def prepare_grid(cfg: ExperimentConfig, plan: Sequence[PlannedRun], grid_path: P
     return check_test_splits(cfg, plan)
 
 
-def aggregate_grid(cfg: ExperimentConfig, plan: Sequence[PlannedRun]) -> tuple[Tables, list[Path]]:
-    """Collect finished runs, build the tables and tests, write them (and the HTML/Markdown grid report)."""
+def aggregate_grid(cfg: ExperimentConfig, plan: Sequence[PlannedRun], base: dict[str, Any] | None = None
+                   ) -> tuple[Tables, list[Path]]:
+    """Collect finished runs, build the tables and tests, write them (and the HTML/Markdown grid report).
+
+    With a ``select`` section the cross-validation ranking is added (``selection.json``/``.md``; ``base``, the
+    grid's base config, names the final run and reads its test score once it exists).
+    """
     results, missing = collect(plan)
     tables = aggregate(results, cfg)
     if missing:
         tables.notes.append(f"{len(missing)} of {len(plan)} runs not finished yet (left out): "
                             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-    paths = write_outputs(tables, cfg, cfg.output_dir, len(plan))
+    paths = write_selection_tables(cfg, results, base, tables) if cfg.select is not None else []
+    paths += write_outputs(tables, cfg, cfg.output_dir, len(plan))
     if not results.empty:
         from lesionlab.evaluate.grid_report import render_grid_report
 

@@ -14,7 +14,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from lesionlab.config import EXECUTION_ONLY, ConfigError, DataConfig
+from lesionlab.data.sources import open_source, open_unsplit
+from lesionlab.data.splits import cv_fold_split, fold_split, group_folds, lesion_groups, read_split_csv, write_split_csv
 from lesionlab.experiments.grid import ExperimentConfig
 from lesionlab.experiments.plan import PlannedRun, fold_split_path
 
@@ -69,7 +74,7 @@ def check_fold_partition(fold_tests: Mapping[int, Sequence[str]], all_ids: Seque
 log = logging.getLogger(__name__)
 
 #: Data settings that change the pixels a run sees (or where they are cached) but not which images are in which split.
-PIXEL_ONLY = ("image_size", "resize", "synthetic_size", "convert_mode",
+PIXEL_ONLY = ("image_size", "resize", "synthetic_size", "convert_mode", "colour_constancy", "colour_constancy_power",
               *(key for *section, key in EXECUTION_ONLY if section == ["data"]))
 
 
@@ -89,7 +94,20 @@ def _by_key(plan: Sequence[PlannedRun], drop_split: bool) -> dict[str, list[Plan
 
 
 def _fold_source_config(plan: Sequence[PlannedRun]) -> DataConfig:
-    """The one data config a k-fold grid splits; runs that read different data cannot share folds."""
+    """The one data config a k-fold grid splits; runs that read different data cannot share folds.
+
+    Cross-validation on train + val (``repeat.within: train_val``) splits the base split's train + val, so there
+    the split itself must agree too.
+    """
+    if plan and plan[0].cv_data is not None:
+        cv_groups: dict[str, list[PlannedRun]] = defaultdict(list)
+        for run in plan:
+            cv_groups[split_key(run.cv_data)].append(run)
+        if len(cv_groups) > 1:
+            names = [f"{runs[0].run_id} ({len(runs)} runs)" for runs in cv_groups.values()]
+            raise SplitMismatchError("cross-validation on train + val needs every run on the same data and base "
+                                     f"split (only pixel settings may differ); these differ: {', '.join(names)}")
+        return plan[0].cv_data
     groups = _by_key(plan, drop_split=True)
     if len(groups) > 1:
         names = [f"{runs[0].run_id} ({len(runs)} runs)" for runs in groups.values()]
@@ -98,47 +116,63 @@ def _fold_source_config(plan: Sequence[PlannedRun]) -> DataConfig:
     return plan[0].config.data
 
 
+def _fold_frames(cfg: ExperimentConfig, plan: Sequence[PlannedRun]) -> tuple[str, list[pd.DataFrame]]:
+    """The split table of every fold: over all labelled data, or (``within: train_val``) over the base split's
+    train + val with its test split held out (``holdout``)."""
+    rep = cfg.repeat
+    cv = rep.within == "train_val"
+    source = (open_source if cv else open_unsplit)(_fold_source_config(plan))
+    table = source.table.reset_index(drop=True)
+    groups = lesion_groups(table, source.linked_pairs)
+    pool = table["split"].isin(["train", "val"]).to_numpy() if cv else np.ones(len(table), dtype=bool)
+    if not pool.any():
+        raise SplitMismatchError(f"{source.name}: the base split has no train or val images to cross-validate")
+    fold_of = group_folds(table["label"].to_numpy()[pool], groups[pool], rep.folds, rep.fold_seed)
+    frames = [cv_fold_split(table, groups, fold_of, k, rep.val_fraction, rep.fold_seed, pool) if cv
+              else fold_split(table, groups, fold_of, k, rep.val_fraction, rep.fold_seed) for k in range(rep.folds)]
+    return source.name, frames
+
+
 def write_fold_splits(cfg: ExperimentConfig, plan: Sequence[PlannedRun]) -> list[Path]:
     """Write one split CSV per fold (test = that fold; lesion-grouped), unless identical ones are already there.
 
     An existing file with a different assignment is an error, since finished runs may have trained on it.
     """
-    from lesionlab.data import open_unsplit, write_split_csv
-    from lesionlab.data.splits import fold_split, group_folds, lesion_groups, read_split_csv
-
     rep = cfg.repeat
     if rep.folds is None or not plan:
         return []
-    source = open_unsplit(_fold_source_config(plan))
-    table = source.table.reset_index(drop=True)
-    groups = lesion_groups(table, source.linked_pairs)
-    fold_of = group_folds(table["label"].to_numpy(), groups, rep.folds, rep.fold_seed)
+    name, frames = _fold_frames(cfg, plan)
     paths = []
-    for k in range(rep.folds):
-        frame = fold_split(table, groups, fold_of, k, rep.val_fraction, rep.fold_seed)
-        path = fold_split_path(cfg.output_dir, k, rep.folds, rep.fold_seed)
+    for k, frame in enumerate(frames):
+        path = fold_split_path(cfg.output_dir, k, rep.folds, rep.fold_seed, rep.within)
         if path.is_file():
             old = read_split_csv(path)
             same = old[["image_id", "split"]].sort_values("image_id").reset_index(drop=True).equals(
                 frame[["image_id", "split"]].astype(str).sort_values("image_id").reset_index(drop=True))
             if not same:
                 raise SplitMismatchError(f"{path}: exists with a different fold assignment than the data now gives "
-                                         f"({source.name}); the data changed since the grid's runs were made. Use a "
+                                         f"({name}); the data changed since the grid's runs were made. Use a "
                                          "new output_dir (or repeat.fold_seed) rather than mixing old and new runs")
         else:
             write_split_csv(frame, path)
         paths.append(path)
-    log.info("k-fold split files for %s (%d images, %d folds): %s", source.name, len(table), rep.folds,
-             paths[0].parent)
+    log.info("k-fold split files for %s (%d images, %d folds): %s", name, len(frames[0]), rep.folds, paths[0].parent)
     return paths
 
 
 def split_ids(data: DataConfig, split: str = "test") -> list[str]:
     """The image ids of one split of a data config, resolved by the data layer exactly as training will."""
-    from lesionlab.data import open_source
-
     table = open_source(data).table
     return table.loc[table["split"] == split, "image_id"].astype(str).tolist()
+
+
+def _fold_pool_ids(cfg: ExperimentConfig, plan: Sequence[PlannedRun]) -> list[str]:
+    """The images the folds' test parts must partition: all labelled data, or (``within: train_val``) the base
+    split's train + val (its test split stays out of every fold)."""
+    if cfg.repeat.within == "train_val":
+        table = open_source(_fold_source_config(plan)).table
+        return table.loc[table["split"].isin(["train", "val"]), "image_id"].astype(str).tolist()
+    return open_unsplit(_fold_source_config(plan)).table["image_id"].astype(str).tolist()
 
 
 def check_test_splits(cfg: ExperimentConfig, plan: Sequence[PlannedRun]) -> dict[str, str]:
@@ -168,10 +202,7 @@ def check_test_splits(cfg: ExperimentConfig, plan: Sequence[PlannedRun]) -> dict
         for fold, runs in sorted(by_fold.items()):
             check_same_test({r.run_id: hashes[r.run_id] for r in runs}, sizes)
             fold_tests[fold] = ids_of_key[split_key(runs[0].config.data)]
-        from lesionlab.data import open_unsplit
-
-        everything = open_unsplit(_fold_source_config(plan)).table["image_id"].astype(str).tolist()
-        check_fold_partition(fold_tests, everything)
+        check_fold_partition(fold_tests, _fold_pool_ids(cfg, plan))
     else:
         check_same_test(hashes, sizes)
     return hashes

@@ -24,6 +24,7 @@ import torch
 
 from lesionlab.config import RunConfig, computation_dict, dump_config
 from lesionlab.core.io import atomic_write_text
+from lesionlab.data.corruptions import parse_corruptions
 from lesionlab.models import apply_head_preset
 from lesionlab.runs import CONFIG_FILE, INFO_FILE, RunError, read_info
 from lesionlab.train import distributed as dist_utils
@@ -240,6 +241,8 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume: bool | Non
     cfg = apply_head_preset(cfg)
     cfg = cfg.model_copy(update={"model": effective_model_config(cfg)})
     check_monitor(cfg.train.monitor)
+    if cfg.augment.enabled and cfg.augment.corruptions:  # a misspelt corruption fails now, not after data loading
+        parse_corruptions(cfg.augment.corruptions)
     ctx = dist_utils.setup(cfg.train.device)
     try:
         return _fit(cfg, ctx, Path(run_dir) if run_dir else default_run_dir(cfg), resume, progress, callbacks)

@@ -165,11 +165,12 @@ def build_model(cfg: RunConfig, meta_dim: int) -> LesionModel:
 
 def preprocessing_for(cfg: RunConfig, model: LesionModel, source_size: tuple[int, int] | None = None
                       ) -> Preprocessing:
-    """The saved preprocessing: model input size and resize mode from the data config, mean/std from the model,
-    and the stored size of the training images (:attr:`PreparedData.source_size`)."""
+    """The saved preprocessing: model input size, resize mode and colour constancy from the data config, mean/std
+    from the model, and the stored size of the training images (:attr:`PreparedData.source_size`)."""
     dc = model.data_config
     return Preprocessing(size=tuple(cfg.data.image_size), resize=cfg.data.resize, mean=tuple(dc["mean"]),
-                         std=tuple(dc["std"]), source_size=source_size)
+                         std=tuple(dc["std"]), source_size=source_size, colour_constancy=cfg.data.colour_constancy,
+                         colour_constancy_power=cfg.data.colour_constancy_power)
 
 
 @dataclass

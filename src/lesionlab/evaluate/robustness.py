@@ -1,0 +1,387 @@
+"""Robustness to acquisition corruptions: a run scored on the corrupted test split, every corruption x severity.
+
+``lesionlab evaluate RUN --corruptions all [--severities 1-5]`` scores each cell (one corruption at one severity,
+applied to every image of the evaluated split; :mod:`lesionlab.data.corruptions`, after MedMNIST-C, Di Salvo et al.
+2024) and writes, beside the clean evaluation:
+
+* ``robustness.json`` (also the ``robustness`` block of metrics.json) and ``corruptions.csv`` (one row per cell);
+* ``corruption_gallery.png``: one image of the split under every corruption and severity;
+* ``corruption_cache/``: the logits of every cell, keyed by weights, preprocessing, images, seed and the corruption
+  definitions, so an interrupted or repeated evaluation scores only what is missing.
+
+The figures (MedMNIST-C's, for a multi-class task)
+    balanced error ``BE = 1 - balanced accuracy`` (arg-max decisions) per cell; per corruption the mean over the
+    severities scored; the clean ``BE`` from the same images, path and settings.
+    ``relative drop`` of a corruption = ``(BA_clean - mean BA_corrupted) / BA_clean``; the headline robustness
+    number is its mean over the corruptions scored (lower is better; 0 means unaffected).
+    Normalised against a reference run R: ``nBE = mean_c BE_c / BE_c(R)`` (MedMNIST-C's BE) and
+    ``nRBE = sum_c (BE_c - BE_clean) / sum_c (BE_c(R) - BE_clean(R))`` (MedMNIST-C's relative BE as a ratio of the
+    summed drops, which stays defined when R is unaffected by one corruption; the per-corruption ratio is given
+    where R's drop is at least 0.01). 1.0 means as robust as R, 0.5 means half R's drop.
+
+The reference run
+    MedMNIST-C normalises by an AlexNet that cannot be downloaded here. lesionlab normalises by its own best CPU
+    preset, ``configs/cpu-lite0-64-clinical.yaml`` (seed 0, ../shared/data, DermaMNIST-C split): anyone with the
+    shared data can retrain it in about 15 minutes, it is the model the project ships, and robustness work is
+    judged against it (the goal "halve the drop of today's preset" is ``nRBE <= 0.5``). Its figures are in
+    :mod:`lesionlab.evaluate.robustness_reference`; ``--robustness-reference`` takes any other evaluation's
+    ``robustness.json``. Figures are only normalised when the reference was scored on the same split (name and
+    size), at the same input size and with the same corruption definitions; otherwise they are left out with the
+    reason.
+
+Inference here runs the model in channels-last memory format (about twice as fast on CPU, float32 as before);
+the clean images are scored on the same path and compared with the standard path's predictions
+(``clean_check``), so a difference would show.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from lesionlab.classes import CLASS_CODES
+from lesionlab.core.errors import LesionlabError
+from lesionlab.core.io import atomic_write, atomic_write_json, file_sha256, read_json
+from lesionlab.core.metrics import confusion_matrix, per_class_rates
+from lesionlab.data.corruptions import (
+    CITATION,
+    CORRUPTIONS,
+    CORRUPTIONS_VERSION,
+    corrupt,
+    corruption_seed,
+    gallery,
+    parse_corruptions,
+    parse_severities,
+)
+from lesionlab.evaluate.robustness_reference import REFERENCE
+from lesionlab.runs import WEIGHTS_FILE, Run, view_averaged_logits
+
+ROBUSTNESS_FILE = "robustness.json"
+CELLS_FILE = "corruptions.csv"
+GALLERY_FILE = "corruption_gallery.png"
+CACHE_DIR = "corruption_cache"
+WORST_K = 3
+MIN_REFERENCE_DROP = 0.01
+
+
+class RobustnessError(LesionlabError, ValueError):
+    """A corruption evaluation that cannot run, or a reference file that cannot be used; names the file."""
+
+
+# ------------------------------------------------------------------------------------------- pure scoring
+
+
+def cell_scores(y: np.ndarray, logits: np.ndarray, classes: Sequence[str] = CLASS_CODES) -> dict[str, Any]:
+    """Balanced accuracy / error, accuracy and per-class recall of arg-max decisions (undefined recall: None)."""
+    y = np.asarray(y, dtype=np.int64)
+    pred = np.asarray(logits).argmax(axis=1)
+    rates = per_class_rates(confusion_matrix(y, pred, len(classes)))
+    tpr = rates["tpr"]
+    ba = float(np.nanmean(tpr)) if np.isfinite(tpr).any() else None
+    return {"balanced_accuracy": ba, "balanced_error": None if ba is None else 1.0 - ba,
+            "accuracy": float(np.mean(pred == y)),
+            "recall": {c: (None if not np.isfinite(v) else float(v)) for c, v in zip(classes, tpr, strict=True)}}
+
+
+def mean_or_none(values: Sequence[float | None]) -> float | None:
+    """The mean of the defined values (``None`` when there is none)."""
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def comparable(block: dict[str, Any], reference: dict[str, Any] | None) -> str | None:
+    """Why ``reference`` cannot normalise ``block`` (``None`` when it can)."""
+    if reference is None:
+        return "no reference run given"
+    for key, what in (("corruptions_version", "corruption definitions"), ("split_name", "split"), ("n", "images"),
+                      ("image_size", "input size")):
+        a, b = block.get(key), reference.get(key)
+        if a != b:
+            return f"the reference was scored with other {what} ({key} {b!r}, here {a!r})"
+    missing = [c for c in block["per_corruption"] if c not in (reference.get("per_corruption") or {})]
+    if missing:
+        return f"the reference lacks corruptions {missing}"
+    severities = reference.get("severities")
+    if severities is not None and list(severities) != list(block.get("severities") or []):
+        return f"the reference averaged other severities ({severities}, here {block.get('severities')})"
+    return None
+
+
+def summarise(cells: Sequence[dict[str, Any]], clean: dict[str, Any], classes: Sequence[str] = CLASS_CODES,
+              reference: dict[str, Any] | None = None, context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The robustness block from scored cells and the clean scores (pure).
+
+    ``cells``: dicts with ``corruption``, ``severity`` and :func:`cell_scores`' fields. ``context`` (split name,
+    image count and size, seed, ...) is copied in and used for the comparability check of ``reference``.
+    """
+    if not cells:
+        raise RobustnessError("no corruption cells to summarise")
+    clean_ba = clean.get("balanced_accuracy")
+    clean_be = None if clean_ba is None else 1.0 - clean_ba
+    names = list(dict.fromkeys(c["corruption"] for c in cells))
+    per: dict[str, dict[str, Any]] = {}
+    for name in names:
+        mine = [c for c in cells if c["corruption"] == name]
+        mean_ba = mean_or_none([c["balanced_accuracy"] for c in mine])
+        mean_be = None if mean_ba is None else 1.0 - mean_ba
+        drop = None if mean_ba is None or not clean_ba else (clean_ba - mean_ba) / clean_ba
+        per[name] = {"family": CORRUPTIONS[name].family, "mean_balanced_accuracy": mean_ba,
+                     "mean_balanced_error": mean_be, "mean_accuracy": mean_or_none([c["accuracy"] for c in mine]),
+                     "absolute_drop": None if mean_ba is None or clean_ba is None else clean_ba - mean_ba,
+                     "relative_drop": drop,
+                     "worst_severity": max(mine, key=lambda c: c["balanced_error"] or 0.0)["severity"]}
+    drops = [p["relative_drop"] for p in per.values()]
+    block: dict[str, Any] = {
+        **(context or {}),
+        "clean_balanced_accuracy": clean_ba, "clean_balanced_error": clean_be,
+        "clean_accuracy": clean.get("accuracy"),
+        "mean_corrupted_balanced_accuracy": mean_or_none([p["mean_balanced_accuracy"] for p in per.values()]),
+        "mean_corrupted_accuracy": mean_or_none([p["mean_accuracy"] for p in per.values()]),
+        "mean_relative_drop": mean_or_none(drops),
+        "worst_corruptions": sorted(names, key=lambda n: -(per[n]["mean_balanced_error"] or 0.0))[:WORST_K],
+        "per_corruption": per,
+        "clean_recall": clean.get("recall"),
+        "cells": [dict(c) for c in cells],
+        "n_cells": len(cells),
+    }
+    block.update(normalise(block, reference))
+    return block
+
+
+def normalise(block: dict[str, Any], reference: dict[str, Any] | None) -> dict[str, Any]:
+    """``normalised`` figures against ``reference`` (MedMNIST-C's BE and relative BE), or why they are missing."""
+    why = comparable(block, reference)
+    if why is None and block.get("clean_balanced_error") is None:
+        why = "clean balanced error undefined"
+    info = {"name": (reference or {}).get("name"), "source": (reference or {}).get("source")}
+    if why is not None:
+        return {"normalised": {"reference": info, "balanced_error": None, "relative_balanced_error": None,
+                               "undefined": why}}
+    assert reference is not None
+    ref_per = reference["per_corruption"]
+    ref_clean = reference["clean_balanced_error"]
+    per: dict[str, dict[str, float | None]] = {}
+    mine_drop, ref_drop = 0.0, 0.0
+    for name, p in block["per_corruption"].items():
+        ref_be = ref_per[name]["mean_balanced_error"]
+        be = p["mean_balanced_error"]
+        drop = be - block["clean_balanced_error"]
+        rdrop = ref_be - ref_clean
+        mine_drop += drop
+        ref_drop += rdrop
+        per[name] = {"balanced_error": be / ref_be if ref_be else None,
+                     "relative_balanced_error": drop / rdrop if rdrop >= MIN_REFERENCE_DROP else None}
+    be_ratios = [v["balanced_error"] for v in per.values() if v["balanced_error"] is not None]
+    return {"normalised": {
+        "reference": info,
+        "balanced_error": float(np.mean(be_ratios)) if be_ratios else None,
+        "relative_balanced_error": mine_drop / ref_drop if ref_drop > 0 else None,
+        "per_corruption": per,
+        "undefined": None if ref_drop > 0 else "the reference's balanced error does not rise under these corruptions",
+    }}
+
+
+def cells_frame(block: dict[str, Any]) -> pd.DataFrame:
+    """One row per cell (corruption, severity, balanced accuracy / error, accuracy, recall per class)."""
+    rows = []
+    for c in block["cells"]:
+        rows.append({"corruption": c["corruption"], "family": CORRUPTIONS[c["corruption"]].family,
+                     "severity": c["severity"], "balanced_accuracy": c["balanced_accuracy"],
+                     "balanced_error": c["balanced_error"], "accuracy": c["accuracy"],
+                     **{f"recall_{k}": v for k, v in c["recall"].items()}})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------- reference
+
+
+def load_reference(path: str | Path | None = None) -> dict[str, Any] | None:
+    """A reference run's robustness figures: the shipped default, or any ``robustness.json`` / metrics.json."""
+    if path is None:
+        return None if REFERENCE is None else dict(REFERENCE, source="lesionlab.evaluate.robustness_reference")
+    path = Path(path)
+    if path.is_dir():
+        path = path / ROBUSTNESS_FILE
+    if not path.is_file():
+        raise RobustnessError(f"robustness reference not found: {path} (give a robustness.json written by "
+                              "`lesionlab evaluate RUN --corruptions ...`)")
+    data = read_json(path, RobustnessError)
+    if isinstance(data, dict) and "robustness" in data and "per_corruption" not in data:
+        data = data["robustness"]  # a metrics.json
+    if not isinstance(data, dict) or "per_corruption" not in data or "clean_balanced_error" not in data:
+        raise RobustnessError(f"{path}: not a robustness record (needs per_corruption and clean_balanced_error)")
+    out = {k: data.get(k) for k in ("corruptions_version", "split_name", "n", "image_size", "severities",
+                                    "clean_balanced_error", "per_corruption", "seed")}
+    out["name"] = data.get("run") or data.get("name") or path.parent.name
+    out["source"] = str(path)
+    return out
+
+
+def reference_record(block: dict[str, Any], name: str, note: str = "") -> dict[str, Any]:
+    """What a reference file keeps of a robustness block (for :mod:`lesionlab.evaluate.robustness_reference`)."""
+    return {"name": name, "note": note, **{k: block.get(k) for k in (
+        "corruptions_version", "split_name", "n", "image_size", "severities", "seed", "tta",
+        "clean_balanced_error")},
+        "per_corruption": {k: {"mean_balanced_error": v["mean_balanced_error"]}
+                           for k, v in block["per_corruption"].items()}}
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+
+
+def _ids_digest(image_ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(map(str, image_ids)).encode()).hexdigest()[:16]
+
+
+def cache_key(run: Run, image_ids: Sequence[str], name: str, severity: int, seed: int, tta: bool) -> str:
+    """Identity of one cell's logits: weights, preprocessing, images (in order), corruption, seed, TTA."""
+    weights = Path(run.path) / WEIGHTS_FILE
+    parts = {"weights": file_sha256(weights) if weights.is_file() else str(id(run.model)),
+             "preprocessing": run.info.get("preprocessing"), "images": _ids_digest(image_ids),
+             "corruption": name, "severity": int(severity), "seed": int(seed), "tta": bool(tta),
+             "version": CORRUPTIONS_VERSION, "metadata": run.info.get("metadata_encoder") is not None}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _read_cached(path: Path, key: str, n: int) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["key"]) != key or data["logits"].shape[0] != n:
+                return None
+            return np.array(data["logits"])
+    except (OSError, ValueError, KeyError):  # a truncated or foreign file: score the cell again
+        return None
+
+
+def _write_cached(path: Path, key: str, logits: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, key=np.array(key), logits=np.asarray(logits, dtype=np.float32))
+
+    atomic_write(path, write)
+
+
+class _FastPredictor:
+    """The run's model in channels-last memory format for the many corrupted copies (float32 as before)."""
+
+    def __init__(self, run: Run, tta: bool, batch_size: int) -> None:
+        self.run, self.tta, self.batch_size = run, tta, batch_size
+        self.channels_last = run.device.type == "cpu"
+
+    def __enter__(self) -> _FastPredictor:
+        if self.channels_last:
+            self.run.model.to(memory_format=torch.channels_last)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.channels_last:
+            self.run.model.to(memory_format=torch.contiguous_format)
+
+    @torch.inference_mode()
+    def __call__(self, images: Sequence[np.ndarray], metas: Sequence[dict[str, Any]] | None) -> np.ndarray:
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            x = self.run.prepare_images(images[start:start + self.batch_size]).to(self.run.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            part = metas[start:start + self.batch_size] if metas is not None else None
+            meta = self.run.prepare_meta(part, len(x))
+            meta = meta.to(self.run.device) if meta is not None else None
+            out.append(view_averaged_logits(self.run.model, x, meta, self.tta).float().cpu())
+        return torch.cat(out).numpy()
+
+
+def gallery_index(labels: np.ndarray, classes: Sequence[str] = CLASS_CODES) -> int:
+    """The image the gallery shows: the split's first melanoma (what a user most needs to see), else its first."""
+    if "mel" in classes:
+        hits = np.flatnonzero(np.asarray(labels) == list(classes).index("mel"))
+        if hits.size:
+            return int(hits[0])
+    return 0
+
+
+def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndarray, image_ids: Sequence[str],
+                         metas: Sequence[dict[str, Any]] | None, out_dir: str | Path,
+                         corruptions: str | Sequence[str] = "all", severities: str | Sequence[int] | None = None,
+                         seed: int = 0, tta: bool = True, batch_size: int = 64,
+                         reference: dict[str, Any] | None = None, context: dict[str, Any] | None = None,
+                         clean_logits: np.ndarray | None = None, progress: bool = True) -> dict[str, Any]:
+    """Score every (corruption, severity) cell of ``images`` with ``run``; write the files; return the block.
+
+    ``images`` are the uint8 arrays at the run's input size (the cache's rows), ``labels`` their class indices.
+    ``clean_logits``: the standard evaluation path's logits of the same images, for the ``clean_check``.
+    """
+    names = parse_corruptions(corruptions)
+    levels = parse_severities(severities)
+    if len(images) != len(labels) or len(images) != len(image_ids):
+        raise RobustnessError(f"{len(images)} images, {len(labels)} labels and {len(image_ids)} ids do not line up")
+    if not len(images):
+        raise RobustnessError("no images to corrupt")
+    out = Path(out_dir)
+    cache = out / CACHE_DIR
+    y = np.asarray(labels, dtype=np.int64)
+    classes = list(run.classes)
+    cells: list[dict[str, Any]] = []
+    reused = 0
+    start = time.perf_counter()
+    with _FastPredictor(run, tta, batch_size) as predict:
+        clean = predict(list(images), metas)
+        clean_scores = cell_scores(y, clean, classes)
+        check: dict[str, Any] = {"path": "channels-last" if predict.channels_last else "standard"}
+        if clean_logits is not None:
+            same = clean.argmax(1) == np.asarray(clean_logits).argmax(1)
+            check.update(argmax_agreement=float(same.mean()),
+                         max_abs_logit_difference=float(np.max(np.abs(clean - clean_logits))))
+        jobs = [(n, s) for n in names for s in levels]
+        bar = tqdm(jobs, desc="corrupted test split", unit="cell", disable=not progress)
+        for name, severity in bar:
+            bar.set_postfix_str(f"{name} s{severity}")
+            key = cache_key(run, image_ids, name, severity, seed, tta)
+            path = cache / f"{name}-s{severity}.npz"
+            logits = _read_cached(path, key, len(images))
+            if logits is None:
+                corrupted = [corrupt(img, name, severity, np.random.default_rng(corruption_seed(seed, name, severity,
+                                                                                                  iid)))
+                             for img, iid in zip(images, image_ids, strict=True)]
+                logits = predict(corrupted, metas)
+                _write_cached(path, key, logits)
+            else:
+                reused += 1
+            cells.append({"corruption": name, "severity": severity, **cell_scores(y, logits, classes)})
+    first = gallery_index(y, classes)
+    picture = gallery(np.asarray(images[first]), names, levels, seed=seed, key=str(image_ids[first]),
+                      scale=2 if min(np.asarray(images[first]).shape[:2]) < 96 else 1)
+    gallery_path = atomic_write(out / GALLERY_FILE, lambda tmp: picture.save(tmp, format="PNG"))
+    ctx = {"corruptions_version": CORRUPTIONS_VERSION, "corruptions": list(names), "severities": list(levels),
+           "seed": seed, "tta": tta, "citation": CITATION, **(context or {})}
+    block = summarise(cells, clean_scores, classes, reference, ctx)
+    block["clean_check"] = check
+    block["gallery"] = {"file": GALLERY_FILE, "image_id": str(image_ids[first]),
+                        "class": classes[int(y[first])]}
+    block["cells_reused"] = reused
+    block["timing"] = {"seconds": round(time.perf_counter() - start, 1), "cells_scored": len(cells) - reused,
+                       "images_per_cell": len(images), "threads": torch.get_num_threads()}
+    atomic_write_json(out / ROBUSTNESS_FILE, block)
+    atomic_write(out / CELLS_FILE, lambda tmp: cells_frame(block).to_csv(tmp, index=False, float_format="%.6g"))
+    assert gallery_path.is_file()
+    return block
+
+
+def clean_check_warnings(block: dict[str, Any]) -> list[str]:
+    """The evaluation warning when the benchmark's fast inference path disagrees with the standard one."""
+    check = block.get("clean_check") or {}
+    if check.get("argmax_agreement", 1.0) >= 1.0:
+        return []
+    return [f"the corruption benchmark's {check['path']} inference path disagrees with the standard path on "
+            f"{100 * (1 - check['argmax_agreement']):.1f}% of the clean images"]

@@ -1,0 +1,142 @@
+"""The robustness section of a run report and model card: heatmap, tables, gallery and the headline line.
+
+Reads the ``robustness`` block that :func:`lesionlab.evaluate.robustness.evaluate_corruptions` writes (also in
+metrics.json); pure functions from that block to report pieces.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+
+from lesionlab.classes import CLASS_CODES
+from lesionlab.data.corruptions import CITATION
+from lesionlab.evaluate.document import Plot, Table
+from lesionlab.evaluate.figures import png_data_uri
+from lesionlab.evaluate.robustness import GALLERY_FILE, mean_or_none
+
+
+def heatmap_figure(block: dict[str, Any]) -> Figure:
+    """Balanced accuracy per corruption (rows) and severity (columns) plus the mean, against the clean value."""
+    names = list(block["per_corruption"])
+    levels = list(block["severities"])
+    grid = np.full((len(names), len(levels) + 1), np.nan)
+    for c in block["cells"]:
+        v = c["balanced_accuracy"]
+        grid[names.index(c["corruption"]), levels.index(c["severity"])] = np.nan if v is None else v
+    for i, n in enumerate(names):
+        v = block["per_corruption"][n]["mean_balanced_accuracy"]
+        grid[i, -1] = np.nan if v is None else v
+    clean = block.get("clean_balanced_accuracy") or 1.0
+    fig = Figure(figsize=(1.0 * (len(levels) + 1) + 3.2, 0.36 * len(names) + 1.6))
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap="RdYlGn", vmin=0.0, vmax=max(clean, 1e-6), aspect="auto")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="balanced accuracy")
+    ax.set_xticks(range(len(levels) + 1), [*(str(s) for s in levels), "mean"])
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("severity")
+    ax.axvline(len(levels) - 0.5, color="black", lw=1)
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            v = grid[i, j]
+            ax.text(j, i, "n/a" if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_title(f"Balanced accuracy on the corrupted test split (clean {clean:.3f})")
+    fig.tight_layout()
+    return fig
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    return f"{float(v):.{digits}f}"
+
+
+def headline_text(block: dict[str, Any]) -> str:
+    """One line for the model card and the console."""
+    norm = block.get("normalised") or {}
+    text = (f"mean relative drop {_fmt(block.get('mean_relative_drop'))} of clean balanced accuracy "
+            f"{_fmt(block.get('clean_balanced_accuracy'))} under {len(block['per_corruption'])} corruptions x "
+            f"{len(block['severities'])} severities (mean corrupted balanced accuracy "
+            f"{_fmt(block.get('mean_corrupted_balanced_accuracy'))}); worst: {', '.join(block['worst_corruptions'])}")
+    if norm.get("relative_balanced_error") is not None:
+        text += (f"; against {norm['reference'].get('name')}: relative balanced error "
+                 f"{_fmt(norm['relative_balanced_error'])}, balanced error {_fmt(norm.get('balanced_error'))}")
+    elif norm.get("undefined"):
+        text += f"; not normalised ({norm['undefined']})"
+    return text
+
+
+def report_tables(block: dict[str, Any], classes: Sequence[str] = CLASS_CODES) -> list[Any]:
+    """The report's robustness tables: per corruption, and per-class recall under the worst corruptions."""
+    norm = block.get("normalised") or {}
+    norm_per = norm.get("per_corruption") or {}
+    rows = []
+    for name, p in block["per_corruption"].items():
+        cells = {c["severity"]: c["balanced_accuracy"] for c in block["cells"] if c["corruption"] == name}
+        rows.append([name, p["family"], *(_fmt(cells.get(s)) for s in block["severities"]),
+                     _fmt(p["mean_balanced_error"]), _fmt(p["relative_drop"]),
+                     _fmt((norm_per.get(name) or {}).get("relative_balanced_error"))])
+    rows.append(["mean", "", *("" for _ in block["severities"]), _fmt(mean_or_none(
+        [p["mean_balanced_error"] for p in block["per_corruption"].values()])), _fmt(block["mean_relative_drop"]),
+        _fmt(norm.get("relative_balanced_error"))])
+    note = (f"Balanced accuracy per severity, balanced error (1 - balanced accuracy) and relative drop "
+            f"((clean - corrupted) / clean balanced accuracy) averaged over severities. Clean balanced accuracy "
+            f"{_fmt(block['clean_balanced_accuracy'])} on the same images and path. Corruptions after MedMNIST-C "
+            f"({CITATION}), scaled to the {block.get('image_size')} input; seed {block.get('seed')}. ")
+    if norm.get("relative_balanced_error") is not None:
+        note += (f"nRBE: drop relative to the reference {norm['reference'].get('name')} (1 = as robust; 0.5 = half "
+                 f"its drop); overall normalised balanced error {_fmt(norm.get('balanced_error'))}.")
+    else:
+        note += f"Not normalised: {norm.get('undefined')}."
+    check = block.get("clean_check") or {}
+    if "argmax_agreement" in check:
+        note += (f" The {check['path']} inference path agrees with the standard one on "
+                 f"{100 * check['argmax_agreement']:.1f}% of the clean images.")
+    per = Table("Corrupted test split: balanced accuracy per corruption and severity", "table-corruptions",
+                ["corruption", "family", *(f"s{s}" for s in block["severities"]), "mean BE", "relative drop", "nRBE"],
+                rows, note)
+    recall_rows = [["clean", *(_fmt((block.get("clean_recall") or {}).get(c)) for c in classes)]]
+    for name in block["worst_corruptions"]:
+        mine = [c for c in block["cells"] if c["corruption"] == name]
+        recall_rows.append([f"{name} (mean over severities)",
+                            *(_fmt(mean_or_none([c["recall"].get(k) for c in mine])) for k in classes)])
+        top = max(mine, key=lambda c: c["severity"])
+        recall_rows.append([f"{name} (severity {top['severity']})", *(_fmt(top["recall"].get(k)) for k in classes)])
+    worst = Table("Per-class recall under the worst corruptions", "table-corruption-recall", ["condition", *classes],
+                  recall_rows, "Recall (sensitivity) of each class: which diagnoses the worst corruptions cost.")
+    return [per, worst]
+
+
+def report_plots(block: dict[str, Any], gallery_png: bytes | None = None) -> list[Any]:
+    """The heatmap (and the gallery, when its PNG is given; embedded as JPEG to keep the page small)."""
+    plots = [Plot("Corrupted test split", "fig-corruptions", png_data_uri(heatmap_figure(block)),
+                  "heatmap of balanced accuracy per corruption and severity", headline_text(block))]
+    if gallery_png:
+        buf = io.BytesIO()
+        with Image.open(io.BytesIO(gallery_png)) as img:
+            img.convert("RGB").save(buf, format="JPEG", quality=88)
+        uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        g = block.get("gallery") or {}
+        plots.append(Plot("Corruption gallery", "fig-corruption-gallery", uri,
+                          "one test image under every corruption and severity",
+                          f"image {g.get('image_id')} ({g.get('class')}); full resolution in {GALLERY_FILE}"))
+    return plots
+
+
+def card_summary(block: dict[str, Any]) -> dict[str, Any]:
+    """What ``model_card.json`` keeps: the headline figures and their definitions."""
+    norm = block.get("normalised") or {}
+    return {"headline": headline_text(block), "mean_relative_drop": block.get("mean_relative_drop"),
+            "clean_balanced_accuracy": block.get("clean_balanced_accuracy"),
+            "mean_corrupted_balanced_accuracy": block.get("mean_corrupted_balanced_accuracy"),
+            "worst_corruptions": block.get("worst_corruptions"),
+            "normalised_relative_balanced_error": norm.get("relative_balanced_error"),
+            "normalised_balanced_error": norm.get("balanced_error"), "reference": norm.get("reference"),
+            "corruptions": block.get("corruptions"), "severities": block.get("severities"),
+            "citation": block.get("citation")}

@@ -1,0 +1,208 @@
+"""The corrupted test split: cell scores, the summary and its normalisation, reference files, and `evaluate
+--corruptions` end to end on a tiny run (cached cells, gallery, report, metrics.json and model card)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import balanced_accuracy_score
+
+from lesionlab.classes import CLASS_CODES
+from lesionlab.cli import main
+from lesionlab.config import load_config
+from lesionlab.evaluate.robustness import (
+    RobustnessError,
+    cell_scores,
+    cells_frame,
+    comparable,
+    load_reference,
+    reference_record,
+    summarise,
+)
+from lesionlab.evaluate.robustness_report import heatmap_figure
+
+
+def _cell(name: str, severity: int, ba: float) -> dict:
+    return {"corruption": name, "severity": severity, "balanced_accuracy": ba, "balanced_error": 1 - ba,
+            "accuracy": ba + 0.1, "recall": dict.fromkeys(CLASS_CODES, ba)}
+
+
+CONTEXT = {"corruptions_version": 1, "split_name": "dermamnist_c (published)", "n": 908, "image_size": [128, 128],
+           "severities": [1, 2], "seed": 0}
+
+
+def _block(reference: dict | None = None) -> dict:
+    cells = [_cell("pixelate", 1, 0.7), _cell("pixelate", 2, 0.5), _cell("motion_blur", 1, 0.78),
+             _cell("motion_blur", 2, 0.74)]
+    clean = {"balanced_accuracy": 0.8, "accuracy": 0.9, "recall": dict.fromkeys(CLASS_CODES, 0.8)}
+    return summarise(cells, clean, reference=reference, context=dict(CONTEXT))
+
+
+def test_cell_scores_match_scikit_learn() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.choice(7, 300)
+    logits = rng.normal(size=(300, 7)) + 2 * np.eye(7)[y]
+    scores = cell_scores(y, logits)
+    assert scores["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, logits.argmax(1)))
+    assert scores["balanced_error"] == pytest.approx(1 - scores["balanced_accuracy"])
+    assert scores["recall"]["mel"] == pytest.approx(np.mean(logits[y == 4].argmax(1) == 4))
+    absent = cell_scores(np.zeros(5, int), np.eye(7)[[0, 0, 1, 0, 0]])
+    assert absent["recall"]["vasc"] is None and absent["balanced_accuracy"] == pytest.approx(0.8)
+
+
+def test_summary_figures() -> None:
+    block = _block()
+    pix, mot = block["per_corruption"]["pixelate"], block["per_corruption"]["motion_blur"]
+    assert pix["mean_balanced_accuracy"] == pytest.approx(0.6) and pix["relative_drop"] == pytest.approx(0.25)
+    assert mot["relative_drop"] == pytest.approx(0.05) and pix["worst_severity"] == 2
+    assert block["mean_relative_drop"] == pytest.approx(0.15)
+    assert block["mean_corrupted_balanced_accuracy"] == pytest.approx(0.68)
+    assert block["worst_corruptions"] == ["pixelate", "motion_blur"]
+    assert block["normalised"]["relative_balanced_error"] is None
+    assert block["normalised"]["undefined"] == "no reference run given"
+    frame = cells_frame(block)
+    assert len(frame) == 4 and {"recall_mel", "balanced_error", "family"} <= set(frame.columns)
+    assert heatmap_figure(block) is not None
+
+
+def test_normalisation_against_a_reference() -> None:
+    ref = {"name": "ref", **CONTEXT, "clean_balanced_error": 0.3,
+           "per_corruption": {"pixelate": {"mean_balanced_error": 0.6}, "motion_blur": {"mean_balanced_error": 0.305}}}
+    block = _block(ref)
+    norm = block["normalised"]
+    # BE ratios: 0.4 / 0.6 and 0.24 / 0.305; summed drops: (0.2 + 0.04) / (0.3 + 0.005)
+    assert norm["balanced_error"] == pytest.approx(np.mean([0.4 / 0.6, 0.24 / 0.305]))
+    assert norm["relative_balanced_error"] == pytest.approx(0.24 / 0.305)
+    assert norm["per_corruption"]["pixelate"]["relative_balanced_error"] == pytest.approx(0.2 / 0.3)
+    assert norm["per_corruption"]["motion_blur"]["relative_balanced_error"] is None  # reference drop < 0.01
+    for key, value, why in (("n", 1227, "images"), ("corruptions_version", 0, "corruption definitions"),
+                            ("image_size", [64, 64], "input size"), ("severities", [1, 2, 3], "severities")):
+        other = {**ref, key: value}
+        assert why in comparable(block, other)
+        assert _block(other)["normalised"]["relative_balanced_error"] is None
+
+
+def test_reference_files(tmp_path: Path) -> None:
+    block = _block()
+    record = reference_record(block, "unit reference")
+    (tmp_path / "robustness.json").write_text(json.dumps(block))
+    (tmp_path / "metrics.json").write_text(json.dumps({"robustness": block, "n": 908}))
+    for path in (tmp_path, tmp_path / "robustness.json", tmp_path / "metrics.json"):
+        ref = load_reference(path)
+        assert ref["per_corruption"]["pixelate"]["mean_balanced_error"] == pytest.approx(0.4)
+        assert comparable(block, ref) is None
+    assert record["per_corruption"]["pixelate"] == {"mean_balanced_error": pytest.approx(0.4)}
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(RobustnessError, match="not a robustness record"):
+        load_reference(tmp_path / "bad.json")
+    with pytest.raises(RobustnessError, match="not found"):
+        load_reference(tmp_path / "missing.json")
+    shipped = load_reference(None)
+    assert shipped["name"] and shipped["per_corruption"] and shipped["corruptions_version"] == 1
+
+
+DATA = ["data.source=synthetic", "data.split=lesion", "data.synthetic_n=140", "data.synthetic_size=32",
+        "data.image_size=32"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny saved run (random test network, clinical fusion) on the synthetic source."""
+    from lesionlab.data import MetadataEncoder, open_source, split_hash
+    from lesionlab.data.transforms import Preprocessing
+    from lesionlab.models import create_model
+    from lesionlab.runs import save_run
+
+    cfg = load_config(None, ["model.name=test_efficientnet", "model.pretrained=false", "name=tiny",
+                             "model.fusion=concat", *DATA])
+    source = open_source(cfg.data)
+    encoder = MetadataEncoder.fit(source.table[source.table["split"] == "train"])
+    torch.manual_seed(0)
+    model = create_model(cfg.model, meta_dim=encoder.dim).eval()
+    pre = Preprocessing(size=(32, 32), mean=model.data_config["mean"], std=model.data_config["std"])
+    return save_run(tmp_path_factory.mktemp("runs") / "tiny", model, cfg, pre, encoder, split_hash(source.table),
+                    {"epoch": 1, "balanced_accuracy": 0.2})
+
+
+@pytest.mark.slow
+def test_evaluate_with_corruptions_end_to_end(run_dir: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "eval"
+    args = ["evaluate", str(run_dir), "--bootstrap", "20", "--timing-images", "0", "--out", str(out),
+            "--corruptions", "pixelate,black_corner,characters", "--severities", "1,5"]
+    assert main(args) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    rob = doc["robustness"]
+    assert rob["corruptions"] == ["pixelate", "black_corner", "characters"] and rob["severities"] == [1, 5]
+    assert rob["n_cells"] == 6 and rob["cells_reused"] == 0 and rob["n"] == doc["n"]
+    assert rob["image_size"] == [32, 32] and rob["clean_check"]["argmax_agreement"] == 1.0
+    assert rob["clean_check"]["max_abs_logit_difference"] < 1e-3
+    assert rob["clean_balanced_accuracy"] == pytest.approx(doc["balanced_accuracy"])
+    assert "not normalised" in json.dumps(rob) or rob["normalised"]["undefined"]  # a 32 px synthetic run
+    assert {p.name for p in out.iterdir()} >= {"robustness.json", "corruptions.csv", "corruption_gallery.png",
+                                               "corruption_cache", "report.html", "model_card.json"}
+    assert len(list((out / "corruption_cache").glob("*.npz"))) == 6
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["robustness"]["mean_relative_drop"] == rob["mean_relative_drop"]
+    assert card["subgroups"]["summary"] and doc["subgroups"]["groups"]
+    html = (out / "report.html").read_text()
+    for testid in ("fig-corruptions", "fig-corruption-gallery", "table-corruptions", "table-corruption-recall",
+                   "table-subgroups-site", "card-robustness-(corrupted-test-split)"):
+        assert f'data-testid="{testid}"' in html, testid
+    printed = capsys.readouterr().out
+    assert "robustness: mean relative drop" in printed and "subgroups:" in printed
+    # the same evaluation again: every cell comes from the cache, with the same figures
+    first = rob["cells"]
+    assert main(args) == 0
+    again = json.loads((out / "robustness.json").read_text())
+    assert again["cells_reused"] == 6 and again["cells"] == first
+    # another seed is another corrupted split (noise-free pixelate/black_corner stay; characters change)
+    assert main([*args[:-4], "--corruptions", "characters", "--severities", "5", "--corruption-seed", "1"]) == 0
+    third = json.loads((out / "robustness.json").read_text())
+    assert third["cells_reused"] == 0 and third["seed"] == 1
+
+
+def test_evaluate_rejects_unknown_corruptions(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(run_dir), "--corruptions", "fog", "--bootstrap", "0", "--timing-images", "0",
+                 "--out", str(run_dir / "eval-bad")]) == 1
+    assert "unknown corruption 'fog'" in capsys.readouterr().err
+
+
+def test_corruptions_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    assert main(["corruptions", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "motion_blur" in listed and "black_corner" in listed
+    image = tmp_path / "lesion.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 60, 3), dtype=np.uint8)).save(image)
+    out = tmp_path / "gallery.png"
+    assert main(["corruptions", "gallery", str(image), "--size", "40", "--corruptions", "pixelate,zoom_blur",
+                 "--severities", "1-3", "--out", str(out)]) == 0
+    with Image.open(out) as g:
+        assert g.width > 4 * 80 and g.height > 2 * 80  # 2x tiles below 96 px: clean + 3 severities, 2 rows
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_corrupted_real_test_split(shared_data: Path, real_untrained_run: Path) -> None:
+    """The shared DermaMNIST-C test split (908 real images) under two corruptions; a melanoma in the gallery."""
+    import pandas as pd
+
+    run = real_untrained_run
+    assert main(["evaluate", str(run), "--bootstrap", "0", "--timing-images", "0", "--no-tta", "--corruptions",
+                 "black_corner,characters", "--severities", "5"]) == 0
+    rob = json.loads((run / "eval-test" / "robustness.json").read_text())
+    assert rob["n"] == 908 and rob["split_name"] == "dermamnist_c (published)" and rob["image_size"] == [64, 64]
+    meta = pd.read_csv(shared_data / "ham10000" / "HAM10000_metadata.csv").set_index("image_id")
+    assert meta.loc[rob["gallery"]["image_id"], "dx"] == "mel" and rob["gallery"]["class"] == "mel"
+    if rob["normalised"]["reference"]["name"]:  # the shipped reference is at 128 px: not comparable at 64
+        assert "input size" in rob["normalised"]["undefined"]
+    doc = json.loads((run / "eval-test" / "metrics.json").read_text())
+    sexes = [g for g in doc["subgroups"]["groups"] if g["attribute"] == "sex"]
+    assert sum(g["n"] for g in sexes) == 908 and {g["level"] for g in sexes} >= {"male", "female"}
+    assert {g["level"] for g in doc["subgroups"]["groups"] if g["attribute"] == "site"} >= {"back", "face", "trunk"}
