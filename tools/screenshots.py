@@ -20,9 +20,6 @@ import contextlib
 import os
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,30 +37,6 @@ DEMO_OVERRIDES = ("model.fusion=concat",)
 
 class ScreenshotError(RuntimeError):
     """Something the screenshots need is missing (chromium, the demo's outputs)."""
-
-
-@contextlib.contextmanager
-def serving(app: Any, host: str = "127.0.0.1", timeout: float = 60.0) -> Iterator[str]:
-    """``app`` under uvicorn in a daemon thread, stopped on exit; yields its base URL."""
-    import uvicorn
-
-    from lesionlab.serve.bench import free_port
-
-    port = free_port(host)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise ScreenshotError(f"the service on {host}:{port} did not start within {timeout:g} s")
-        time.sleep(0.05)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 def synthetic_demo(work: Path, overrides: list[str]) -> dict[str, Any]:
@@ -116,6 +89,7 @@ def make_screenshots(out: Path, work: Path, overrides: list[str]) -> list[Path]:
 
     from lesionlab.runs import load_run
     from lesionlab.serve.app import create_app
+    from lesionlab.serve.bench import serve_in_thread
     from lesionlab.serve.samples import synthetic_lesion
     from lesionlab.serve.settings import ServeSettings
 
@@ -129,7 +103,7 @@ def make_screenshots(out: Path, work: Path, overrides: list[str]) -> list[Path]:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            with serving(create_app(load_run(summary["run_dir"]), ServeSettings())) as base:
+            with serve_in_thread(create_app(load_run(summary["run_dir"]), ServeSettings()), startup_timeout=60) as base:
                 shoot_page(browser, base, image, paths[0])
             shoot_report(browser, Path(summary["report"]), paths[1])
         finally:
