@@ -276,7 +276,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Load a YAML config (or the defaults) and apply overrides; unknown keys raise :class:`ConfigError`."""
     data = read_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides or [], where=str(path or "overrides"))
-    return build_config(model, data, where=str(path or "config"))
+    where = str(path or "config")
+    try:
+        return build_config(model, data, where=where)
+    except ConfigError as err:
+        raise ConfigError(_blame_overrides(str(err), where, overrides or [])) from None
+
+
+def _blame_overrides(message: str, where: str, overrides: list[str]) -> str:
+    """Name the command-line override, not the file, in each error line about a key an override set."""
+    keys = {item.split("=", 1)[0].strip(): item for item in overrides if "=" in item}
+    lines = []
+    for line in message.splitlines():
+        for key, item in keys.items():
+            if line.startswith(f"{where}: {key}:") or f" '{key}'" in line:
+                line = f"command-line override {item!r}" + line[len(where):]
+                break
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def dump_config(cfg: BaseModel) -> str:

@@ -11,7 +11,7 @@ Every write is atomic (temporary file + ``os.replace``): a run killed mid-write 
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,8 +22,17 @@ import torch
 from lesionlab.classes import CLASS_CODES, check_class_order
 from lesionlab.core.errors import LesionlabError
 from lesionlab.core.io import atomic_write, atomic_write_json, atomic_write_text, json_safe, read_json
+from lesionlab.core.manifest import file_manifest, verify_manifest
 from lesionlab.core.metrics import softmax
+from lesionlab.core.scope import SCOPE_FILE, ScopeError, ScopeGate, load_gate
 from lesionlab.core.version import __version__
+from lesionlab.models.views import (  # noqa: F401  (re-exported: the run's view averaging, defined with the models)
+    Forward,
+    flip_views,
+    mean_logits,
+    pooled_features,
+    view_averaged_logits,
+)
 
 if TYPE_CHECKING:
     from lesionlab.config import ModelConfig, RunConfig
@@ -38,6 +47,7 @@ INFO_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 HISTORY_CSV = "history.csv"
 HISTORY_JSON = "history.json"
+TRANSIENT_FILES = ("last.ckpt",)  # rewritten every epoch and removed at the end: never part of the manifest
 
 
 class RunError(LesionlabError, ValueError):
@@ -114,8 +124,29 @@ def save_run(run_dir: str | Path, model: torch.nn.Module, cfg: RunConfig, prepro
     }
     info.update(extra or {})
     atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg))
+    info["files"] = file_manifest(run_dir, exclude=(INFO_FILE, *TRANSIENT_FILES))
     atomic_write_json(run_dir / INFO_FILE, info)
     return run_dir
+
+
+def seal_run(run_dir: str | Path, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``run.json`` (``info``, or the one on disk) with ``files``: every file of the run directory with its
+    size and SHA-256, as they are now. Everything that writes into a run directory calls it afterwards."""
+    run_dir = Path(run_dir)
+    info = dict(read_info(run_dir) if info is None else info)
+    info["files"] = file_manifest(run_dir, exclude=(INFO_FILE, *TRANSIENT_FILES))
+    atomic_write_json(run_dir / INFO_FILE, info)
+    return info
+
+
+def seal_enclosing_run(path: str | Path) -> Path | None:
+    """:func:`seal_run` on the run directory holding ``path`` (itself or up to two levels up), if there is one."""
+    path = Path(path).resolve()
+    for candidate in (path, *list(path.parents)[:2]):
+        if (candidate / INFO_FILE).is_file() and (candidate / WEIGHTS_FILE).is_file():
+            seal_run(candidate)
+            return candidate
+    return None
 
 
 def _read_info_if_any(run_dir: Path) -> dict[str, Any]:
@@ -135,6 +166,8 @@ def write_history(run_dir: str | Path, history: list[dict[str, Any]]) -> None:
     atomic_write_json(run_dir / HISTORY_JSON, history)
     frame = pd.DataFrame(json_safe(history))
     atomic_write(run_dir / HISTORY_CSV, lambda tmp: frame.to_csv(tmp, index=False))
+    if (run_dir / INFO_FILE).is_file():
+        seal_run(run_dir)
 
 
 def update_run_info(path: str | Path, **fields: Any) -> dict[str, Any]:
@@ -144,12 +177,11 @@ def update_run_info(path: str | Path, **fields: Any) -> dict[str, Any]:
     """
     run_dir = Path(path)
     info = read_info(run_dir)
-    for key in ("format_version", "classes", "model", "config"):
+    for key in ("format_version", "classes", "model", "config", "files"):
         if key in fields:
             raise RunError(f"{run_dir / INFO_FILE}: field {key!r} describes the weights and cannot be updated")
     info.update(fields)
-    atomic_write_json(run_dir / INFO_FILE, info)
-    return info
+    return seal_run(run_dir, info)
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -206,6 +238,13 @@ class Run:
     config: RunConfig
     tta: bool = True
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    scope: ScopeGate | None = None  # the out-of-scope gate, once evaluation fitted one
+
+    @property
+    def uncertainty_threshold(self) -> float | None:
+        """The margin below which a prediction is marked uncertain (``None`` until evaluation fits one)."""
+        value = (self.info.get("uncertainty") or {}).get("threshold")
+        return float(value) if value is not None else None
 
     @property
     def temperature(self) -> float | None:
@@ -253,42 +292,18 @@ class Run:
             out.append(view_averaged_logits(self.model, xb, mb, use_tta).float().cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), dtype=np.float32)
 
+    @torch.inference_mode()
+    def predict_features(self, images: Sequence[Any] | torch.Tensor, batch_size: int = 64) -> np.ndarray:
+        """The image features the head consumes, pooled to ``[N, C]`` (the out-of-scope gate's input)."""
+        x = self.prepare_images(images)
+        out = [pooled_features(self.model, x[s:s + batch_size].to(self.device)) for s in range(0, len(x), batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
     def predict_proba(self, images: Sequence[Any] | torch.Tensor, meta_rows: Sequence[dict[str, Any]] | None = None,
                       batch_size: int = 64, tta: bool | None = None) -> np.ndarray:
         """Probabilities ``[N, 7]`` (columns in :data:`lesionlab.classes.CLASS_CODES` order), temperature applied."""
         logits = self.predict_logits(images, meta_rows, batch_size=batch_size, tta=tta)
         return softmax(logits, self.temperature)
-
-
-Forward = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-
-
-def flip_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """The views averaged at test time: identity, horizontal and vertical flip (lesions have no orientation)."""
-    return [x, torch.flip(x, dims=[-1]), torch.flip(x, dims=[-2])]
-
-
-def mean_logits(forward: Forward, views: Sequence[torch.Tensor], meta: torch.Tensor | None = None,
-                batched: bool = False) -> torch.Tensor:
-    """``forward(view, meta)`` averaged over ``views``: the one definition of view averaging (flips at test time,
-    cached augmented views in frozen training). ``batched`` sends every view through one call (cheaper at batch 1).
-    """
-    if batched:
-        n = len(views[0])
-        m = meta.repeat(len(views), 1) if meta is not None else None
-        return forward(torch.cat(list(views)), m).float().reshape(len(views), n, -1).mean(dim=0)
-    total = None
-    for v in views:
-        out = forward(v, meta).float()
-        total = out if total is None else total + out
-    assert total is not None
-    return total / len(views)
-
-
-def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor | None, tta: bool
-                         ) -> torch.Tensor:
-    """Model logits, averaged over :func:`flip_views` when ``tta``."""
-    return mean_logits(lambda v, m: model(v, m) if m is not None else model(v), flip_views(x) if tta else [x], meta)
 
 
 def build_model_from_info(info: dict[str, Any], where: str) -> torch.nn.Module:
@@ -324,13 +339,49 @@ def read_preprocessing(info: dict[str, Any], where: str) -> tuple[Preprocessing 
     return pre, encoder
 
 
+def run_concerns(info: dict[str, Any]) -> dict[str, str]:
+    """Why a run's answers must not be taken as a model's: ``unfinished`` training, ``synthetic`` training data."""
+    out = {}
+    status = info.get("status")
+    if status != "complete":
+        out["unfinished"] = (f"its training did not finish (run.json status {status!r}): these are the weights of an "
+                             "interrupted run" if status else "run.json records no finished training (no status)")
+    if (info.get("data") or {}).get("synthetic"):
+        out["synthetic"] = ("it was trained on SYNTHETIC images, not dermoscopy: its answers carry no clinical "
+                            "meaning")
+    return out
+
+
+def check_run_use(run_dir: str | Path, info: dict[str, Any], command: str, allow_unfinished: bool = False,
+                  allow_synthetic: bool = False) -> list[str]:
+    """Refuse (:class:`RunError`) a run with :func:`run_concerns` unless each is allowed explicitly; returns the
+    warnings that every answer and report of an allowed run must carry."""
+    concerns = run_concerns(info)
+    allowed = {"unfinished": allow_unfinished, "synthetic": allow_synthetic}
+    refused = [key for key in concerns if not allowed[key]]
+    if refused:
+        flags = " and ".join(f"--allow-{key}" for key in refused)
+        raise RunError(f"{run_dir}: refusing to {command} this run: {'; '.join(concerns[k] for k in refused)}. "
+                       f"Pass {flags} to {command} it anyway (every answer then carries a warning)")
+    warnings = [f"This model is not fit for clinical use: {text}." for text in concerns.values()]
+    if "files" not in info:
+        warnings.append("run.json lists no file checksums (written by an older lesionlab): the files were not "
+                        "checked")
+    return warnings
+
+
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
-    """Rebuild a ready model (eval mode) from a run directory; every error names the file at fault."""
+    """Rebuild a ready model (eval mode) from a run directory; every error names the file at fault.
+
+    Every file listed in ``run.json`` (``files``) is checked first: a truncated, swapped or edited file is refused.
+    """
     from lesionlab.config import RunConfig, build_config
 
     run_dir = Path(path)
     info = read_info(run_dir)
     info_path = run_dir / INFO_FILE
+    if isinstance(info.get("files"), dict):
+        verify_manifest(run_dir, info["files"], RunError, where=str(info_path))
     state = read_weights(run_dir / WEIGHTS_FILE)
     try:
         config = build_config(RunConfig, info["config"], where=f"{info_path} (config)")
@@ -348,10 +399,15 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     except RuntimeError as err:
         raise RunError(f"{run_dir / WEIGHTS_FILE}: weights do not match the architecture in {info_path}: "
                        f"{str(err).splitlines()[0]} {_first_shape_error(err)}") from None
+    try:
+        scope = load_gate(run_dir / SCOPE_FILE, info["scope"]) if info.get("scope") else None
+    except ScopeError as err:
+        raise RunError(f"{info_path} (scope): {err}") from None
     device = torch.device(device)
     model.to(device).eval()
     return Run(path=run_dir, model=model, classes=tuple(info["classes"]), preprocessing=preprocessing,
-               meta_encoder=meta_encoder, info=info, config=config, tta=bool(config.train.tta), device=device)
+               meta_encoder=meta_encoder, info=info, config=config, tta=bool(config.train.tta), device=device,
+               scope=scope)
 
 
 def _state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:

@@ -79,3 +79,17 @@ def test_dump_round_trips(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_run_config_loads(path: Path) -> None:
     load_config(path)
+
+
+def test_an_override_is_blamed_for_its_own_error(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  epochs: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["train.lr=fast"])
+    assert str(err.value).startswith("command-line override 'train.lr=fast': train.lr:")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["train.epocs=2"])
+    assert str(err.value).startswith("command-line override 'train.epocs=2': unknown config key 'train.epocs'")
+    path.write_text("train:\n  epochs: many\n")
+    with pytest.raises(ConfigError, match=f"^{path}: train.epochs"):
+        load_config(path, ["train.lr=0.1"])

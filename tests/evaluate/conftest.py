@@ -87,4 +87,5 @@ def real_untrained_run(shared_data: Path, tmp_path: Path) -> Path:
     torch.manual_seed(0)
     model = create_model(cfg.model).eval()
     pre = Preprocessing(size=(64, 64), mean=model.data_config["mean"], std=model.data_config["std"])
-    return save_run(tmp_path / "real", model, cfg, pre, None, "not-the-eval-split", {"epoch": 0})
+    return save_run(tmp_path / "real", model, cfg, pre, None, "not-the-eval-split", {"epoch": 0},
+                    extra={"status": "complete"})

@@ -40,7 +40,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pre = Preprocessing(size=(32, 32), mean=model.data_config["mean"], std=model.data_config["std"])
     source = open_source(cfg.data)
     return save_run(tmp_path_factory.mktemp("runs") / "tiny", model, cfg, pre, None, split_hash(source.table),
-                    {"epoch": 1, "balanced_accuracy": 0.2})
+                    {"epoch": 1, "balanced_accuracy": 0.2}, extra={"status": "complete"})
 
 
 def _json(path: Path) -> dict:
@@ -78,7 +78,7 @@ def test_evaluate_writes_predictions_metrics_card_report(run_dir: Path, capsys: 
 def test_calibrate_fits_on_val_and_stores_in_run_json(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval-cal"
     assert main(["evaluate", str(run_dir), "--calibrate", "--target-sensitivity", "0.8", "--bootstrap", "20",
-                 "--timing-images", "0", "--audit", "none", "--no-report", "--out", str(out)]) == 0
+                 "--timing-images", "0", "--audit", "none", "--no-report", "--out", str(out), "--ood-images", "8"]) == 0
     info = _json(run_dir / "run.json")
     t, threshold = info["temperature"], info["referral_threshold"]
     assert t > 0 and 0 <= threshold <= 1
@@ -87,6 +87,15 @@ def test_calibrate_fits_on_val_and_stores_in_run_json(run_dir: Path, tmp_path: P
     assert doc["evaluation"]["temperature"] == t and doc["referral"]["threshold"] == threshold
     assert doc["referral"]["target_sensitivity"] == 0.8 and doc["referral"]["val_sensitivity"] >= 0.8
     assert doc["uncalibrated"]["ece"] is not None and doc["audit"] is None
+    # the out-of-scope gate (statistics from train, threshold from val) and the abstention margin (val)
+    assert info["scope"]["method"] == "mahalanobis" and info["scope"]["split"] == "val"
+    assert info["scope"]["val_false_rejection"] <= 0.05 and (run_dir / "scope.safetensors").is_file()
+    assert "scope.safetensors" in info["files"] and info["uncertainty"]["split"] == "val"
+    scope = doc["scope"]
+    assert scope["gate"]["method"] == "mahalanobis" and 0 <= scope["gate"]["false_rejection"] <= 1
+    assert {row["set"] for row in scope["ood"]} == {"photographs", "text", "noise", "flat", "corrupted"}
+    assert all(0 <= row["auroc"] <= 1 for row in scope["ood"]) and scope["quality"]["n"] == doc["n"]
+    assert _json(out / "model_card.json")["scope"]["gate"]["threshold"] == info["scope"]["threshold"]
     # refit by hand on the validation split: same numbers, so nothing from the test split leaked in
     assert main(["evaluate", str(run_dir), "--split", "val", "--bootstrap", "0", "--timing-images", "0",
                  "--audit", "none", "--no-report", "--out", str(tmp_path / "val"), "--tta"]) == 0

@@ -36,6 +36,7 @@ def main(argv: list[str]) -> int:
     e.add_argument("--split", required=True)
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--tta", action="store_true")
+    e.add_argument("--allow-synthetic", action="store_true")
     for flag in ("--bootstrap", "--timing-images", "--device", "--batch-size"):
         e.add_argument(flag)
     e.add_argument("--no-report", action="store_true")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -24,8 +25,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def make_run(root: Path, fusion: str = "none", size: int = 64, resize: str = "square", calibrated: bool = False,
              name: str = "test_efficientnet") -> Path:
-    """Save a randomly initialised run (timm's tiny ``test_efficientnet`` unless ``name`` says otherwise);
-    calibrated runs get temperature 1.7 and referral threshold 0.3 in run.json, as evaluation writes them.
+    """Save a randomly initialised run (timm's tiny ``test_efficientnet`` unless ``name`` says otherwise), marked
+    complete and not synthetic (random weights stand for a trained model: the service's own checks are what these
+    tests exercise); calibrated runs get temperature 1.7 and referral threshold 0.3 in run.json, as evaluation
+    writes them.
     """
     cfg = load_config(None, [f"model.name={name}", "model.pretrained=false", f"model.fusion={fusion}",
                              f"data.image_size={size}", f"data.resize={resize}", "name=tiny"])
@@ -38,10 +41,38 @@ def make_run(root: Path, fusion: str = "none", size: int = 64, resize: str = "sq
                         std=model.data_config["std"])
     run_dir = save_run(root / f"tiny-{name}-{fusion}-{resize}", model, cfg, pre, encoder, "hash0",
                        {"epoch": 1, "balanced_accuracy": 0.2},
-                       extra={"data": {"source": "synthetic", "synthetic": True}})
+                       extra={"data": {"source": "test fixture", "synthetic": False}, "status": "complete"})
     if calibrated:
         update_run_info(run_dir, temperature=1.7, referral_threshold=0.3)
     return run_dir
+
+
+def gated_run(source: Path, root: Path, threshold: float, uncertainty: float | None = None) -> Path:
+    """A copy of a fixture run with a Mahalanobis scope gate (statistics from features of seeded lesion-like
+    pictures, the given threshold: -1 rejects everything, 1e12 nothing) and optionally an abstention margin."""
+    import shutil
+
+    import numpy as np
+
+    from lesionlab.core.scope import SCOPE_FILE, ScopeGate, fit_arrays, save_gate_arrays
+    from lesionlab.runs import load_run
+    from lesionlab.serve.samples import synthetic_lesion
+
+    run_dir = Path(shutil.copytree(source, root / f"gated-{threshold}-{uncertainty}"))
+    feats = load_run(run_dir).predict_features([synthetic_lesion((120, 90), seed=i) for i in range(24)])
+    gate = ScopeGate("mahalanobis", threshold, fit_arrays("mahalanobis", feats, np.arange(24) % 2))
+    save_gate_arrays(run_dir / SCOPE_FILE, gate)
+    fields: dict[str, Any] = {"scope": gate.record()}
+    if uncertainty is not None:
+        fields["uncertainty"] = {"threshold": uncertainty}
+    update_run_info(run_dir, **fields)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def gated_run_factory() -> Callable[..., Path]:
+    """:func:`gated_run`, for tests of the out-of-scope and uncertain states."""
+    return gated_run
 
 
 @pytest.fixture(scope="session")

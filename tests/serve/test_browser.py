@@ -128,3 +128,70 @@ def test_bad_input_shows_the_services_message(browser: Browser, server: str, tmp
     assert "(field: age)" in error.inner_text()
     assert page.get_by_test_id("result").is_hidden()
     page.close()
+
+
+def _background(png_bytes: bytes) -> tuple[int, int, int]:
+    """The most common colour of a screenshot: an element's background."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(png_bytes)).convert("RGB")).reshape(-1, 3)
+    colours, counts = np.unique(pixels, axis=0, return_counts=True)
+    return tuple(int(v) for v in colours[counts.argmax()])
+
+
+@pytest.mark.parametrize(("state", "threshold", "margin", "box_colour", "text"), [
+    ("cannot-assess", -1.0, 0.0, (0xEC, 0xEF, 0xF1), "Cannot assess: this does not look like a dermoscopy image"),
+    ("uncertain", 1e12, 2.0, (0xFF, 0xF6, 0xDC), "Uncertain: the model abstains"),
+])
+def test_out_of_scope_and_uncertain_states(browser: Browser, image_run: Path, gated_run_factory: Callable[..., Any],
+                                           serve_in_thread: Callable[..., Any], tmp_path: Path, state: str,
+                                           threshold: float, margin: float, box_colour: tuple[int, int, int],
+                                           text: str) -> None:
+    run_dir = gated_run_factory(image_run, tmp_path, threshold, margin)
+    with serve_in_thread(create_app(load_run(run_dir), ServeSettings(warmup=False))) as base:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(base + "/")
+        page.wait_for_function("document.querySelectorAll('#site option').length > 10")
+        photo = tmp_path / "photo.jpg"
+        synthetic_lesion((600, 450), seed=3).save(photo, quality=92)
+        page.get_by_test_id("file").set_input_files(str(photo))
+        page.get_by_test_id("submit").click()
+        page.get_by_test_id("result").wait_for(state="visible", timeout=60_000)
+        box = page.get_by_test_id("assessment")
+        box.wait_for(state="visible")
+        assert text in box.inner_text()
+        shot = box.screenshot(path=str(_shots(tmp_path) / f"serve-{state}-box.png"))
+        assert _background(shot) == box_colour  # the state is drawn in its own colour
+        page.screenshot(path=str(_shots(tmp_path) / f"serve-{state}.png"), full_page=True)
+        if state == "cannot-assess":  # no class and no referral anywhere on the page
+            assert page.get_by_test_id("referral").is_hidden() and page.get_by_test_id("bars-block").is_hidden()
+            assert page.get_by_test_id("heatmap").is_hidden()
+        else:  # abstaining still shows the probabilities and the referral flag
+            assert page.get_by_test_id("referral").is_visible() and page.locator("#bars li").count() == 7
+        assert page.get_by_test_id("warnings").is_hidden() and errors == []
+        page.close()
+
+
+def test_a_synthetic_run_shows_its_warning_on_top(browser: Browser, image_run: Path, tmp_path: Path,
+                                                  serve_in_thread: Callable[..., Any]) -> None:
+    import shutil
+
+    from lesionlab.runs import update_run_info
+
+    run_dir = Path(shutil.copytree(image_run, tmp_path / "synthetic"))
+    update_run_info(run_dir, data={"source": "synthetic", "synthetic": True})
+    settings = ServeSettings(warmup=False, allow_synthetic=True)
+    with serve_in_thread(create_app(load_run(run_dir), settings)) as base:
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(base + "/")
+        warnings = page.get_by_test_id("warnings")
+        warnings.wait_for(state="visible")
+        assert "SYNTHETIC" in warnings.inner_text() and "not fit for clinical use" in warnings.inner_text()
+        shot = warnings.screenshot(path=str(_shots(tmp_path) / "serve-synthetic-warning.png"))
+        assert _background(shot) == (0xFD, 0xE8, 0xE6)
+        page.close()

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from lesionlab.classes import CLASS_CODES
 from lesionlab.cli import main
-from lesionlab.runs import load_run
+from lesionlab.runs import load_run, seal_run
 from lesionlab.serve.app import create_app
 from lesionlab.serve.onnx_export import PARITY_TOL, export_onnx, onnx_props, parity
 from lesionlab.serve.samples import jpeg_bytes, parity_images, synthetic_lesion
@@ -126,6 +126,7 @@ def test_onnx_file_from_other_weights_is_refused_and_re_exported(image_run: Path
     state = load_file(str(retrained / "model.safetensors"))
     state = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(retrained / "model.safetensors"))
+    seal_run(retrained)  # a retrained run lists its new weights
     with pytest.raises(ValueError, match="other weights"):
         create_app(retrained, ServeSettings(onnx_path=str(stale)))
     shutil.copy(stale, retrained / "model.onnx")  # a stale default file is replaced on the next --onnx use

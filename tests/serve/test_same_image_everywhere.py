@@ -95,7 +95,7 @@ def test_every_entry_point_gives_the_same_probabilities(run_dir: Path, folder: P
     assert (unsquashed.prepare_images(images) - run.prepare_images(images)).abs().max() > 0.05
     assert np.abs(unsquashed.predict_proba(images) - reference).max() > 1e-6
 
-    settings = ServeSettings(warmup=False)
+    settings = ServeSettings(warmup=False, allow_synthetic=True)  # trained on the synthetic set
     served = Predictor(run, settings).predict(images, [Patient()] * 3, TEST_IDS, Timer())
     np.testing.assert_allclose(_response_probs(served), reference, atol=2e-6)
 
@@ -104,17 +104,20 @@ def test_every_entry_point_gives_the_same_probabilities(run_dir: Path, folder: P
         api = client.post("/v1/predict/batch", files=files).json()["results"]
     np.testing.assert_allclose(_response_probs(api), reference, atol=2e-6)
 
-    assert main(["predict", str(run_dir), *map(str, _paths(folder)), "--out", str(tmp_path / "p.csv")]) == 0
+    assert main(["predict", str(run_dir), *map(str, _paths(folder)), "--out", str(tmp_path / "p.csv"),
+                 "--allow-synthetic"]) == 0
     np.testing.assert_allclose(_table_probs(tmp_path / "p.csv", key="image"), reference, atol=2e-6)
 
     assert main(["evaluate", str(run_dir), "--isic-csv", str(folder / "isic.csv"), "--isic-images",
                  str(folder / "isic"), "--out", str(tmp_path / "isic"), "--bootstrap", "0", "--timing-images", "0",
-                 "--audit", "none", "--no-report", "--no-progress"]) == 0
+                 "--audit", "none", "--no-report", "--no-progress", "--allow-synthetic",
+                 "--ood-images", "0"]) == 0
     np.testing.assert_allclose(_table_probs(tmp_path / "isic" / "predictions.csv"), reference, atol=1e-6)
 
     assert main(["evaluate", str(run_dir), "source=ham10000", f"metadata_csv={folder / 'HAM10000_metadata.csv'}",
                  f"split={folder / 'split.csv'}", "--out", str(tmp_path / "split"), "--bootstrap", "0",
-                 "--timing-images", "0", "--audit", "none", "--no-report", "--no-progress"]) == 0
+                 "--timing-images", "0", "--audit", "none", "--no-report", "--no-progress", "--allow-synthetic",
+                 "--ood-images", "0"]) == 0
     np.testing.assert_allclose(_table_probs(tmp_path / "split" / "predictions.csv"), reference, atol=1e-6)
 
     onnx = export_onnx(run, tmp_path / "model.onnx")

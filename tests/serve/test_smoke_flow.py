@@ -12,7 +12,7 @@ from PIL import Image
 
 from lesionlab.cli import main
 from lesionlab.serve.app import create_app
-from lesionlab.serve.samples import jpeg_bytes, synthetic_lesion
+from lesionlab.serve.samples import jpeg_bytes
 from lesionlab.serve.settings import ServeSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,12 +23,24 @@ def test_train_calibrate_serve_predict(tmp_path: Path, real_image_paths: list[Pa
     run = tmp_path / "smoke"
     assert main(["train", str(run), "--config", str(REPO / "configs" / "smoke.yaml"), "--no-progress"]) == 0
     assert main(["evaluate", str(run), "--calibrate", "--no-report", "--bootstrap", "50",
-                 "--timing-images", "0"]) == 0
-    image = real_image_paths[0].read_bytes() if real_image_paths else jpeg_bytes(synthetic_lesion())
-    with TestClient(create_app(run, ServeSettings())) as client:
+                 "--timing-images", "0", "--allow-synthetic"]) == 0  # synthetic data without ../shared
+    # an image of the kind this run was trained on: a test image of the synthetic set
+    from lesionlab.config import load_config
+    from lesionlab.data import open_source
+
+    source = open_source(load_config(REPO / "configs" / "smoke.yaml").data)
+    test_row = int((source.table["split"] == "test").to_numpy().argmax())
+    image = jpeg_bytes(source.load_image(test_row), quality=95)
+    with TestClient(create_app(run, ServeSettings(allow_synthetic=True))) as client:
         body = client.post("/v1/predict", files={"image": ("lesion.jpg", image, "image/jpeg")},
                            data={"age": "45", "sex": "female", "site": "back", "explain": "true"}).json()
         card = client.get("/v1/model").json()
+        if real_image_paths:  # a real dermoscopy image is not what a model trained on the synthetic set knows
+            real = client.post("/v1/predict", files={"image": ("real.jpg", real_image_paths[0].read_bytes(),
+                                                               "image/jpeg")}).json()
+            assert real["assessment"]["status"] == "cannot_assess" and real["referral"]["refer"] is None
+    assert body["assessment"]["status"] != "cannot_assess", (body["assessment"], body["scope"], body["quality"])
+    assert any("SYNTHETIC" in w for w in body["warnings"])
     assert body["referral"]["threshold_source"] == "validation" and body["temperature"] > 0
     assert card["evaluation_source"] == "eval-test" and card["evaluation"]["results"]["accuracy"]["value"] > 0
     heatmap = Image.open(io.BytesIO(base64.b64decode(body["heatmap"]["png_base64"])))

@@ -127,6 +127,16 @@ def test_resume_after_kill_ends_identical_to_an_uninterrupted_run(tmp_path: Path
     assert same_weights(weights(run_dir), weights(full))
 
 
+def test_auto_precision_is_recorded_in_the_run_config_and_kept_on_resume(tmp_path: Path) -> None:
+    cfg = cfg_for(tmp_path, "name=auto", "train.channels_last=auto", "train.epochs=1")
+    run_dir = fit(cfg, progress=False)
+    saved = load_config(run_dir / "config.yaml")
+    info = json.loads((run_dir / INFO_FILE).read_text())
+    assert saved.train.channels_last == "on" and info["config"]["train"]["channels_last"] == "on"
+    assert "no timing" in info["training"]["precision"]["reason"]
+    assert fit(cfg, progress=False) == run_dir  # the same 'auto' command finds its resolved run complete
+
+
 def test_completed_run_is_not_retrained_and_resume_requires_a_checkpoint(finished: Path, tmp_path: Path) -> None:
     cfg = load_config(finished / "config.yaml")
     before = (finished / WEIGHTS_FILE).stat().st_mtime_ns

@@ -17,17 +17,30 @@ def model() -> torch.nn.Module:
     return create_model(ModelConfig(name="test_efficientnet", pretrained=False))
 
 
-def test_auto_check_measures_both_and_leaves_the_model_untouched(model: torch.nn.Module) -> None:
+def test_auto_is_resolved_by_rule_without_timing_and_leaves_the_model_untouched(model: torch.nn.Module,
+                                                                                monkeypatch: pytest.MonkeyPatch
+                                                                                ) -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(8, 3, 32, 32)
-    cl, bf, report = check_cpu_precision(model, x, None, channels_last="auto", bf16="auto", repeats=1)
-    for key in ("step_s_contiguous", "step_s_channels_last", "step_s_fp32", "step_s_bf16", "bf16_speedup",
-                "bf16_argmax_agreement", "bf16_max_prob_diff"):
-        assert report[key] >= 0
-    assert report["channels_last"] == cl and report["bf16"] == bf
-    assert 0.0 <= report["bf16_argmax_agreement"] <= 1.0
+    import time
+
+    def no_clock() -> float:
+        raise AssertionError("the precision decision must not time anything")
+
+    monkeypatch.setattr(time, "perf_counter", no_clock)
+    for native in (True, False):
+        monkeypatch.setattr("lesionlab.train.precision.cpu_has_native_bf16", lambda native=native: native)
+        cl, bf, report = check_cpu_precision(model, x, None, channels_last="auto", bf16="auto")
+        assert cl is True and report["channels_last_rule"] == "on for a convolutional network"
+        assert report["bf16_native"] is native and report["bf16"] == bf
+        if native:
+            assert 0.0 <= report["bf16_argmax_agreement"] <= 1.0 and report["bf16_max_prob_diff"] >= 0
+        else:
+            assert bf is False and "bf16_argmax_agreement" not in report
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 7))
+    assert check_cpu_precision(linear, x, None, channels_last="auto", bf16="off")[0] is False
 
 
 @pytest.mark.parametrize(("cl", "bf", "dtype"), [("on", "on", torch.bfloat16), ("off", "off", None)])
@@ -42,9 +55,11 @@ def test_yaml_on_off_booleans_are_accepted() -> None:
     assert cfg.channels_last == "on" and cfg.bf16 == "off"
 
 
-def test_head_on_cached_embeddings_is_float32() -> None:
-    precision, _ = choose_precision(TrainConfig(bf16="on"), torch.device("cpu"), images=False)
+@pytest.mark.parametrize(("cl", "want_cl"), [("on", True), ("auto", False), ("off", False)])
+def test_head_on_cached_embeddings_is_float32(cl: str, want_cl: bool) -> None:
+    precision, report = choose_precision(TrainConfig(bf16="on", channels_last=cl), torch.device("cpu"), images=False)
     assert precision.dtype is None
+    assert precision.channels_last is want_cl and report["channels_last"] is want_cl
 
 
 def test_bf16_predictions_stay_close_to_float32(model: torch.nn.Module) -> None:

@@ -23,6 +23,7 @@ from lesionlab.runs import (
     atomic_write_text,
     load_run,
     save_run,
+    seal_run,
     softmax_np,
     update_run_info,
 )
@@ -135,7 +136,7 @@ def test_missing_directory_and_files(tmp_path: Path) -> None:
         load_run(tmp_path / "nope")
     run_dir, _, _ = _save(tmp_path)
     (run_dir / WEIGHTS_FILE).unlink()
-    with pytest.raises(RunError, match=f"{WEIGHTS_FILE}: weights file missing"):
+    with pytest.raises(RunError, match=f"{WEIGHTS_FILE}: listed in .*{INFO_FILE} but missing"):
         load_run(run_dir)
     (run_dir / INFO_FILE).unlink()
     with pytest.raises(RunError, match=f"{INFO_FILE}: missing"):
@@ -146,6 +147,9 @@ def test_truncated_safetensors_names_the_file(tmp_path: Path) -> None:
     run_dir, _, _ = _save(tmp_path)
     path = run_dir / WEIGHTS_FILE
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(RunError, match=r"model\.safetensors: .* bytes, but .*run\.json lists .* \(truncated"):
+        load_run(run_dir)
+    seal_run(run_dir)  # a run without the check still refuses the damaged file when it reads it
     with pytest.raises(RunError, match=r"model\.safetensors: cannot read weights \(truncated or corrupt"):
         load_run(run_dir)
 
@@ -177,6 +181,9 @@ def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(run_dir / WEIGHTS_FILE))
+    with pytest.raises(RunError, match="truncated or replaced"):  # the manifest notices first
+        load_run(run_dir)
+    seal_run(run_dir)  # listed as if the run had been written that way
     with pytest.raises(RunError, match="weights do not match the architecture"):
         load_run(run_dir)
 
@@ -188,6 +195,7 @@ def test_shape_mismatch_is_refused(tmp_path: Path) -> None:
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     state["head.classifier.weight"] = torch.zeros(5, state["head.classifier.weight"].shape[1])
     save_file(state, str(run_dir / WEIGHTS_FILE))
+    seal_run(run_dir)  # listed as if the run had been written that way: the architecture check still refuses it
     with pytest.raises(RunError, match=r"weights do not match the architecture.*size mismatch"):
         load_run(run_dir)
 

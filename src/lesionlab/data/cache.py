@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -25,11 +26,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from lesionlab.core.io import atomic_write, atomic_write_text
+from lesionlab.core.io import atomic_write, atomic_write_text, sweep_stale_temporaries
 from lesionlab.core.paths import cache_dir as default_cache_dir
 from lesionlab.data.images import DataError, FileImages, ImageStore
 from lesionlab.data.sources import DataSource
 from lesionlab.data.transforms import RESIZE_MODES, model_pixels
+
+log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 
@@ -104,6 +107,21 @@ def _open(path: Path, n: int, size: Size) -> np.ndarray | None:
     return arr.view(np.ndarray)
 
 
+_SWEPT: set[Path] = set()
+
+
+def sweep_cache_once(folder: Path) -> list[Path]:
+    """Remove temporaries that a killed cache build left in ``folder`` (older than an hour, so a build running in
+    another process is never touched), once per folder and process."""
+    if folder in _SWEPT:
+        return []
+    _SWEPT.add(folder)
+    removed = sweep_stale_temporaries(folder)
+    if removed:
+        log.warning("removed %d stale temporary file(s) from %s (left by a killed process)", len(removed), folder)
+    return removed
+
+
 def cached_images(source: DataSource, size: Size, resize: str = "square", cache_dir: str | Path | None = None,
                   workers: int = 0, progress: bool = True, source_size: Size | None = None) -> np.ndarray:
     """All images of ``source`` as the model sees them at ``size`` = (H, W): a read-only memory-mapped uint8
@@ -121,6 +139,7 @@ def cached_images(source: DataSource, size: Size, resize: str = "square", cache_
     found = _open(path, n, size)
     if found is not None:
         return found
+    sweep_cache_once(path.parent)
 
     def build(tmp: Path) -> None:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, *size, 3))

@@ -36,7 +36,7 @@ class DataError(LesionlabError, ValueError):
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 KAGGLE_FOLDERS: tuple[str, ...] = ("HAM10000_images_part_1", "HAM10000_images_part_2")
 
-_MODE_NAMES = {
+MODE_NAMES = {
     "1": "1-bit black and white", "L": "8-bit greyscale", "LA": "greyscale with alpha", "P": "palette",
     "PA": "palette with alpha", "RGBA": "RGB with alpha", "CMYK": "CMYK", "YCbCr": "YCbCr",
     "I": "32-bit integer greyscale", "I;16": "16-bit greyscale", "I;16B": "16-bit greyscale",
@@ -49,7 +49,7 @@ def to_rgb(img: Image.Image, name: str, convert_mode: bool = False) -> Image.Ima
     mode = img.mode
     if mode == "RGB":
         return img
-    what = f"{mode} ({_MODE_NAMES[mode]})" if mode in _MODE_NAMES else mode
+    what = f"{mode} ({MODE_NAMES[mode]})" if mode in MODE_NAMES else mode
     if not convert_mode:
         raise DataError(f"{name}: image mode is {what}, expected RGB; set data.convert_mode=true to convert "
                         "(greyscale is copied to R, G and B, alpha is dropped, 16-bit is scaled to 8-bit)")

@@ -236,8 +236,11 @@ def read_split_csv(path: str | Path, fold: int | None = None) -> pd.DataFrame:
         if "fold" not in frame.columns:
             raise DataError(f"{path}: fold {fold} requested but the file has no 'fold' column (not a k-fold file)")
         folds = pd.to_numeric(frame["fold"], errors="coerce")
-        if folds.isna().any():
-            raise DataError(f"{path}: row {_line(int(np.flatnonzero(folds.isna().to_numpy())[0]))}: "
+        if folds.empty:
+            raise DataError(f"{path}: no data rows")
+        bad = folds.isna() | ~np.isfinite(folds) | (folds != folds.round())
+        if bad.any():
+            raise DataError(f"{path}: row {_line(int(np.flatnonzero(bad.to_numpy())[0]))}: "
                             "fold is not an integer")
         k = int(folds.max()) + 1
         if not 0 <= fold < k:

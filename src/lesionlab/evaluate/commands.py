@@ -9,6 +9,7 @@ from typing import Any
 
 from lesionlab.core.argparsing import Deprecated, rich_table
 from lesionlab.core.errors import UsageError
+from lesionlab.core.scope import DEFAULT_MAX_FALSE_REJECTION, DEFAULT_SCOPE_METHOD, SCOPE_METHODS
 from lesionlab.evaluate.calibration import DEFAULT_TARGET_SENSITIVITY
 
 
@@ -44,6 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--audit", choices=["none", "lesions", "full"], default="lesions",
                     help="leakage audit of the split for the model card: lesions (metadata, instant), full (also "
                          "hashes every image for duplicates), none")
+    ev.add_argument("--scope-method", choices=SCOPE_METHODS, default=DEFAULT_SCOPE_METHOD,
+                    help="--calibrate: the out-of-scope score to fit (default mahalanobis; see docs/BENCHMARKS.md)")
+    ev.add_argument("--max-false-rejection", type=float, default=DEFAULT_MAX_FALSE_REJECTION,
+                    help="--calibrate: share of validation images the scope gate may reject (default 0.05)")
+    ev.add_argument("--scope-compare", action="store_true",
+                    help="measure every out-of-scope score against the out-of-scope sets, not just the run's")
+    ev.add_argument("--ood-images", type=int, default=60, help="images per out-of-scope set (0: do not measure)")
+    _allow_args(ev, "evaluate")
     ev.add_argument("--corruptions", metavar="all|NAME,...",
                     help="also score the corrupted test split: 'all' fifteen acquisition corruptions (MedMNIST-C, "
                          "Di Salvo et al. 2024) or a comma list, e.g. motion_blur,black_corner; see `lesionlab "
@@ -74,6 +83,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     cmp.set_defaults(func=cmd_compare)
 
 
+def _allow_args(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help=f"{verb} a run whose training did not finish (every answer then carries a warning)")
+    p.add_argument("--allow-synthetic", action="store_true",
+                   help=f"{verb} a run trained on synthetic images (every answer then carries a warning)")
+
+
 def _data_config(args: argparse.Namespace) -> Any | None:
     """The data config to evaluate on, or ``None`` for the run's own (resolved once the run is loaded)."""
     from lesionlab.config import DataConfig, apply_overrides, build_config, read_yaml
@@ -100,7 +116,7 @@ def _console() -> Any:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate, print the headline table, render the report."""
-    from lesionlab.evaluate.evaluation import evaluate_run
+    from lesionlab.evaluate.evaluation import ScopeOptions, evaluate_run
     from lesionlab.evaluate.report import render_run_report
 
     if args.split != "test" and args.isic_csv is not None:
@@ -112,7 +128,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           timing_images=args.timing_images, audit=args.audit,
                           progress=sys.stderr.isatty() and not args.no_progress, corruptions=args.corruptions,
                           severities=args.severities, corruption_seed=args.corruption_seed,
-                          robustness_reference=args.robustness_reference)
+                          robustness_reference=args.robustness_reference,
+                          scope=ScopeOptions(args.scope_method, args.max_false_rejection, args.scope_compare,
+                                             args.ood_images),
+                          allow_unfinished=args.allow_unfinished, allow_synthetic=args.allow_synthetic)
     print_metrics(result.metrics)
     console = _console()
     console.print(f"predictions: {result.predictions_path}")
@@ -150,6 +169,7 @@ def print_metrics(doc: dict[str, Any]) -> None:
         t = doc["timing"]
         console.print(f"runtime on {t['device']}: {t['ms_per_image_batch1']:.2f} ms/image at batch 1, "
                       f"{t['ms_per_image_batched']:.2f} ms/image at batch {t['batch_size']} (tta {fmt(t['tta'])})")
+    print_scope(console, doc.get("scope") or {})
     if doc.get("subgroups"):
         from lesionlab.evaluate.subgroups import summary_text
 
@@ -162,6 +182,29 @@ def print_metrics(doc: dict[str, Any]) -> None:
         console.print(f"[yellow]undefined[/yellow] {key}: {reason}")
     for warning in ev.get("warnings") or []:
         console.print(f"[bold red]warning[/bold red]: {warning}")
+
+
+def print_scope(console: Any, scope: dict[str, Any]) -> None:
+    """The out-of-scope gate's table (AUROC, detected share, false rejections), abstention and quality lines."""
+    from lesionlab.evaluate.report import fmt
+
+    gate = scope.get("gate")
+    if gate:
+        table = rich_table(f"out-of-scope gate ({gate['method']}, threshold {gate['threshold']:.4g}): "
+                           f"{fmt(gate.get('false_rejection'))} of these images rejected",
+                           ("set", "method", "AUROC", "detected", "false rejection"), left=("set", "method"))
+        for row in scope.get("ood") or []:
+            table.add_row(row["set"], row["method"] + (" *" if row["gate"] else ""), fmt(row["auroc"]),
+                          fmt(row["detected"]), fmt(row["false_rejection"]))
+        console.print(table)
+    unsure = scope.get("uncertainty")
+    if unsure:
+        console.print(f"uncertain (margin < {unsure['threshold']:.3f}): {fmt(unsure['uncertain_rate'])} of images; "
+                      f"accuracy {fmt(unsure['accuracy_uncertain'])} uncertain vs {fmt(unsure['accuracy_certain'])} "
+                      "certain")
+    quality = scope.get("quality")
+    if quality:
+        console.print(f"image quality flags: {quality['flagged']} of {quality['n']} images")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from lesionlab.core.metrics import (
     negative_log_likelihood,
     softmax,
 )
+from lesionlab.core.scope import DEFAULT_MAX_FALSE_REJECTION, DEFAULT_SCOPE_METHOD
 from lesionlab.data.audit import audit_split
 from lesionlab.data.corruptions import parse_corruptions, parse_severities
 from lesionlab.data.sources import DataSource, open_source
@@ -51,12 +52,23 @@ from lesionlab.evaluate.predictions import (
 from lesionlab.evaluate.report import METRICS_FILE, PREDICTIONS_FILE
 from lesionlab.evaluate.robustness import RobustnessError, clean_check_warnings, evaluate_corruptions, load_reference
 from lesionlab.evaluate.robustness_report import card_summary as robustness_card
+from lesionlab.evaluate.scope import fit_run_scope, scope_report
 from lesionlab.evaluate.subgroups import card_summary as subgroups_card
 from lesionlab.evaluate.subgroups import subgroup_analysis, subgroup_warnings
-from lesionlab.runs import Run, load_run, update_run_info
+from lesionlab.runs import Run, check_run_use, load_run, seal_enclosing_run, update_run_info
 
 MODEL_CARD_FILE = "model_card.json"
 AUDIT_FILE = "audit.json"
+
+
+@dataclass(frozen=True)
+class ScopeOptions:
+    """How ``--calibrate`` fits the out-of-scope gate, and what each evaluation measures of it."""
+
+    method: str = DEFAULT_SCOPE_METHOD
+    max_false_rejection: float = DEFAULT_MAX_FALSE_REJECTION
+    compare: bool = False  # also score the other methods against the out-of-scope sets (fits each on train + val)
+    ood_images: int = 60  # images per out-of-scope set (0: do not measure)
 
 
 @dataclass
@@ -133,6 +145,7 @@ def card_document(doc: dict[str, Any]) -> dict[str, Any]:
                            and ci[name].get("low") is not None else None}
                     for name in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")},
         "malignant": doc.get("malignant"), "referral": doc.get("referral"), "timing": doc.get("timing"),
+        "scope": {k: (doc.get("scope") or {}).get(k) for k in ("gate", "uncertainty", "quality")},
         **_card_extras(doc),
         "intended_use": INTENDED_USE, "known_limits": list(KNOWN_LIMITS),
     }
@@ -183,8 +196,9 @@ def open_eval_source(run: Run, data_cfg: DataConfig | None = None, isic_csv: Pat
 
 
 def calibrate_run(run: Run, source: DataSource, tta: bool, target_sensitivity: float, batch_size: int,
-                  progress: bool) -> dict[str, Any]:
-    """Fit temperature and referral threshold on the validation split of ``source``; store both in run.json."""
+                  progress: bool, scope: ScopeOptions | None = None) -> dict[str, Any]:
+    """Fit temperature and referral threshold on the validation split of ``source``, then the scope gate and the
+    abstention margin (:func:`~lesionlab.evaluate.scope.fit_run_scope`); store them in run.json."""
     frame, logits = predict_split(run, source, "val", tta=tta, batch_size=batch_size, temperature=1.0,
                                   progress=progress, return_logits=True)
     y, _ = arrays(frame, run.classes)
@@ -194,9 +208,11 @@ def calibrate_run(run: Run, source: DataSource, tta: bool, target_sensitivity: f
                   "split_hash": split_hash(source.table)}
     calibration = {**fit, **provenance}
     referral = {**referral, **provenance, "applies_to": "probabilities after temperature scaling"}
-    info = update_run_info(run.path, temperature=fit["temperature"], referral_threshold=referral["threshold"],
-                           calibration=calibration, referral=referral)
-    run.info = info
+    run.info = update_run_info(run.path, temperature=fit["temperature"], referral_threshold=referral["threshold"],
+                               calibration=calibration, referral=referral)
+    scope = scope or ScopeOptions()
+    safety = fit_run_scope(run, source, tta, scope.method, scope.max_false_rejection, progress)
+    run.info = update_run_info(run.path, **{k: {**v, "fitted": provenance["fitted"]} for k, v in safety.items()})
     return {"calibration": calibration, "referral_fit": referral}
 
 
@@ -230,6 +246,7 @@ def _write_evaluation(out: Path, doc: dict[str, Any], frame: Any, full_audit: di
     pred_path = write_predictions(frame, out / PREDICTIONS_FILE)
     metrics_path = atomic_write_json(out / METRICS_FILE, doc)
     card_path = atomic_write_json(out / MODEL_CARD_FILE, card_document(doc))
+    seal_enclosing_run(out)
     return EvaluationResult(out, doc, pred_path, metrics_path, card_path)
 
 
@@ -240,18 +257,22 @@ def evaluate_run(run_dir: str | Path, data_cfg: DataConfig | None = None, split:
                  seed: int = 0, batch_size: int = 64, device: str = "cpu", timing_images: int = 64,
                  audit: str = "lesions", progress: bool = True, corruptions: str | list[str] | None = None,
                  severities: str | list[int] | None = None, corruption_seed: int = 0,
-                 robustness_reference: str | Path | None = None) -> EvaluationResult:
+                 robustness_reference: str | Path | None = None, scope: ScopeOptions | None = None,
+                 allow_unfinished: bool = False, allow_synthetic: bool = False) -> EvaluationResult:
     """Score ``split`` of the run's data (or ``data_cfg``, or an ISIC set) and write the evaluation directory.
 
     ``audit``: see :func:`run_audit`; the full audit is written to ``audit.json``, its summary into metrics.json.
     An external ISIC set is not a split, so it is not audited. Every evaluation reports subgroups
     (:mod:`lesionlab.evaluate.subgroups`); with ``corruptions`` (``"all"`` or names) it also scores the corrupted
-    test split (:mod:`lesionlab.evaluate.robustness`) at ``severities`` (default 1-5).
+    test split (:mod:`lesionlab.evaluate.robustness`) at ``severities`` (default 1-5). An unfinished run, or one
+    trained on synthetic data, is refused unless allowed; its report then carries the warning.
     """
     if corruptions:  # a misspelt corruption fails before any model work
         parse_corruptions(corruptions)
         parse_severities(severities)
     run = load_run(run_dir, device=device)
+    run_warnings = check_run_use(run.path, run.info, "evaluate", allow_unfinished, allow_synthetic)
+    scope = scope or ScopeOptions()
     external = isic_csv is not None
     source, cfg = open_eval_source(run, data_cfg, Path(isic_csv) if isic_csv else None,
                                    Path(isic_images) if isic_images else None)
@@ -262,7 +283,7 @@ def evaluate_run(run_dir: str | Path, data_cfg: DataConfig | None = None, split:
     if calibrate:
         own = not external and (data_cfg is None or data_cfg == run.config.data)
         cal_source = source if own else open_eval_source(run)[0]  # the run's own validation split, never test data
-        extra.update(calibrate_run(run, cal_source, use_tta, target_sensitivity, batch_size, progress))
+        extra.update(calibrate_run(run, cal_source, use_tta, target_sensitivity, batch_size, progress, scope))
     frame, logits = predict_split(run, source, eval_split, tta=use_tta, batch_size=batch_size,
                                   temperature=run.temperature or 1.0, progress=progress, return_logits=True)
     y, proba = arrays(frame, run.classes)
@@ -270,7 +291,11 @@ def evaluate_run(run_dir: str | Path, data_cfg: DataConfig | None = None, split:
         "run": run_context(run),
         "data": source_context(source, eval_split, source.split_name or str(cfg.split), split_hash(source.table)),
         "audit": None, "evaluation": _evaluation_block(run, use_tta, calibrate, bootstrap, seed), **extra}
-    context["evaluation"]["warnings"] += [] if external else _split_warnings(context, calibrate, eval_split)
+    context["evaluation"]["warnings"] += run_warnings + ([] if external else _split_warnings(context, calibrate,
+                                                                                             eval_split))
+    if scope.ood_images > 0:
+        context["scope"] = scope_report(run, source, eval_split, use_tta, n_ood=scope.ood_images, seed=seed,
+                                        compare=scope.compare, progress=progress)
     if timing_images > 0:
         timed = rows[:timing_images]
         images = load_images(source, timed, run.preprocessing, False)

@@ -35,6 +35,7 @@ from lesionlab.evaluate.robustness_report import headline_text, report_plots
 from lesionlab.evaluate.robustness_report import report_tables as robustness_tables
 from lesionlab.evaluate.subgroups import report_tables as subgroup_tables
 from lesionlab.evaluate.subgroups import summary_text
+from lesionlab.runs import seal_enclosing_run
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -92,6 +93,34 @@ def _confusion_table(doc: dict[str, Any], classes: Sequence[str]) -> Table:
     rows = [[c, *(str(v) for v in row)] for c, row in zip(classes, counts, strict=True)]
     return Table("Confusion matrix (counts; rows true, columns predicted)", "table-confusion", ["true \\ pred",
                                                                                                   *classes], rows)
+
+
+def _scope_tables(doc: dict[str, Any]) -> list[Table]:
+    """The out-of-scope gate against each out-of-scope set, and the abstention and quality checks."""
+    scope = doc.get("scope") or {}
+    gate, tables = scope.get("gate"), []
+    if gate:
+        rows = [[r["set"], r["method"] + (" (the gate)" if r["gate"] else ""), fmt(r["auroc"]), fmt(r["detected"]),
+                 fmt(r["false_rejection"])] for r in scope.get("ood") or []]
+        tables.append(Table("Out-of-scope gate", "table-scope", ["out-of-scope set", "score", "AUROC",
+                                                                  "detected", "false rejection (this split)"], rows,
+                            note=f"{gate['method']} score, threshold {fmt(gate['threshold'])} fitted on validation "
+                                 f"to reject at most {fmt(gate.get('max_false_rejection'))} of it; sets: "
+                                 + ", ".join(f"{k} ({v})" for k, v in (scope.get("ood_sets") or {}).items())))
+    rows = []
+    if scope.get("uncertainty"):
+        u = scope["uncertainty"]
+        rows += [["uncertain (margin below threshold)",
+                  f"{fmt(u['uncertain_rate'])} (threshold {fmt(u['threshold'])})"],
+                 ["accuracy when uncertain / certain",
+                  f"{fmt(u['accuracy_uncertain'])} / {fmt(u['accuracy_certain'])}"]]
+    if scope.get("quality"):
+        q = scope["quality"]
+        rows.append(["image-quality flags", f"{q['flagged']} of {q['n']} (dark {q['too_dark']}, bright "
+                     f"{q['too_bright']}, blurred {q['blurred']}, one colour {q['one_colour']})"])
+    if rows:
+        tables.append(Table("Abstention and image quality", "table-abstention", ["check", "value"], rows))
+    return tables
 
 
 def _referral_table(doc: dict[str, Any]) -> Table | None:
@@ -207,7 +236,7 @@ def run_report(doc: dict[str, Any], predictions: pd.DataFrame, gallery_png: byte
              "per-class sensitivity and specificity bars"),
     ]
     tables = [headline_table(doc), per_class_table(doc, classes), _confusion_table(doc, classes)]
-    tables += [t for t in (_referral_table(doc), _runtime_table(doc)) if t is not None]
+    tables += [t for t in (_referral_table(doc), _runtime_table(doc)) if t is not None] + _scope_tables(doc)
     if doc.get("subgroups"):
         tables += subgroup_tables(doc["subgroups"])
     if doc.get("robustness"):
@@ -296,4 +325,6 @@ def render_run_report(path: str | Path, out_dir: str | Path | None = None) -> di
     predictions = read_predictions(eval_dir / PREDICTIONS_FILE, doc["classes"])
     gallery = eval_dir / str(((doc.get("robustness") or {}).get("gallery") or {}).get("file", ""))
     gallery_png = gallery.read_bytes() if doc.get("robustness") and gallery.is_file() else None
-    return write_report(run_report(doc, predictions, gallery_png), out_dir or eval_dir)
+    paths = write_report(run_report(doc, predictions, gallery_png), out_dir or eval_dir)
+    seal_enclosing_run(paths["html"].parent)  # the report is part of the run directory it was written into
+    return paths

@@ -6,23 +6,25 @@ threads and the event loop keeps answering ``/healthz`` and refusals while a pre
 
 from __future__ import annotations
 
+import asyncio
 import time
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Form, UploadFile
+from fastapi import Depends, FastAPI, File, Form, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lesionlab.classes import UnknownClassError, by_code
+from lesionlab.core.io import sweep_stale_temporaries
 from lesionlab.core.version import __version__
 from lesionlab.data.metadata import SEXES
 from lesionlab.runs import Run, load_run
-from lesionlab.serve.decode import decode_image
-from lesionlab.serve.errors import ServeError, error_response, install_error_handlers
+from lesionlab.serve.contract import BATCH_FIELDS, SINGLE_FIELDS, install_openapi, known_fields
+from lesionlab.serve.errors import ServeError, error_response, install_error_handlers, log
 from lesionlab.serve.schemas import ERRORS, BatchResponse, PredictResponse
 from lesionlab.serve.service import Patient, Predictor, Timer
 from lesionlab.serve.settings import ServeSettings
@@ -31,10 +33,18 @@ FORM_OVERHEAD = 256 * 1024  # multipart boundaries, headers and the small text f
 
 DESCRIPTION = """Decision support for dermoscopy images of pigmented skin lesions (HAM10000's seven classes).
 
-Every error is JSON `{"error": {"code", "message", "field"}}` with a 4xx status. Probabilities use the run's
-temperature when `lesionlab evaluate --calibrate` fitted one; the referral flag compares the summed probability of
-the malignant classes (mel, bcc, akiec) with the run's validation-fitted `referral_threshold`, or with the
-default (0.5) when none was fitted, and says which in `threshold_source`. Research use only: see `GET /v1/model`.
+Every answer says whether the image can be judged at all (`assessment`): `cannot_assess` when it does not look like
+the dermoscopy images the model was trained on (`scope`, a Mahalanobis-distance gate fitted on the run's validation
+data) or fails the image-quality check (`quality`: too dark, too bright, blurred, mostly one colour), and then no
+referral flag is given (`referral.refer` is null); `uncertain` when the two most likely classes are too close to
+call (`uncertainty`). A model that was not trained to the end, or on synthetic images, is only served when asked
+explicitly, and every answer then carries `warnings`.
+
+Every error is JSON `{"error": {"code", "message", "field"}}` with a 4xx status (503 when busy). Probabilities use
+the run's temperature when `lesionlab evaluate --calibrate` fitted one; the referral flag compares the summed
+probability of the malignant classes (mel, bcc, akiec) with the run's validation-fitted `referral_threshold`, or
+with the default (0.5) when none was fitted, and says which in `threshold_source`. Research use only: see
+`GET /v1/model`.
 """
 
 
@@ -44,15 +54,21 @@ def static_dir() -> Path:
 
 
 class UploadGuard:
-    """Checks on prediction uploads before any body is parsed: multipart only (415), and a byte limit (413).
+    """Checks on prediction uploads before any body is parsed: multipart only (415), a byte limit (413) and read
+    timeouts (408).
 
     The limit covers the whole body (every image plus form overhead); a declared ``Content-Length`` over it is
-    refused at once, and a body without one is counted as it arrives and cut off at the limit.
+    refused at once, and a body without one is counted as it arrives and cut off at the limit. A client that pauses
+    longer than ``read_timeout_s`` between two chunks, or takes longer than ``body_timeout_s`` for the whole body
+    (a slow-upload attack holding a worker), is answered 408.
     """
 
-    def __init__(self, app: ASGIApp, limits: dict[str, int]) -> None:
+    def __init__(self, app: ASGIApp, limits: dict[str, int], read_timeout_s: float = 10.0,
+                 body_timeout_s: float = 60.0) -> None:
         self.app = app
         self.limits = limits  # path -> largest body in bytes
+        self.read_timeout_s = read_timeout_s
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.limits.get(scope.get("path", "")) if scope["type"] == "http" else None
@@ -71,12 +87,22 @@ class UploadGuard:
         if declared.isdigit() and int(declared) > limit:
             await error_response(413, "too_large", too_large)(scope, receive, send)
             return
-        seen = 0
+        seen, done = 0, False
+        deadline = asyncio.get_running_loop().time() + self.body_timeout_s
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, done
+            if done:  # the body is complete: later receives wait for a disconnect, untimed
+                return await receive()
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, min(self.read_timeout_s, left)))
+            except asyncio.TimeoutError:
+                raise StarletteHTTPException(408, f"the request body did not arrive in time (no data for "
+                                                  f"{self.read_timeout_s:g} s, or over {self.body_timeout_s:g} s in "
+                                                  "all)") from None
             seen += len(message.get("body", b""))
+            done = message.get("type") != "http.request" or not message.get("more_body", False)
             if seen > limit:
                 raise StarletteHTTPException(413, too_large)  # FastAPI re-raises HTTP errors met while parsing
             return message
@@ -117,7 +143,7 @@ def run_predict(predictor: Predictor, uploads: list[UploadFile], patients: list[
     images, names = [], []
     for upload, field in zip(uploads, fields, strict=True):
         data, name = _read_upload(upload, field, settings)
-        images.append(decode_image(data, settings, name, upload.content_type, field))
+        images.append(predictor.decode(data, name, upload.content_type, field))
         names.append(name)
     timer.add("decode", start)
     results = predictor.predict(images, patients, names, timer, explain=explain, explain_class=explain_class)
@@ -145,14 +171,16 @@ def _info_routes(app: FastAPI, predictor: Predictor) -> None:
     @app.get("/v1/options", summary="Accepted values and limits, for forms")
     def options() -> dict[str, Any]:
         return {"sexes": list(SEXES), "sites": list(predictor.sites), "age_range": list(settings.age_range),
-                "max_bytes": settings.max_bytes, "max_pixels": settings.max_pixels, "max_batch": settings.max_batch,
+                "max_bytes": settings.max_bytes, "max_pixels": predictor.max_pixels, "max_batch": settings.max_batch,
+                "image_modes": settings.image_modes,
                 "content_types": list(settings.content_types), "uses_metadata": predictor.uses_meta}
 
 
 def _predict_routes(app: FastAPI, predictor: Predictor) -> None:
     settings = predictor.settings
 
-    @app.post("/v1/predict", summary="Classify one image", response_model=PredictResponse, responses=ERRORS)
+    @app.post("/v1/predict", summary="Classify one image", response_model=PredictResponse, responses=ERRORS,
+              dependencies=[Depends(known_fields(SINGLE_FIELDS))])
     def predict(image: Annotated[UploadFile, File(description="the dermoscopy image (JPEG, PNG, ...)")],
                 age: Annotated[str | None, Form(description="years")] = None,
                 sex: Annotated[str | None, Form(description="male, female or unknown")] = None,
@@ -169,11 +197,11 @@ def _predict_routes(app: FastAPI, predictor: Predictor) -> None:
             explain = True
         results, timing = run_predict(predictor, [image], [patient], ["image"], explain, explain_class)
         body = {"model": predictor.model_info(), **results[0], "temperature": predictor.temperature,
-                "timing_ms": timing}
+                "warnings": predictor.warnings, "timing_ms": timing}
         return JSONResponse(body)
 
     @app.post("/v1/predict/batch", summary="Classify several images", response_model=BatchResponse,
-              responses=ERRORS)
+              responses=ERRORS, dependencies=[Depends(known_fields(BATCH_FIELDS))])
     def predict_batch(images: Annotated[list[UploadFile], File(description="the images, as repeated 'images'")],
                       age: Annotated[list[str] | None, Form(description="none, one, or one per image")] = None,
                       sex: Annotated[list[str] | None, Form()] = None,
@@ -189,13 +217,16 @@ def _predict_routes(app: FastAPI, predictor: Predictor) -> None:
         fields = [f"images[{i}]" for i in range(n)]
         results, timing = run_predict(predictor, images, patients, fields, explain, None)
         return JSONResponse({"model": predictor.model_info(), "temperature": predictor.temperature,
-                             "results": results, "timing_ms": timing})
+                             "warnings": predictor.warnings, "results": results, "timing_ms": timing})
 
 
 def create_app(run_or_path: Run | str | Path, settings: ServeSettings | None = None) -> FastAPI:
     """The service for one run (a loaded ``Run`` or its directory); pure apart from loading the model."""
     settings = settings or ServeSettings()
-    predictor = Predictor(_load(run_or_path), settings)
+    run = _load(run_or_path)
+    for tmp in sweep_stale_temporaries(run.path):  # an hour old or more: never a write in progress
+        log.warning("removed %s, left by a process that was killed mid-write", tmp)
+    predictor = Predictor(run, settings)
     if settings.warmup:
         predictor.warm_up()
     app = FastAPI(title="lesionlab decision support", version=__version__, description=DESCRIPTION)
@@ -204,8 +235,10 @@ def create_app(run_or_path: Run | str | Path, settings: ServeSettings | None = N
     install_error_handlers(app)
     app.add_middleware(UploadGuard, limits={
         "/v1/predict": settings.max_bytes + FORM_OVERHEAD,
-        "/v1/predict/batch": settings.max_batch * settings.max_bytes + FORM_OVERHEAD})
+        "/v1/predict/batch": settings.max_batch * settings.max_bytes + FORM_OVERHEAD},
+        read_timeout_s=settings.read_timeout_s, body_timeout_s=settings.body_timeout_s)
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
     _info_routes(app, predictor)
     _predict_routes(app, predictor)
+    install_openapi(app, predictor)
     return app

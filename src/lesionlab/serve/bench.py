@@ -10,13 +10,14 @@ it says.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -218,3 +219,64 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_subprocess(run: str, threads: int = 2, extra: Sequence[str] = (), startup_s: float = 120.0
+                     ) -> Iterator[tuple[str, int]]:
+    """``lesionlab serve RUN`` in a subprocess on a free loopback port (so client and server do not share a GIL);
+    yields its base URL and process id once ``/healthz`` answers, and stops it on exit."""
+    import subprocess
+    import sys
+
+    from lesionlab.core.errors import LesionlabError
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "lesionlab.cli", "serve", str(run), "--port", str(port), "--threads", str(threads),
+           "--log-level", "warning", *extra]
+    proc = subprocess.Popen(cmd)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + startup_s
+        while True:
+            if proc.poll() is not None:
+                raise LesionlabError(f"the server exited with status {proc.returncode} during start-up")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise LesionlabError(f"the server did not answer /healthz within {startup_s:g} s")
+            time.sleep(0.25)
+        yield base, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, host: str = "127.0.0.1", startup_timeout: float = 30.0) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a daemon thread on a free port; yields its base URL and stops it on exit.
+
+    For browser tests and the documentation's screenshots, which drive the service from the same process.
+    """
+    import uvicorn
+
+    port = free_port(host)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"the server on {host}:{port} stopped during start-up (port in use?)")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the server on {host}:{port} did not start within {startup_timeout:g} s")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lesionlab.core.argparsing import Deprecated, rich_table
-from lesionlab.core.errors import LesionlabError, MissingFileError, UsageError
+from lesionlab.core.errors import MissingFileError, UsageError
 from lesionlab.core.io import atomic_write
 
 DEFAULT_PORT = 8000
@@ -25,7 +25,19 @@ def _limit_args(p: argparse.ArgumentParser) -> None:
 
     d = ServeSettings()
     p.add_argument("--max-bytes", type=int, default=d.max_bytes, help="largest upload per image (bytes)")
-    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest width x height per image")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                   help="largest width x height decoded per image (default: 256 x the model's input pixels; JPEGs "
+                        "are decoded scaled down first)")
+    p.add_argument("--image-modes", choices=["convert", "refuse"], default=d.image_modes,
+                   help="greyscale, alpha, palette and 16-bit uploads: convert with a note in the answer (default), "
+                        "or refuse them (415)")
+    p.add_argument("--max-decodes", type=int, default=d.max_decodes, help="images decoded at the same time")
+    p.add_argument("--read-timeout", type=float, default=d.read_timeout_s,
+                   help="seconds a request body may pause before 408")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="use a run whose training did not finish (every answer then carries a warning)")
+    p.add_argument("--allow-synthetic", action="store_true",
+                   help="use a run trained on synthetic images (every answer then carries a warning)")
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="most images per batch request")
     p.add_argument("--content-types", default=",".join(d.content_types), help="accepted image content types")
     p.add_argument("--threshold", type=float, default=None,
@@ -44,7 +56,10 @@ def _settings(args: argparse.Namespace, onnx_path: str | None = None) -> Any:
 
     values: dict[str, Any] = {"max_bytes": args.max_bytes, "max_pixels": args.max_pixels,
                               "max_batch": args.max_batch, "content_types": args.content_types,
-                              "threads": args.threads, "onnx_path": onnx_path, "tta": args.tta}
+                              "threads": args.threads, "onnx_path": onnx_path, "tta": args.tta,
+                              "image_modes": args.image_modes, "max_decodes": args.max_decodes,
+                              "read_timeout_s": args.read_timeout, "allow_unfinished": args.allow_unfinished,
+                              "allow_synthetic": args.allow_synthetic}
     if args.threshold is not None:
         values["default_threshold"] = args.threshold
     if args.source_size is not None:
@@ -181,6 +196,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = _bench_overhead(args)
         console.print(_table("service overhead per image, in-process (ms)", ("stage", "p50", "p95"),
                              [[stage, f"{r['p50']:.2f}", f"{r['p95']:.2f}"] for stage, r in result["stages"].items()]))
+    elif args.what == "soak":
+        from lesionlab.serve.soak import print_soak
+
+        result = _bench_soak(args)
+        print_soak(console, result, _table)
     else:
         result = _bench_load(args)
         r = result["load"]
@@ -192,6 +212,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for sample in r["error_samples"]:
             console.print(f"error: {sample}")
     print(json.dumps(result, indent=2))
+    if args.what == "soak":
+        return 0 if result["soak"]["passed"] else 1
     return 1 if args.what == "load" and result["load"]["errors"] else 0
 
 
@@ -258,47 +280,45 @@ def _bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
             "stages": service_overhead(predictor, data, runs=args.runs)}
 
 
+def _server(args: argparse.Namespace) -> Any:
+    """``lesionlab serve`` for ``args.run`` in a subprocess: a context manager yielding its URL and pid."""
+    from lesionlab.serve.bench import serve_subprocess
+
+    onnx = [] if args.onnx is None else ["--onnx"] + ([] if args.onnx == "auto" else [args.onnx])
+    allow = [f for f, on in (("--allow-unfinished", args.allow_unfinished), ("--allow-synthetic", args.allow_synthetic))
+             if on]
+    return serve_subprocess(args.run, args.threads, [*onnx, *allow])
+
+
 def _bench_load(args: argparse.Namespace) -> dict[str, Any]:
-    """Start ``lesionlab serve`` in a subprocess (so client and server do not share a GIL) and load it."""
-    import subprocess
-    import time
-
-    import httpx
-
-    from lesionlab.serve.bench import free_port, load_test
+    """Start ``lesionlab serve`` in a subprocess and load it with one image at fixed concurrency."""
+    from lesionlab.serve.bench import load_test
 
     if not args.run:
         raise UsageError("serve-bench load needs a run: lesionlab serve-bench load RUN")
     data, name = _bench_image(args)
-    port = free_port()
-    onnx = [] if args.onnx is None else ["--onnx"] + ([] if args.onnx == "auto" else [args.onnx])
-    cmd = [sys.executable, "-m", "lesionlab.cli", "serve", args.run, "--port", str(port), "--threads",
-           str(args.threads), "--log-level", "warning", *onnx]
-    proc = subprocess.Popen(cmd)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise LesionlabError(f"the server exited with status {proc.returncode} during start-up")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                raise LesionlabError("the server did not answer /healthz within 120 s")
-            time.sleep(0.25)
+    with _server(args) as (base, _):
         fields = {"age": "55", "sex": "female", "site": "back"}
         load_test(f"{base}/v1/predict", data, requests=min(10, args.requests), concurrency=1, filename=name,
                   fields=fields)  # warm-up, not reported
         result = load_test(f"{base}/v1/predict", data, requests=args.requests, concurrency=args.concurrency,
                            filename=name, fields=fields, max_seconds=args.max_seconds)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     return {"run": args.run, "image": name, "backend": "torch" if args.onnx is None else "onnxruntime",
             "load": result.as_dict()}
+
+
+def _bench_soak(args: argparse.Namespace) -> dict[str, Any]:
+    """A bounded soak against a served run: real images mixed with bad inputs, RSS sampled (serve.soak)."""
+    from lesionlab.serve.soak import shared_images, soak
+
+    if not args.run:
+        raise UsageError("serve-bench soak needs a run: lesionlab serve-bench soak RUN")
+    real = shared_images()
+    with _server(args) as (base, pid):
+        result = soak(base, pid, real, args.seconds, args.concurrency, args.sample_every,
+                      progress=lambda m: print(m, file=sys.stderr))
+    return {"run": args.run, "real_images": len(real), "backend": "torch" if args.onnx is None else "onnxruntime",
+            "concurrency": args.concurrency, "soak": result}
 
 
 def _onnx_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -342,8 +362,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _limit_args(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("serve-bench", help="latency (eager vs ONNX Runtime), service overhead, loopback load test")
-    p.add_argument("what", choices=["latency", "overhead", "load"])
+    p = sub.add_parser("serve-bench", help="latency (eager vs ONNX Runtime), service overhead, loopback load test, "
+                                           "soak")
+    p.add_argument("what", choices=["latency", "overhead", "load", "soak"])
     p.add_argument("run", nargs="?", default=None, help="run directory (latency: instead of --arch)")
     p.add_argument("--run", dest="old_run", action=Deprecated, new="lesionlab serve-bench WHAT RUN")
     p.add_argument("--arch", default="resnet50", help="latency without a run: this architecture, random weights")
@@ -353,6 +374,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--max-seconds", type=float, default=300.0, help="load test wall-clock bound")
+    p.add_argument("--seconds", type=float, default=600.0, help="soak: how long (default 10 minutes)")
+    p.add_argument("--sample-every", type=float, default=5.0, help="soak: seconds between RSS samples")
     _onnx_arg(p, "load test: serve with ONNX Runtime")
     p.add_argument("--int8", action="store_true", help="latency: also an int8 ONNX Runtime model (static quantisation)")
     p.add_argument("--calibration", type=int, default=32, help="latency --int8: calibration images")

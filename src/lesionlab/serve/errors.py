@@ -7,6 +7,7 @@ field; ``field`` says which form field was wrong, so the page can point at it.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,6 +18,28 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lesionlab.core.errors import LesionlabError
 
 log = logging.getLogger("lesionlab.serve")
+
+
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?!/v1/)(?:/[^\s/'\"(),;:]+){2,}/?|(?<![\w])[A-Za-z]:\\[^\s'\"(),;]+")
+#: Keys of run.json and model cards whose values are file system paths: left out of every answer.
+PATH_KEYS = frozenset({"path", "metadata_csv", "image_dirs", "npz", "cache_dir", "split_file", "output_dir",
+                       "weights", "run_dir", "onnx_path", "image_dir"})
+
+
+def clean_text(text: str) -> str:
+    """A message fit for a response: no Python object reprs, and absolute paths cut to their last part."""
+    text = _OBJECT_REPR.sub("the upload", text)
+    return _ABSOLUTE_PATH.sub(lambda m: re.split(r"[/\\]", m.group().rstrip("/\\"))[-1] or "<path>", text)
+
+
+def redact(value: Any) -> Any:
+    """``value`` without path-valued keys (:data:`PATH_KEYS`) and with :func:`clean_text` on every string."""
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items() if k not in PATH_KEYS}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return clean_text(value) if isinstance(value, str) else value
 
 
 class ServeError(LesionlabError):
@@ -31,7 +54,7 @@ class ServeError(LesionlabError):
 
     def body(self) -> dict[str, Any]:
         """The JSON body sent to the client."""
-        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+        return {"error": {"code": self.code, "message": clean_text(self.message), "field": self.field}}
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
@@ -39,7 +62,7 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return JSONResponse(ServeError(status, code, message, field).body(), status_code=status)
 
 
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "timeout", 413: "too_large",
                415: "unsupported_media_type", 422: "invalid_field"}
 
 
@@ -48,7 +71,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServeError)
     async def _serve_error(_: Request, exc: ServeError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        headers = {"Retry-After": "5"} if exc.status == 503 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -63,7 +87,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        response = error_response(exc.status_code, code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -22,7 +22,7 @@ from lesionlab.core.io import atomic_write, file_sha256
 from lesionlab.core.metrics import softmax
 from lesionlab.data.metadata import MetadataEncoder
 from lesionlab.data.transforms import Preprocessing
-from lesionlab.runs import WEIGHTS_FILE, Run
+from lesionlab.runs import WEIGHTS_FILE, Run, seal_enclosing_run
 from lesionlab.serve.backend import OnnxBackend, OnnxError, TorchBackend
 from lesionlab.serve.samples import parity_images  # noqa: F401  (re-exported: its former home)
 
@@ -104,7 +104,9 @@ def export_onnx(run: Run, path: str | Path | None = None, opset: int = OPSET) ->
              "lesionlab.preprocessing": json.dumps(info.get("preprocessing")),
              WEIGHTS_PROP: weights_digest(run)}
     meta_dim = meta_width(run) if run_uses_meta(run) else 0
-    return export_module(run.model, path, input_shape(run), meta_dim, props, opset)
+    written = export_module(run.model, path, input_shape(run), meta_dim, props, opset)
+    seal_enclosing_run(written.parent)
+    return written
 
 
 WEIGHTS_PROP = "lesionlab.weights_sha256"

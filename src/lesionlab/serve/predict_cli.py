@@ -15,7 +15,6 @@ import pandas as pd
 from lesionlab.classes import CLASS_CODES
 from lesionlab.data.images import DataError
 from lesionlab.data.splits import read_csv_columns
-from lesionlab.serve.decode import decode_image
 from lesionlab.serve.errors import ServeError
 from lesionlab.serve.service import Patient, Predictor, Timer
 
@@ -44,7 +43,9 @@ def input_table(images: list[str], age: str | None = None, sex: str | None = Non
 
 
 def predict_table(predictor: Predictor, table: pd.DataFrame, batch_size: int = 16) -> pd.DataFrame:
-    """Score every row; returns the input columns plus probabilities, top-1, referral, timing and ``error``."""
+    """Score every row; returns the input columns plus probabilities, top-1, referral, timing, the assessment
+    (``assessed``, ``uncertain``, ``cannot_assess``) with its scope, quality and uncertainty columns, the run's
+    ``warnings`` and ``error``. A row that cannot be assessed has ``refer`` empty."""
     out_rows: list[dict[str, Any]] = []
     pending: list[tuple[int, Any, Patient, str]] = []
 
@@ -63,21 +64,25 @@ def predict_table(predictor: Predictor, table: pd.DataFrame, batch_size: int = 1
             row["top1_name"] = res["top"][0]["name"]
             ref = res["referral"]
             row.update(malignant_probability=ref["malignant_probability"], refer=ref["refer"],
-                       threshold=ref["threshold"], threshold_source=ref["threshold_source"], ms=round(per_image, 2))
+                       threshold=ref["threshold"], threshold_source=ref["threshold_source"], ms=round(per_image, 2),
+                       assessment=res["assessment"]["status"], in_scope=res["scope"]["in_scope"],
+                       scope_score=res["scope"]["score"], quality_flags=" ".join(res["quality"]["flags"]),
+                       uncertain=res["uncertainty"]["uncertain"], notes="; ".join(res["image"]["notes"]))
         pending.clear()
 
     for i, rec in enumerate(table.to_dict("records")):
         row: dict[str, Any] = {k: rec.get(k, "") for k in INPUT_COLUMNS}
         row.update({f"p_{c}": None for c in CLASS_CODES})
         row.update(top1=None, top1_name=None, malignant_probability=None, refer=None, threshold=None,
-                   threshold_source=None, ms=None, error="")
+                   threshold_source=None, ms=None, assessment=None, in_scope=None, scope_score=None,
+                   quality_flags=None, uncertain=None, notes=None, warnings="; ".join(predictor.warnings), error="")
         out_rows.append(row)
         path = Path(str(rec["image"]))
         try:
             patient = predictor.check_patient(rec.get("age"), rec.get("sex"), rec.get("site"))
             if not path.is_file():
                 raise ServeError(404, "missing_file", f"{path}: file not found", "image")
-            image = decode_image(path.read_bytes(), predictor.settings, str(path))
+            image = predictor.decode(path.read_bytes(), str(path), None, "image")
         except ServeError as err:
             row["error"] = f"row {i + 1}: {err.message}"
             continue

@@ -6,7 +6,7 @@ so these models document the contract and the tests keep them honest.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -19,7 +19,8 @@ class ClassProbability(BaseModel):
 
 
 class Referral(BaseModel):
-    refer: bool = Field(description="malignant_probability >= threshold")
+    refer: bool | None = Field(description="malignant_probability >= threshold; null (withheld) when the image "
+                                           "cannot be assessed")
     malignant_probability: float = Field(description="p(akiec) + p(bcc) + p(mel)")
     threshold: float
     threshold_source: str = Field(description="'validation' (fitted by evaluate --calibrate) or 'default' (0.5)")
@@ -32,12 +33,43 @@ class ModelInfo(BaseModel):
     backend: str = Field(description="torch or onnxruntime")
     flip_averaged: bool
     lesionlab: str
+    warnings: list[str] = Field(description="why this model's answers must not be trusted, if anything")
 
 
 class ImageInfo(BaseModel):
     name: str
     width: int
     height: int
+    mode: str = Field(description="the file's pixel mode (RGB, L, RGBA, I;16, ...)")
+    notes: list[str] = Field(description="what was done to it: mode conversion, JPEG draft scaling")
+
+
+class Assessment(BaseModel):
+    status: Literal["assessed", "uncertain", "cannot_assess"] = Field(
+        description="cannot_assess: out of scope or failed quality, no verdict; uncertain: the model abstains")
+    reasons: list[str] = Field(description="out_of_scope, too_dark, too_bright, blurred, one_colour, small_margin")
+    message: str
+
+
+class Scope(BaseModel):
+    in_scope: bool | None = Field(description="looks like the training images; null when no gate was fitted")
+    score: float | None
+    threshold: float | None = Field(description="fitted on the validation split")
+    method: str | None
+
+
+class Quality(BaseModel):
+    ok: bool
+    flags: list[str]
+    mean_luminance: float
+    laplacian_var: float
+    one_colour_share: float
+
+
+class Uncertainty(BaseModel):
+    uncertain: bool | None = Field(description="margin below the validation-fitted threshold; null when none")
+    margin: float = Field(description="p(top1) - p(top2)")
+    threshold: float | None
 
 
 class Metadata(BaseModel):
@@ -58,6 +90,10 @@ class Heatmap(BaseModel):
 
 class ImageResult(BaseModel):
     image: ImageInfo
+    assessment: Assessment
+    scope: Scope
+    quality: Quality
+    uncertainty: Uncertainty
     probabilities: list[ClassProbability]
     top: list[ClassProbability]
     referral: Referral
@@ -68,12 +104,14 @@ class ImageResult(BaseModel):
 class PredictResponse(ImageResult):
     model: ModelInfo
     temperature: float | None
+    warnings: list[str]
     timing_ms: dict[str, float] = Field(description="decode, preprocess, model, explain, total, overhead")
 
 
 class BatchResponse(BaseModel):
     model: ModelInfo
     temperature: float | None
+    warnings: list[str]
     results: list[ImageResult]
     timing_ms: dict[str, float]
 
@@ -90,7 +128,10 @@ class ErrorBody(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "empty, not an image, corrupt or truncated"},
+    408: {"model": ErrorBody, "description": "the request body arrived too slowly"},
     413: {"model": ErrorBody, "description": "too many bytes, pixels or images"},
-    415: {"model": ErrorBody, "description": "content type not accepted, or not multipart/form-data"},
+    415: {"model": ErrorBody, "description": "content type or image mode not accepted, or not multipart/form-data"},
     422: {"model": ErrorBody, "description": "a form field out of range or unknown (field named)"},
+    503: {"model": ErrorBody, "description": "every decode slot busy for too long; retry after Retry-After seconds",
+          "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}},
 }

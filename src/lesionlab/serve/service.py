@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import math
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,11 +26,12 @@ from lesionlab.core.io import file_sha256, read_json
 from lesionlab.core.metrics import softmax
 from lesionlab.core.version import __version__
 from lesionlab.data.metadata import SITES, MetadataError, validate_patient
-from lesionlab.data.transforms import Preprocessing
-from lesionlab.runs import WEIGHTS_FILE, Run, RunError, flip_views, mean_logits
+from lesionlab.data.transforms import Preprocessing, to_chw_tensor
+from lesionlab.runs import WEIGHTS_FILE, Run, RunError, check_run_use, flip_views, mean_logits, pooled_features
+from lesionlab.serve.assess import Assessor
 from lesionlab.serve.backend import Backend, OnnxBackend, OnnxError, TorchBackend, torch_threads
-from lesionlab.serve.decode import decode_image
-from lesionlab.serve.errors import ServeError
+from lesionlab.serve.decode import Decoded, decode_image, decode_upload
+from lesionlab.serve.errors import ServeError, redact
 from lesionlab.serve.explain import GradCamExplainer, overlay_png, to_image_geometry
 from lesionlab.serve.onnx_export import check_onnx_matches, run_uses_meta
 from lesionlab.serve.samples import jpeg_bytes, synthetic_lesion
@@ -119,7 +121,15 @@ class Predictor:
         if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature > 0):
             raise RunError(f"run.json: temperature {temperature!r} must be a positive number")
         self.threshold, self.threshold_source = referral_threshold(self.info, settings)
+        self.warnings = check_run_use(run.path, run.info, "serve", settings.allow_unfinished, settings.allow_synthetic)
+        self.assessor = Assessor(run.scope, run.uncertainty_threshold)
+        self.warnings += self.assessor.missing()
+        size, source = self.preprocessing.size, self.preprocessing.source_size
+        self.max_pixels = settings.pixel_limit(size)
+        self.need = max(*size, *(source or (0, 0)))  # the longest side the preprocessing uses
+        self.decode_slots = threading.BoundedSemaphore(settings.max_decodes)
         torch_backend = TorchBackend(run.model, threads=settings.threads)
+        self.torch_backend = torch_backend
         self.backend: Backend = self._onnx_backend(settings) if settings.onnx_path else torch_backend
         self.explainer = GradCamExplainer(torch_backend)
         self.run_dir = Path(run.path)
@@ -155,17 +165,35 @@ class Predictor:
             raise ServeError(422, err.code, str(err), prefix + err.field) from None
         return Patient(value, sex_v, site_v)
 
+    def decode(self, data: bytes, name: str, content_type: str | None, field: str) -> Decoded:
+        """Decode an upload with the run's pixel limit and JPEG draft size, at most ``max_decodes`` at a time
+        (a request that waits longer than ``decode_wait_s`` for a slot gets 503 with Retry-After)."""
+        if not self.decode_slots.acquire(timeout=self.settings.decode_wait_s):
+            raise ServeError(503, "busy", f"{name}: the server is decoding {self.settings.max_decodes} images "
+                             f"already and none finished within {self.settings.decode_wait_s:g} s; retry shortly",
+                             field)
+        try:
+            return decode_upload(data, self.settings, name, content_type, field, need=self.need,
+                                 max_pixels=self.max_pixels)
+        finally:
+            self.decode_slots.release()
+
     # -- scoring -----------------------------------------------------------------------------------------------
 
     def prepare(self, image: Image.Image, patient: Patient) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The model inputs of one image: the run's preprocessing, and its encoded metadata when the model uses it."""
+        return self._prepare(image, patient)[:2]
+
+    def _prepare(self, image: Image.Image, patient: Patient
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray]:
         with torch_threads(1):
-            x = self.preprocessing(image)
+            pixels = self.preprocessing.resize_image(image)
+            x = self.preprocessing.normalize(to_chw_tensor(pixels))
         meta = None
         if self.uses_meta and self.meta_encoder is not None:
             age = float("nan") if patient.age is None else patient.age
             meta = torch.as_tensor(self.meta_encoder.encode_one(age, patient.sex, patient.site), dtype=torch.float32)
-        return x, meta
+        return x, meta, pixels
 
     def _backend_logits(self, x: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
         return torch.from_numpy(self.backend.logits(x.numpy(), meta.numpy() if meta is not None else None))
@@ -176,21 +204,37 @@ class Predictor:
 
         The views go through the backend as one batch, which costs less than three calls at batch 1.
         """
-        views = flip_views(images) if self.tta else [images]
-        return softmax(mean_logits(self._backend_logits, views, meta, batched=True).numpy(), self.temperature)
+        return self.scores(images, meta)[0]
 
-    def describe(self, probs: np.ndarray) -> dict[str, Any]:
-        """The per-image answer: every class, the top ``k``, and the referral decision."""
+    def scores(self, images: torch.Tensor, meta: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`probabilities` and the (view-averaged, unscaled) logits they come from."""
+        views = flip_views(images) if self.tta else [images]
+        logits = mean_logits(self._backend_logits, views, meta, batched=True).numpy()
+        return softmax(logits, self.temperature), logits
+
+    def features(self, images: torch.Tensor) -> np.ndarray:
+        """The run's pooled image features (PyTorch, also when ONNX Runtime scores): the scope gate's input."""
+        def run() -> np.ndarray:
+            with torch.inference_mode():
+                return pooled_features(self.run.model, images).numpy()
+
+        return self.torch_backend.call(run)
+
+    def describe(self, probs: np.ndarray, assessment: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The per-image answer: every class, the top ``k``, and the referral decision (withheld, ``refer: null``,
+        when the image cannot be assessed)."""
         classes = [{"code": c.code, "name": c.name, "malignant": c.malignant, "probability": round(float(p), 6)}
                    for c, p in zip(CLASSES, probs, strict=True)]
         order = np.argsort(-probs, kind="stable")[: self.settings.top_k]
         malignant = float(probs[list(MALIGNANT_INDICES)].sum())
+        withheld = bool(assessment and assessment["assessment"]["status"] == "cannot_assess")
         return {
+            **(assessment or {}),
             "probabilities": classes,
             "top": [classes[i] for i in order],
-            "referral": {"refer": bool(malignant >= self.threshold), "malignant_probability": round(malignant, 6),
-                         "threshold": self.threshold, "threshold_source": self.threshold_source,
-                         "malignant_classes": list(MALIGNANT_CODES)},
+            "referral": {"refer": None if withheld else bool(malignant >= self.threshold),
+                         "malignant_probability": round(malignant, 6), "threshold": self.threshold,
+                         "threshold_source": self.threshold_source, "malignant_classes": list(MALIGNANT_CODES)},
         }
 
     def heatmap(self, x: torch.Tensor, meta: torch.Tensor | None, class_index: int,
@@ -209,23 +253,27 @@ class Predictor:
         return {"method": "Grad-CAM", "class": CLASS_CODES[class_index], "layer": hm.layer,
                 "width": size[0], "height": size[1], "png_base64": base64.b64encode(png).decode("ascii")}
 
-    def predict(self, images: list[Image.Image], patients: list[Patient], names: list[str], timer: Timer,
+    def predict(self, images: list[Image.Image | Decoded], patients: list[Patient], names: list[str], timer: Timer,
                 explain: bool = False, explain_class: str | None = None) -> list[dict[str, Any]]:
         """Score a batch of decoded images; fills ``timer`` with preprocess / model / explain times."""
         t = time.perf_counter()
-        prepared = [self.prepare(im, p) for im, p in zip(images, patients, strict=True)]
+        decoded = [d if isinstance(d, Decoded) else Decoded(d, d.width, d.height, d.mode) for d in images]
+        prepared = [self._prepare(d.image, p) for d, p in zip(decoded, patients, strict=True)]
         x = torch.stack([p[0] for p in prepared])
         meta = torch.stack([p[1] for p in prepared if p[1] is not None]) if self.uses_meta else None
         t = timer.add("preprocess", t)
-        probs = self.probabilities(x, meta)
+        probs, logits = self.scores(x, meta)
+        features = self.features(x) if self.assessor.needs_features else None
+        assessed = self.assessor.assess([p[2] for p in prepared], features, logits, probs)
         t = timer.add("model", t)
         results = []
-        for i, (im, patient, name) in enumerate(zip(images, patients, names, strict=True)):
-            out = {"image": {"name": name, "width": im.width, "height": im.height}, **self.describe(probs[i]),
+        for i, (d, patient, name) in enumerate(zip(decoded, patients, names, strict=True)):
+            out = {"image": {"name": name, "width": d.width, "height": d.height, "mode": d.mode, "notes": d.notes},
+                   **self.describe(probs[i], assessed[i]),
                    "metadata": {**patient.as_dict(), "used_by_model": self.uses_meta}}
-            if explain:
+            if explain and assessed[i]["assessment"]["status"] != "cannot_assess":  # no verdict, nothing to explain
                 cls = by_code(explain_class).index if explain_class else int(np.argmax(probs[i]))
-                out["heatmap"] = self.heatmap(prepared[i][0], prepared[i][1], cls, im.size)
+                out["heatmap"] = self.heatmap(prepared[i][0], prepared[i][1], cls, d.image.size)
             else:
                 out["heatmap"] = None
             results.append(out)
@@ -241,7 +289,7 @@ class Predictor:
     def model_info(self) -> dict[str, Any]:
         """Identity of the served model, repeated in every response."""
         return {"id": self.model_id, "version": self.model_version, "backend": self.backend.name,
-                "flip_averaged": self.tta, "lesionlab": __version__}
+                "flip_averaged": self.tta, "lesionlab": __version__, "warnings": list(self.warnings)}
 
     def card(self) -> dict[str, Any]:
         """The model card of ``GET /v1/model``: identity, classes, data, validation and evaluation figures,
@@ -250,7 +298,7 @@ class Predictor:
         model = self.info.get("model") or {}
         evaluation, eval_dir = self.evaluation
         source_size = self.preprocessing.source_size
-        return {
+        return redact({
             "model_id": self.model_id, "model_version": self.model_version, "backend": self.backend.name,
             "architecture": {k: model.get(k) for k in ("name", "timm_name", "head", "fusion", "parameters")},
             "classes": [{"index": c.index, "code": c.code, "name": c.name, "malignant": c.malignant} for c in CLASSES],
@@ -265,5 +313,7 @@ class Predictor:
             "training": {"created": self.info.get("created"), "split": self.info.get("split"),
                          "data": self.info.get("data"), "best_validation": self.info.get("best")},
             "evaluation": evaluation, "evaluation_source": eval_dir,
+            "scope": {"gate": self.info.get("scope"), "uncertainty": self.info.get("uncertainty")},
+            "warnings": list(self.warnings),
             "intended_use": INTENDED_USE, "known_limits": [*KNOWN_LIMITS, *SERVING_LIMITS],
-        }
+        })

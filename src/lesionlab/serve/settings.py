@@ -6,6 +6,8 @@ tighten it without touching code and a test can lower it to provoke each error c
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lesionlab.data.metadata import AGE_RANGE
@@ -17,6 +19,10 @@ DEFAULT_CONTENT_TYPES: tuple[str, ...] = ("image/jpeg", "image/png", "image/webp
 # says ``threshold_source: "default"`` so that nobody mistakes it for a validated operating point.
 DEFAULT_REFERRAL_THRESHOLD = 0.5
 
+# The derived pixel limit: an upload may have this many pixels per pixel of the model's input (16 x 16, i.e. 16 times
+# the input's side). Larger images only cost memory and time: the model sees them shrunk to its input.
+PIXELS_PER_INPUT_PIXEL = 256
+
 
 class ServeSettings(BaseModel):
     """What the service accepts and how it answers; all sizes are per image."""
@@ -24,7 +30,19 @@ class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_bytes: int = Field(10 * 1024 * 1024, gt=0, description="largest accepted upload per image, in bytes")
-    max_pixels: int = Field(40_000_000, gt=0, description="largest accepted width x height per image")
+    max_pixels: int | None = Field(
+        None, gt=0, description="largest width x height decoded per image (after JPEG draft scaling). None: derived "
+        "from the run, PIXELS_PER_INPUT_PIXEL x the model's input pixels (4.2 megapixels for a 128 px model); "
+        "raise it (--max-pixels) to accept larger PNG, TIFF or WebP files")
+    image_modes: Literal["convert", "refuse"] = Field(
+        "convert", description="greyscale, alpha, palette, CMYK and 16-bit uploads: convert to RGB with a note in the "
+        "response, or refuse them (415)")
+    max_decodes: int = Field(2, ge=1, description="images decoded at the same time; further uploads wait")
+    decode_wait_s: float = Field(30.0, gt=0, description="longest wait for a decode slot before answering 503")
+    read_timeout_s: float = Field(10.0, gt=0, description="longest pause between two chunks of a request body (408)")
+    body_timeout_s: float = Field(60.0, gt=0, description="longest time to receive a whole request body (408)")
+    allow_unfinished: bool = Field(False, description="serve a run whose training did not finish, with a warning")
+    allow_synthetic: bool = Field(False, description="serve a run trained on synthetic images, with a warning")
     min_side: int = Field(16, ge=1, description="smallest accepted width or height, pixels")
     max_aspect: float = Field(10.0, ge=1.0, description="largest accepted long side / short side")
     max_batch: int = Field(16, gt=0, description="most images in one /v1/predict/batch request")
@@ -60,6 +78,12 @@ class ServeSettings(BaseModel):
         if v is not None and (min(v) < 0 or (0 in v and v != (0, 0))):
             raise ValueError(f"source_size {v} must be positive (height, width), or 0 for never")
         return v
+
+    def pixel_limit(self, input_size: tuple[int, int]) -> int:
+        """``max_pixels``, or the limit derived from the model's input size (height, width)."""
+        if self.max_pixels is not None:
+            return self.max_pixels
+        return PIXELS_PER_INPUT_PIXEL * int(input_size[0]) * int(input_size[1])
 
     @field_validator("age_range")
     @classmethod

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from lesionlab.config import RunConfig, computation_dict, dump_config
-from lesionlab.core.io import atomic_write_text
+from lesionlab.core.io import atomic_write_text, sweep_stale_temporaries
 from lesionlab.data.corruptions import parse_corruptions
 from lesionlab.models import apply_head_preset
 from lesionlab.runs import CONFIG_FILE, INFO_FILE, RunError, read_info
@@ -90,6 +90,29 @@ def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
     return out
 
 
+RESOLVED_ONCE = ("channels_last", "bf16")  # train settings whose 'auto' is resolved at the start and saved
+
+
+def _adopt_resolved(saved: dict[str, Any], requested: dict[str, Any]) -> dict[str, Any]:
+    """``requested`` with its ``auto`` precision settings replaced by what the saved run resolved them to."""
+    train, done = requested.get("train") or {}, saved.get("train") or {}
+    for key in RESOLVED_ONCE:
+        if train.get(key) == "auto" and done.get(key) in ("on", "off"):
+            train[key] = done[key]
+    return requested
+
+
+def resolve_precision_config(cfg: RunConfig, precision: Precision) -> RunConfig:
+    """The config with ``train.channels_last`` / ``train.bf16`` ``auto`` replaced by the decision, so the saved
+    config says how the run computed (and a resume or a repeat computes the same, whatever the machine's load)."""
+    update = {}
+    if cfg.train.channels_last == "auto":
+        update["channels_last"] = "on" if precision.channels_last else "off"
+    if cfg.train.bf16 == "auto" and precision.device.type == "cpu":
+        update["bf16"] = "on" if precision.dtype == torch.bfloat16 else "off"
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=update)}) if update else cfg
+
+
 def check_run_dir(run_dir: Path, cfg: RunConfig, resume: bool | None) -> str:
     """What to do with ``run_dir``: ``"fresh"``, ``"resume"`` or ``"complete"`` (raises on a conflicting config).
 
@@ -104,7 +127,8 @@ def check_run_dir(run_dir: Path, cfg: RunConfig, resume: bool | None) -> str:
     if info_path.is_file():
         info = read_info(run_dir)
         complete = info.get("status") == "complete"
-        diff = _config_diff(computation_dict(info.get("config", {})), computation_dict(cfg))
+        saved = computation_dict(info.get("config", {}))
+        diff = _config_diff(saved, _adopt_resolved(saved, computation_dict(cfg)))
         if diff and (has_ckpt or complete) and resume is not False:
             raise RunError(f"{info_path}: run directory holds a run with a different config ({'; '.join(diff[:6])}); "
                            "choose another run directory (or train.name) or delete the directory")
@@ -157,6 +181,16 @@ def _decide_precision(cfg: RunConfig, device: torch.device, model: torch.nn.Modu
         precision = Precision(device, torch.bfloat16 if report.get("bf16") else None, bool(report.get("channels_last")),
                               grouped_conv_fp32=bool(report.get("grouped_conv_fp32", False)))
     return precision, report
+
+
+def _restore(run_dir: Path, restore: Callable[[], Any]) -> None:
+    """Apply a part of the checkpoint; a state that does not fit this run is an error naming the file."""
+    try:
+        restore()
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunError(f"{run_dir / CHECKPOINT_FILE}: the checkpoint does not fit this run ({type(err).__name__}: "
+                       f"{first}); delete it to start the run over") from None
 
 
 # ------------------------------------------------------------------------------------------------------- the loop
@@ -255,6 +289,9 @@ def _fit(cfg: RunConfig, ctx: dist_utils.DistContext, run_dir: Path, resume: boo
     """Prepare everything the loop needs, in the order that makes a resumed run end as an uninterrupted one."""
     tc = cfg.train
     what = check_run_dir(run_dir, cfg, resume)
+    if ctx.is_main and run_dir.is_dir():  # one trainer per run directory: its temporaries were left by a kill
+        for tmp in sweep_stale_temporaries(run_dir, older_than_s=0):
+            log.warning("removed %s, left by a training process that was killed mid-write", tmp)
     if what == "complete":
         log.info("%s already holds a complete run; nothing to do", run_dir)
         return run_dir
@@ -267,8 +304,9 @@ def _fit(cfg: RunConfig, ctx: dist_utils.DistContext, run_dir: Path, resume: boo
     pre = preprocessing_for(cfg, model, data.source_size)
     ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE) if what == "resume" else None
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        _restore(run_dir, lambda: model.load_state_dict(ckpt["model"]))
     precision, prec_report = _decide_precision(cfg, device, model, data, pre, ckpt)
+    cfg = resolve_precision_config(cfg, precision)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if tc.mode == "frozen":
@@ -297,7 +335,7 @@ def _fit(cfg: RunConfig, ctx: dist_utils.DistContext, run_dir: Path, resume: boo
                   "training": {"mode": tc.mode, "precision": prec_report, "world_size": ctx.world_size,
                                "embeddings": plan.embedding_info}})
     if ckpt is not None:
-        H.Checkpoint.restore(state, ckpt)
+        _restore(run_dir, lambda: H.Checkpoint.restore(state, ckpt))
         log.info("resuming %s after epoch %d", run_dir, state.start_epoch)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

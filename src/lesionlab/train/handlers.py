@@ -16,10 +16,9 @@ import torch
 from torch import nn
 
 from lesionlab.config import RunConfig
-from lesionlab.core.io import atomic_write_json
 from lesionlab.data.transforms import Preprocessing
 from lesionlab.models import freeze_backbone
-from lesionlab.runs import INFO_FILE, read_info, save_run, write_history
+from lesionlab.runs import INFO_FILE, read_info, save_run, seal_run, write_history
 from lesionlab.train import distributed as dist_utils
 from lesionlab.train.checkpoint import CHECKPOINT_FILE, rng_state, save_checkpoint, set_rng_state
 from lesionlab.train.loop import Precision, unwrap
@@ -118,7 +117,7 @@ class BestRun(Handler):
         info = read_info(state.run_dir)
         info.update(status="complete", epochs_run=len(state.history), stopped_early=bool(state.stopped_early))
         info.setdefault("training", {})["seconds"] = float(sum(r["seconds"] for r in state.history))
-        atomic_write_json(state.run_dir / INFO_FILE, info)
+        seal_run(state.run_dir, info)
 
 
 class History(Handler):

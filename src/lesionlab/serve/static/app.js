@@ -30,6 +30,7 @@ async function loadOptions() {
     $("age").min = opts.age_range[0];
     $("age").max = opts.age_range[1];
     renderIntendedUse(card);
+    renderWarnings(card.warnings);
     const metaNote = card.uses_metadata ? "uses age, sex and site" : "image only (age, sex and site are checked, not used)";
     $("model-line").textContent = `model ${card.model_id} (version ${card.model_version}, ${card.backend}); ${metaNote}`;
   } catch (err) {
@@ -105,13 +106,52 @@ function renderReferral(ref) {
     `threshold ${pct(ref.threshold)} (${source}).`;
 }
 
+// The model's own warnings (unfinished or synthetic training, checks never fitted): always on top, never hidden.
+function renderWarnings(warnings) {
+  const box = $("warnings");
+  box.textContent = "";
+  for (const text of warnings || []) {
+    const p = document.createElement("p");
+    p.textContent = text;
+    box.appendChild(p);
+  }
+  box.hidden = !(warnings && warnings.length);
+}
+
+// cannot_assess: no class, no bars, no referral; uncertain: the answer says the model abstains, above the bars.
+function renderAssessment(data) {
+  const a = data.assessment;
+  const box = $("assessment");
+  box.className = "assessment " + a.status.replace("_", "-");
+  box.hidden = a.status === "assessed";
+  box.textContent = "";
+  if (a.status === "cannot_assess") {
+    const head = document.createElement("strong");
+    head.textContent = "Cannot assess: ";
+    box.append(head, a.message.replace(/^cannot assess: /, "") + ". No class and no referral flag are given.");
+  } else if (a.status === "uncertain") {
+    const [first, second] = data.top;
+    const head = document.createElement("strong");
+    head.textContent = "Uncertain: the model abstains. ";
+    box.append(head, `It cannot decide between ${first.name} (${pct(first.probability)}) and ${second.name} ` +
+      `(${pct(second.probability)}); treat this as no answer and decide on the clinical picture.`);
+  }
+  const verdict = a.status !== "cannot_assess";
+  $("referral").hidden = !verdict;
+  $("bars-block").hidden = !verdict;
+}
+
 function render(data) {
   $("result").hidden = false;
-  renderReferral(data.referral);
-  renderBars(data.probabilities, data.top.map((c) => c.code));
+  renderWarnings(data.warnings);
+  renderAssessment(data);
+  if (data.assessment.status !== "cannot_assess") {
+    renderReferral(data.referral);
+    renderBars(data.probabilities, data.top.map((c) => c.code));
+  }
   $("photo").src = state.photoUrl;
   const heat = $("heatmap");
-  if (data.heatmap) {
+  if (data.heatmap && data.assessment.status !== "cannot_assess") {
     heat.src = `data:image/png;base64,${data.heatmap.png_base64}`;
     heat.hidden = !$("overlay-toggle").checked;
     $("overlay-toggle-label").hidden = false;
@@ -124,10 +164,12 @@ function render(data) {
   }
   const t = data.timing_ms;
   const temp = data.temperature ? `temperature ${data.temperature.toFixed(2)}` : "no temperature scaling";
+  const notes = (data.image.notes || []).length ? ` Image: ${data.image.notes.join("; ")}.` : "";
   $("details").textContent = `model ${data.model.id} ${data.model.version} (${data.model.backend}), ${temp}; ` +
     `${t.total.toFixed(0)} ms (model ${t.model.toFixed(0)} ms` +
     (t.explain !== undefined ? `, heatmap ${t.explain.toFixed(0)} ms). ` : "). ") +
-    (data.metadata.used_by_model ? "Age, sex and site were used." : "Age, sex and site were not used by this model.");
+    (data.metadata.used_by_model ? "Age, sex and site were used." : "Age, sex and site were not used by this model.") +
+    notes;
   $("result").scrollIntoView({ behavior: "smooth", block: "start" });
 }
 

@@ -1,0 +1,163 @@
+"""Fitting and measuring the decision-support safety checks of a run: the out-of-scope gate, abstention and the
+image-quality check (the pure parts are in :mod:`lesionlab.core.scope`).
+
+``evaluate --calibrate`` fits the gate's statistics on the training split and its threshold on the validation split
+(``RUN/scope.safetensors`` + ``run.json`` ``scope``), and the abstention margin on validation (``run.json``
+``uncertainty``). Every evaluation then reports, on the evaluated split, how many real images the gate rejects
+(false rejections), how many are uncertain or flagged for quality, and the gate's AUROC against the out-of-scope
+sets of :mod:`lesionlab.evaluate.ood` (all four scores side by side, so the chosen method is seen in context).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from lesionlab.core.metrics import softmax
+from lesionlab.core.scope import (
+    DEFAULT_MAX_FALSE_REJECTION,
+    DEFAULT_SCOPE_METHOD,
+    SCOPE_FILE,
+    SCOPE_METHODS,
+    ScopeGate,
+    fit_arrays,
+    fit_scope_gate,
+    fit_uncertainty,
+    margins,
+    quality_flags,
+    quality_measures,
+    save_gate_arrays,
+    threshold_for,
+)
+from lesionlab.evaluate.ood import ood_sets
+from lesionlab.evaluate.predictions import load_images, meta_rows, split_rows
+
+if TYPE_CHECKING:
+    from lesionlab.data.sources import DataSource
+    from lesionlab.runs import Run
+
+
+
+
+class Scored:
+    """Features, logits and model pixels of a set of images, computed once and scored by every method."""
+
+    def __init__(self, run: Run, images: Sequence[Any], metas: list[dict[str, Any]] | None, tta: bool,
+                 logits: bool = True) -> None:
+        pre = run.preprocessing
+        assert pre is not None
+        self.pixels = [pre.resize_image(im) for im in images]
+        self.features = run.predict_features(self.pixels)
+        if run.meta_encoder is not None and metas is None:
+            metas = [{"age": None, "sex": "unknown", "site": "unknown"}] * len(images)
+        # the training split needs features only (the gates' statistics); scores of logits need the logits
+        self.logits = run.predict_logits(self.pixels, metas, tta=tta) if logits else np.zeros((len(images), 0))
+        self.proba = softmax(self.logits, run.temperature) if logits else self.logits
+
+    def scores(self, gate: ScopeGate) -> np.ndarray:
+        return gate.score(self.features, self.logits, self.proba)
+
+
+_SCORED: dict[tuple[Any, ...], tuple[Scored, np.ndarray]] = {}
+
+
+def _split(run: Run, source: DataSource, split: str, tta: bool, progress: bool) -> tuple[Scored, np.ndarray]:
+    """A split scored once per run, source and temperature (fitting and then measuring need the same features)."""
+    key = (str(run.path), run.info.get("created"), source.name, len(source), split, run.temperature, tta)
+    if key not in _SCORED:
+        while len(_SCORED) >= 3:  # train, val and the evaluated split of one evaluation, no more
+            _SCORED.pop(next(iter(_SCORED)))
+        _SCORED[key] = _score_split(run, source, split, tta, progress)
+    return _SCORED[key]
+
+
+def _score_split(run: Run, source: DataSource, split: str, tta: bool, progress: bool
+                 ) -> tuple[Scored, np.ndarray]:
+    rows = split_rows(source, split)
+    images = load_images(source, rows, run.preprocessing, progress)
+    metas = meta_rows(source, rows) if run.meta_encoder is not None and split != "train" else None
+    return Scored(run, images, metas, tta, logits=split != "train"), source.table["label"].to_numpy()[rows]
+
+
+def fit_run_scope(run: Run, source: DataSource, tta: bool, method: str = DEFAULT_SCOPE_METHOD,
+                  max_false_rejection: float = DEFAULT_MAX_FALSE_REJECTION, progress: bool = False
+                  ) -> dict[str, Any]:
+    """Fit the gate (training split) and its threshold and the abstention margin (validation split); write
+    ``scope.safetensors`` and return the ``run.json`` fields ``scope`` and ``uncertainty``."""
+    train, train_y = _split(run, source, "train", tta, progress)
+    val, val_y = _split(run, source, "val", tta, progress)
+    gate = fit_scope_gate(method, train.features, train_y, val.scores, max_false_rejection)
+    save_gate_arrays(run.path / SCOPE_FILE, gate)
+    run.scope = gate
+    uncertainty = fit_uncertainty(val_y, val.proba)
+    return {"scope": {**gate.record(), "split": "val", "statistics": "train", "file": SCOPE_FILE},
+            "uncertainty": {**uncertainty, "split": "val"}}
+
+
+def quality_summary(pixels: Sequence[np.ndarray]) -> dict[str, Any]:
+    """How many images each quality flag catches."""
+    flags = [quality_flags(quality_measures(p)) for p in pixels]
+    names = ("too_dark", "too_bright", "blurred", "one_colour")
+    return {"n": len(flags), "flagged": sum(bool(f) for f in flags),
+            **{name: sum(name in f for f in flags) for name in names}}
+
+
+def comparison_gates(run: Run, source: DataSource, tta: bool, progress: bool) -> dict[str, ScopeGate]:
+    """All four scores with thresholds fitted on validation as the run's own gate is (the run's gate for its
+    method), so the benchmark compares like with like."""
+    train, train_y = _split(run, source, "train", tta, progress)
+    val, _ = _split(run, source, "val", tta, progress)
+    rejection = float((run.scope.fit if run.scope else {}).get("max_false_rejection", DEFAULT_MAX_FALSE_REJECTION))
+    gates = {}
+    for method in SCOPE_METHODS:
+        if run.scope is not None and run.scope.method == method:
+            gates[method] = run.scope
+            continue
+        gate = ScopeGate(method, float("inf"), fit_arrays(method, train.features, train_y))
+        gate.threshold = threshold_for(val.scores(gate), rejection)
+        gates[method] = gate
+    return gates
+
+
+def scope_report(run: Run, source: DataSource, split: str | None, tta: bool, n_ood: int = 60, seed: int = 0,
+                 compare: bool = True, progress: bool = False) -> dict[str, Any]:
+    """The ``scope`` block of metrics.json: false rejections, abstention and quality flags on the evaluated split,
+    and the AUROC / detection rate of each score against each out-of-scope set."""
+    rows = split_rows(source, split)
+    images = load_images(source, rows, run.preprocessing, progress)
+    metas = meta_rows(source, rows) if run.meta_encoder is not None else None
+    real = Scored(run, images, metas, tta)
+    y = source.table["label"].to_numpy()[rows]
+    out: dict[str, Any] = {"n": len(rows), "quality": quality_summary(real.pixels)}
+    threshold = run.uncertainty_threshold
+    if threshold is not None:
+        m = margins(real.proba)
+        correct = real.proba.argmax(axis=1) == y
+        unsure = m < threshold
+        out["uncertainty"] = {"threshold": threshold, "uncertain_rate": float(unsure.mean()),
+                              "accuracy_uncertain": float(correct[unsure].mean()) if unsure.any() else None,
+                              "accuracy_certain": float(correct[~unsure].mean()) if (~unsure).any() else None}
+    if run.scope is None:
+        out["gate"] = None
+        return out
+    gates = comparison_gates(run, source, tta, progress) if compare else {run.scope.method: run.scope}
+    real_scores = {m: real.scores(g) for m, g in gates.items()}
+    sets = ood_sets(n_ood, seed, real_images=[source.load_image(int(i)) for i in rows[:n_ood]])
+    out["gate"] = {**run.scope.record(), "false_rejection": float((~run.scope.in_scope(
+        real_scores[run.scope.method])).mean())}
+    out["ood_sets"] = {name: len(images) for name, images in sets.items()}
+    table = []
+    for name, images in sets.items():
+        scored = Scored(run, images, None, tta)
+        for method, gate in gates.items():
+            ood = scored.scores(gate)
+            truth = np.r_[np.zeros(len(real_scores[method])), np.ones(len(ood))]
+            table.append({"set": name, "method": method, "gate": method == run.scope.method,
+                          "auroc": float(roc_auc_score(truth, np.r_[real_scores[method], ood])),
+                          "detected": float((~gate.in_scope(ood)).mean()),
+                          "false_rejection": float((~gate.in_scope(real_scores[method])).mean())})
+    out["ood"] = table
+    return out

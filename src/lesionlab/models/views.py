@@ -1,0 +1,45 @@
+"""Test-time views of a batch and the model's outputs averaged over them: the one definition used by training,
+evaluation and serving (re-exported by :mod:`lesionlab.runs`), and the pooled image features the scope gate reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+Forward = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def flip_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The views averaged at test time: identity, horizontal and vertical flip (lesions have no orientation)."""
+    return [x, torch.flip(x, dims=[-1]), torch.flip(x, dims=[-2])]
+
+
+def mean_logits(forward: Forward, views: Sequence[torch.Tensor], meta: torch.Tensor | None = None,
+                batched: bool = False) -> torch.Tensor:
+    """``forward(view, meta)`` averaged over ``views``: the one definition of view averaging (flips at test time,
+    cached augmented views in frozen training). ``batched`` sends every view through one call (cheaper at batch 1).
+    """
+    if batched:
+        n = len(views[0])
+        m = meta.repeat(len(views), 1) if meta is not None else None
+        return forward(torch.cat(list(views)), m).float().reshape(len(views), n, -1).mean(dim=0)
+    total = None
+    for v in views:
+        out = forward(v, meta).float()
+        total = out if total is None else total + out
+    assert total is not None
+    return total / len(views)
+
+
+def pooled_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model.forward_features`` averaged over space when it is a map: ``[N, C]`` float32 on the CPU."""
+    feats = model.forward_features(x).float()
+    return (feats.mean(dim=(2, 3)) if feats.ndim == 4 else feats.flatten(1)).cpu()
+
+
+def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor | None, tta: bool
+                         ) -> torch.Tensor:
+    """Model logits, averaged over :func:`flip_views` when ``tta``."""
+    return mean_logits(lambda v, m: model(v, m) if m is not None else model(v), flip_views(x) if tta else [x], meta)

@@ -1,0 +1,86 @@
+"""Whether the service may give a verdict for an image: in scope, good enough to judge, and decided.
+
+Every answer carries an ``assessment``: ``assessed`` (a class and a referral flag), ``uncertain`` (the model
+abstains between its two leading classes; the referral flag stands, since it sums the malignant classes), or
+``cannot_assess`` (out of scope, or the image quality fails): then no referral flag and no verdict are given.
+The checks and their thresholds come from the run (:mod:`lesionlab.core.scope`, fitted by
+``lesionlab evaluate RUN --calibrate``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lesionlab.core.scope import ScopeGate, margins, quality_flags, quality_measures
+
+OUT_OF_SCOPE = ("cannot assess: this does not look like a dermoscopy image of the kind the model was trained on")
+QUALITY_WORDS = {"too_dark": "too dark", "too_bright": "too bright (over-exposed)", "blurred": "blurred",
+                 "one_colour": "mostly one colour"}
+FEATURE_METHODS = ("mahalanobis", "knn")
+
+
+def cannot_assess_quality(flags: list[str]) -> str:
+    """The page's words for a failed quality check."""
+    return (f"cannot assess: the image is {' and '.join(QUALITY_WORDS[f] for f in flags)}; take the picture again "
+            "(in focus, evenly lit, the lesion filling the frame)")
+
+
+class Assessor:
+    """The run's scope gate and abstention margin, applied to one batch of scored images."""
+
+    def __init__(self, gate: ScopeGate | None, uncertainty_threshold: float | None) -> None:
+        self.gate = gate
+        self.uncertainty_threshold = uncertainty_threshold
+
+    @property
+    def needs_features(self) -> bool:
+        """Whether the gate scores the penultimate features (else logits or probabilities suffice)."""
+        return self.gate is not None and self.gate.method in FEATURE_METHODS
+
+    def missing(self) -> list[str]:
+        """Warnings for a run whose checks were never fitted."""
+        out = []
+        if self.gate is None:
+            out.append("No out-of-scope gate was fitted for this run (lesionlab evaluate RUN --calibrate): images "
+                       "that are not dermoscopy are not recognised.")
+        if self.uncertainty_threshold is None:
+            out.append("No abstention threshold was fitted for this run (lesionlab evaluate RUN --calibrate): "
+                       "uncertain predictions are not marked.")
+        return out
+
+    def assess(self, pixels: list[np.ndarray], features: np.ndarray | None, logits: np.ndarray,
+               probs: np.ndarray) -> list[dict[str, Any]]:
+        """Per image: ``assessment``, ``scope``, ``quality`` and ``uncertainty`` blocks of the answer."""
+        scores = None
+        if self.gate is not None:
+            scores = self.gate.score(features if features is not None else np.zeros((len(probs), 0)), logits, probs)
+        m = margins(probs)
+        out = []
+        for i, px in enumerate(pixels):
+            measures = quality_measures(px)
+            flags = quality_flags(measures)
+            in_scope = None if scores is None else bool(scores[i] <= self.gate.threshold)  # type: ignore[union-attr]
+            uncertain = None if self.uncertainty_threshold is None else bool(m[i] < self.uncertainty_threshold)
+            out.append({
+                "assessment": _status(in_scope, flags, uncertain),
+                "scope": {"in_scope": in_scope, "score": None if scores is None else round(float(scores[i]), 6),
+                          "threshold": None if self.gate is None else self.gate.threshold,
+                          "method": None if self.gate is None else self.gate.method},
+                "quality": {"ok": not flags, "flags": flags, **{k: round(v, 4) for k, v in measures.items()}},
+                "uncertainty": {"uncertain": uncertain, "margin": round(float(m[i]), 6),
+                                "threshold": self.uncertainty_threshold},
+            })
+        return out
+
+
+def _status(in_scope: bool | None, flags: list[str], uncertain: bool | None) -> dict[str, Any]:
+    if in_scope is False:
+        return {"status": "cannot_assess", "reasons": ["out_of_scope", *flags], "message": OUT_OF_SCOPE}
+    if flags:
+        return {"status": "cannot_assess", "reasons": flags, "message": cannot_assess_quality(flags)}
+    if uncertain:
+        return {"status": "uncertain", "reasons": ["small_margin"],
+                "message": "uncertain: the model cannot decide between its two most likely classes; it abstains"}
+    return {"status": "assessed", "reasons": [], "message": "assessed"}
