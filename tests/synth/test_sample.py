@@ -52,7 +52,8 @@ def test_data_summary_reads_it(sample_set: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_a_run_trained_on_it_says_synthetic_in_its_model_card(sample_set: Path, tmp_path: Path) -> None:
-    """Train the smoke classifier on the sampled set, evaluate it: run.json, metrics and model card say SYNTHETIC."""
+    """Train the smoke classifier on the sampled set: evaluating it is refused unless allowed, and then run.json,
+    metrics and model card say SYNTHETIC."""
     repo = Path(__file__).resolve().parents[2]
     run_dir = tmp_path / "cls"
     assert main(["train", str(run_dir), "--config", str(repo / "configs" / "smoke.yaml"),
@@ -60,11 +61,22 @@ def test_a_run_trained_on_it_says_synthetic_in_its_model_card(sample_set: Path, 
                  "data.image_size=32", "train.epochs=2"]) == 0
     info = json.loads((run_dir / "run.json").read_text())
     assert info["data"]["synthetic"] is True and "SYNTHETIC" in info["data"]["source"]
-    assert main(["evaluate", str(run_dir), "--split", "test", "--no-progress"]) == 0
+    assert main(["evaluate", str(run_dir), "--split", "test", "--no-progress"]) == 1  # refused: synthetic training
+    assert not (run_dir / "eval-test").exists()
+    assert main(["evaluate", str(run_dir), "--split", "test", "--no-progress", "--allow-synthetic"]) == 0
     card = json.loads((run_dir / "eval-test" / "model_card.json").read_text())
     assert "SYNTHETIC" in card["model"]["training_data"]
     assert card["data"]["synthetic"] is True
     assert "SYNTHETIC" in (run_dir / "eval-test" / "report.md").read_text()
+    # nor may it judge a generator as the "independent" real-trained classifier
+    from lesionlab.runs import RunError
+    from lesionlab.synth.codes import labels_from_table
+    from lesionlab.synth.evaluation import classifier_scores
+
+    table = pd.DataFrame({"image_id": list("abcd"), "label": [0, 1, 2, 3], "sex": "male", "site": "back",
+                          "age": 50.0})
+    with pytest.raises(RunError, match="independent classifier"):
+        classifier_scores(run_dir, np.zeros((4, 16, 16, 3), np.uint8), labels_from_table(table, 0), 100, 0)
 
 
 def test_requests_shape_the_codes(trained_run: Path, tmp_path: Path) -> None:

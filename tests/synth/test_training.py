@@ -81,6 +81,53 @@ def test_a_corrupt_checkpoint_is_named(tmp_path: Path) -> None:
         train_synth(cfg, run_dir=run_dir, progress=False)
 
 
+def test_a_pickled_checkpoint_is_refused_unread(tmp_path: Path) -> None:
+    """Nothing read from disk may run code: a torch.save pickle is refused before anything opens it."""
+    cfg = tiny_config(tmp_path)
+    run_dir = tmp_path / "pickled"
+    run_dir.mkdir()
+    torch.save({"format": 1, "images": 0}, run_dir / CHECKPOINT_FILE)
+    with pytest.raises(SynthError, match="never unpickles"):
+        train_synth(cfg, run_dir=run_dir, progress=False)
+
+
+def test_the_checkpoint_is_safetensors_with_a_json_header(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from lesionlab.synth.checkpoint import TREE_KEY, load_checkpoint, save_checkpoint
+
+    path = tmp_path / CHECKPOINT_FILE
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.ones(2, 3))])
+    opt.param_groups[0]["params"][0].grad = torch.ones(2, 3)
+    opt.step()
+    state = {"generator": {"w": torch.arange(6.0).view(2, 3)}, "critic": {}, "generator_ema": {},
+             "opt_g": opt.state_dict(), "opt_d": opt.state_dict(), "rng": torch.Generator().manual_seed(3).get_state(),
+             "images": 64, "step": 2, "history": [{"w_dist": float("nan")}]}
+    save_checkpoint(path, state)
+    with safe_open(str(path), framework="pt") as fh:
+        header = json.loads(fh.metadata()[TREE_KEY])
+    assert header["images"] == 64 and header["generator"]["w"] == {"__tensor__": "t0"}
+    back = load_checkpoint(path)
+    assert torch.equal(back["generator"]["w"], state["generator"]["w"]) and torch.equal(back["rng"], state["rng"])
+    assert torch.equal(back["opt_g"]["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert back["step"] == 2 and back["history"][0]["w_dist"] != back["history"][0]["w_dist"]  # NaN survives
+
+
+@pytest.mark.parametrize("damage", ["truncate", "edit"])
+def test_a_damaged_run_file_is_refused_by_name(trained_run: Path, tmp_path: Path, damage: str) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    info = json.loads((copy / "synth.json").read_text())
+    assert "generator.safetensors" in info["files"] and "synth.json" not in info["files"]
+    target = copy / "generator.safetensors"
+    data = target.read_bytes()
+    target.write_bytes(data[:-10] if damage == "truncate" else data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(SynthError, match=r"generator\.safetensors"):
+        load_synth_run(copy)
+
+
 def test_real_batches_are_augmented_and_brought_to_the_stage() -> None:
     from lesionlab.synth.batches import TrainingData
 

@@ -85,13 +85,19 @@ def _real_labels(table: pd.DataFrame) -> Labels:
     return labels_from_table(table.reset_index(drop=True), 0)
 
 
-def classifier_scores(classifier: Path, images: np.ndarray, labels: Labels, bootstrap: int, seed: int
-                      ) -> dict[str, Any]:
-    """An independent lesionlab run on some images: balanced accuracy with CI, per-class recall."""
+def classifier_scores(classifier: Path, images: np.ndarray, labels: Labels, bootstrap: int, seed: int,
+                      allow_synthetic: bool = False) -> dict[str, Any]:
+    """An independent lesionlab run on some images: balanced accuracy with CI, per-class recall.
+
+    The classifier must be a finished run trained on real images: one trained on synthetic images (or interrupted)
+    would judge the generator by its own kind, so it is refused, unless ``allow_synthetic`` (the generator itself
+    was trained on the built-in SYNTHETIC demo set, so its "real" images are synthetic too).
+    """
     from lesionlab.evaluate import compute_metrics
-    from lesionlab.runs import load_run
+    from lesionlab.runs import check_run_use, load_run
 
     model = load_run(classifier)
+    check_run_use(classifier, model.info, "use as the independent classifier", allow_synthetic=allow_synthetic)
     meta = None
     if model.meta_encoder is not None:
         frame = labels.frame()
@@ -256,9 +262,10 @@ def label_fidelity_section(inp: EvalInputs, classifier: Path | None, recovery: d
         "synthetic": recovery["real_probe_on_synthetic"].get("class")}}
     if classifier is not None:
         out["classifier"] = str(classifier)
-        out["synthetic"] = classifier_scores(classifier, inp.syn, inp.labels, ev.bootstrap, ev.seed)
+        demo = bool(inp.source.synthetic)
+        out["synthetic"] = classifier_scores(classifier, inp.syn, inp.labels, ev.bootstrap, ev.seed, demo)
         out["real_test"] = classifier_scores(classifier, inp.real(inp.test), _real_labels(inp.table.iloc[inp.test]),
-                                             ev.bootstrap, ev.seed)
+                                             ev.bootstrap, ev.seed, demo)
     return out
 
 

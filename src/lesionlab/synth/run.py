@@ -11,12 +11,15 @@ A run directory holds::
     stages/stage-XXpx.safetensors, samples/stage-XXpx.png   EMA generator and sample grid at the end of each stage
     last.ckpt                  resumable state while training (removed when complete)
 
-Weights are safetensors and the checkpoint loads with ``weights_only``: nothing read from a run executes code.
+Weights are safetensors and the checkpoint is safetensors with a JSON header: nothing read from a run executes code.
+A complete run lists every file with its size and SHA-256 in ``synth.json`` (``files``); :func:`load_synth_run` refuses
+a run whose listed files were truncated, swapped or edited.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from lesionlab.classes import CLASS_CODES, NUM_CLASSES
+from lesionlab.core.manifest import verify_manifest
 from lesionlab.synth.codes import CodeLayout, CodeRequest, CodeSampler, Labels, class_plan, encode
 from lesionlab.synth.config import SynthConfig
 from lesionlab.synth.errors import SynthError
@@ -39,6 +43,7 @@ CRITIC_FILE = "critic.safetensors"
 CODES_FILE = "codes.csv"
 HISTORY_FILE = "history.csv"
 CHECKPOINT_FILE = "last.ckpt"
+log = logging.getLogger(__name__)
 SPLIT_ROUTING = {"coarse": ["class", "sex", "site", "age"], "fine": ["class", "free"]}
 
 
@@ -211,6 +216,11 @@ def load_synth_run(path: str | Path, device: str | torch.device = "cpu") -> Synt
     if info.get("status") != "complete":
         raise SynthError(f"{path}: the synthesis run is not finished (status {info.get('status')!r}); re-run "
                          f"`lesionlab synth train {path} --config CONFIG` to resume it")
+    if isinstance(info.get("files"), dict):
+        verify_manifest(path, info["files"], SynthError, where=str(path / INFO_FILE))
+    else:
+        log.warning("%s lists no file checksums (written by an older lesionlab): the files were not checked",
+                    path / INFO_FILE)
     try:
         config = build_config(SynthConfig, info["config"], where=str(path / INFO_FILE))
     except (ConfigError, KeyError) as err:

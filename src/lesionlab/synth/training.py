@@ -36,6 +36,7 @@ import torch
 
 from lesionlab.config import dump_config
 from lesionlab.core.io import atomic_write_json, atomic_write_text
+from lesionlab.core.manifest import file_manifest
 from lesionlab.synth.batches import (
     TrainingData,
     at_stage,
@@ -386,10 +387,11 @@ def train_synth(cfg: SynthConfig, run_dir: str | Path | None = None, progress: b
     save_state(run_dir / GENERATOR_FILE, tr.g_ema.state_dict())
     save_state(run_dir / CRITIC_FILE, tr.d.state_dict())
     atomic_write_text(run_dir / HISTORY_FILE, pd.DataFrame(tr.history).to_csv(index=False))
+    (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     atomic_write_json(run_dir / INFO_FILE, {
         **base, "status": "complete", "images": tr.images, "steps": tr.step, "stage_seconds": tr.stage_seconds,
-        "seconds": float(sum(tr.stage_seconds.values())), "final": row, "finished": _now()})
-    (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+        "seconds": float(sum(tr.stage_seconds.values())), "final": row, "finished": _now(),
+        "files": file_manifest(run_dir, exclude=[INFO_FILE])})
     return run_dir
 
 
