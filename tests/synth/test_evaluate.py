@@ -42,6 +42,8 @@ def test_every_measure_is_there(evaluated: Path) -> None:
     assert useful["arms"]["synthetic"]["synthetic_training_data"] is True
     assert useful["arms"]["real_oversampled"]["synthetic_training_data"] is True
     assert any(t["arm"] == "real_oversampled" and t["reference"] == "real_weighted" for t in useful["tests"])
+    assert useful["preset"].endswith("smoke.yaml")  # the report names the classifier preset the arms trained with
+    assert "smoke.yaml" in (evaluated / "report.md").read_text()
     lf = doc["label_fidelity"]
     assert lf["classifier"].endswith("real_weighted")  # the class-weighted arm serves as the classifier
     assert 0.0 <= lf["synthetic"]["balanced_accuracy"] <= 1.0 and lf["real_test"]["n"] > 0

@@ -14,7 +14,7 @@ EPILOG = """examples:
   lesionlab synth sample runs/synth-cpu-32 --n 1000 --balanced --out runs/synth-cpu-32/samples-balanced
   lesionlab synth sample runs/synth-cpu-32 --n 200 --class mel --age 60 --sex female --site back
   lesionlab synth traverse runs/synth-cpu-32
-  lesionlab synth evaluate runs/synth-cpu-32 --usefulness                  (trains 4 classifiers: about an hour)
+  lesionlab synth evaluate runs/synth-cpu-32 --usefulness      (also trains the 4 usefulness classifiers)
   lesionlab synth evaluate runs/synth-cpu-32 --classifier runs/cpu-lite0-64 n_per_class=100
 """
 

@@ -294,7 +294,8 @@ def evaluate_synth(run_dir: str | Path, out_dir: str | Path | None = None, class
         from lesionlab.synth.usefulness import score_arms, train_arms
 
         runs = train_arms(run, inp.table, inp.images, out / "usefulness", ev.usefulness, ev.seed, progress)
-        doc["usefulness"] = score_arms(runs, inp.real(inp.test), inp.y(inp.test), ev.bootstrap, ev.seed)
+        doc["usefulness"] = {"preset": str(ev.usefulness.preset), "overrides": list(ev.usefulness.overrides),
+                             **score_arms(runs, inp.real(inp.test), inp.y(inp.test), ev.bootstrap, ev.seed)}
         if classifier is None and "real_weighted" in runs:
             classifier = runs["real_weighted"]
     doc["label_fidelity"] = label_fidelity_section(inp, Path(classifier) if classifier else None, doc["codes"])

@@ -218,6 +218,9 @@ def memorisation_table(mem: dict[str, Any]) -> Table:
 
 
 def usefulness_tables(useful: dict[str, Any]) -> list[Table]:
+    preset = f"`{useful.get('preset', 'of the settings')}`"
+    if useful.get("overrides"):
+        preset += f" ({' '.join(useful['overrides'])})"
     arm_rows = []
     for m in useful["arms"].values():
         ci = m.get("ci", {}).get("balanced_accuracy")
@@ -226,8 +229,8 @@ def usefulness_tables(useful: dict[str, Any]) -> list[Table]:
     tables = [Table("Usefulness on the real test split", "table-usefulness",
                     ["training data", "train images", "balanced acc. [95% CI]", "accuracy",
                      *[f"recall {c}" for c in CLASS_CODES]], arm_rows,
-                    f"{useful.get('n_test')} real test images at the generator's resolution; every arm uses "
-                    "the project's CPU classifier preset and selects its epoch on the real validation split.")]
+                    f"{useful.get('n_test')} real test images at the generator's resolution; every arm trains "
+                    f"with the classifier preset {preset} and selects its epoch on the real validation split.")]
     test_rows = [[f"{t['arm']} - {t['reference']}", f"{t['difference']:+.3f}",
                   f"[{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]" if t.get("ci") else "n/a",
                   f"{t['p_bootstrap']:.3g}", f"{t['p_mcnemar']:.3g}"] for t in useful.get("tests", [])]
