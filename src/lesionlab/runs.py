@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 softmax_np = softmax  # the old name of lesionlab.core.metrics.softmax
 
 FORMAT_VERSION = 1
+#: The test-time view sets (``train.tta_views``): flips (identity, horizontal, vertical) or all 8 dihedral symmetries.
+TTA_VIEWS: tuple[str, ...] = ("flips", "dihedral")
 WEIGHTS_FILE = "model.safetensors"
 INFO_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -205,6 +207,7 @@ class Run:
     info: dict[str, Any]
     config: RunConfig
     tta: bool = True
+    tta_views: str = "flips"  # train.tta_views: flips (3 views) or dihedral (8)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
@@ -242,7 +245,7 @@ class Run:
     @torch.inference_mode()
     def predict_logits(self, images: Sequence[Any] | torch.Tensor, meta_rows: Sequence[dict[str, Any]] | None = None,
                        batch_size: int = 64, tta: bool | None = None) -> np.ndarray:
-        """Logits ``[N, 7]``, averaged over flip views when ``tta`` (default: as the run was validated)."""
+        """Logits ``[N, 7]``, averaged over the run's test-time views when ``tta`` (default: as it was validated)."""
         x = self.prepare_images(images)
         meta = self.prepare_meta(meta_rows, len(x))
         use_tta = self.tta if tta is None else tta
@@ -250,7 +253,7 @@ class Run:
         for start in range(0, len(x), batch_size):
             xb = x[start:start + batch_size].to(self.device)
             mb = meta[start:start + batch_size].to(self.device) if meta is not None else None
-            out.append(view_averaged_logits(self.model, xb, mb, use_tta).float().cpu())
+            out.append(view_averaged_logits(self.model, xb, mb, use_tta, self.tta_views).float().cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def predict_proba(self, images: Sequence[Any] | torch.Tensor, meta_rows: Sequence[dict[str, Any]] | None = None,
@@ -266,6 +269,24 @@ Forward = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 def flip_views(x: torch.Tensor) -> list[torch.Tensor]:
     """The views averaged at test time: identity, horizontal and vertical flip (lesions have no orientation)."""
     return [x, torch.flip(x, dims=[-1]), torch.flip(x, dims=[-2])]
+
+
+def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """All eight symmetries of the square: the four quarter turns of the image and of its mirror image (exact pixel
+    moves, no interpolation; the square inputs only)."""
+    mirror = torch.flip(x, dims=[-1])
+    return [torch.rot90(v, k, dims=(-2, -1)) if k else v for v in (x, mirror) for k in range(4)]
+
+
+def views_of(x: torch.Tensor, kind: str = "flips") -> list[torch.Tensor]:
+    """The test-time views of ``train.tta_views``: ``flips`` (3) or ``dihedral`` (8, square inputs)."""
+    if kind == "flips":
+        return flip_views(x)
+    if kind == "dihedral":
+        if x.shape[-1] != x.shape[-2]:
+            raise RunError(f"dihedral test-time views need a square input, got {x.shape[-2]}x{x.shape[-1]}")
+        return dihedral_views(x)
+    raise RunError(f"test-time views {kind!r} are not one of {', '.join(TTA_VIEWS)}")
 
 
 def mean_logits(forward: Forward, views: Sequence[torch.Tensor], meta: torch.Tensor | None = None,
@@ -285,10 +306,11 @@ def mean_logits(forward: Forward, views: Sequence[torch.Tensor], meta: torch.Ten
     return total / len(views)
 
 
-def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor | None, tta: bool
-                         ) -> torch.Tensor:
-    """Model logits, averaged over :func:`flip_views` when ``tta``."""
-    return mean_logits(lambda v, m: model(v, m) if m is not None else model(v), flip_views(x) if tta else [x], meta)
+def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor | None, tta: bool,
+                         views: str = "flips") -> torch.Tensor:
+    """Model logits, averaged over :func:`views_of` (``views``: flips or dihedral) when ``tta``."""
+    return mean_logits(lambda v, m: model(v, m) if m is not None else model(v), views_of(x, views) if tta else [x],
+                       meta)
 
 
 def build_model_from_info(info: dict[str, Any], where: str) -> torch.nn.Module:
@@ -351,7 +373,8 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     device = torch.device(device)
     model.to(device).eval()
     return Run(path=run_dir, model=model, classes=tuple(info["classes"]), preprocessing=preprocessing,
-               meta_encoder=meta_encoder, info=info, config=config, tta=bool(config.train.tta), device=device)
+               meta_encoder=meta_encoder, info=info, config=config, tta=bool(config.train.tta),
+               tta_views=config.train.tta_views, device=device)
 
 
 def _state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
