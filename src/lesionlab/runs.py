@@ -314,10 +314,15 @@ def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, meta: torch.Te
 
 
 def build_model_from_info(info: dict[str, Any], where: str) -> torch.nn.Module:
-    """The architecture described by ``run.json``, without any pretrained download."""
+    """The architecture described by ``run.json``, without any pretrained download (an ensemble: its members)."""
     from lesionlab.config import ModelConfig, build_config
     from lesionlab.models import create_model
+    from lesionlab.models.ensemble import EnsembleModel
 
+    members = info["model"].get("ensemble")
+    if members:
+        return EnsembleModel([build_model_from_info({"model": m, "config": info["config"]}, f"{where} member {i}")
+                              for i, m in enumerate(members)])
     raw = dict(info["model"].get("config") or info["config"].get("model") or {})
     raw["pretrained"] = False  # our own weights follow; never reach for the hub or a local weights file
     raw["weights"] = None
