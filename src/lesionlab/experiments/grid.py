@@ -50,6 +50,17 @@ class RepeatSpec(Strict):
         return list(self.seeds) if self.seeds is not None else []
 
 
+class ExtraEvaluation(Strict):
+    """One more evaluation of every run, into ``eval-<name>/``: other test-time views, the corrupted test split...
+
+    Its metrics join the grid's results as ``<name>.<metric>`` (e.g. ``d8.balanced_accuracy``), for tables,
+    tests and ``select``. It is scored without bootstrap, timing, audit or report.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
+    args: list[str] = Field(default_factory=list)  # passed to evaluate verbatim, e.g. [--tta-views, dihedral]
+
+
 class EvaluateSpec(Strict):
     """Arguments of ``lesionlab evaluate`` for every run of the grid (None: the evaluator's own default)."""
 
@@ -61,6 +72,7 @@ class EvaluateSpec(Strict):
     device: str | None = None  # e.g. cuda on GPU machines (the evaluator defaults to cpu)
     batch_size: int | None = Field(default=None, ge=1)
     extra_args: list[str] = Field(default_factory=list)  # passed to evaluate verbatim
+    extra_evaluations: list[ExtraEvaluation] = Field(default_factory=list)
 
 
 class SelectSpec(Strict):

@@ -30,7 +30,6 @@ from lesionlab.experiments.selection import write_selection_tables
 LOCAL_EXE: tuple[str, ...] = (sys.executable, "-m", "lesionlab.cli")
 #: How written command files call it: whatever ``lesionlab`` is on the cluster's PATH.
 SHELL_EXE: tuple[str, ...] = ("lesionlab",)
-STEP_NAMES = ("train", "evaluate")
 
 
 def log_path(run: PlannedRun) -> Path:
@@ -66,6 +65,11 @@ def run_steps(run: PlannedRun, output_dir: Path, evaluate: EvaluateSpec,
     if not evaluate.report:
         ev.append("--no-report")
     steps.append((*ev, *evaluate.extra_args))
+    for extra in evaluate.extra_evaluations:
+        device = ["--device", evaluate.device] if evaluate.device else []
+        steps.append((*exe, "evaluate", str(run.run_dir), "--split", evaluate.split, "--out",
+                      str(run.extra_eval_dir(extra.name)), "--bootstrap", "0", "--timing-images", "0", "--audit",
+                      "none", "--no-report", "--no-progress", *device, *extra.args))
     return tuple(steps)
 
 
@@ -95,7 +99,8 @@ def execute_local(plan: Sequence[PlannedRun], cfg: ExperimentConfig, workers: in
     for run in todo:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         steps = run_steps(run, output_dir, cfg.evaluate, exe)
-        step_names[run.run_id] = STEP_NAMES[len(STEP_NAMES) - len(steps):]
+        names = ("evaluate", *(f"evaluate {e.name}" for e in cfg.evaluate.extra_evaluations))
+        step_names[run.run_id] = (("train",) if len(steps) > len(names) else ()) + names
         jobs.append(Job(run.run_id, steps, log_path(run)))
     status = read_status(output_dir)
 
