@@ -169,5 +169,6 @@ def expand(cfg: ExperimentConfig, base: dict[str, Any], where: str = "grid") -> 
             seen[digest] = labels
             run_cfg = run_cfg.model_copy(update={"name": run_id, "output_dir": runs_root})
             plan.append(PlannedRun(run_id, overrides, labels, run_cfg, rep if repeat.kind == "fold" else None, raw,
-                                   cv_data, tuple(e.name for e in cfg.evaluate.extra_evaluations)))
+                                   cv_data, tuple(e.name for e in cfg.evaluate.extra_evaluations
+                                                  if e.applies(labels))))
     return plan

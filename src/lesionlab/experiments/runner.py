@@ -65,7 +65,7 @@ def run_steps(run: PlannedRun, output_dir: Path, evaluate: EvaluateSpec,
     if not evaluate.report:
         ev.append("--no-report")
     steps.append((*ev, *evaluate.extra_args))
-    for extra in evaluate.extra_evaluations:
+    for extra in (e for e in evaluate.extra_evaluations if e.name in run.extra_evals):
         device = ["--device", evaluate.device] if evaluate.device else []
         steps.append((*exe, "evaluate", str(run.run_dir), "--split", evaluate.split, "--out",
                       str(run.extra_eval_dir(extra.name)), "--bootstrap", "0", "--timing-images", "0", "--audit",
@@ -99,7 +99,7 @@ def execute_local(plan: Sequence[PlannedRun], cfg: ExperimentConfig, workers: in
     for run in todo:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         steps = run_steps(run, output_dir, cfg.evaluate, exe)
-        names = ("evaluate", *(f"evaluate {e.name}" for e in cfg.evaluate.extra_evaluations))
+        names = ("evaluate", *(f"evaluate {name}" for name in run.extra_evals))
         step_names[run.run_id] = (("train",) if len(steps) > len(names) else ()) + names
         jobs.append(Job(run.run_id, steps, log_path(run)))
     status = read_status(output_dir)
