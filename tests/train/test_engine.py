@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from lesionlab.config import ConfigError, RunConfig, load_config
 from lesionlab.runs import INFO_FILE, WEIGHTS_FILE, RunError, load_run
 from lesionlab.train import TrainError, fit
-from lesionlab.train.checkpoint import CHECKPOINT_FILE
+from lesionlab.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
 BASE = ["data.source=synthetic", "data.synthetic_n=140", "data.image_size=32", "augment.enabled=false",
         "model.name=test_efficientnet", "train.mode=scratch", "train.epochs=2", "train.batch_size=16",
@@ -179,8 +179,8 @@ def test_unfreeze_after_trains_the_head_first(tmp_path: Path) -> None:
     save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(init))
     snapshots: list[dict[str, torch.Tensor]] = []
     cfg = cfg_for(tmp_path, "name=u", "train.mode=finetune", f"model.weights={init}", "train.unfreeze_after=1")
-    fit(cfg, progress=False, callbacks=[lambda e, r: snapshots.append(dict(torch.load(
-        tmp_path / "runs" / "u" / CHECKPOINT_FILE, weights_only=False)["model"]))])
+    fit(cfg, progress=False, callbacks=[lambda e, r: snapshots.append(dict(load_checkpoint(
+        tmp_path / "runs" / "u" / CHECKPOINT_FILE)["model"]))])
     start = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     params = [k for k in start if "running" not in k and "num_batches" not in k]
     assert all(torch.equal(snapshots[0][k], start[k]) for k in start)  # epoch 1: backbone untouched (eval mode too)
