@@ -103,7 +103,9 @@ def make_screenshots(out: Path, work: Path, overrides: list[str]) -> list[Path]:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            with serve_in_thread(create_app(load_run(summary["run_dir"]), ServeSettings()), startup_timeout=60) as base:
+            # a run trained on the synthetic set: served only when allowed, and the page shows the warning
+            app = create_app(load_run(summary["run_dir"]), ServeSettings(allow_synthetic=True))
+            with serve_in_thread(app, startup_timeout=60) as base:
                 shoot_page(browser, base, image, paths[0])
             shoot_report(browser, Path(summary["report"]), paths[1])
         finally:
