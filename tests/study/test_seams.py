@@ -16,6 +16,7 @@ from lesionlab.study.analysis_errors import ExportError
 from lesionlab.study.answers import check_answers
 from lesionlab.study.columns import EXPORT_COLUMNS, MODEL_PROB_COLUMNS, answer_steps, condition_of, model_on_screen
 from lesionlab.study.definition import definition_from_dict
+from lesionlab.study.mrmc import mrmc
 from lesionlab.study.participation import plan_assignments
 from lesionlab.study.simulate import SimulationSpec, check_cases, simulate_study, synthetic_model_outputs
 
@@ -132,3 +133,12 @@ def test_float_rounding_of_the_models_probabilities_is_not_an_error() -> None:
     assert ans.frame["model_malignant"].iloc[0] == 1.0
     with pytest.raises(ExportError, match=r"model_malignant.*above 1"):
         check_answers(_one_row(model_malignant=1.01), "export.csv")
+
+
+def test_mrmc_keeps_the_case_of_reader_and_case_ids() -> None:
+    # the platform's participant and case ids are case-sensitive random keys: "pAb" and "pab" are two readers
+    rows = [{"reader": r, "arm": m, "case": c, "truth": t, "answer": t if (i + k + j) % 3 else "nv"}
+            for i, r in enumerate(("pAb", "pab", "PAB")) for j, m in enumerate(("unassisted", "assisted"))
+            for k, (c, t) in enumerate((("cX", "mel"), ("cx", "bcc"), ("Cx", "nv"), ("k1", "mel"), ("k2", "bkl")))]
+    res = mrmc(pd.DataFrame(rows), "reader", "arm", "case", "truth", "accuracy", answer="answer")
+    assert set(res.readers) == {"pAb", "pab", "PAB"} and res.n_cases == 5
