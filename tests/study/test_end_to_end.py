@@ -176,3 +176,65 @@ def test_a_study_from_definition_to_or_hillis_report(design: str, tiny_run, stud
                  "--n-boot", "100"]) == 0
     again = pd.read_csv(tmp_path / "r2" / "per_reader.csv")
     pd.testing.assert_frame_equal(again, per_reader)
+
+
+REPO = Path(__file__).resolve().parents[2]
+#: The shipped definition on the synthetic set: 900 images give every class the 2 x 5 (mel 6) cases it draws.
+SYNTHETIC_CASES = ["cases.data.source=synthetic", "cases.data.synthetic_n=900", "cases.data.split=lesion",
+                   "cases.splits=[train,val,test]"]
+
+
+@pytest.mark.parametrize("key", ["ham10000-162", "ham10000-35x35"])
+def test_the_contests_and_their_study_definitions_agree(key: str) -> None:
+    from lesionlab.study.definition import load_definition
+    from lesionlab.study.simulated_contests import CONTESTS
+
+    contest = CONTESTS[key]
+    definition = load_definition(REPO / contest.definition)
+    assert definition.design == "separate" and tuple(definition.arms) == contest.arms
+    assert definition.time_limit_s == contest.time_limit_s and definition.show_clinical == contest.clinical_data_shown
+    assert sum(definition.cases.counts().values()) == contest.cases_per_arm
+    assert set(contest.targets) <= set(definition.arms)
+
+
+@pytest.mark.slow
+def test_a_contest_runs_from_the_platforms_study_definition(tiny_run, tmp_path: Path, capsys) -> None:
+    """configs/studies/ham10000-gp-35x2.yaml -> lesionlab study create -> simulated readers on the frozen study ->
+    report; the readers read the study's own case sets and the outputs it froze, under its time limit."""
+    from lesionlab.study.simulated_contests import CONTESTS
+
+    folder = tmp_path / "study"
+    assert main(["study", "create", str(REPO / CONTESTS["ham10000-35x35"].definition), f"model.run={tiny_run}",
+                 *SYNTHETIC_CASES, "--out", str(folder)]) == 0
+    out = tmp_path / "contest"
+    assert main(["study", "simulate", "--contest", "ham10000-35x35", "--study", str(folder), "--out", str(out),
+                 "--n-boot", "100"]) == 0
+    printed = capsys.readouterr().out
+    assert "SIMULATED readers (19), not the study's physicians" in printed and "published GP accuracy 42.4%" in printed
+
+    export = pd.read_csv(out / "export.csv", keep_default_na=False)
+    cases = cases_frame(folder).set_index("case")
+    assert export["simulated"].all() and export["participant"].nunique() == 19
+    assert (export["study"] == "ham10000-gp-35x2").all() and (export["design"] == "separate").all()
+    assert (export["arm"].to_numpy() == cases.loc[export["case"], "case_set"].to_numpy()).all()  # its case sets
+    probs = [f"model_p_{c}" for c in CLASS_CODES]
+    np.testing.assert_allclose(export[probs].to_numpy(float), cases.loc[export["case"], probs].to_numpy(float))
+    assert set(export["model_run"]) == set(cases["model_run"])
+    answered = export[export["timed_out"] == False]  # noqa: E712
+    assert export["timed_out"].any() and (answered["elapsed_ms"].astype(float) <= 45_000).all()  # the study's 45 s
+    doc = json.loads((out / "contest.json").read_text())
+    for arm, published in {"unassisted": 0.173, "assisted": 0.424}.items():
+        assert doc["expected_accuracy_of_drawn_readers"][arm] == pytest.approx(published, abs=1e-6)
+    analysis = json.loads((out / "report" / "analysis.json").read_text())
+    assert analysis["simulated"] and any("study ham10000-gp-35x2" in n for n in analysis["notes"])
+
+    # plain simulated readers of the study follow its definition too; a conflicting design is refused, named
+    sim_csv = tmp_path / "sim.csv"
+    assert main(["study", "simulate", "--study", str(folder), "--readers", "2", "--out", str(sim_csv)]) == 0
+    sim = pd.read_csv(sim_csv, keep_default_na=False)
+    assert set(sim["design"]) == {"separate"} and set(sim["study"]) == {"ham10000-gp-35x2"}
+    assert (sim["arm"].to_numpy() == cases.loc[sim["case"], "case_set"].to_numpy()).all()
+    capsys.readouterr()
+    assert main(["study", "simulate", "--study", str(folder), "--design", "crossover", "--out",
+                 str(tmp_path / "x.csv")]) == 1
+    assert "--design: a study's simulated readers follow its definition" in capsys.readouterr().err

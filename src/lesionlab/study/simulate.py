@@ -359,6 +359,36 @@ def synthetic_model_outputs(truth: Sequence[str], accuracy: float = 0.8, seed: i
     return p / p.sum(axis=1, keepdims=True)
 
 
+def study_simulation(study: str | Path, readers: int) -> tuple[pd.DataFrame, SimulationSpec, dict[str, Any]]:
+    """What simulated readers of a study created by the platform read: its cases, spec and a description.
+
+    The cases come with their case sets and the model's (and faulty) outputs frozen when the study was created
+    (``lesionlab.study.export.cases_frame``); the spec takes the study's design, arms, time limit, answer form and
+    faulty fraction, so the simulated export has the layout a platform export of the same study would have.
+    """
+    from lesionlab.study.export import cases_frame
+    from lesionlab.study.folder import open_study
+
+    folder = open_study(study)
+    try:
+        definition, manifest = folder.definition, folder.manifest
+        frame = cases_frame(folder)
+    finally:
+        folder.close()
+    if frame[list(MODEL_PROB_COLUMNS)].isna().all().all():  # a study without a model
+        frame = frame.drop(columns=list(MODEL_PROB_COLUMNS))
+    cases = check_cases(frame, str(study))
+    spec = SimulationSpec(study=definition.name, design=definition.design, arms=tuple(definition.arms),
+                          readers=readers, time_limit_s=definition.time_limit_s, confidence=definition.form.confidence,
+                          faulty_fraction=definition.faulty.fraction if definition.faulty is not None else 0.3)
+    data = manifest.get("data") or {}
+    model = manifest.get("model") or {}
+    info = {"data": f"study {definition.name} ({study}): {data.get('source', 'unknown data')}",
+            "synthetic_data": bool(data.get("synthetic")), "split": ",".join(definition.cases.splits),
+            "drawn": "frozen in the study", "n": len(cases), "model": model.get("id") or "none"}
+    return cases, spec, info
+
+
 def draw_cases(table: pd.DataFrame, n: int, seed: int = 0, how: str = "even") -> pd.DataFrame:
     """``n`` rows of a sample table (``image_id``, ``dx``), drawn per class and seeded.
 
