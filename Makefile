@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lesionlab-installed
 
-.PHONY: demo test test-fast lint audit browser postgres clean
+.PHONY: demo test test-fast lint audit browser postgres docs screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ postgres:
 	  || echo "could not install postgresql: the PostgreSQL tests will be skipped"; }
 
 test: $(STAMP) browser postgres
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests tools
 	$(BIN)/python .ci/dep_audit.py
 	$(BIN)/pytest
 
@@ -40,11 +40,21 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests tools
+
+# The documentation site (mkdocs.yml, sources in docs/): built with --strict, so a broken link, anchor or API
+# reference fails (the test suite builds it too: tests/docs), then served on http://127.0.0.1:8001/ until Ctrl-C.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8001
+
+# The screenshots in docs/images (README and site), remade from the synthetic demo data in Debian's chromium.
+screenshots: $(STAMP) browser
+	$(BIN)/python tools/screenshots.py --out docs/images
 
 # Known vulnerabilities in the installed packages (pip-audit); says so, and passes, where no service answers.
 audit: $(STAMP)
 	$(BIN)/python .ci/dep_audit.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

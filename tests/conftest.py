@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,33 +70,9 @@ def write_synthetic() -> Callable[..., Path]:
     return _write_synthetic
 
 
-@contextmanager
-def _serve_in_thread(app: Any, host: str = "127.0.0.1", startup_timeout: float = 30.0) -> Iterator[str]:
-    """Run ``app`` under uvicorn in a daemon thread; yields its base URL and stops it on exit."""
-    import uvicorn
-
-    from lesionlab.serve.bench import free_port
-
-    port = free_port(host)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError(f"the server on {host}:{port} stopped during start-up (port in use?)")
-        if time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError(f"the server on {host}:{port} did not start within {startup_timeout:g} s")
-        time.sleep(0.02)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def serve_in_thread() -> Callable[..., Any]:
     """A context manager running an app under uvicorn in a thread (yields its base URL)."""
-    return _serve_in_thread
+    from lesionlab.serve.bench import serve_in_thread as run_in_thread
+
+    return run_in_thread

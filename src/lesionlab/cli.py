@@ -20,7 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lesionlab.data.commands",         # data summary | audit | split | cache
     "lesionlab.data.corruption_commands",  # corruptions list | gallery
     "lesionlab.models.commands",       # models
-    "lesionlab.train.commands",        # train, train-bench
+    "lesionlab.train.commands",        # train, ensemble, train-bench
     "lesionlab.evaluate.commands",     # evaluate, report, compare
     "lesionlab.experiments.commands",  # experiment
     "lesionlab.serve.commands",        # serve, export, predict, serve-bench

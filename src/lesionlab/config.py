@@ -140,7 +140,14 @@ class TrainConfig(Strict):
     min_delta: float = 0.0
     unfreeze_after: int | None = None  # finetune: train the head only for this many epochs, then everything
     embed_cache_views: int = 0  # frozen mode with augmentation: cache this many augmented views (0 = bypass)
-    tta: bool = True  # flip-averaged validation/test predictions
+    tta: bool = True  # view-averaged validation/test predictions
+    tta_views: Literal["flips", "dihedral"] = "flips"  # flips: identity, h- and v-flip; dihedral: the 8 symmetries
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)  # exponential moving average of the weights (None: off)
+    # Knowledge distillation: teacher run directories (several: their ensemble) give soft targets for the training
+    # images; the loss is (1 - w) * cross-entropy + w * T^2 * KL(teachers at T || student at T).
+    distill_from: list[str] = []
+    distill_weight: float = Field(0.5, ge=0.0, le=1.0)
+    distill_temperature: float = Field(2.0, gt=0.0)
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"

@@ -27,11 +27,15 @@ from lesionlab.core.metrics import softmax
 from lesionlab.core.scope import SCOPE_FILE, ScopeError, ScopeGate, load_gate
 from lesionlab.core.version import __version__
 from lesionlab.models.views import (  # noqa: F401  (re-exported: the run's view averaging, defined with the models)
+    TTA_VIEWS,
     Forward,
+    ViewsError,
+    dihedral_views,
     flip_views,
     mean_logits,
     pooled_features,
     view_averaged_logits,
+    views_of,
 )
 
 if TYPE_CHECKING:
@@ -237,6 +241,7 @@ class Run:
     info: dict[str, Any]
     config: RunConfig
     tta: bool = True
+    tta_views: str = "flips"  # train.tta_views: flips (3 views) or dihedral (8)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     scope: ScopeGate | None = None  # the out-of-scope gate, once evaluation fitted one
 
@@ -281,7 +286,7 @@ class Run:
     @torch.inference_mode()
     def predict_logits(self, images: Sequence[Any] | torch.Tensor, meta_rows: Sequence[dict[str, Any]] | None = None,
                        batch_size: int = 64, tta: bool | None = None) -> np.ndarray:
-        """Logits ``[N, 7]``, averaged over flip views when ``tta`` (default: as the run was validated)."""
+        """Logits ``[N, 7]``, averaged over the run's test-time views when ``tta`` (default: as it was validated)."""
         x = self.prepare_images(images)
         meta = self.prepare_meta(meta_rows, len(x))
         use_tta = self.tta if tta is None else tta
@@ -289,7 +294,7 @@ class Run:
         for start in range(0, len(x), batch_size):
             xb = x[start:start + batch_size].to(self.device)
             mb = meta[start:start + batch_size].to(self.device) if meta is not None else None
-            out.append(view_averaged_logits(self.model, xb, mb, use_tta).float().cpu())
+            out.append(view_averaged_logits(self.model, xb, mb, use_tta, self.tta_views).float().cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     @torch.inference_mode()
@@ -307,10 +312,15 @@ class Run:
 
 
 def build_model_from_info(info: dict[str, Any], where: str) -> torch.nn.Module:
-    """The architecture described by ``run.json``, without any pretrained download."""
+    """The architecture described by ``run.json``, without any pretrained download (an ensemble: its members)."""
     from lesionlab.config import ModelConfig, build_config
     from lesionlab.models import create_model
+    from lesionlab.models.ensemble import EnsembleModel
 
+    members = info["model"].get("ensemble")
+    if members:
+        return EnsembleModel([build_model_from_info({"model": m, "config": info["config"]}, f"{where} member {i}")
+                              for i, m in enumerate(members)])
     raw = dict(info["model"].get("config") or info["config"].get("model") or {})
     raw["pretrained"] = False  # our own weights follow; never reach for the hub or a local weights file
     raw["weights"] = None
@@ -406,8 +416,8 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     device = torch.device(device)
     model.to(device).eval()
     return Run(path=run_dir, model=model, classes=tuple(info["classes"]), preprocessing=preprocessing,
-               meta_encoder=meta_encoder, info=info, config=config, tta=bool(config.train.tta), device=device,
-               scope=scope)
+               meta_encoder=meta_encoder, info=info, config=config, tta=bool(config.train.tta),
+               tta_views=config.train.tta_views, device=device, scope=scope)
 
 
 def _state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:

@@ -22,6 +22,7 @@ from lesionlab.config import load_config
 from lesionlab.evaluate.calibration import apply_temperature, fit_referral_threshold, fit_temperature
 from lesionlab.evaluate.predictions import arrays, read_predictions
 
+TRAIN_COUNTS = {"akiec": 3, "bcc": 5, "bkl": 11, "df": 1, "mel": 11, "nv": 67, "vasc": 2}
 DATA = ["data.source=synthetic", "data.split=lesion", "data.synthetic_n=140", "data.synthetic_size=32",
         "data.image_size=32"]
 
@@ -40,7 +41,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pre = Preprocessing(size=(32, 32), mean=model.data_config["mean"], std=model.data_config["std"])
     source = open_source(cfg.data)
     return save_run(tmp_path_factory.mktemp("runs") / "tiny", model, cfg, pre, None, split_hash(source.table),
-                    {"epoch": 1, "balanced_accuracy": 0.2}, extra={"status": "complete"})
+                    {"epoch": 1, "balanced_accuracy": 0.2},
+                    extra={"status": "complete", "data": {"train_class_counts": TRAIN_COUNTS}})
 
 
 def _json(path: Path) -> dict:
@@ -70,8 +72,20 @@ def test_evaluate_writes_predictions_metrics_card_report(run_dir: Path, capsys: 
     assert doc["accuracy"] == pytest.approx(float(np.mean(p.argmax(1) == y)))
     card = _json(out / "model_card.json")
     assert "not a diagnostic device" in card["intended_use"] and card["results"]["accuracy"]["ci95"] is not None
+    # both decision rules: the arg-max (the headline) and the arg-max after dividing by the training prior
+    rules = doc["decision_rules"]
+    assert rules["argmax"]["accuracy"] == pytest.approx(doc["accuracy"])
+    prior = np.array([rules["balanced"]["prior"][c] for c in CLASS_CODES])
+    assert prior == pytest.approx(np.array([TRAIN_COUNTS[c] for c in CLASS_CODES]) / 100)  # class_weights none
+    balanced = np.asarray(CLASS_CODES)[(p / prior).argmax(1)]
+    assert list(frame["pred_balanced"]) == list(balanced)
+    assert rules["balanced"]["accuracy"] == pytest.approx(float(np.mean(balanced == frame["dx"])))
+    assert rules["balanced"]["balanced_accuracy_ci"]["n_boot"] == 50
+    assert card["decision_rules"]["balanced"]["prior_source"].startswith("training class counts")
+    assert 'data-testid="table-decision-rules"' in (out / "report.html").read_text()
     printed = capsys.readouterr().out
     assert "Balanced accuracy" in printed and "ms/image at batch 1" in printed and "report.html" in printed
+    assert "Decision rules" in printed
 
 
 @pytest.mark.slow
@@ -179,3 +193,15 @@ def test_evaluate_on_real_ham10000_test_split(real_untrained_run: Path) -> None:
     assert "differs from the run's training split" in doc["evaluation"]["warnings"][0]
     html = (run / "eval-test" / "report.html").read_text()
     assert "CC BY-NC 4.0" in html and "SYNTHETIC" not in html and "may have been seen in training" in html
+
+
+@pytest.mark.slow
+def test_dihedral_test_time_views(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "eval-d8"
+    assert main(["evaluate", str(run_dir), "--tta-views", "dihedral", "--bootstrap", "0", "--timing-images", "0",
+                 "--audit", "none", "--no-report", "--out", str(out)]) == 0
+    doc = _json(out / "metrics.json")
+    assert doc["evaluation"]["tta"] is True and doc["evaluation"]["tta_views"] == "dihedral"
+    # the temperature in run.json belongs to the run's own views: refitting it on others would mis-calibrate serving
+    assert main(["evaluate", str(run_dir), "--tta-views", "dihedral", "--calibrate", "--out", str(out)]) == 1
+    assert "run's own test-time views (flips)" in capsys.readouterr().err

@@ -40,6 +40,9 @@ def main(argv: list[str]) -> int:
     for flag in ("--bootstrap", "--timing-images", "--device", "--batch-size"):
         e.add_argument(flag)
     e.add_argument("--no-report", action="store_true")
+    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--audit")
+    e.add_argument("--tta-views")
     args = parser.parse_args(argv)
     if args.cmd == "train":
         cfg = yaml.safe_load(args.config.read_text())
@@ -58,7 +61,7 @@ def main(argv: list[str]) -> int:
                                                            "threads": os.environ.get("OMP_NUM_THREADS")}))
         return 0
     info = json.loads((args.run / "run.json").read_text())
-    acc = accuracy_of(info["config"])
+    acc = accuracy_of(info["config"]) + (0.005 if args.tta_views == "dihedral" else 0.0)
     per_class = {c: {"tpr": acc, "tnr": 1.0, "gmean": acc ** 0.5} for c in
                  ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")}
     per_class["df"]["tpr"] = None  # undefined, as for a class absent from a fold

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from lesionlab.config import ConfigError
 from lesionlab.experiments.grid import load_grid
 from lesionlab.experiments.plan import expand
 from lesionlab.experiments.runner import aggregate_grid, execute_local, pending_runs, write_commands, write_slurm
@@ -130,6 +131,7 @@ def test_commands_and_slurm_files_list_only_unfinished_runs(tmp_path: Path) -> N
 
 RUN_GRID = """
 import sys
+from lesionlab.config import ConfigError
 from lesionlab.experiments.grid import load_grid
 from lesionlab.experiments.plan import expand
 from lesionlab.experiments.runner import execute_local
@@ -165,3 +167,29 @@ def test_a_killed_grid_stops_its_runs_and_resumes(tmp_path: Path) -> None:
     assert {r.job_id for r in again} == {r.run_id for r in plan} - done_before
     assert all(r.is_finished for r in plan)
     assert all((r.run_dir / "train_calls.txt").read_text() == "1" for r in plan)
+
+
+def test_extra_evaluations_join_the_results_under_their_name(tmp_path: Path) -> None:
+    path = make_grid(tmp_path, models={"m1": {"model.name": "resnet18"}}, evaluate={
+        "split": "test", "extra_evaluations": [{"name": "d8", "args": ["--tta-views", "dihedral"]},
+                                               {"name": "low", "args": [], "where": {"resolution": ["48x48"]}}]})
+    cfg, base = load_grid(path)
+    plan = expand(cfg, base)
+    results = execute_local(plan, cfg, progress=False, exe=FAKE)
+    assert len(results) == 12 and all(r.ok for r in results)
+    run = plan[0]
+    assert (run.extra_eval_dir("d8") / "metrics.json").is_file() and run.is_finished
+    (run.extra_eval_dir("d8") / "metrics.json").unlink()  # a lost extra evaluation: evaluated again, not retrained
+    assert not run.is_finished
+    assert [r.job_id for r in execute_local(plan, cfg, progress=False, exe=FAKE)] == [run.run_id]
+    assert (run.run_dir / "train_calls.txt").read_text() == "1"
+    tables, _ = aggregate_grid(cfg, plan)
+    frame = tables.results
+    assert (frame["d8.accuracy"] - frame["accuracy"]).round(6).eq(0.005).all()
+    # `where`: only the 48x48 runs have the second extra evaluation
+    assert frame.loc[frame["resolution"] == "48x48", "low.accuracy"].notna().all()
+    assert frame.loc[frame["resolution"] == "64x64", "low.accuracy"].isna().all()
+    bad = make_grid(tmp_path, evaluate={"split": "test", "extra_evaluations": [
+        {"name": "x", "where": {"resolution": ["32x32"]}}]})
+    with pytest.raises(ConfigError, match="names no level"):
+        load_grid(bad)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from lesionlab.config import ConfigError, RunConfig, load_config
 from lesionlab.runs import INFO_FILE, WEIGHTS_FILE, RunError, load_run
 from lesionlab.train import TrainError, fit
-from lesionlab.train.checkpoint import CHECKPOINT_FILE
+from lesionlab.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
 BASE = ["data.source=synthetic", "data.synthetic_n=140", "data.image_size=32", "augment.enabled=false",
         "model.name=test_efficientnet", "train.mode=scratch", "train.epochs=2", "train.batch_size=16",
@@ -179,8 +179,8 @@ def test_unfreeze_after_trains_the_head_first(tmp_path: Path) -> None:
     save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(init))
     snapshots: list[dict[str, torch.Tensor]] = []
     cfg = cfg_for(tmp_path, "name=u", "train.mode=finetune", f"model.weights={init}", "train.unfreeze_after=1")
-    fit(cfg, progress=False, callbacks=[lambda e, r: snapshots.append(dict(torch.load(
-        tmp_path / "runs" / "u" / CHECKPOINT_FILE, weights_only=False)["model"]))])
+    fit(cfg, progress=False, callbacks=[lambda e, r: snapshots.append(dict(load_checkpoint(
+        tmp_path / "runs" / "u" / CHECKPOINT_FILE)["model"]))])
     start = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     params = [k for k in start if "running" not in k and "num_batches" not in k]
     assert all(torch.equal(snapshots[0][k], start[k]) for k in start)  # epoch 1: backbone untouched (eval mode too)
@@ -330,3 +330,75 @@ def test_source_image_size(sizes: list[tuple[int, int]], expected: list[int] | N
             return Image.new("RGB", (w, h))
 
     assert source_image_size(Source(), np.arange(len(sizes))) == expected
+
+
+def test_ema_weights_are_validated_saved_and_resumed(tmp_path: Path) -> None:
+    over = ["train.epochs=3", "train.ema_decay=0.9", "train.schedule=onecycle", "train.monitor=nll"]
+    full = fit(cfg_for(tmp_path, "name=full", *over), progress=False)
+    plain = fit(cfg_for(tmp_path, "name=plain", *over[:1], *over[2:]), progress=False)
+    info = json.loads((full / INFO_FILE).read_text())
+    assert info["config"]["train"]["ema_decay"] == 0.9
+    assert not same_weights(weights(full), weights(plain))  # the average, not the last step's weights
+    assert [r["train_loss"] for r in history(full)] == [r["train_loss"] for r in history(plain)]  # same steps
+    assert history(full) != history(plain)  # but other validated weights
+    cfg = cfg_for(tmp_path, "name=killed", *over)
+
+    def kill(epoch: int, row: dict[str, Any]) -> None:
+        if epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(cfg, progress=False, callbacks=[kill])
+    fit(cfg, progress=False)  # resumes with the average from the checkpoint
+    assert history(tmp_path / "runs" / "killed") == history(full)
+    assert same_weights(weights(tmp_path / "runs" / "killed"), weights(full))
+
+
+def test_ema_and_dihedral_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(TrainError, match="ema_decay"):
+        fit(cfg_for(tmp_path, "name=e", "train.mode=frozen", "train.ema_decay=0.99"), progress=False)
+    with pytest.raises(TrainError, match="dihedral needs a square"):
+        fit(cfg_for(tmp_path, "name=d", "data.image_size=[32, 48]", "train.tta_views=dihedral"), progress=False)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        cfg_for(tmp_path, "train.ema_decay=1.0")
+
+
+def test_dihedral_views_are_used_in_validation_and_saved_for_inference(tmp_path: Path) -> None:
+    run_dir = fit(cfg_for(tmp_path, "name=d8", "train.epochs=1", "train.tta_views=dihedral"), progress=False)
+    run = load_run(run_dir)
+    assert run.tta_views == "dihedral"
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        views = [x, *(torch.rot90(x, k, dims=(-2, -1)) for k in (1, 2, 3))]
+        views += [torch.rot90(torch.flip(x, dims=[-1]), k, dims=(-2, -1)) for k in range(4)]
+        expected = torch.stack([run.model(v) for v in views]).mean(0).numpy()
+    assert np.allclose(run.predict_logits(x), expected, atol=1e-5)
+
+
+def test_distillation_from_a_teacher_on_the_same_split(tmp_path: Path) -> None:
+    from lesionlab.train.distill import DistillLoss
+
+    teacher = fit(cfg_for(tmp_path, "name=teacher"), progress=False)
+    student = fit(cfg_for(tmp_path, "name=student", f"train.distill_from=[{teacher}]", "train.distill_weight=0.7"),
+                  progress=False)
+    info = json.loads((student / INFO_FILE).read_text())["training"]["distillation"]
+    assert info["teachers"][0]["run"] == str(teacher) and info["weight"] == 0.7 and info["temperature"] == 2.0
+    assert 0.0 <= info["train_accuracy_of_targets"] <= 1.0
+    plain = tmp_path / "runs" / "done"
+    plain = fit(cfg_for(tmp_path, "name=done"), progress=False) if not plain.is_dir() else plain
+    assert [r["train_loss"] for r in history(student)] != [r["train_loss"] for r in history(plain)]
+    # the loss: pure cross-entropy at weight 0, pure KL at weight 1, and the KL is 0 when the targets agree
+    logits, y = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0])
+    base = torch.nn.CrossEntropyLoss()
+    soft = torch.softmax(logits / 2.0, dim=1)
+    assert torch.isclose(DistillLoss(base, 0.0, 2.0)(logits, y, soft), base(logits, y))
+    assert torch.isclose(DistillLoss(base, 1.0, 2.0)(logits, y, soft), torch.tensor(0.0), atol=1e-6)
+    assert torch.isclose(DistillLoss(base, 0.5, 2.0)(logits, y), base(logits, y))  # no targets: the base loss
+
+
+def test_distillation_refuses_a_teacher_from_another_split(tmp_path: Path) -> None:
+    other = fit(cfg_for(tmp_path, "name=other", "data.synthetic_seed=5"), progress=False)
+    with pytest.raises(TrainError, match="leaks validation or test images"):
+        fit(cfg_for(tmp_path, "name=s", f"train.distill_from=[{other}]"), progress=False)
+    with pytest.raises(TrainError, match="no trained run"):
+        fit(cfg_for(tmp_path, "name=s2", f"train.distill_from=[{tmp_path / 'nowhere'}]"), progress=False)

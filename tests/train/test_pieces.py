@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from lesionlab.config import TrainConfig
 from lesionlab.train.pieces import (
     EarlyStopping,
     class_counts,
-    class_weights,
     make_loss,
     make_optimizer,
     make_sampler,
@@ -29,21 +27,6 @@ def test_class_counts_keeps_empty_classes_and_rejects_bad_labels() -> None:
     assert class_counts([0, 0, 5, 6]).tolist() == [2, 0, 0, 0, 0, 1, 1]
     with pytest.raises(ValueError, match=r"0\.\.6"):
         class_counts([0, 7])
-
-
-@pytest.mark.parametrize(("kind", "ratio"), [("balanced", 40.0), ("sqrt", math.sqrt(40.0))])
-def test_class_weights_rare_class_weighs_more(kind: str, ratio: float) -> None:
-    w = class_weights(COUNTS, kind)
-    assert w is not None
-    assert w[3] == 0.0  # absent class
-    assert np.isclose(w[COUNTS > 0].mean(), 1.0)
-    assert np.isclose(w[0] / w[5], ratio)
-
-
-def test_class_weights_none_and_unknown() -> None:
-    assert class_weights(COUNTS, "none") is None
-    with pytest.raises(ValueError, match="unknown class_weights"):
-        class_weights(COUNTS, "inverse")
 
 
 def test_make_loss_applies_weights_and_smoothing() -> None:

@@ -55,9 +55,11 @@ def test_yaml_on_off_booleans_are_accepted() -> None:
     assert cfg.channels_last == "on" and cfg.bf16 == "off"
 
 
-def test_head_on_cached_embeddings_is_float32() -> None:
-    precision, _ = choose_precision(TrainConfig(bf16="on"), torch.device("cpu"), images=False)
+@pytest.mark.parametrize(("cl", "want_cl"), [("on", True), ("auto", False), ("off", False)])
+def test_head_on_cached_embeddings_is_float32(cl: str, want_cl: bool) -> None:
+    precision, report = choose_precision(TrainConfig(bf16="on", channels_last=cl), torch.device("cpu"), images=False)
     assert precision.dtype is None
+    assert precision.channels_last is want_cl and report["channels_last"] is want_cl
 
 
 def test_bf16_predictions_stay_close_to_float32(model: torch.nn.Module) -> None:

@@ -223,3 +223,18 @@ def test_load_run_does_not_download_pretrained_weights(tmp_path: Path, monkeypat
     monkeypatch.setattr(timm, "create_model", no_pretrained)
     run = load_run(tmp_path / "r")
     assert run.config.model.pretrained is True  # the saved config is untouched; only the rebuild skips weights
+
+
+def test_dihedral_views_are_the_eight_symmetries_of_the_square() -> None:
+    from lesionlab.runs import ViewsError, dihedral_views, flip_views, views_of
+
+    x = torch.arange(9.0).reshape(1, 1, 3, 3)  # no symmetry of its own: every view differs
+    views = dihedral_views(x)
+    assert len(views) == 8 and len({tuple(v.flatten().tolist()) for v in views}) == 8
+    assert all(sorted(v.flatten().tolist()) == list(range(9)) for v in views)  # exact pixel moves
+    assert all(any(torch.equal(f, v) for v in views) for f in flip_views(x))  # the flips are among them
+    assert len(views_of(x, "flips")) == 3 and len(views_of(x, "dihedral")) == 8
+    with pytest.raises(ViewsError, match="square"):
+        views_of(torch.zeros(1, 3, 4, 6), "dihedral")
+    with pytest.raises(ViewsError, match="not one of flips, dihedral"):
+        views_of(x, "rot45")

@@ -29,7 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="shorthand for source=...")
     ev.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to score (default test)")
     ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                    help="flip test-time augmentation (default: as the run was validated in training)")
+                    help="test-time augmentation (default: as the run was validated in training)")
+    ev.add_argument("--tta-views", choices=["flips", "dihedral"], default=None,
+                    help="which views --tta averages: flips (identity, h- and v-flip) or dihedral (the 8 symmetries "
+                         "of the square); default: the run's train.tta_views")
     ev.add_argument("--calibrate", action="store_true",
                     help="fit temperature and referral threshold on the validation split; store them in run.json")
     ev.add_argument("--target-sensitivity", type=float, default=DEFAULT_TARGET_SENSITIVITY,
@@ -122,6 +125,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.split != "test" and args.isic_csv is not None:
         raise UsageError("--split does not apply to an external ISIC test set (all its images are scored)")
     result = evaluate_run(args.run, data_cfg=_data_config(args), split=args.split, tta=args.tta,
+                          tta_views=args.tta_views,
                           calibrate=args.calibrate, target_sensitivity=args.target_sensitivity,
                           isic_csv=args.isic_csv, isic_images=args.isic_images, out_dir=args.out,
                           bootstrap=args.bootstrap, seed=args.seed, batch_size=args.batch_size, device=args.device,
@@ -144,13 +148,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def print_metrics(doc: dict[str, Any]) -> None:
     """The report's metrics and per-class tables, then calibration, referral, timing and undefined-value lines."""
-    from lesionlab.evaluate.report import fmt, headline_table, per_class_table
+    from lesionlab.evaluate.report import decision_rules_table, fmt, headline_table, per_class_table
 
     console = _console()
     data = doc.get("data") or {}
     console.print(f"[bold]{(doc.get('run') or {}).get('name', 'run')} on {data.get('source', '?')} / "
                   f"{data.get('split', '?')} ({doc['n']} images)")
-    for table in (headline_table(doc), per_class_table(doc, list(doc["per_class"]))):
+    tables = (headline_table(doc), per_class_table(doc, list(doc["per_class"])),
+              decision_rules_table(doc, list(doc["per_class"])))
+    for table in (t for t in tables if t is not None):
         shown = rich_table(table.title, table.columns, left=table.columns[:1])
         for row in table.rows:
             shown.add_row(*row)

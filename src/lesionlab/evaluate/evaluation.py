@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from lesionlab.classes import CLASS_CODES
 from lesionlab.config import DataConfig
 from lesionlab.core.card import INTENDED_USE, KNOWN_LIMITS
+from lesionlab.core.errors import UsageError
 from lesionlab.core.io import atomic_write_json
 from lesionlab.core.metrics import (
     brier_score,
@@ -39,6 +41,7 @@ from lesionlab.evaluate.calibration import (
     fit_temperature,
     referral_rates,
 )
+from lesionlab.evaluate.decision import balanced_predictions, decision_rules, run_training_prior
 from lesionlab.evaluate.predictions import (
     PredictionsError,
     arrays,
@@ -55,7 +58,7 @@ from lesionlab.evaluate.robustness_report import card_summary as robustness_card
 from lesionlab.evaluate.scope import fit_run_scope, scope_report
 from lesionlab.evaluate.subgroups import card_summary as subgroups_card
 from lesionlab.evaluate.subgroups import subgroup_analysis, subgroup_warnings
-from lesionlab.runs import Run, check_run_use, load_run, seal_enclosing_run, update_run_info
+from lesionlab.runs import Run, check_run_use, load_run, seal_enclosing_run, update_run_info, views_of
 
 MODEL_CARD_FILE = "model_card.json"
 AUDIT_FILE = "audit.json"
@@ -146,9 +149,18 @@ def card_document(doc: dict[str, Any]) -> dict[str, Any]:
                     for name in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")},
         "malignant": doc.get("malignant"), "referral": doc.get("referral"), "timing": doc.get("timing"),
         "scope": {k: (doc.get("scope") or {}).get(k) for k in ("gate", "uncertainty", "quality")},
-        **_card_extras(doc),
+        "decision_rules": _card_rules(doc.get("decision_rules")), **_card_extras(doc),
         "intended_use": INTENDED_USE, "known_limits": list(KNOWN_LIMITS),
     }
+
+
+def _card_rules(rules: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The model card's view of the two decision rules: what each decides, and its headline figures."""
+    if not rules:
+        return None
+    keep = ("rule", "accuracy", "balanced_accuracy", "balanced_accuracy_ci", "malignant", "prior_source", "undefined")
+    return {name: {k: v for k, v in block.items() if k in keep} | {"mel_recall": (block.get("recall") or {}).get("mel")}
+            for name, block in rules.items()}
 
 
 def _card_extras(doc: dict[str, Any]) -> dict[str, Any]:
@@ -218,7 +230,7 @@ def calibrate_run(run: Run, source: DataSource, tta: bool, target_sensitivity: f
 
 def _evaluation_block(run: Run, use_tta: bool, calibrate: bool, bootstrap: int, seed: int) -> dict[str, Any]:
     temperature = run.temperature
-    return {"tta": use_tta, "temperature": temperature,
+    return {"tta": use_tta, "tta_views": run.tta_views if use_tta else None, "temperature": temperature,
             "temperature_source": "fitted on val (this evaluation)" if calibrate
             else ("run.json" if temperature else "none (raw softmax)"),
             "bootstrap": bootstrap, "seed": seed, "created": now(),
@@ -251,7 +263,7 @@ def _write_evaluation(out: Path, doc: dict[str, Any], frame: Any, full_audit: di
 
 
 def evaluate_run(run_dir: str | Path, data_cfg: DataConfig | None = None, split: str | None = "test",
-                 tta: bool | None = None, calibrate: bool = False,
+                 tta: bool | None = None, calibrate: bool = False, tta_views: str | None = None,
                  target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY, isic_csv: str | Path | None = None,
                  isic_images: str | Path | None = None, out_dir: str | Path | None = None, bootstrap: int = 1000,
                  seed: int = 0, batch_size: int = 64, device: str = "cpu", timing_images: int = 64,
@@ -273,6 +285,12 @@ def evaluate_run(run_dir: str | Path, data_cfg: DataConfig | None = None, split:
     run = load_run(run_dir, device=device)
     run_warnings = check_run_use(run.path, run.info, "evaluate", allow_unfinished, allow_synthetic)
     scope = scope or ScopeOptions()
+    if tta_views is not None:  # checked here, before any model work
+        views_of(torch.zeros(1, 1, 2, 2), tta_views)
+        if calibrate and tta_views != run.tta_views:
+            raise UsageError(f"--calibrate stores a temperature in run.json for the run's own test-time views "
+                             f"({run.tta_views}); fitting it on {tta_views} views would mis-calibrate the service")
+        run.tta_views = tta_views
     external = isic_csv is not None
     source, cfg = open_eval_source(run, data_cfg, Path(isic_csv) if isic_csv else None,
                                    Path(isic_images) if isic_images else None)
@@ -306,6 +324,11 @@ def evaluate_run(run_dir: str | Path, data_cfg: DataConfig | None = None, split:
                            "fitted on val (this evaluation)" if calibrate else "run.json", context,
                            referral_fit=run.info.get("referral"))
     out = Path(out_dir) if out_dir else default_out_dir(run.path, eval_split, external)
+    prior, prior_source = run_training_prior(run)
+    doc["decision_rules"] = decision_rules(y, proba, prior, run.classes, prior_source, bootstrap, seed)
+    balanced = balanced_predictions(proba, prior)
+    if balanced is not None:
+        frame.insert(int(frame.columns.get_loc("pred")) + 1, "pred_balanced", np.asarray(run.classes)[balanced])
     doc["subgroups"] = subgroup_analysis(source.table.iloc[rows], y, proba, run.classes, bootstrap=bootstrap,
                                          seed=seed)
     context["evaluation"]["warnings"] += subgroup_warnings(doc["subgroups"])

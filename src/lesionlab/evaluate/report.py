@@ -145,6 +145,33 @@ def _referral_table(doc: dict[str, Any]) -> Table | None:
                  "Malignant classes: akiec, bcc, mel. The referral threshold is fitted on the validation split only.")
 
 
+def decision_rules_table(doc: dict[str, Any], classes: Sequence[str]) -> Table | None:
+    """Both decision rules side by side: accuracy's arg-max and balanced accuracy's prior-corrected arg-max."""
+    rules = doc.get("decision_rules")
+    if not rules:
+        return None
+    rows = []
+    for name, block in rules.items():
+        if block.get("undefined"):
+            rows.append([name, "n/a", "n/a", "", *("" for _ in classes), f"n/a ({block['undefined']})"])
+            continue
+        mal = block.get("malignant") or {}
+        ci = (doc.get("ci") or {}).get("balanced_accuracy") if name == "argmax" else block.get("balanced_accuracy_ci")
+        rows.append([name, fmt(block.get("accuracy")), fmt(block.get("balanced_accuracy")), fmt_ci(ci),
+                     *(fmt((block.get("recall") or {}).get(c)) for c in classes),
+                     f"{fmt(mal.get('sensitivity'))} / {fmt(mal.get('specificity'))}"])
+    prior = (rules.get("balanced") or {}).get("prior") or {}
+    note = ("argmax: the class of highest probability (the headline figures, `pred`). balanced: the class of highest "
+            "probability divided by the run's effective training prior (`pred_balanced`), the decision for balanced "
+            "accuracy. ")
+    if prior:
+        note += ("Prior (" + str((rules.get("balanced") or {}).get("prior_source")) + "): "
+                 + ", ".join(f"{c} {v:.3f}" for c, v in prior.items()) + ".")
+    return Table("Decision rules", "table-decision-rules",
+                 ["rule", "accuracy", "balanced accuracy", "95% CI", *(f"recall {c}" for c in classes),
+                  "malignant sens. / spec."], rows, note)
+
+
 def _runtime_table(doc: dict[str, Any]) -> Table | None:
     t = doc.get("timing")
     if not t:
@@ -236,7 +263,8 @@ def run_report(doc: dict[str, Any], predictions: pd.DataFrame, gallery_png: byte
              "per-class sensitivity and specificity bars"),
     ]
     tables = [headline_table(doc), per_class_table(doc, classes), _confusion_table(doc, classes)]
-    tables += [t for t in (_referral_table(doc), _runtime_table(doc)) if t is not None] + _scope_tables(doc)
+    tables += [t for t in (decision_rules_table(doc, classes), _referral_table(doc), _runtime_table(doc))
+               if t is not None] + _scope_tables(doc)
     if doc.get("subgroups"):
         tables += subgroup_tables(doc["subgroups"])
     if doc.get("robustness"):

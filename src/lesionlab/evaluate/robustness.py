@@ -248,6 +248,7 @@ def cache_key(run: Run, image_ids: Sequence[str], name: str, severity: int, seed
     parts = {"weights": file_sha256(weights) if weights.is_file() else str(id(run.model)),
              "preprocessing": run.info.get("preprocessing"), "images": _ids_digest(image_ids),
              "corruption": name, "severity": int(severity), "seed": int(seed), "tta": bool(tta),
+             **({"tta_views": run.tta_views} if tta and run.tta_views != "flips" else {}),
              "version": CORRUPTIONS_VERSION, "metadata": run.info.get("metadata_encoder") is not None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -298,7 +299,7 @@ class _FastPredictor:
             part = metas[start:start + self.batch_size] if metas is not None else None
             meta = self.run.prepare_meta(part, len(x))
             meta = meta.to(self.run.device) if meta is not None else None
-            out.append(view_averaged_logits(self.run.model, x, meta, self.tta).float().cpu())
+            out.append(view_averaged_logits(self.run.model, x, meta, self.tta, self.run.tta_views).float().cpu())
         return torch.cat(out).numpy()
 
 
@@ -364,7 +365,8 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
                       scale=2 if min(np.asarray(images[first]).shape[:2]) < 96 else 1)
     gallery_path = atomic_write(out / GALLERY_FILE, lambda tmp: picture.save(tmp, format="PNG"))
     ctx = {"corruptions_version": CORRUPTIONS_VERSION, "corruptions": list(names), "severities": list(levels),
-           "seed": seed, "tta": tta, "citation": CITATION, **(context or {})}
+           "seed": seed, "tta": tta, "tta_views": run.tta_views if tta else None, "citation": CITATION,
+           **(context or {})}
     block = summarise(cells, clean_scores, classes, reference, ctx)
     block["clean_check"] = check
     block["gallery"] = {"file": GALLERY_FILE, "image_id": str(image_ids[first]),

@@ -86,6 +86,8 @@ def collect(plan: Sequence[PlannedRun]) -> tuple[pd.DataFrame, list[str]]:
         metrics = flatten_metrics(read_metrics(run.eval_dir / "metrics.json"))
         if "accuracy" in metrics and "error_rate" not in metrics:
             metrics["error_rate"] = 1.0 - metrics["accuracy"]
+        for name in run.extra_evals:
+            metrics.update(flatten_metrics(read_metrics(run.extra_eval_dir(name) / "metrics.json"), f"{name}."))
         rows.append({"run_id": run.run_id, **run.labels, **metrics})
     return pd.DataFrame(rows), missing
 

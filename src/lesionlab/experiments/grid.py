@@ -50,6 +50,30 @@ class RepeatSpec(Strict):
         return list(self.seeds) if self.seeds is not None else []
 
 
+class ExtraEvaluation(Strict):
+    """One more evaluation of every run, into ``eval-<name>/``: other test-time views, the corrupted test split...
+
+    Its metrics join the grid's results as ``<name>.<metric>`` (e.g. ``d8.balanced_accuracy``), for tables,
+    tests and ``select``. It is scored without bootstrap, timing, audit or report.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
+    args: list[str] = Field(default_factory=list)  # passed to evaluate verbatim, e.g. [--tta-views, dihedral]
+    where: dict[str, list[str]] = Field(default_factory=dict)  # only runs with these axis levels (empty: every run)
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _string_levels(cls, v: Any) -> Any:
+        # YAML reads levels such as 28 or on as int/bool; labels are strings
+        if isinstance(v, dict):
+            return {str(k): [str(x) for x in (lv if isinstance(lv, list) else [lv])] for k, lv in v.items()}
+        return v
+
+    def applies(self, labels: dict[str, str]) -> bool:
+        """Whether a run with these labels gets this evaluation."""
+        return all(labels.get(axis) in levels for axis, levels in self.where.items())
+
+
 class EvaluateSpec(Strict):
     """Arguments of ``lesionlab evaluate`` for every run of the grid (None: the evaluator's own default)."""
 
@@ -61,6 +85,7 @@ class EvaluateSpec(Strict):
     device: str | None = None  # e.g. cuda on GPU machines (the evaluator defaults to cpu)
     batch_size: int | None = Field(default=None, ge=1)
     extra_args: list[str] = Field(default_factory=list)  # passed to evaluate verbatim
+    extra_evaluations: list[ExtraEvaluation] = Field(default_factory=list)
 
 
 class SelectSpec(Strict):
@@ -205,6 +230,12 @@ def validate_grid(cfg: ExperimentConfig, where: str, base: dict[str, Any]) -> No
                 raise ConfigError(f"{where}: axes.{axis}.{level} must be a mapping of config keys to values")
             merged = apply_overrides(base, override_strings(flatten(overrides)), where=f"{where}: axes.{axis}.{level}")
             build_config(RunConfig, merged, where=f"{where}: axes.{axis}.{level}")
+    for extra in cfg.evaluate.extra_evaluations:
+        for axis, levels in extra.where.items():
+            unknown = [lv for lv in levels if lv not in cfg.axes.get(axis, {})]
+            if axis not in cfg.axes or unknown:
+                raise ConfigError(f"{where}: evaluate.extra_evaluations {extra.name}: where {axis}: "
+                                  f"{unknown or levels} names no level of an axis of this grid")
     rep = cfg.repeat
     if rep.within == "train_val" and rep.folds is None:
         raise ConfigError(f"{where}: repeat.within: train_val needs repeat.folds (cross-validation folds)")

@@ -35,6 +35,7 @@ class PlannedRun:
     fold: int | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # base + overrides only: what the config file says
     cv_data: Any = field(default=None, repr=False)  # cross-validation on train+val: the data config the folds split
+    extra_evals: tuple[str, ...] = ()  # names of the grid's extra evaluations (evaluate.extra_evaluations)
 
     def config_file_dict(self) -> dict[str, Any]:
         """The run's config file content: the keys the grid sets, plus its name and output dir.
@@ -54,6 +55,10 @@ class PlannedRun:
         """Where evaluation writes predictions.csv and metrics.json."""
         return self.run_dir / EVAL_DIR
 
+    def extra_eval_dir(self, name: str) -> Path:
+        """Where the extra evaluation ``name`` writes (``eval-<name>``)."""
+        return self.run_dir / f"{EVAL_DIR}-{name}"
+
     @property
     def is_trained(self) -> bool:
         """Training completed: run.json exists and says so (it is also written, as "training", after each epoch)."""
@@ -68,8 +73,10 @@ class PlannedRun:
 
     @property
     def is_finished(self) -> bool:
-        """Finished means trained (run.json, complete) and evaluated (metrics.json); anything less is run again."""
-        return (self.eval_dir / "metrics.json").is_file() and self.is_trained
+        """Finished means trained (run.json, complete) and evaluated (metrics.json, also of every extra evaluation);
+        anything less is run again."""
+        evals = [self.eval_dir, *(self.extra_eval_dir(n) for n in self.extra_evals)]
+        return all((d / "metrics.json").is_file() for d in evals) and self.is_trained
 
 
 def fold_split_path(output_dir: Path, fold: int, folds: int, fold_seed: int, within: str = "all") -> Path:
@@ -162,5 +169,6 @@ def expand(cfg: ExperimentConfig, base: dict[str, Any], where: str = "grid") -> 
             seen[digest] = labels
             run_cfg = run_cfg.model_copy(update={"name": run_id, "output_dir": runs_root})
             plan.append(PlannedRun(run_id, overrides, labels, run_cfg, rep if repeat.kind == "fold" else None, raw,
-                                   cv_data))
+                                   cv_data, tuple(e.name for e in cfg.evaluate.extra_evaluations
+                                                  if e.applies(labels))))
     return plan

@@ -30,7 +30,6 @@ from lesionlab.experiments.selection import write_selection_tables
 LOCAL_EXE: tuple[str, ...] = (sys.executable, "-m", "lesionlab.cli")
 #: How written command files call it: whatever ``lesionlab`` is on the cluster's PATH.
 SHELL_EXE: tuple[str, ...] = ("lesionlab",)
-STEP_NAMES = ("train", "evaluate")
 
 
 def log_path(run: PlannedRun) -> Path:
@@ -69,6 +68,11 @@ def run_steps(run: PlannedRun, output_dir: Path, evaluate: EvaluateSpec,
         # a grid on the synthetic set measures the software; its reports carry the synthetic-data warning
         ev.append("--allow-synthetic")
     steps.append((*ev, *evaluate.extra_args))
+    for extra in (e for e in evaluate.extra_evaluations if e.name in run.extra_evals):
+        device = ["--device", evaluate.device] if evaluate.device else []
+        steps.append((*exe, "evaluate", str(run.run_dir), "--split", evaluate.split, "--out",
+                      str(run.extra_eval_dir(extra.name)), "--bootstrap", "0", "--timing-images", "0", "--audit",
+                      "none", "--no-report", "--no-progress", *device, *extra.args))
     return tuple(steps)
 
 
@@ -98,7 +102,8 @@ def execute_local(plan: Sequence[PlannedRun], cfg: ExperimentConfig, workers: in
     for run in todo:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         steps = run_steps(run, output_dir, cfg.evaluate, exe)
-        step_names[run.run_id] = STEP_NAMES[len(STEP_NAMES) - len(steps):]
+        names = ("evaluate", *(f"evaluate {name}" for name in run.extra_evals))
+        step_names[run.run_id] = (("train",) if len(steps) > len(names) else ()) + names
         jobs.append(Job(run.run_id, steps, log_path(run)))
     status = read_status(output_dir)
 

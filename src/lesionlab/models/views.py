@@ -8,12 +8,39 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from lesionlab.core.errors import UsageError
+
+#: The test-time view sets (``train.tta_views``): flips (identity, horizontal, vertical) or all 8 dihedral symmetries.
+TTA_VIEWS: tuple[str, ...] = ("flips", "dihedral")
+
 Forward = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 def flip_views(x: torch.Tensor) -> list[torch.Tensor]:
     """The views averaged at test time: identity, horizontal and vertical flip (lesions have no orientation)."""
     return [x, torch.flip(x, dims=[-1]), torch.flip(x, dims=[-2])]
+
+
+class ViewsError(UsageError):
+    """Test-time views that do not exist or do not fit the input."""
+
+
+def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """All eight symmetries of the square: the four quarter turns of the image and of its mirror image (exact pixel
+    moves, no interpolation; the square inputs only)."""
+    mirror = torch.flip(x, dims=[-1])
+    return [torch.rot90(v, k, dims=(-2, -1)) if k else v for v in (x, mirror) for k in range(4)]
+
+
+def views_of(x: torch.Tensor, kind: str = "flips") -> list[torch.Tensor]:
+    """The test-time views of ``train.tta_views``: ``flips`` (3) or ``dihedral`` (8, square inputs)."""
+    if kind == "flips":
+        return flip_views(x)
+    if kind == "dihedral":
+        if x.shape[-1] != x.shape[-2]:
+            raise ViewsError(f"dihedral test-time views need a square input, got {x.shape[-2]}x{x.shape[-1]}")
+        return dihedral_views(x)
+    raise ViewsError(f"test-time views {kind!r} are not one of {', '.join(TTA_VIEWS)}")
 
 
 def mean_logits(forward: Forward, views: Sequence[torch.Tensor], meta: torch.Tensor | None = None,
@@ -39,7 +66,8 @@ def pooled_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (feats.mean(dim=(2, 3)) if feats.ndim == 4 else feats.flatten(1)).cpu()
 
 
-def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor | None, tta: bool
-                         ) -> torch.Tensor:
-    """Model logits, averaged over :func:`flip_views` when ``tta``."""
-    return mean_logits(lambda v, m: model(v, m) if m is not None else model(v), flip_views(x) if tta else [x], meta)
+def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor | None, tta: bool,
+                         views: str = "flips") -> torch.Tensor:
+    """Model logits, averaged over :func:`views_of` (``views``: flips or dihedral) when ``tta``."""
+    return mean_logits(lambda v, m: model(v, m) if m is not None else model(v), views_of(x, views) if tta else [x],
+                       meta)

@@ -31,7 +31,8 @@ class ModelInfo(BaseModel):
     id: str
     version: str = Field(description="first 12 hex digits of the weights' SHA-256")
     backend: str = Field(description="torch or onnxruntime")
-    flip_averaged: bool
+    flip_averaged: bool = Field(description="whether the logits are averaged over test-time views")
+    tta_views: str = Field(description="which views: flips (identity, h- and v-flip) or dihedral (the 8 symmetries)")
     lesionlab: str
     warnings: list[str] = Field(description="why this model's answers must not be trusted, if anything")
 

@@ -27,7 +27,7 @@ from lesionlab.core.metrics import softmax
 from lesionlab.core.version import __version__
 from lesionlab.data.metadata import SITES, MetadataError, validate_patient
 from lesionlab.data.transforms import Preprocessing, to_chw_tensor
-from lesionlab.runs import WEIGHTS_FILE, Run, RunError, check_run_use, flip_views, mean_logits, pooled_features
+from lesionlab.runs import WEIGHTS_FILE, Run, RunError, check_run_use, mean_logits, pooled_features, views_of
 from lesionlab.serve.assess import Assessor
 from lesionlab.serve.backend import Backend, OnnxBackend, OnnxError, TorchBackend, torch_threads
 from lesionlab.serve.decode import Decoded, decode_image, decode_upload
@@ -116,6 +116,7 @@ class Predictor:
         self.meta_encoder = run.meta_encoder
         self.uses_meta = run_uses_meta(run)
         self.tta = run.tta if settings.tta is None else settings.tta
+        self.tta_views = run.tta_views
         temperature = self.info.get("temperature")
         self.temperature = float(temperature) if temperature is not None else None
         if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature > 0):
@@ -199,16 +200,16 @@ class Predictor:
         return torch.from_numpy(self.backend.logits(x.numpy(), meta.numpy() if meta is not None else None))
 
     def probabilities(self, images: torch.Tensor, meta: torch.Tensor | None) -> np.ndarray:
-        """Calibrated class probabilities ``[N, 7]``: flip-averaged logits when the run was validated that way
-        (its temperature and threshold were fitted on those), then the run's temperature.
+        """Calibrated class probabilities ``[N, 7]``: logits averaged over the run's test-time views when it was
+        validated that way (its temperature and threshold were fitted on those), then the run's temperature.
 
-        The views go through the backend as one batch, which costs less than three calls at batch 1.
+        The views go through the backend as one batch, which costs less than one call per view at batch 1.
         """
         return self.scores(images, meta)[0]
 
     def scores(self, images: torch.Tensor, meta: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`probabilities` and the (view-averaged, unscaled) logits they come from."""
-        views = flip_views(images) if self.tta else [images]
+        views = views_of(images, self.tta_views) if self.tta else [images]
         logits = mean_logits(self._backend_logits, views, meta, batched=True).numpy()
         return softmax(logits, self.temperature), logits
 
@@ -289,7 +290,8 @@ class Predictor:
     def model_info(self) -> dict[str, Any]:
         """Identity of the served model, repeated in every response."""
         return {"id": self.model_id, "version": self.model_version, "backend": self.backend.name,
-                "flip_averaged": self.tta, "lesionlab": __version__, "warnings": list(self.warnings)}
+                "flip_averaged": self.tta, "tta_views": self.tta_views, "lesionlab": __version__,
+                "warnings": list(self.warnings)}
 
     def card(self) -> dict[str, Any]:
         """The model card of ``GET /v1/model``: identity, classes, data, validation and evaluation figures,
@@ -303,6 +305,7 @@ class Predictor:
             "architecture": {k: model.get(k) for k in ("name", "timm_name", "head", "fusion", "parameters")},
             "classes": [{"index": c.index, "code": c.code, "name": c.name, "malignant": c.malignant} for c in CLASSES],
             "input": {"preprocessing": self.info.get("preprocessing"), "flip_averaged": self.tta,
+                      "tta_views": self.tta_views,
                       "source_size": list(source_size) if source_size else None},
             "uses_metadata": self.uses_meta,
             "calibration": {"temperature": self.temperature, "applied": self.temperature is not None,

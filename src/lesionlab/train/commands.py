@@ -49,6 +49,17 @@ def register(subparsers: Any) -> None:
     add_arguments(parser)
     parser.set_defaults(func=run_train)
 
+    ens = subparsers.add_parser(
+        "ensemble", help="several trained runs as one run directory (their logits averaged)",
+        description="Write an ensemble run: the members' weights in one model.safetensors and a run.json that "
+                    "evaluate, serve, predict and export use like any run. The members must share preprocessing, "
+                    "metadata encoder, test-time views, class weighting and training split.",
+        epilog="example:\n  lesionlab ensemble runs/a runs/b runs/c --out runs/abc\n"
+               "  lesionlab evaluate runs/abc --calibrate", formatter_class=argparse.RawDescriptionHelpFormatter)
+    ens.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="member run directories (two or more)")
+    ens.add_argument("--out", type=Path, required=True, help="the ensemble's run directory")
+    ens.set_defaults(func=run_ensemble)
+
     bench = subparsers.add_parser(
         "train-bench", help="training benchmarks: embedding cache vs frozen backbone, engine vs a plain JPEG loop",
         description="frozen: seconds per head-training epoch on cached embeddings vs running the frozen backbone "
@@ -143,3 +154,13 @@ def print_summary(run_dir: Path) -> None:
     training = info.get("training", {})
     console.print(f"run directory: {run_dir}  (status {info.get('status')}, {info.get('epochs_run', '?')} epochs, "
                   f"{training.get('seconds', 0.0):.0f} s)")
+
+
+def run_ensemble(args: argparse.Namespace) -> int:
+    """``lesionlab ensemble``: write the ensemble run and say what it holds."""
+    from lesionlab.train.ensemble import make_ensemble
+
+    out = make_ensemble(args.runs, args.out)
+    print(f"{out}: ensemble of {len(args.runs)} runs ({', '.join(p.name for p in args.runs)}); score it with "
+          f"`lesionlab evaluate {out} --calibrate`")
+    return 0

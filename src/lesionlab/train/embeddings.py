@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lesionlab.runs import RunError, atomic_save_state_dict, flip_views, read_weights
+from lesionlab.runs import RunError, atomic_save_state_dict, read_weights, views_of
 from lesionlab.train.loop import Precision
 
 CACHE_FORMAT = 1
@@ -48,9 +48,10 @@ def cache_path(cache_dir: str | Path, key: str) -> Path:
 
 
 @torch.inference_mode()
-def compute_embeddings(model: nn.Module, loader: Any, *, precision: Precision, flips: bool = False,
+def compute_embeddings(model: nn.Module, loader: Any, *, precision: Precision, views: str | None = None,
                        progress: bool = True, desc: str = "embed") -> torch.Tensor:
-    """Backbone features ``[N, V, ...]`` in eval mode (V = 3 with ``flips``: identity, h-flip, v-flip; else 1)."""
+    """Backbone features ``[N, V, ...]`` in eval mode: the test-time ``views`` (flips: V = 3, dihedral: 8) or the
+    clean image alone (``None``, V = 1)."""
     was_training = model.training
     model.eval()
     out = []
@@ -58,9 +59,8 @@ def compute_embeddings(model: nn.Module, loader: Any, *, precision: Precision, f
         for batch in tqdm(loader, desc=desc, leave=False, disable=not progress,
                           unit="batch", dynamic_ncols=True):
             x = precision.to_input(batch["image"])
-            views = flip_views(x) if flips else [x]
             with precision.autocast():
-                feats = [model.forward_features(v).float() for v in views]
+                feats = [model.forward_features(v).float() for v in (views_of(x, views) if views else [x])]
             out.append(torch.stack(feats, dim=1).cpu())
     finally:
         model.train(was_training)

@@ -30,6 +30,7 @@ from lesionlab.runs import CONFIG_FILE, INFO_FILE, RunError, read_info
 from lesionlab.train import distributed as dist_utils
 from lesionlab.train import handlers as H
 from lesionlab.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from lesionlab.train.distill import DistillLoss, check_distillation, teacher_targets
 from lesionlab.train.loop import (
     Precision,
     epoch_seed,
@@ -44,6 +45,7 @@ from lesionlab.train.pieces import (
     TrainError,
     check_monitor,
     class_counts,
+    make_ema,
     make_loss,
     make_optimizer,
     make_sampler,
@@ -151,6 +153,13 @@ def _check_settings(cfg: RunConfig, ctx: dist_utils.DistContext) -> None:
         raise TrainError(f"train.unfreeze_after only applies to train.mode=finetune (mode is {tc.mode!r})")
     if tc.mode == "frozen" and tc.embed_cache_views < 0:
         raise TrainError("train.embed_cache_views must be >= 0")
+    if tc.ema_decay is not None and tc.mode == "frozen":
+        raise TrainError("train.ema_decay averages the weights of the whole network; it applies to train.mode "
+                         "finetune or scratch (a frozen backbone's head trains in seconds, without it)")
+    h, w = cfg.data.image_size
+    if tc.tta and tc.tta_views == "dihedral" and h != w:
+        raise TrainError(f"train.tta_views=dihedral needs a square data.image_size, got {h}x{w}: quarter turns would "
+                         "change the shape; use train.tta_views=flips")
 
 
 # ---------------------------------------------------------------------------------------------------- precision
@@ -196,15 +205,16 @@ def _restore(run_dir: Path, restore: Callable[[], Any]) -> None:
 # ------------------------------------------------------------------------------------------------------- the loop
 
 
-def _validate(plan: Plan, cfg: RunConfig, precision: Precision, ctx: dist_utils.DistContext, progress: bool
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Validation probabilities for every val row (sharded over DDP ranks and gathered in order)."""
+def _validate(plan: Plan, cfg: RunConfig, precision: Precision, ctx: dist_utils.DistContext, progress: bool,
+              model: torch.nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Validation probabilities for every val row (sharded over DDP ranks and gathered in order) of ``model``
+    (default: the plan's evaluation module)."""
     n = len(plan.val_set)
     idx = np.arange(ctx.rank, n, ctx.world_size)
     ds = torch.utils.data.Subset(plan.val_set, idx.tolist()) if ctx.world_size > 1 else plan.val_set
     loader = make_loader(ds, cfg.train.eval_batch_size, num_workers=cfg.train.num_workers)
-    proba, labels = predict(unwrap(plan.eval_module), loader, precision=precision, tta=cfg.train.tta,
-                            progress=progress and ctx.is_main, desc="val")
+    proba, labels = predict(unwrap(model or plan.eval_module), loader, precision=precision, tta=cfg.train.tta,
+                            views=cfg.train.tta_views, progress=progress and ctx.is_main, desc="val")
     if ctx.world_size > 1:
         parts = dist_utils.all_gather_object((idx, proba, labels))
         order = np.argsort(np.concatenate([p[0] for p in parts]))
@@ -226,10 +236,12 @@ def _train_and_validate(state: H.TrainState, loader: torch.utils.data.DataLoader
     t0 = time.perf_counter()
     stats = train_one_epoch(state.module, loader, loss_fn, state.optimizer, precision=state.precision,
                             scheduler=state.scheduler, grad_clip=tc.grad_clip, max_batches=tc.max_train_batches,
-                            progress=progress, desc=f"epoch {epoch + 1}/{tc.epochs}")
+                            progress=progress, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                            on_step=(lambda: state.ema.update_parameters(state.model)) if state.ema else None)
     if ctx.world_size > 1:
         stats["loss"] = dist_utils.mean_across(stats["loss"])
-    proba, val_labels = _validate(plan, state.cfg, state.precision, ctx, progress)
+    proba, val_labels = _validate(plan, state.cfg, state.precision, ctx, progress,
+                                  state.ema.module if state.ema is not None else None)
     state.metrics = selection_metrics(val_labels, proba)
     state.row = {"epoch": epoch, "train_loss": stats["loss"], "train_steps": stats["steps"],
                  "train_samples": stats["samples"] * ctx.world_size,
@@ -277,6 +289,7 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume: bool | Non
     check_monitor(cfg.train.monitor)
     if cfg.augment.enabled and cfg.augment.corruptions:  # a misspelt corruption fails now, not after data loading
         parse_corruptions(cfg.augment.corruptions)
+    check_distillation(cfg, cfg.train.distill_from)
     ctx = dist_utils.setup(cfg.train.device)
     try:
         return _fit(cfg, ctx, Path(run_dir) if run_dir else default_run_dir(cfg), resume, progress, callbacks)
@@ -309,11 +322,13 @@ def _fit(cfg: RunConfig, ctx: dist_utils.DistContext, run_dir: Path, resume: boo
     cfg = resolve_precision_config(cfg, precision)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    ema = make_ema(model, tc.ema_decay)
     if tc.mode == "frozen":
         plan = plan_frozen(cfg, model, data, pre, replace(precision, scaler=None), progress, ctx.is_main)
         head_precision = precision if plan.images else Precision(device)  # a head on embeddings: float32
     else:
-        plan, head_precision = plan_images(cfg, model, data, pre), precision
+        soft, distill_info = teacher_targets(cfg, data, device, progress) if tc.distill_from else (None, None)
+        plan, head_precision = plan_images(cfg, model, data, pre, soft), precision
     generator = torch.Generator()
     labels = data.train_labels
     sampler = (torch.utils.data.distributed.DistributedSampler(plan.train_set, num_replicas=ctx.world_size,
@@ -330,10 +345,11 @@ def _fit(cfg: RunConfig, ctx: dist_utils.DistContext, run_dir: Path, resume: boo
     state = H.TrainState(
         cfg=cfg, run_dir=run_dir, model=model, plan=plan, pre=pre, data=data, optimizer=optimizer,
         scheduler=make_scheduler(tc, optimizer, steps), precision=head_precision, ctx=ctx,
-        stopper=EarlyStopping(mode=monitor_mode(tc.monitor), patience=tc.patience, min_delta=tc.min_delta),
+        stopper=EarlyStopping(mode=monitor_mode(tc.monitor), patience=tc.patience, min_delta=tc.min_delta), ema=ema,
         run_info={"data": data.info, "status": "training", "split": split,
                   "training": {"mode": tc.mode, "precision": prec_report, "world_size": ctx.world_size,
-                               "embeddings": plan.embedding_info}})
+                               "embeddings": plan.embedding_info,
+                               **({"distillation": distill_info} if tc.distill_from else {})}})
     if ckpt is not None:
         _restore(run_dir, lambda: H.Checkpoint.restore(state, ckpt))
         log.info("resuming %s after epoch %d", run_dir, state.start_epoch)
@@ -341,6 +357,8 @@ def _fit(cfg: RunConfig, ctx: dist_utils.DistContext, run_dir: Path, resume: boo
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg))
     loss_fn = make_loss(tc, class_counts(labels))
+    if tc.distill_from:
+        loss_fn = DistillLoss(loss_fn, tc.distill_weight, tc.distill_temperature)
     handlers = [H.Unfreezing(), H.DataParallel(), H.Stopping(), H.BestRun(), H.History(), H.Checkpoint(),
                 H.Progress(state, progress), H.Callbacks(callbacks)]
     run_epochs(state, handlers, lambda s: _train_and_validate(s, loader, loss_fn, generator, progress))

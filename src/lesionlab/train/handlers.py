@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from lesionlab.config import RunConfig
 from lesionlab.data.transforms import Preprocessing
@@ -53,6 +54,12 @@ class TrainState:
     row: dict[str, Any] = field(default_factory=dict)  # this epoch's history row
     improved: bool = False
     stopped_early: bool = False
+    ema: AveragedModel | None = None  # the weight average (train.ema_decay): validated and saved instead
+
+    @property
+    def inference_model(self) -> nn.Module:
+        """What validation scores and the run saves: the weight average when there is one, else the model."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 class Handler:
@@ -108,7 +115,7 @@ class BestRun(Handler):
             return
         best = {"epoch": state.epoch, "monitor": state.cfg.train.monitor,
                 **{f"val_{k}": v for k, v in state.metrics.items()}}
-        save_run(state.run_dir, unwrap(state.model), state.cfg, state.pre, state.data.meta_encoder,
+        save_run(state.run_dir, unwrap(state.inference_model), state.cfg, state.pre, state.data.meta_encoder,
                  state.data.split_hash, best, extra=state.run_info)
 
     def completed(self, state: TrainState) -> None:
@@ -141,6 +148,7 @@ class Checkpoint(Handler):
             "scaler": scaler.state_dict() if scaler is not None else None,
             "early_stopping": state.stopper.state_dict(), "history": state.history, "rng": rng_state(),
             "precision": state.run_info.get("training", {}).get("precision"),
+            "ema": state.ema.state_dict() if state.ema is not None else None,
             "config": state.cfg.model_dump(mode="json")})
 
     @staticmethod
@@ -152,6 +160,8 @@ class Checkpoint(Handler):
         if state.precision.scaler is not None and ckpt.get("scaler") is not None:
             state.precision.scaler.load_state_dict(ckpt["scaler"])
         state.stopper.load_state_dict(ckpt["early_stopping"])
+        if state.ema is not None and ckpt.get("ema") is not None:
+            state.ema.load_state_dict(ckpt["ema"])
         state.history = list(ckpt["history"])
         state.start_epoch = int(ckpt["epoch"]) + 1
         set_rng_state(ckpt["rng"])

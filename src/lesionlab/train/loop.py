@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,8 +137,11 @@ def _batch_inputs(batch: dict[str, Any], precision: Precision) -> tuple[torch.Te
 
 def train_one_epoch(model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, *,
                     precision: Precision, scheduler: Any = None, grad_clip: float | None = None,
-                    max_batches: int | None = None, progress: bool = True, desc: str = "train") -> dict[str, float]:
-    """One pass over ``loader`` (the caller sets train mode); returns mean loss, samples, seconds and images/s."""
+                    max_batches: int | None = None, progress: bool = True, desc: str = "train",
+                    on_step: Callable[[], None] | None = None) -> dict[str, float]:
+    """One pass over ``loader`` (the caller sets train mode); returns mean loss, samples, seconds and images/s.
+
+    ``on_step`` is called after every optimizer step (the weight average's update)."""
     loss_fn = loss_fn.to(precision.device)
     total, count, steps = 0.0, 0, 0
     n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
@@ -151,7 +155,9 @@ def train_one_epoch(model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer
             y = batch["label"].to(precision.device, non_blocking=True)
             with precision.autocast():
                 logits = _forward(model, x, meta)
-            loss = loss_fn(logits.float(), y)
+            soft = batch.get("soft")  # distillation targets, when the dataset carries them
+            loss = loss_fn(logits.float(), y) if soft is None else loss_fn(logits.float(), y,
+                                                                          soft.to(precision.device))
             if not torch.isfinite(loss):
                 raise TrainError(f"training loss became {loss.item()} at step {steps} of {desc}; lower "
                                          "train.lr or turn off reduced precision (train.bf16 / train.amp)")
@@ -170,6 +176,8 @@ def train_one_epoch(model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer
                 optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            if on_step is not None:
+                on_step()
             total += float(loss.detach()) * len(y)
             count += len(y)
             steps += 1
@@ -184,12 +192,12 @@ def train_one_epoch(model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer
 
 @torch.inference_mode()
 def predict(model: nn.Module, loader: Any, *, precision: Precision | None = None, tta: bool = False,
-            progress: bool = False, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+            views: str = "flips", progress: bool = False, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities ``[N, K]`` and labels ``[N]`` over a loader, in eval mode.
 
-    ``tta`` averages logits over flip views of image batches; feature batches shaped ``[B, V, D]`` (cached views)
-    (``feature_views``) are averaged over their ``V`` views the same way. The caller's train/eval mode is restored
-    afterwards.
+    ``tta`` averages logits over the test-time ``views`` (flips or dihedral) of image batches; feature batches
+    shaped ``[B, V, D]`` (cached views, ``feature_views``) are averaged over their ``V`` views the same way. The
+    caller's train/eval mode is restored afterwards.
     """
     precision = precision or Precision(torch.device("cpu"))
     was_training = model.training
@@ -200,7 +208,7 @@ def predict(model: nn.Module, loader: Any, *, precision: Precision | None = None
                           unit="batch", dynamic_ncols=True):
             x, meta = _batch_inputs(batch, precision)
             with precision.autocast():
-                logits = view_logits(model, x, meta, tta, feature_views="feature_views" in batch)
+                logits = view_logits(model, x, meta, tta, feature_views="feature_views" in batch, views=views)
             probs.append(torch.softmax(logits.float(), dim=1).cpu())
             labels.append(torch.as_tensor(batch["label"]).cpu())
     finally:
@@ -211,8 +219,9 @@ def predict(model: nn.Module, loader: Any, *, precision: Precision | None = None
 
 
 def view_logits(model: nn.Module, x: torch.Tensor, meta: torch.Tensor | None, tta: bool,
-                feature_views: bool = False) -> torch.Tensor:
-    """Logits averaged over views: cached feature views (``x`` is ``[B, V, ...]``) or, with ``tta``, image flips."""
+                feature_views: bool = False, views: str = "flips") -> torch.Tensor:
+    """Logits averaged over views: cached feature views (``x`` is ``[B, V, ...]``) or, with ``tta``, the image's
+    test-time ``views``."""
     if not feature_views:
-        return view_averaged_logits(model, x, meta, tta)
+        return view_averaged_logits(model, x, meta, tta, views)
     return mean_logits(lambda v, m: _forward(model, v, m), [x[:, v] for v in range(x.shape[1])], meta)

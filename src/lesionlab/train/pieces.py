@@ -1,4 +1,5 @@
-"""Small pure pieces of the training loop: loss, class weights, sampler, optimizer, schedule, early stopping.
+"""Small pure pieces of the training loop: loss, sampler, optimizer, schedule, early stopping (class weights:
+:mod:`lesionlab.core.priors`, where evaluation reads them too).
 
 Each takes the config section and plain inputs, so it can be tested alone and reused by the DDP entry point.
 """
@@ -13,11 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from lesionlab.classes import NUM_CLASSES
 from lesionlab.config import TrainConfig
 from lesionlab.core.errors import LesionlabError
 from lesionlab.core.metrics import compute_metrics
+from lesionlab.core.priors import class_weights
 
 
 class TrainError(LesionlabError, ValueError):
@@ -38,25 +41,25 @@ def class_counts(labels: Sequence[int] | np.ndarray, num_classes: int = NUM_CLAS
     return np.bincount(y, minlength=num_classes)
 
 
-def class_weights(counts: Sequence[int] | np.ndarray, kind: str) -> np.ndarray | None:
-    """Per-class loss weights: ``balanced`` = n / (K * count), ``sqrt`` = its square root; mean weight 1.
+def make_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and BatchNorm statistics (``None`` without ``decay``).
 
-    Classes absent from training get weight 0 (they cannot be learned; a finite weight keeps the loss defined).
+    Updated after every optimizer step; the decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates
+    (as timm's ModelEma does), so the average does not carry the random head of the first steps for hundreds of
+    steps. Integer buffers (BatchNorm's batch counter) take the latest value.
     """
-    if kind == "none":
+    if decay is None:
         return None
-    c = np.asarray(counts, dtype=np.float64)
-    present = c > 0
-    if not present.any():
-        raise ValueError("class weights need at least one training sample")
-    w = np.zeros_like(c)
-    w[present] = c[present].sum() / (present.sum() * c[present])
-    if kind == "sqrt":
-        w = np.sqrt(w)
-    elif kind != "balanced":
-        raise ValueError(f"unknown class_weights {kind!r}; expected none, balanced or sqrt")
-    w[present] /= w[present].mean()
-    return w
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor | int) -> None:
+        n = float(num_averaged)
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - min(float(decay), (1.0 + n) / (10.0 + n)))
+        else:
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
 def make_loss(cfg: TrainConfig, counts: Sequence[int] | np.ndarray) -> nn.Module:

@@ -186,9 +186,34 @@ class Plan:
     embedding_info: dict[str, Any] = field(default_factory=dict)
 
 
-def plan_images(cfg: RunConfig, model: nn.Module, data: PreparedData, pre: Preprocessing) -> Plan:
-    """Scratch / finetune: image datasets; the whole model is trained (the backbone after ``unfreeze_after``)."""
+class WithSoftTargets(torch.utils.data.Dataset):
+    """A training dataset whose samples also carry ``soft``: their row of the teachers' soft targets."""
+
+    def __init__(self, base: torch.utils.data.Dataset, soft: torch.Tensor) -> None:
+        if len(base) != len(soft):
+            raise TrainError(f"{len(soft)} soft targets for {len(base)} training samples")
+        self.base, self.soft = base, soft
+
+    def set_epoch(self, epoch: int) -> None:
+        """New augmented views each epoch (the targets stay)."""
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**self.base[i], "soft": self.soft[i]}
+
+
+def plan_images(cfg: RunConfig, model: nn.Module, data: PreparedData, pre: Preprocessing,
+                soft: torch.Tensor | None = None) -> Plan:
+    """Scratch / finetune: image datasets; the whole model is trained (the backbone after ``unfreeze_after``).
+
+    ``soft``: distillation targets of the training rows (:mod:`lesionlab.train.distill`), carried by each sample."""
     train_set = image_dataset(data, data.train_rows, build_train_transform(cfg.augment, pre), cfg.train.seed)
+    if soft is not None:
+        train_set = WithSoftTargets(train_set, soft)
     val_set = image_dataset(data, data.val_rows, pre.normalize)
     return Plan(model, model, train_set, val_set, True, None)
 
@@ -209,20 +234,21 @@ class EmbeddingCache:
                                        if k in ("autocast", "grouped_conv_fp32")}
         self.info: dict[str, Any] = {}
 
-    def _compute(self, rows: np.ndarray, transform: Any, flips: bool, desc: str, seed: int | None) -> torch.Tensor:
+    def _compute(self, rows: np.ndarray, transform: Any, views: str | None, desc: str, seed: int | None
+                 ) -> torch.Tensor:
         loader = make_loader(image_dataset(self.data, rows, transform, seed), self.cfg.train.eval_batch_size,
                              num_workers=self.cfg.train.num_workers)
-        return compute_embeddings(self.model, loader, precision=self.precision, flips=flips,
+        return compute_embeddings(self.model, loader, precision=self.precision, views=views,
                                   progress=self.progress, desc=desc)
 
-    def get(self, name: str, rows: np.ndarray, key_parts: dict[str, Any], transform: Any, flips: bool = False,
+    def get(self, name: str, rows: np.ndarray, key_parts: dict[str, Any], transform: Any, views: str | None = None,
             seed: int | None = None, desc: str = "") -> torch.Tensor:
         """The embeddings ``[len(rows), V, ...]`` keyed by the model, data and ``key_parts``; recorded in ``info``."""
         path = cache_path(self.folder, cache_key({**self.parts, **key_parts}))
         start = time.perf_counter()
 
         def compute() -> torch.Tensor:
-            return self._compute(rows, transform, flips, desc or f"embed {name}", seed)
+            return self._compute(rows, transform, views, desc or f"embed {name}", seed)
 
         if self.is_main:
             feats, hit = load_or_compute(path, compute, len(rows))
@@ -243,8 +269,8 @@ def plan_frozen(cfg: RunConfig, model: LesionModel, data: PreparedData, pre: Pre
     """Frozen mode: cached embeddings for validation (and training, unless augmentation bypasses the cache)."""
     cache = EmbeddingCache(cfg, model, data, pre, precision, progress, is_main)
     tta, k_views, seed = cfg.train.tta, int(cfg.train.embed_cache_views), cfg.train.seed
-    val_feats = cache.get("val", data.val_rows, {"rows": "val", "views": "flips" if tta else "clean"}, pre.normalize,
-                          flips=tta)
+    views = cfg.train.tta_views if tta else None
+    val_feats = cache.get("val", data.val_rows, {"rows": "val", "views": views or "clean"}, pre.normalize, views=views)
     val_set = FeatureDataset(val_feats, data.val_labels, _meta(data, data.val_rows), pick_view=False)
     head = HeadOnly(model)
     if cfg.augment.enabled and k_views == 0:  # bypass: the frozen backbone runs on fresh augmentations every step

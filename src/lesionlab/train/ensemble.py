@@ -1,0 +1,84 @@
+"""``lesionlab ensemble RUN RUN ... --out DIR``: several trained runs as one run directory (their logits averaged).
+
+The ensemble directory is an ordinary run (``model.safetensors`` with every member's weights under
+``members.<i>.``, ``run.json`` whose ``model.ensemble`` lists the members' architectures), so ``lesionlab evaluate``,
+``serve``, ``predict`` and ``export --onnx`` use it unchanged. The members must agree on everything a run feeds its
+network with: preprocessing, metadata encoder, test-time views, and the split they were trained on (an ensemble of
+runs that saw different images would make its test figures meaningless). ``evaluate --calibrate`` then fits the
+ensemble's own temperature and referral threshold on the shared validation split.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lesionlab.core.io import file_sha256
+from lesionlab.core.version import __version__
+from lesionlab.runs import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    atomic_save_state_dict,
+    atomic_write_text,
+    read_info,
+    read_weights,
+    seal_run,
+)
+from lesionlab.train.pieces import TrainError
+
+#: run.json fields every member must share (what the network is fed with, and what it was trained on).
+SHARED = (("preprocessing",), ("metadata_encoder",), ("split", "hash"), ("config", "train", "tta"),
+          ("config", "train", "tta_views"), ("config", "train", "class_weights"), ("config", "train", "sampler"))
+
+
+def _field(info: dict[str, Any], path: Sequence[str]) -> Any:
+    node: Any = info
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def make_ensemble(runs: Sequence[str | Path], out_dir: str | Path) -> Path:
+    """Write the ensemble of ``runs`` (at least two) into ``out_dir``; returns it."""
+    paths = [Path(r) for r in runs]
+    if len(paths) < 2:
+        raise TrainError("an ensemble needs at least two runs")
+    out = Path(out_dir)
+    if out.resolve() in {p.resolve() for p in paths}:
+        raise TrainError(f"{out}: the ensemble cannot be written into one of its members")
+    infos = [read_info(p) for p in paths]
+    for path, info in zip(paths[1:], infos[1:], strict=True):
+        for key in SHARED:
+            if _field(info, key) != _field(infos[0], key):
+                raise TrainError(f"{path}: {'.'.join(key)} differs from {paths[0]}'s; the members of an ensemble "
+                                 "must share preprocessing, metadata encoder, test-time views, training split and "
+                                 "class weighting")
+    state = {}
+    for i, path in enumerate(paths):
+        state.update({f"members.{i}.{k}": v for k, v in read_weights(path / WEIGHTS_FILE).items()})
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save_state_dict(out / WEIGHTS_FILE, state, metadata={"format": "pt", "lesionlab": __version__})
+    first = infos[0]
+    seconds = [float((i.get("training") or {}).get("seconds") or 0.0) for i in infos]
+    # Fitted artifacts and the file manifest belong to the first member's directory, not to the ensemble's: dropped
+    # (evaluate --calibrate fits the ensemble's own), and the manifest is written afresh by seal_run.
+    member_only = ("files", "scope", "uncertainty", "quality")
+    kept = {k: v for k, v in first.items() if k not in member_only}
+    info = {**kept, "format_version": FORMAT_VERSION, "lesionlab_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": {"name": "ensemble", "head": "mean of the members' logits", "fusion": first["model"].get("fusion"),
+                      "meta_dim": first["model"].get("meta_dim"), "ensemble": [i["model"] for i in infos],
+                      "parameters": sum(int(i["model"].get("parameters") or 0) for i in infos)},
+            "ensemble": {"members": [{"run": str(p), "name": p.name, "best": i.get("best"), "training_seconds": s,
+                                      "weights_sha256": file_sha256(p / WEIGHTS_FILE)[:12]}
+                                     for p, i, s in zip(paths, infos, seconds, strict=True)]},
+            "training": {"mode": "ensemble", "seconds": sum(seconds)},
+            "best": None, "temperature": None, "referral_threshold": None, "calibration": None, "referral": None,
+            "status": "complete"}
+    config_text = (paths[0] / CONFIG_FILE).read_text(encoding="utf-8") if (paths[0] / CONFIG_FILE).is_file() else ""
+    atomic_write_text(out / CONFIG_FILE, f"# ensemble of {len(paths)} runs; the first member's config:\n{config_text}")
+    seal_run(out, info)
+    return out
