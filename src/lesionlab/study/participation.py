@@ -197,7 +197,10 @@ class Standing:
 
 
 def steps_for(definition: StudyDefinition, arm: str) -> list[int]:
-    """``revise``: answer alone (1), then with the model (2); otherwise one answer (:func:`columns.answer_steps`)."""
+    """``revise``: answer alone (1), then with the model (2); otherwise one answer.
+
+    The rule is :func:`lesionlab.study.columns.answer_steps`, shared with the simulated readers and the analysis.
+    """
     return list(answer_steps(definition.design, arm))
 
 
@@ -215,7 +218,8 @@ def standing(db: Session, definition: StudyDefinition, participant_id: str) -> S
 
 
 def model_shown(definition: StudyDefinition, arm: str, step: int) -> bool:
-    """Whether the model's output is on screen for this arm and step (:func:`columns.model_on_screen`)."""
+    """Whether the model's output is on screen for this arm and step (:func:`lesionlab.study.columns.model_on_screen`).
+    """
     return model_on_screen(definition.design, arm, step)
 
 
