@@ -176,6 +176,12 @@ def test_a_study_from_definition_to_or_hillis_report(design: str, tiny_run, stud
                  "--n-boot", "100"]) == 0
     again = pd.read_csv(tmp_path / "r2" / "per_reader.csv")
     pd.testing.assert_frame_equal(again, per_reader)
+    from lesionlab.study.answers import load_answers
+    from lesionlab.study.readers import per_reader as per_reader_table
+
+    from_json = per_reader_table(load_answers(tmp_path / "export" / "answers.json"))
+    pd.testing.assert_frame_equal(from_json.reset_index(drop=True),
+                                  per_reader_table(load_answers(folder)).reset_index(drop=True))
 
 
 REPO = Path(__file__).resolve().parents[2]
