@@ -129,6 +129,8 @@ def test_a_study_from_definition_to_or_hillis_report(design: str, tiny_run, stud
     analysis = json.loads((out / "analysis.json").read_text())
     assert analysis["design"] == design and analysis["conditions"] == ["unassisted", "assisted"]
     assert not analysis["simulated"] and sorted(analysis["participants"]) == sorted(i.participant for i in invites)
+    # revise: the unassisted arm is a control set, so reading alone covers more cases than reading with the model
+    assert (design == "revise") == any("the arms cover different cases" in n for n in analysis["notes"])
 
     # per reader and arm: accuracy, answers and time-outs are those submitted (a late answer counts as none)
     given["correct"] = given["counted"] == given["truth"]

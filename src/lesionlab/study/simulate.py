@@ -306,8 +306,9 @@ def check_cases(frame: pd.DataFrame, where: str = "cases") -> pd.DataFrame:
     out["model_run"] = frame["model_run"].astype(str).str.strip() if "model_run" in frame.columns else ""
     if "case_set" in frame.columns:  # a platform study's cases (lesionlab.study.export.cases_frame)
         out["case_set"] = frame["case_set"].astype(str).str.strip()
-    if "faulty" in frame.columns and all(c in frame.columns for c in FAULTY_PROB_COLUMNS):
-        flags = frame["faulty"].map(lambda v: str(v).strip().lower() in ("true", "1", "yes"))
+    flags = (frame["faulty"].map(lambda v: str(v).strip().lower() in ("true", "1", "yes"))
+             if "faulty" in frame.columns else pd.Series(False, index=frame.index))
+    if flags.any() and all(c in frame.columns for c in FAULTY_PROB_COLUMNS):  # a study with a faulty arm
         fprobs = frame[list(FAULTY_PROB_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
         bad = np.flatnonzero(flags.to_numpy() & ~np.isfinite(fprobs).all(axis=1))
         if bad.size:
