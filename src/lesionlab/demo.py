@@ -2,9 +2,9 @@
 
 data summary -> leakage audit -> split file -> decode-once cache -> train a CPU preset -> evaluate on the test split
 (temperature and referral threshold fitted on validation) -> one self-contained HTML report -> the HAM10000 study's
-35 + 35 reader contest on that run's outputs with SIMULATED readers, and its reader-study report. Every step calls the
-same functions as its own command; this module only chains them and says which data it used, what it will do and
-about how long it takes.
+35 + 35 reader contest (its study definition, created on that run by the reader-study platform) with SIMULATED
+readers, and its reader-study report. Every step calls the same functions as its own command; this module only
+chains them and says which data it used, what it will do and about how long it takes.
 
 ``--quick`` trains no backbone: an ImageNet backbone's embeddings are computed once, and a few heads that differ only
 in how they weight the rare classes are trained on them; the one with the best balance of validation accuracy and
@@ -233,7 +233,7 @@ def run_demo(cfg: RunConfig, out: Path, progress: bool = True, console: Any = No
     for line in headline_lines(m, cfg, bool(source.synthetic), quick):
         console.print(f"figures: {line}")
     console.print(f"report:  {report['html']}")
-    console.print(f"study:   {study['report']} (SIMULATED readers, not people)")
+    console.print(f"study:   {study['report']} (SIMULATED readers, not people); the study: {study['study']}")
     console.print(f"serve:   lesionlab serve {run_dir}{' --allow-synthetic' if source.synthetic else ''}   (then open http://127.0.0.1:8000/)")
     return {"synthetic": bool(source.synthetic), "quick": quick, "run_dir": str(run_dir),
             "report": str(report["html"]), "accuracy": m.get("accuracy"),
@@ -243,14 +243,37 @@ def run_demo(cfg: RunConfig, out: Path, progress: bool = True, console: Any = No
 
 
 def demo_study(run_dir: Path, cfg: RunConfig, source: Any, out: Path) -> dict[str, Any]:
-    """The HAM10000 study's 35 + 35 contest on this run's outputs with SIMULATED readers (fewer cases when the test
-    split is small), from the contest definition to the report."""
-    from lesionlab.study.simulated_contests import contest_summary, run_contest
+    """The HAM10000 study's 35 + 35 contest with SIMULATED readers, through the reader-study platform: its study
+    definition (``configs/studies/ham10000-gp-35x2.yaml``) on this run and this data's test split (fewer cases per
+    class where the split is small) -> ``lesionlab study create`` -> simulated readers on the frozen study -> report.
+    """
+    import shutil
 
-    n_test = int((source.table["split"] == "test").sum())
-    result = run_contest("ham10000-35x35", out, run=run_dir, data_cfg=cfg.data, n_boot=500,
-                         cases_per_arm=min(35, n_test // 2))
-    return {"report": str(result.paths["report_html"]), "summary": contest_summary(result)}
+    from lesionlab.config import read_yaml
+    from lesionlab.study.create import MANIFEST, create_study
+    from lesionlab.study.definition import definition_from_dict
+    from lesionlab.study.simulated_contests import CONTESTS, contest_summary, run_contest
+
+    contest = CONTESTS["ham10000-35x35"]
+    path = Path(contest.definition)
+    if not path.is_file():
+        raise MissingFileError(f"study definition {path} not found: run `lesionlab demo` from the repository root")
+    data = read_yaml(path)
+    definition = definition_from_dict(data, where=str(path))
+    test = source.table[source.table["split"] == "test"]
+    sets = len(definition.case_sets())
+    per_class = {c: min(n, int((test["dx"] == c).sum()) // sets) for c, n in definition.cases.counts().items()}
+    data["model"] = {**data["model"], "run": str(run_dir)}
+    # the run's own data and test split: the study's cases were never seen in training or model selection
+    data["cases"] = {**data["cases"], "data": cfg.data.model_dump(mode="json"), "splits": ["test"],
+                     "per_class": per_class}
+    definition = definition_from_dict(data, where=f"{path} (on this run and its test split)")
+    folder = out / "platform"
+    if (folder / MANIFEST).is_file():  # the demo's own study from an earlier run: made afresh for this run
+        shutil.rmtree(folder)
+    create_study(definition, folder)
+    result = run_contest(contest.key, out, study=folder, n_boot=500)
+    return {"report": str(result.paths["report_html"]), "summary": contest_summary(result), "study": str(folder)}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -125,9 +125,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         ReaderModel,
         SimulationSpec,
         cases_from_data,
-        check_cases,
         read_cases,
         simulate_study,
+        study_simulation,
         write_export,
     )
 
@@ -135,28 +135,36 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if args.contest is not None:
             from lesionlab.study.simulated_contests import contest_summary, run_contest
 
-            result = run_contest(args.contest, args.out, run=args.run, seed=args.seed, n_boot=args.n_boot)
+            contest_cases = read_cases(args.cases) if args.cases is not None else None
+            result = run_contest(args.contest, args.out, run=args.run, seed=args.seed, n_boot=args.n_boot,
+                                 cases=contest_cases, study=args.study)
             print(contest_summary(result))
             print(f"export: {result.paths['csv']}")
             return 0
+        design = args.design or "crossover"
+        arms = args.arms or ("unassisted", "assisted")
+        limit, confidence, faulty, name = args.time_limit, not args.no_confidence, args.faulty_fraction, args.study_name
         if args.cases is not None:
             cases, where = read_cases(args.cases), f"case table {args.cases}"
-        elif args.study is not None:
-            try:
-                from lesionlab.study.export import cases_frame
-            except ImportError as err:
-                raise UsageError(f"{args.study}: this installation cannot read a study's cases "
-                                 f"(lesionlab.study.export.cases_frame is unavailable: {err}); pass --cases "
-                                 "CASES.csv") from None
-            cases, where = check_cases(cases_frame(args.study), str(args.study)), f"study {args.study}"
+        elif args.study is not None:  # the study's own design, arms, time limit and form, as its participants
+            fixed = [flag for flag, value in (("--design", args.design), ("--arms", args.arms),
+                                              ("--time-limit", args.time_limit)) if value is not None]
+            if fixed:
+                raise UsageError(f"{', '.join(fixed)}: a study's simulated readers follow its definition (design, "
+                                 "arms, time limit); change the definition, or simulate from --cases")
+            cases, base, info = study_simulation(args.study, args.readers)
+            design, arms, limit, faulty = base.design, base.arms, base.time_limit_s, base.faulty_fraction
+            confidence = base.confidence and not args.no_confidence
+            name = base.study if args.study_name == "simulated-study" else args.study_name
+            where = (f"study {args.study}: {info['n']} frozen cases" + (" (SYNTHETIC images)" if info["synthetic_data"]
+                                                                        else "") + f"; model: {info['model']}")
         else:
             cases, info = cases_from_data(args.n_cases, split=args.split, seed=args.seed, how=args.draw, run=args.run,
                                           model_accuracy=args.model_accuracy)
             where = (f"{info['n']} cases of the {info['split']} split of {info['data']}"
                      + (" (SYNTHETIC images)" if info["synthetic_data"] else "") + f"; model: {info['model']}")
-        spec = SimulationSpec(study=args.study_name, design=args.design, arms=args.arms, readers=args.readers,
-                              time_limit_s=args.time_limit, confidence=not args.no_confidence,
-                              faulty_fraction=args.faulty_fraction, target_alone=args.target_alone,
+        spec = SimulationSpec(study=name, design=design, arms=arms, readers=args.readers, time_limit_s=limit,
+                              confidence=confidence, faulty_fraction=faulty, target_alone=args.target_alone,
                               target_assisted=args.target_assisted)
         model = ReaderModel(skill=args.skill, skill_sd=args.skill_sd, difficulty_sd=args.difficulty_sd,
                             reliance=args.reliance, reliance_sd=args.reliance_sd, time_median_s=args.time_median)
@@ -283,10 +291,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--cases", type=Path, help="case table CSV: case, image_id, truth, model_p_<code> x7, "
                                                 "optional model_run")
-    src.add_argument("--study", help="a study created by the platform (its cases and model outputs)")
-    src.add_argument("--contest", choices=("ham10000-162", "ham10000-35x35"),
-                     help="a HAM10000 contest with readers matched to the published GP figures: writes the export "
-                          "and the report into --out (a folder)")
+    src.add_argument("--study", help="a study created by the platform (lesionlab study create): its frozen cases, "
+                                     "case sets and model outputs, read under its design, arms and time limit")
+    p.add_argument("--contest", choices=("ham10000-162", "ham10000-35x35"),
+                   help="a HAM10000 contest with readers matched to the published GP figures: writes the export "
+                        "and the report into --out (a folder); with --study, on that study (e.g. one created from "
+                        "configs/studies/ham10000-gp-35x2.yaml)")
     p.add_argument("--out", type=Path, required=True, help="export file (.csv, with .json beside it) or folder")
     p.add_argument("--n-cases", type=int, default=100, help="cases drawn from the data (default: %(default)s)")
     p.add_argument("--split", default="test", help="split the cases are drawn from (default: %(default)s)")
@@ -295,11 +305,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", type=Path, help="a trained run whose outputs are shown (default: a synthetic model)")
     p.add_argument("--model-accuracy", type=float, default=0.8,
                    help="top-1 accuracy of the synthetic model (default: %(default)s)")
-    p.add_argument("--design", choices=DESIGNS, default="crossover", help="study design (default: %(default)s)")
-    p.add_argument("--arms", type=_arms, default=("unassisted", "assisted"),
-                   help="comma-separated arms (default: unassisted,assisted)")
+    p.add_argument("--design", choices=DESIGNS, help="study design (default: crossover; a --study's own)")
+    p.add_argument("--arms", type=_arms, help="comma-separated arms (default: unassisted,assisted; a --study's own)")
     p.add_argument("--readers", type=int, default=10, help="simulated readers (default: %(default)s)")
-    p.add_argument("--time-limit", type=float, help="seconds per image (default: none)")
+    p.add_argument("--time-limit", type=float, help="seconds per image (default: none; a --study's own)")
     p.add_argument("--time-median", type=float, default=20.0, help="median answer time in s (default: %(default)s)")
     p.add_argument("--no-confidence", action="store_true", help="no malignancy confidence in the answers")
     p.add_argument("--faulty-fraction", type=float, default=0.3,

@@ -28,7 +28,7 @@ import pandas as pd
 from lesionlab.classes import CLASS_CODES, MALIGNANT_CODES
 from lesionlab.core.errors import MissingFileError
 from lesionlab.study.analysis_errors import ExportError
-from lesionlab.study.columns import ARMS, BOOL_COLUMNS, DESIGNS, EXPORT_COLUMNS, MODEL_PROB_COLUMNS
+from lesionlab.study.columns import ARMS, BOOL_COLUMNS, DESIGNS, EXPORT_COLUMNS, MODEL_PROB_COLUMNS, condition_of
 
 #: Columns without which no analysis is possible; the others of the contract are optional (filled, and said so).
 REQUIRED_COLUMNS: tuple[str, ...] = ("design", "participant", "case", "arm", "step", "answer", "truth")
@@ -36,6 +36,8 @@ CONDITIONS: tuple[str, ...] = ARMS  # unassisted, assisted, faulty: the order ev
 TIMEOUT_POLICIES: tuple[str, ...] = ("wrong", "exclude")
 EXPORT_SUFFIXES: tuple[str, ...] = (".csv", ".json")
 PROB_ATOL = 1e-3
+#: Float rounding: a sum of float32 softmax outputs (model_malignant) can pass 1 by a few 1e-8; clipped, not refused.
+PROB_SLACK = 1e-6
 _TRUE = frozenset({"true", "1", "yes", "t", "y"})
 _FALSE = frozenset({"false", "0", "no", "f", "n", ""})
 
@@ -145,7 +147,8 @@ def _bools(series: pd.Series, column: str, where: str) -> np.ndarray:
 
 
 def _numbers(series: pd.Series, column: str, where: str, low: float | None = None,
-             high: float | None = None) -> np.ndarray:
+             high: float | None = None, slack: float = 0.0) -> np.ndarray:
+    """The column as floats (empty: NaN); values past a bound by at most ``slack`` (rounding) are clipped to it."""
     text = _text(series)
     values = pd.to_numeric(text.replace("", np.nan), errors="coerce").to_numpy(dtype=np.float64)
     bad = np.flatnonzero(np.isnan(values) & (text.to_numpy() != ""))
@@ -155,10 +158,12 @@ def _numbers(series: pd.Series, column: str, where: str, low: float | None = Non
     for bound, test, word in ((low, np.less, "below"), (high, np.greater, "above")):
         if bound is None:
             continue
-        out = np.flatnonzero(test(values, bound) & ~np.isnan(values))
+        out = np.flatnonzero(test(values, bound + (slack if word == "above" else -slack)) & ~np.isnan(values))
         if out.size:
             raise ExportError(f"{_row(where, int(out[0]))}: column {column!r} is {values[out[0]]:g}, {word} "
                               f"{bound:g}")
+    if slack:
+        values = np.clip(values, low if low is not None else -np.inf, high if high is not None else np.inf)
     return values
 
 
@@ -279,7 +284,7 @@ def check_answers(frame: pd.DataFrame, where: str = "answers", study: str | None
 
     has_model = bool(present_probs)
     if has_model:
-        probs = np.column_stack([_numbers(frame[c], c, where, 0, 1) for c in MODEL_PROB_COLUMNS])
+        probs = np.column_stack([_numbers(frame[c], c, where, 0, 1, PROB_SLACK) for c in MODEL_PROB_COLUMNS])
         filled = ~np.isnan(probs)
         partial = np.flatnonzero(filled.any(axis=1) & ~filled.all(axis=1))
         if partial.size:
@@ -299,7 +304,7 @@ def check_answers(frame: pd.DataFrame, where: str = "answers", study: str | None
         out["model_pred"] = pred
         mal = [CLASS_CODES.index(c) for c in MALIGNANT_CODES]
         computed = np.where(full, probs[:, mal].sum(axis=1), np.nan)
-        given = (_numbers(frame["model_malignant"], "model_malignant", where, 0, 1)
+        given = (_numbers(frame["model_malignant"], "model_malignant", where, 0, 1, PROB_SLACK)
                  if "model_malignant" in frame.columns else np.full(len(frame), np.nan))
         out["model_malignant"] = np.where(np.isnan(given), computed, given)
         out["model_confidence"] = np.where(full, probs.max(axis=1) if len(probs) else np.nan, np.nan)
@@ -313,14 +318,12 @@ def check_answers(frame: pd.DataFrame, where: str = "answers", study: str | None
         out["model_confidence"] = np.nan
         notes.append("the export carries no model outputs: no comparison with the model")
 
+    out["condition"] = [condition_of(design, a, int(st)) for a, st in zip(out["arm"], out["step"], strict=True)]
     if design == "revise":
-        out["condition"] = np.where(out["step"] == 1, "unassisted", out["arm"])
         bad = np.flatnonzero((out["step"].to_numpy() == 2) & (out["arm"].to_numpy() == "unassisted"))
         if bad.size:
             raise ExportError(f"{_row(where, int(bad[0]))}: a revised answer (step 2) in arm 'unassisted'; the second "
                               "answer of the revise design follows the model's output (arm assisted or faulty)")
-    else:
-        out["condition"] = out["arm"]
 
     key = ["participant", "case", "condition", "step"] if design == "revise" else ["participant", "case", "arm",
                                                                                    "step"]

@@ -34,9 +34,26 @@ for simulated readers, and every analysis function reads it. One row per stored 
 The model columns hold the output computed for the case when the study was created, even where it was not shown
 (``model_shown`` false), so that the analysis can compare readers with the model on the same cases; in the
 ``faulty`` arm they hold what was shown.
+
+The rules of the designs are defined here too, once, for the platform (which cases an arm reads, how many answers a
+case gets, when the model is on screen, which session an arm is read in), the simulated readers (which write the
+same rows) and the analysis (which condition an answer belongs to):
+
+* case sets (:func:`arm_case_sets`): in ``separate`` and ``revise`` every arm reads its own, disjoint set of cases;
+  in ``crossover`` every arm reads the one set ``all``;
+* steps (:func:`answer_steps`): in ``revise`` a case of an arm that shows the model is answered twice, alone (step
+  1) and then beside the model's output (step 2); an ``unassisted`` arm's cases are answered once, alone (a
+  control set); every other design answers once;
+* the model is on screen (:func:`model_on_screen`) in the ``assisted`` and ``faulty`` arms, at step 2 in ``revise``;
+* the condition of an answer (:func:`condition_of`), what the reader saw: the arm, except that a ``revise`` first
+  answer (step 1) is ``unassisted`` whatever its arm;
+* sessions (:func:`session_of`): in ``crossover`` one session per arm, in the participant's order of arms; else
+  everything is session 1, and positions run on across the arms in the participant's order.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from lesionlab.classes import CLASS_CODES
 
@@ -52,3 +69,28 @@ EXPORT_COLUMNS: tuple[str, ...] = (
 DESIGNS: tuple[str, ...] = ("separate", "crossover", "revise")
 ARMS: tuple[str, ...] = ("unassisted", "assisted", "faulty")
 BOOL_COLUMNS: tuple[str, ...] = ("simulated", "timed_out", "model_shown", "model_faulty")
+
+
+def arm_case_sets(design: str, arms: Sequence[str]) -> dict[str, str]:
+    """Arm -> the name of the case set it reads: its own (``separate``, ``revise``) or the shared ``all``."""
+    return {arm: ("all" if design == "crossover" else arm) for arm in arms}
+
+
+def answer_steps(design: str, arm: str) -> tuple[int, ...]:
+    """The answers a case of ``arm`` gets: ``(1, 2)`` in ``revise`` arms that show the model, else ``(1,)``."""
+    return (1, 2) if design == "revise" and arm != "unassisted" else (1,)
+
+
+def model_on_screen(design: str, arm: str, step: int) -> bool:
+    """Whether the model's output is on screen for an answer of ``arm`` at ``step``."""
+    return arm != "unassisted" and (design != "revise" or step == 2)
+
+
+def condition_of(design: str, arm: str, step: int) -> str:
+    """What the reader saw when answering: the arm, but ``unassisted`` for a ``revise`` first answer."""
+    return "unassisted" if design == "revise" and step == 1 else arm
+
+
+def session_of(design: str, arm_order: Sequence[str], arm: str) -> int:
+    """The 1-based session in which ``arm`` is read: its place in the participant's order (``crossover``), else 1."""
+    return list(arm_order).index(arm) + 1 if design == "crossover" else 1

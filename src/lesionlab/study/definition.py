@@ -18,7 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from lesionlab.classes import CLASS_CODES
 from lesionlab.config import DataConfig, Strict, apply_overrides, build_config, read_yaml
-from lesionlab.study.columns import ARMS, DESIGNS
+from lesionlab.study.columns import ARMS, DESIGNS, arm_case_sets
 from lesionlab.study.errors import StudyError
 
 SUPPORT_FORMS: tuple[str, ...] = ("probabilities", "top1", "malignant", "heatmap")
@@ -167,11 +167,11 @@ class StudyDefinition(Strict):
 
     def case_sets(self) -> list[str]:
         """The names of the case sets: one per arm (separate, revise) or one shared ``all`` set (crossover)."""
-        return ["all"] if self.design == "crossover" else list(self.arms)
+        return list(dict.fromkeys(self.arm_sets().values()))
 
     def arm_sets(self) -> dict[str, str]:
-        """Arm -> the case set it reads."""
-        return {arm: ("all" if self.design == "crossover" else arm) for arm in self.arms}
+        """Arm -> the case set it reads (:func:`lesionlab.study.columns.arm_case_sets`)."""
+        return arm_case_sets(self.design, self.arms)
 
 
 def load_definition(path: str | Path, overrides: list[str] | None = None) -> StudyDefinition:

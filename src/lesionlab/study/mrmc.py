@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -48,8 +49,11 @@ MAX_LISTED = 8  # how many missing cells an error message names
 # -------------------------------------------------------------------------------------------- the reader table
 
 
-def norm_label(value: Any) -> str:
-    """A label compared as text: integral numbers without ``.0``, text stripped and lower-cased, missing as ``""``."""
+def norm_label(value: Any, keep_case: bool = False) -> str:
+    """A label compared as text: integral numbers without ``.0``, text stripped and lower-cased, missing as ``""``.
+
+    ``keep_case`` for identifiers (readers, modalities, cases): a platform's ids are case-sensitive random keys.
+    """
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
     if isinstance(value, bool | np.bool_):
@@ -62,8 +66,10 @@ def norm_label(value: Any) -> str:
     try:
         number = float(text)
     except ValueError:
-        return text.lower()
-    return str(int(number)) if number.is_integer() and np.isfinite(number) else text.lower()
+        return text if keep_case else text.lower()
+    if number.is_integer() and np.isfinite(number):
+        return str(int(number))
+    return text if keep_case else text.lower()
 
 
 def _ordered(values: pd.Series, order: Sequence[str] | None, what: str, where: str) -> list[str]:
@@ -120,8 +126,9 @@ def reader_table(frame: pd.DataFrame, reader: str, modality: str, case: str, tru
                           f"{', '.join(map(str, frame.columns))}")
     if frame.empty:
         raise ExportError(f"{where}: no rows")
-    ids = pd.DataFrame({"reader": frame[reader].map(norm_label), "modality": frame[modality].map(norm_label),
-                        "case": frame[case].map(norm_label), "truth": frame[truth].map(norm_label)})
+    ident = partial(norm_label, keep_case=True)
+    ids = pd.DataFrame({"reader": frame[reader].map(ident), "modality": frame[modality].map(ident),
+                        "case": frame[case].map(ident), "truth": frame[truth].map(norm_label)})
     for col in ("reader", "modality", "case", "truth"):
         blank = np.flatnonzero(ids[col].to_numpy() == "")
         if blank.size:

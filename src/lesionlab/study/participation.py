@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from lesionlab.classes import CLASS_CODES, CLASSES
+from lesionlab.study.columns import answer_steps, model_on_screen, session_of
 from lesionlab.study.definition import StudyDefinition
 from lesionlab.study.errors import StudyRequestError
 from lesionlab.study.storage import (
@@ -85,11 +86,11 @@ def plan_assignments(definition: StudyDefinition, cases_by_set: dict[str, list[s
         ids = list(chosen[definition.arm_sets()[arm]])
         if definition.shuffle:
             ids = [ids[i] for i in rng.permutation(len(ids))]
-        if definition.design == "crossover":
-            plan += [(cid, arm, k + 1, j + 1) for j, cid in enumerate(ids)]
-        else:
-            plan += [(cid, arm, 1, position + j + 1) for j, cid in enumerate(ids)]
-            position += len(ids)
+        session = session_of(definition.design, arms, arm)
+        if k and session != session_of(definition.design, arms, arms[k - 1]):
+            position = 0  # positions count within a session
+        plan += [(cid, arm, session, position + j + 1) for j, cid in enumerate(ids)]
+        position += len(ids)
     return arms, plan
 
 
@@ -196,8 +197,11 @@ class Standing:
 
 
 def steps_for(definition: StudyDefinition, arm: str) -> list[int]:
-    """``revise``: answer alone (1), then with the model (2); otherwise one answer."""
-    return [1, 2] if definition.design == "revise" and arm != "unassisted" else [1]
+    """``revise``: answer alone (1), then with the model (2); otherwise one answer.
+
+    The rule is :func:`lesionlab.study.columns.answer_steps`, shared with the simulated readers and the analysis.
+    """
+    return list(answer_steps(definition.design, arm))
 
 
 def standing(db: Session, definition: StudyDefinition, participant_id: str) -> Standing:
@@ -214,8 +218,9 @@ def standing(db: Session, definition: StudyDefinition, participant_id: str) -> S
 
 
 def model_shown(definition: StudyDefinition, arm: str, step: int) -> bool:
-    """Whether the model's output is on screen for this arm and step."""
-    return arm != "unassisted" and (definition.design != "revise" or step == 2)
+    """Whether the model's output is on screen for this arm and step (:func:`lesionlab.study.columns.model_on_screen`).
+    """
+    return model_on_screen(definition.design, arm, step)
 
 
 def shown_variant(db: Session, case_id: str, arm: str) -> ModelOutput | None:

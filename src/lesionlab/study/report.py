@@ -115,6 +115,11 @@ def analyze(answers: Answers, n_boot: int = 2000, seed: int = 0, alpha: float = 
         shared = sorted(set.intersection(*(set(m.cases) for m in mats.values())))
         if all(len(m.cases) == len(shared) for m in mats.values()):
             mats = {c: condition_matrix(answers, c, shared) for c in conds}
+        else:  # revise with a control set read alone only, or with assisted and faulty cases
+            sizes = ", ".join(f"{c}: {len(m.cases)}" for c, m in mats.items())
+            notes.append(f"the arms cover different cases ({sizes}; {len(shared)} read in every arm): per-reader "
+                         "figures use each arm's own cases; the case-paired bootstrap and OR-Hillis use the cases "
+                         "an arm shares with reading alone")
     if answers.design == "separate" and len(conds) > 1:
         notes.append("separate design: each arm has its own cases, so cases are not paired between arms; arms are "
                      "compared with readers-paired tests only (Wilcoxon across readers; bootstrap resampling "

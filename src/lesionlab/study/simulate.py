@@ -37,7 +37,15 @@ from scipy import stats as sps
 from lesionlab.classes import CLASS_CODES, MALIGNANT_CODES
 from lesionlab.core.errors import MissingFileError
 from lesionlab.study.analysis_errors import ExportError, StudyAnalysisError
-from lesionlab.study.columns import DESIGNS, EXPORT_COLUMNS, MODEL_PROB_COLUMNS
+from lesionlab.study.columns import (
+    DESIGNS,
+    EXPORT_COLUMNS,
+    MODEL_PROB_COLUMNS,
+    answer_steps,
+    arm_case_sets,
+    model_on_screen,
+    session_of,
+)
 
 #: Where a wrong answer goes, per true class (weights over the other classes; normalised on use).
 CONFUSION: dict[str, dict[str, float]] = {
@@ -50,6 +58,8 @@ CONFUSION: dict[str, dict[str, float]] = {
     "vasc": {"nv": 0.25, "mel": 0.25, "bcc": 0.20, "bkl": 0.15, "df": 0.10, "akiec": 0.05},
 }
 CASE_COLUMNS: tuple[str, ...] = ("case", "image_id", "truth")
+#: The deliberately wrong outputs a platform study froze for its faulty arm (``cases_frame``), one per class.
+FAULTY_PROB_COLUMNS: tuple[str, ...] = tuple(f"faulty_p_{code}" for code in CLASS_CODES)
 MODEL_ARMS: tuple[str, ...] = ("assisted", "faulty")
 START = _dt.datetime(2025, 1, 6, 9, 0, tzinfo=_dt.timezone.utc)
 
@@ -285,14 +295,28 @@ def check_cases(frame: pd.DataFrame, where: str = "cases") -> pd.DataFrame:
                           f"{', '.join(c for c in MODEL_PROB_COLUMNS if c not in frame.columns)} missing")
     if present:
         probs = frame[list(MODEL_PROB_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-        bad_rows = np.flatnonzero(~np.isfinite(probs).all(axis=1) | (probs < 0).any(axis=1) | (probs > 1).any(axis=1)
-                                  | (np.abs(probs.sum(axis=1) - 1) > 1e-3))
+        bad_rows = np.flatnonzero(~np.isfinite(probs).all(axis=1) | (probs < -1e-6).any(axis=1)
+                                  | (probs > 1 + 1e-6).any(axis=1) | (np.abs(probs.sum(axis=1) - 1) > 1e-3))
         if bad_rows.size:
             raise ExportError(f"{where}: row {int(bad_rows[0]) + 1}: model probabilities must be seven numbers in "
                               "[0, 1] summing to 1")
+        probs = np.clip(probs, 0.0, 1.0)  # float rounding only: larger excursions were refused above
         for k, col in enumerate(MODEL_PROB_COLUMNS):
             out[col] = probs[:, k]
     out["model_run"] = frame["model_run"].astype(str).str.strip() if "model_run" in frame.columns else ""
+    if "case_set" in frame.columns:  # a platform study's cases (lesionlab.study.export.cases_frame)
+        out["case_set"] = frame["case_set"].astype(str).str.strip()
+    flags = (frame["faulty"].map(lambda v: str(v).strip().lower() in ("true", "1", "yes"))
+             if "faulty" in frame.columns else pd.Series(False, index=frame.index))
+    if flags.any() and all(c in frame.columns for c in FAULTY_PROB_COLUMNS):  # a study with a faulty arm
+        fprobs = frame[list(FAULTY_PROB_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(flags.to_numpy() & ~np.isfinite(fprobs).all(axis=1))
+        if bad.size:
+            raise ExportError(f"{where}: row {int(bad[0]) + 1}: a faulty case needs its seven faulty_p_<code> "
+                              "probabilities")
+        out["faulty"] = flags.to_numpy(dtype=bool)
+        for k, col in enumerate(FAULTY_PROB_COLUMNS):
+            out[col] = fprobs[:, k]
     return out
 
 
@@ -334,6 +358,36 @@ def synthetic_model_outputs(truth: Sequence[str], accuracy: float = 0.8, seed: i
     z -= z.max(axis=1, keepdims=True)
     p = np.exp(z)
     return p / p.sum(axis=1, keepdims=True)
+
+
+def study_simulation(study: str | Path, readers: int) -> tuple[pd.DataFrame, SimulationSpec, dict[str, Any]]:
+    """What simulated readers of a study created by the platform read: its cases, spec and a description.
+
+    The cases come with their case sets and the model's (and faulty) outputs frozen when the study was created
+    (``lesionlab.study.export.cases_frame``); the spec takes the study's design, arms, time limit, answer form and
+    faulty fraction, so the simulated export has the layout a platform export of the same study would have.
+    """
+    from lesionlab.study.export import cases_frame
+    from lesionlab.study.folder import open_study
+
+    folder = open_study(study)
+    try:
+        definition, manifest = folder.definition, folder.manifest
+        frame = cases_frame(folder)
+    finally:
+        folder.close()
+    if frame[list(MODEL_PROB_COLUMNS)].isna().all().all():  # a study without a model
+        frame = frame.drop(columns=list(MODEL_PROB_COLUMNS))
+    cases = check_cases(frame, str(study))
+    spec = SimulationSpec(study=definition.name, design=definition.design, arms=tuple(definition.arms),
+                          readers=readers, time_limit_s=definition.time_limit_s, confidence=definition.form.confidence,
+                          faulty_fraction=definition.faulty.fraction if definition.faulty is not None else 0.3)
+    data = manifest.get("data") or {}
+    model = manifest.get("model") or {}
+    info = {"data": f"study {definition.name} ({study}): {data.get('source', 'unknown data')}",
+            "synthetic_data": bool(data.get("synthetic")), "split": ",".join(definition.cases.splits),
+            "drawn": "frozen in the study", "n": len(cases), "model": model.get("id") or "none"}
+    return cases, spec, info
 
 
 def draw_cases(table: pd.DataFrame, n: int, seed: int = 0, how: str = "even") -> pd.DataFrame:
@@ -494,24 +548,43 @@ def faulty_outputs(probs: np.ndarray, truth_idx: np.ndarray, rng: np.random.Gene
     return out
 
 
-def _assign_arms(cases: pd.DataFrame, spec: SimulationSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Case indices per arm: disjoint, class-stratified sets (separate), all (crossover), step-2 arms (revise)."""
+def _assign_arms(cases: pd.DataFrame, spec: SimulationSpec, rng: np.random.Generator
+                 ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Case indices per arm, by the design's case sets (:func:`lesionlab.study.columns.arm_case_sets`), and notes.
+
+    A platform study's own sets when the cases carry them (``case_set``, from ``cases_frame``); else disjoint,
+    class-stratified sets dealt here (``separate``, ``revise``) or every case (``crossover``). In ``revise`` every case
+    is first read alone, so ``unassisted`` indexes all cases; a listed ``unassisted`` arm is a control set whose cases
+    get that first answer only.
+    """
     n = len(cases)
     all_idx = np.arange(n)
-    if spec.design == "crossover":
-        return {a: all_idx for a in spec.arms}
-    arms = [a for a in spec.arms if a in MODEL_ARMS] if spec.design == "revise" else list(spec.arms)
-    groups: dict[str, list[int]] = {a: [] for a in arms}
-    slot = 0
-    for cls in CLASS_CODES:  # deal each class's cases round-robin so every arm gets a similar class mix
-        members = rng.permutation(np.flatnonzero(cases["truth"].to_numpy() == cls))
-        for m in members:
-            groups[arms[slot % len(arms)]].append(int(m))
-            slot += 1
-    out = {a: np.sort(np.asarray(v, dtype=np.int64)) for a, v in groups.items()}
+    sets = arm_case_sets(spec.design, spec.arms)
+    notes: list[str] = []
+    out: dict[str, np.ndarray] | None = None
+    if "case_set" in cases.columns:
+        have = set(cases["case_set"])
+        if have == set(sets.values()):
+            out = {a: np.flatnonzero(cases["case_set"].to_numpy() == name) for a, name in sets.items()}
+        else:
+            notes.append(f"the case table's case sets ({', '.join(sorted(have))}) are not those of a {spec.design} "
+                         f"study with arms {', '.join(spec.arms)} ({', '.join(sorted(set(sets.values())))}): cases "
+                         "were dealt to the arms afresh")
+    if out is None and spec.design == "crossover":
+        out = {a: all_idx for a in spec.arms}
+    if out is None:
+        arms = list(spec.arms)
+        groups: dict[str, list[int]] = {a: [] for a in arms}
+        slot = 0
+        for cls in CLASS_CODES:  # deal each class's cases round-robin so every arm gets a similar class mix
+            members = rng.permutation(np.flatnonzero(cases["truth"].to_numpy() == cls))
+            for m in members:
+                groups[arms[slot % len(arms)]].append(int(m))
+                slot += 1
+        out = {a: np.sort(np.asarray(v, dtype=np.int64)) for a, v in groups.items()}
     if spec.design == "revise":
-        out = {"unassisted": all_idx, **out}
-    return out
+        out = {"unassisted": all_idx, **{a: v for a, v in out.items() if a != "unassisted"}}
+    return out, notes
 
 
 def simulate_study(cases: pd.DataFrame, spec: SimulationSpec, model: ReaderModel | None = None,
@@ -526,7 +599,7 @@ def simulate_study(cases: pd.DataFrame, spec: SimulationSpec, model: ReaderModel
     rng = np.random.default_rng(seed)
     truth_idx = np.asarray([CLASS_CODES.index(t) for t in cases["truth"]])
     probs = cases[list(MODEL_PROB_COLUMNS)].to_numpy(np.float64) if has_model_outputs(cases) else None
-    arm_idx = _assign_arms(cases, spec, rng)
+    arm_idx, notes = _assign_arms(cases, spec, rng)
     fx = draw_effects(model, spec.readers, len(cases), rng)
     shown_by_arm: dict[str, np.ndarray] = {}
     faulty_by_arm: dict[str, np.ndarray] = {}
@@ -535,7 +608,10 @@ def simulate_study(cases: pd.DataFrame, spec: SimulationSpec, model: ReaderModel
             continue
         shown = probs[idx].copy()
         faulty = np.zeros(idx.size, dtype=bool)
-        if arm == "faulty":
+        if arm == "faulty" and "faulty" in cases.columns:  # what the platform study froze for its faulty arm
+            faulty = cases["faulty"].to_numpy(dtype=bool)[idx]
+            shown[faulty] = cases[list(FAULTY_PROB_COLUMNS)].to_numpy(np.float64)[idx][faulty]
+        elif arm == "faulty":
             k = round(spec.faulty_fraction * idx.size)
             faulty[rng.choice(idx.size, size=k, replace=False)] = True
             shown[faulty] = faulty_outputs(shown[faulty], truth_idx[idx][faulty], rng)
@@ -564,19 +640,17 @@ def simulate_study(cases: pd.DataFrame, spec: SimulationSpec, model: ReaderModel
                                           second_look=spec.design == "revise" and sh is not None)
     rows = _export_rows(cases, spec, model, fx, rng, truth_idx, probs, arm_idx, shown_by_arm, faulty_by_arm)
     export = pd.DataFrame(rows, columns=list(EXPORT_COLUMNS))
-    notes = ["SIMULATED readers (lesionlab study simulate), not people: every row has simulated = true"]
+    notes = ["SIMULATED readers (lesionlab study simulate), not people: every row has simulated = true", *notes]
     return Simulation(export, model, spec, {a: cases["case"].iloc[i].tolist() for a, i in arm_idx.items()},
                       expected, notes)
 
 
-def _sessions(spec: SimulationSpec, rng: np.random.Generator) -> dict[str, int]:
-    """Session number per arm for one participant: crossover orders of arms are shuffled per participant."""
-    if spec.design == "revise":
-        return dict.fromkeys(("unassisted", *MODEL_ARMS), 1)
+def _arm_order(spec: SimulationSpec, rng: np.random.Generator) -> list[str]:
+    """One participant's order of arms: shuffled per participant in crossover, as listed otherwise (as the platform)."""
     order = list(spec.arms)
     if spec.design == "crossover":
         order = [order[i] for i in rng.permutation(len(order))]
-    return {a: i + 1 for i, a in enumerate(order)}
+    return order
 
 
 def _revise_second(model: ReaderModel, fx: Effects, rng: np.random.Generator, first: dict[str, np.ndarray],
@@ -622,20 +696,23 @@ def _export_rows(cases: pd.DataFrame, spec: SimulationSpec, model: ReaderModel, 
     rows: list[dict[str, Any]] = []
     for j in range(spec.readers):
         participant = f"sim-{j + 1:02d}"
-        sessions = _sessions(spec, rng)
+        order = _arm_order(spec, rng)
         clock = START + _dt.timedelta(days=j)
         if spec.design == "revise":
             plan = [(1, None, arm_idx["unassisted"])]
         else:
-            plan = sorted(((sessions[a], a, idx) for a, idx in arm_idx.items()), key=lambda p: p[0])
+            plan = [(session_of(spec.design, order, a), a, arm_idx[a]) for a in order]
+        position, last_session = 0, None
         for session, arm, idx in plan:
-            for position, o in enumerate(rng.permutation(idx.size), start=1):
+            if session != last_session:
+                position, last_session = 0, session  # positions count within a session, across its arms
+            for o in rng.permutation(idx.size):
+                position += 1
                 k = int(idx[o])
-                if arm is None:  # revise: alone, then beside the model on the same screen
-                    row_arm = case_arm.get(k, "unassisted")
-                    steps = [("unassisted", 1)] + ([(row_arm, 2)] if k in case_arm else [])
-                else:
-                    row_arm, steps = arm, [(arm, 1)]
+                row_arm = case_arm.get(k, "unassisted") if arm is None else arm
+                # revise: alone (read as "unassisted"), then beside the model on the same screen
+                steps = [("unassisted" if arm is None and step == 1 else row_arm, step)
+                         for step in answer_steps(spec.design, row_arm)]
                 for read_arm, step in steps:
                     rd, col = readings[read_arm], column[read_arm][k]
                     secs = float(rd["seconds"][j, col])
@@ -644,7 +721,7 @@ def _export_rows(cases: pd.DataFrame, spec: SimulationSpec, model: ReaderModel, 
                     answered_at = clock + _dt.timedelta(seconds=secs, milliseconds=latency_ms)
                     clock = answered_at + _dt.timedelta(seconds=float(rng.uniform(0.5, 2.0)))
                     ans = int(rd["answer"][j, col])
-                    is_shown = read_arm in MODEL_ARMS
+                    is_shown = model_on_screen(spec.design, row_arm, step)
                     faulty = bool(faulty_by_arm[read_arm][col]) if is_shown else False
                     out_probs = shown_by_arm[read_arm][col] if is_shown else (None if probs is None else probs[k])
                     confidence = rd["confidence"][j, col]

@@ -28,6 +28,7 @@ from lesionlab.study.simulate import (
     cases_from_data,
     check_cases,
     simulate_study,
+    study_simulation,
     write_export,
 )
 
@@ -47,6 +48,7 @@ class Contest:
     clinical_data_shown: bool
     model_accuracy: float = 0.784
     time_median_s: float = 20.0
+    definition: str = ""  # the platform's study definition of this contest, relative to the repository root
 
     def spec(self) -> SimulationSpec:
         """The simulation of this contest (design ``separate``: each arm its own cases)."""
@@ -60,14 +62,14 @@ CONTESTS: dict[str, Contest] = {
         key="ham10000-162", title="HAM10000 contest 1: 162 images, no time limit, age/sex/site shown",
         readers=22, cases_per_arm=162, arms=("unassisted",), time_limit_s=None, targets={"unassisted": 0.277},
         published="22 general practitioners, 162 images, no time limit: 27.7% accuracy (weakest network 78.4%)",
-        clinical_data_shown=True, time_median_s=30.0),
+        clinical_data_shown=True, time_median_s=30.0, definition="configs/studies/ham10000-gp-162.yaml"),
     "ham10000-35x35": Contest(
         key="ham10000-35x35", title="HAM10000 contest 2: 35 images alone, 35 with the network, 45 s each",
         readers=19, cases_per_arm=35, arms=("unassisted", "assisted"), time_limit_s=45.0,
         targets={"unassisted": 0.173, "assisted": 0.424},
         published="19 general practitioners, 45 s per image: 17.3% accuracy alone (35 images), 42.4% with the "
                   "network's output (35 other images); melanoma sensitivity 0.08 -> 0.35",
-        clinical_data_shown=False),
+        clinical_data_shown=False, definition="configs/studies/ham10000-gp-35x2.yaml"),
 }
 
 
@@ -87,14 +89,17 @@ class ContestResult:
 
 def run_contest(key: str, out_dir: str | Path, run: str | Path | None = None, data_cfg: Any = None, seed: int = 0,
                 n_boot: int = 1000, reader_model: ReaderModel | None = None,
-                cases_per_arm: int | None = None, cases: pd.DataFrame | None = None) -> ContestResult:
+                cases_per_arm: int | None = None, cases: pd.DataFrame | None = None,
+                study: str | Path | None = None) -> ContestResult:
     """Contest definition -> case table -> simulated readers -> export file -> report, in ``out_dir``.
 
-    ``run``: a trained run whose outputs are shown (else a SYNTHETIC model); ``data_cfg``: a
-    :class:`lesionlab.config.DataConfig` (default: the shared HAM10000 when present, else the synthetic set);
-    ``cases_per_arm``: fewer cases than the published contest (for a small test split; said in the report);
-    ``cases``: a ready case table instead (``case, image_id, truth, model_p_<code>``, e.g. a platform study's
-    ``lesionlab.study.export.cases_frame``), split evenly between the contest's arms.
+    ``study``: a study created by the platform from a definition (``lesionlab study create``, e.g.
+    ``configs/studies/ham10000-gp-35x2.yaml``): the readers read its frozen cases, case sets and model outputs
+    under its design, arms and time limit, as its participants would. Otherwise: ``run``, a trained run whose
+    outputs are shown (else a SYNTHETIC model); ``data_cfg``, a :class:`lesionlab.config.DataConfig` (default: the
+    shared HAM10000 when present, else the synthetic set); ``cases_per_arm``: fewer cases than the published contest
+    (for a small test split; said in the report); ``cases``: a ready case table instead (``case, image_id, truth,
+    model_p_<code>``), split evenly between the contest's arms.
     """
     from lesionlab.core.io import atomic_write_json, atomic_write_text
     from lesionlab.study.answers import load_answers
@@ -111,7 +116,33 @@ def run_contest(key: str, out_dir: str | Path, run: str | Path | None = None, da
                           title=f"{contest.title} [{cases_per_arm} cases per arm here, not "
                                 f"{contest.cases_per_arm}]")
     out = Path(out_dir)
-    if cases is not None:
+    spec = contest.spec()
+    study_notes: list[str] = []
+    if study is not None:
+        if cases is not None or run is not None or data_cfg is not None:
+            raise StudyAnalysisError("a contest reads a study's frozen cases and model outputs: give the study alone "
+                                     "(not cases, run or data as well)")
+        cases, base, info = study_simulation(study, contest.readers)
+        missing = [a for a in contest.targets if a not in base.arms]
+        if missing:
+            raise StudyAnalysisError(f"contest {key}: the study {study} has no {', '.join(missing)} arm (its arms: "
+                                     f"{', '.join(base.arms)}); the published figures are for the arms "
+                                     f"{', '.join(contest.targets)}")
+        spec = replace(base, target_alone=contest.targets.get("unassisted"),
+                       target_assisted=contest.targets.get("assisted"))
+        sizes = cases["case_set"].value_counts().to_dict()
+        per_arm = min(sizes.values())
+        if per_arm != contest.cases_per_arm or len(set(sizes.values())) > 1:
+            contest = replace(contest, cases_per_arm=per_arm,
+                              title=f"{contest.title} [study {base.study}: "
+                                    f"{', '.join(f'{n} cases ({s})' for s, n in sizes.items())}]")
+        if base.time_limit_s != contest.time_limit_s:
+            study_notes.append(f"the study's time limit ({base.time_limit_s or 'none'} s) differs from the published "
+                               f"contest's ({contest.time_limit_s or 'none'} s)")
+        if base.design != "separate" or tuple(base.arms) != contest.arms:
+            study_notes.append(f"the study's design ({base.design}, arms {', '.join(base.arms)}) differs from the "
+                               f"published contest's (separate, arms {', '.join(contest.arms)})")
+    elif cases is not None:
         cases = check_cases(cases, "contest cases")
         if len(cases) < 2 * len(contest.arms):
             raise StudyAnalysisError(f"contest {key}: {len(cases)} cases are too few for {len(contest.arms)} arm(s)")
@@ -127,7 +158,7 @@ def run_contest(key: str, out_dir: str | Path, run: str | Path | None = None, da
                                       data_cfg=data_cfg, run=run, model_accuracy=contest.model_accuracy)
     paths = {"cases": atomic_write_text(out / "cases.csv", cases.to_csv(index=False))}
     model = reader_model or ReaderModel(time_median_s=contest.time_median_s)
-    sim = simulate_study(cases, contest.spec(), model=model, seed=seed)
+    sim = simulate_study(cases, spec, model=model, seed=seed)
     paths.update(write_export(sim.export, out / "export.csv"))
     answers = load_answers(paths["csv"])  # read back from the file, exactly as a platform export is read
     analysis = analyze(answers, n_boot=n_boot, seed=seed)
@@ -135,11 +166,12 @@ def run_contest(key: str, out_dir: str | Path, run: str | Path | None = None, da
                              f"({contest.published}); not the study's physicians")
     analysis.notes.append(f"cases: {info['n']} from the {info['split']} split of {info['data']}"
                           + (" (SYNTHETIC images)" if info["synthetic_data"] else "") + f"; model: {info['model']}")
+    analysis.notes += study_notes
     report = write_study_report(analysis, out / "report", title=f"{contest.title} (SIMULATED readers)")
     paths.update({f"report_{k}": v for k, v in report.items()})
     headline = analysis.headline()
-    simulated = {arm: headline[arm]["accuracy_mean"] for arm in contest.arms}
-    model_acc = {arm: (headline[arm].get("model") or {}).get("accuracy") for arm in contest.arms}
+    simulated = {arm: headline[arm]["accuracy_mean"] for arm in contest.targets}
+    model_acc = {arm: (headline[arm].get("model") or {}).get("accuracy") for arm in contest.targets}
     result = ContestResult(contest, out, paths, dict(contest.targets), simulated, dict(sim.expected_accuracy),
                            model_acc, info)
     paths["contest"] = atomic_write_json(out / "contest.json", {
