@@ -81,6 +81,31 @@ def shoot_report(browser: Any, report: Path, out: Path) -> None:
     page.close()
 
 
+def demo_test_image(run: Any) -> Any:
+    """An image of the synthetic set's test split (a melanoma if one qualifies), enlarged for the page, that the
+    demo run assesses with the page's age, sex and site: the screenshot shows a prediction with its heatmap. An image
+    of another kind would rightly be "cannot assess" for this run."""
+    from PIL import Image
+
+    from lesionlab.data.sources import open_source
+    from lesionlab.serve.service import Patient, Predictor, Timer
+    from lesionlab.serve.settings import ServeSettings
+
+    source = open_source(run.config.data)
+    table = source.table
+    test = (table["split"] == "test").to_numpy()
+    mel = (table["dx"] == "mel").to_numpy()
+    order = [*(test & mel).nonzero()[0], *(test & ~mel).nonzero()[0]]
+    predictor = Predictor(run, ServeSettings(allow_synthetic=True, warmup=False))
+    patient = Patient(age=62.0, sex="male", site="back")
+    for i in order[:200]:
+        image = source.load_image(int(i)).convert("RGB").resize((448, 448), Image.Resampling.BICUBIC)
+        answer = predictor.predict([image], [patient], ["lesion.jpg"], Timer())[0]
+        if answer["assessment"]["status"] == "assessed":
+            return image
+    raise ScreenshotError("the demo run assesses none of the first 200 test images (all uncertain or out of scope)")
+
+
 def make_screenshots(out: Path, work: Path, overrides: list[str]) -> list[Path]:
     """Demo, serve, shoot; returns the written files."""
     if not CHROMIUM.exists():
@@ -90,14 +115,13 @@ def make_screenshots(out: Path, work: Path, overrides: list[str]) -> list[Path]:
     from lesionlab.runs import load_run
     from lesionlab.serve.app import create_app
     from lesionlab.serve.bench import serve_in_thread
-    from lesionlab.serve.samples import synthetic_lesion
     from lesionlab.serve.settings import ServeSettings
 
     summary = synthetic_demo(work, overrides)
     if not summary["synthetic"]:
         raise ScreenshotError("the demo did not use the synthetic set; refusing to photograph dataset images")
     image = work / "lesion.jpg"
-    synthetic_lesion((600, 450), seed=3).save(image, quality=92)
+    demo_test_image(load_run(summary["run_dir"])).save(image, quality=92)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / name for name in FILES]
     with sync_playwright() as p:
