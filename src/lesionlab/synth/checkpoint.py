@@ -10,14 +10,13 @@ checkpoint (as lesionlab wrote before) is refused with a message that says why.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
-from lesionlab.core.io import atomic_write
 from lesionlab.synth.config import SynthConfig
 from lesionlab.synth.errors import SynthError
 from lesionlab.synth.run import CHECKPOINT_FILE, INFO_FILE, read_info
+from lesionlab.train.checkpoint import read_tree, write_tree
 
 CHECKPOINT_FORMAT = 2  # 1: a torch.save pickle (never loaded: unpickling can run code)
 TREE_KEY = "lesionlab_synth_checkpoint"
@@ -44,57 +43,13 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     """Write the training state atomically: tensors in a safetensors file, the rest as JSON in its header."""
-    from safetensors.torch import save_file
-
-    from lesionlab.train.checkpoint import flatten
-
-    tensors: dict[str, Any] = {}
-    tree = flatten({"format": CHECKPOINT_FORMAT, **state}, tensors)
-    header = json.dumps(tree, allow_nan=False, separators=(",", ":"))
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={TREE_KEY: header}))
-
-
-def _looks_like_pickle(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # torch.save's zip, or a bare pickle
+    return write_tree(path, state, TREE_KEY, CHECKPOINT_FORMAT)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint written by :func:`save_checkpoint`; a damaged, foreign or pickled file raises
     :class:`SynthError` naming it (nothing in the file is ever executed)."""
-    from safetensors import SafetensorError, safe_open
-
-    from lesionlab.train.checkpoint import unflatten
-
-    path = Path(path)
-    if not path.is_file():
-        raise SynthError(f"{path}: no checkpoint to resume from")
-    if _looks_like_pickle(path):
-        raise SynthError(f"{path}: a pickled checkpoint (written by an older lesionlab, or by something else); "
-                         "lesionlab never unpickles a file, since unpickling can run code. Delete it to start the run "
-                         "over")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = (fh.metadata() or {}).get(TREE_KEY)
-            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118  (safe_open has no iterator)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise SynthError(f"{path}: checkpoint is truncated or corrupt ({err}); delete it to start the run over"
-                         ) from None
-    if header is None:
-        raise SynthError(f"{path}: a safetensors file, but not a lesionlab synthesis checkpoint (no '{TREE_KEY}' "
-                         "header)")
-    try:
-        state = unflatten(json.loads(header), tensors)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise SynthError(f"{path}: checkpoint header is damaged ({type(err).__name__}: {err}); delete it to start "
-                         "the run over") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise SynthError(f"{path}: not a lesionlab synthesis checkpoint (format {CHECKPOINT_FORMAT})")
-    missing = [key for key in REQUIRED_KEYS if key not in state]
-    if missing:
-        raise SynthError(f"{path}: checkpoint lacks {', '.join(missing)}; delete it to start the run over")
-    return state
+    return read_tree(path, TREE_KEY, CHECKPOINT_FORMAT, REQUIRED_KEYS, SynthError, "synthesis")
 
 
 def run_state(run_dir: Path, cfg: SynthConfig) -> str:

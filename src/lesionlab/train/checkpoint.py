@@ -116,14 +116,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------ save and load
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write a training checkpoint atomically: tensors in a safetensors file, the rest as JSON in its header."""
+def write_tree(path: str | Path, state: dict[str, Any], tree_key: str, fmt: int) -> Path:
+    """Write ``state`` atomically: its tensors in a safetensors file, the rest as JSON under ``tree_key`` in the
+    header (with ``format`` = ``fmt``). The one writer of lesionlab's checkpoints (training and synthesis)."""
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
-    tree = flatten({"format": CHECKPOINT_FORMAT, **state}, tensors)
+    tree = flatten({"format": fmt, **state}, tensors)
     header = json.dumps(tree, allow_nan=False, separators=(",", ":"))
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={TREE_KEY: header}))
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={tree_key: header}))
 
 
 def _looks_like_pickle(path: Path) -> bool:
@@ -132,34 +133,47 @@ def _looks_like_pickle(path: Path) -> bool:
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # torch.save's zip, or a bare pickle
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; a damaged, foreign or pickled file raises
-    :class:`~lesionlab.runs.RunError` naming it (and nothing in the file is ever executed)."""
+def read_tree(path: str | Path, tree_key: str, fmt: int, required: tuple[str, ...], error: type[Exception],
+              kind: str) -> dict[str, Any]:
+    """Read a file written by :func:`write_tree`; a missing, damaged, foreign or pickled file raises ``error``
+    naming it and saying what to do (nothing in the file is ever executed). ``kind`` names the checkpoint in
+    messages ("training", "synthesis")."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise RunError(f"{path}: no checkpoint to resume from")
+        raise error(f"{path}: no checkpoint to resume from")
     if _looks_like_pickle(path):
-        raise RunError(f"{path}: a pickled checkpoint (written by lesionlab before 0.2, or by something else); "
-                       "lesionlab never unpickles a file, since unpickling can run code. Delete it to start the run "
-                       "over")
+        raise error(f"{path}: a pickled checkpoint (written by lesionlab before 0.2, or by something else); "
+                    "lesionlab never unpickles a file, since unpickling can run code. Delete it to start the run "
+                    "over")
     try:
         with safe_open(str(path), framework="pt") as fh:
-            header = (fh.metadata() or {}).get(TREE_KEY)
+            header = (fh.metadata() or {}).get(tree_key)
             tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118  (safe_open has no iterator)
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise RunError(f"{path}: checkpoint is truncated or corrupt ({err}); delete it to start the run over") from None
+        raise error(f"{path}: checkpoint is truncated or corrupt ({err}); delete it to start the run over") from None
     if header is None:
-        raise RunError(f"{path}: a safetensors file, but not a lesionlab training checkpoint (no '{TREE_KEY}' header)")
+        raise error(f"{path}: a safetensors file, but not a lesionlab {kind} checkpoint (no '{tree_key}' header)")
     try:
         state = unflatten(json.loads(header), tensors)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise RunError(f"{path}: checkpoint header is damaged ({type(err).__name__}: {err}); delete it to start the "
-                       "run over") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise RunError(f"{path}: not a lesionlab training checkpoint (format {CHECKPOINT_FORMAT})")
-    missing = [key for key in REQUIRED_KEYS if key not in state]
+        raise error(f"{path}: checkpoint header is damaged ({type(err).__name__}: {err}); delete it to start the "
+                    "run over") from None
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise error(f"{path}: not a lesionlab {kind} checkpoint (format {fmt})")
+    missing = [key for key in required if key not in state]
     if missing:
-        raise RunError(f"{path}: checkpoint lacks {', '.join(missing)}; delete it to start the run over")
+        raise error(f"{path}: checkpoint lacks {', '.join(missing)}; delete it to start the run over")
     return state
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write a training checkpoint atomically: tensors in a safetensors file, the rest as JSON in its header."""
+    return write_tree(path, state, TREE_KEY, CHECKPOINT_FORMAT)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; a damaged, foreign or pickled file raises
+    :class:`~lesionlab.runs.RunError` naming it (and nothing in the file is ever executed)."""
+    return read_tree(path, TREE_KEY, CHECKPOINT_FORMAT, REQUIRED_KEYS, RunError, "training")
