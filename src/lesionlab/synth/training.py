@@ -67,6 +67,7 @@ from lesionlab.synth.run import (
     to_uint8,
 )
 from lesionlab.synth.schedule import Stage, current_lr, ema_beta, stage_at, stage_plan
+from lesionlab.train.loop import resolve_device
 
 log = logging.getLogger(__name__)
 StepCallback = Callable[[int, dict[str, Any]], None]
@@ -93,15 +94,6 @@ def make_optimizers(cfg: SynthConfig, g: Generator, d: Critic) -> tuple[torch.op
     b = cfg.train.betas
     return (torch.optim.Adam(g.parameters(), lr=cfg.train.lr, betas=b, eps=1e-8),
             torch.optim.Adam(d.parameters(), lr=cfg.train.lr, betas=b, eps=1e-8))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SynthError(f"train.device={name!r} but CUDA is not available here")
-    return device
 
 
 def _set_requires_grad(module: torch.nn.Module, flag: bool) -> None:
@@ -176,7 +168,7 @@ def build_trainer(cfg: SynthConfig, run_dir: Path, resume: bool, progress: bool)
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    device = resolve_device(tc.device)
+    device = resolve_device(tc.device, SynthError)
     data = prepare_training_data(cfg, progress)
     layout, notes = effective_layout(cfg, data.info["has_metadata"])
     torch.manual_seed(tc.seed)

@@ -46,13 +46,14 @@ def worker_init(worker_id: int) -> None:
     random.seed(s)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` = CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
+def resolve_device(name: str, error: type[Exception] = TrainError) -> torch.device:
+    """``auto`` = CUDA when available, else CPU; anything else is passed to :class:`torch.device`. A CUDA device
+    where there is none raises ``error`` (the calling package's own)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"train.device={name!r} but CUDA is not available here")
+        raise error(f"train.device={name!r} but CUDA is not available here")
     return device
 
 
