@@ -78,6 +78,18 @@ def test_referral_threshold_hand(target: float, threshold: float, sens: float, s
     assert fit["score"] == "sum of p(akiec, bcc, mel)"
     again = C.referral_rates(y, p, fit["threshold"])
     assert again["sensitivity"] == fit["val_sensitivity"] and again["referral_rate"] == pytest.approx(rate)
+    # the melanomas are the malignant images here; the nevi referred are 1 - specificity of 3
+    assert again["by_class"]["mel"]["referred"] == round(sens * 4) and again["by_class"]["mel"]["n"] == 4
+    assert again["by_class"]["nv"] == {"referred": round((1 - spec) * 3), "n": 3, "rate": pytest.approx(1 - spec)}
+    assert set(again["by_class"]) == {"mel", "nv"}  # classes without images are left out, not reported as 0
+
+
+def test_referred_by_class_separates_malignant_classes() -> None:
+    # two bcc both referred, two mel of which one referred: pooled sensitivity 3/4 hides melanoma's 1/2
+    y = np.array([1, 1, 4, 4, 5])
+    by = C.referred_by_class(y, np.array([True, True, True, False, False]))
+    assert by["bcc"]["rate"] == 1.0 and by["mel"] == {"referred": 1, "n": 2, "rate": 0.5}
+    assert by["nv"]["referred"] == 0
 
 
 def test_referral_threshold_errors() -> None:

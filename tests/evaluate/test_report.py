@@ -37,6 +37,8 @@ def test_run_report_sections_and_self_contained(make_eval_dir: Callable[..., Pat
         assert title in md, title
     doc = json.loads((paths["html"].parent / "metrics.json").read_text())
     assert f"| Accuracy | {doc['accuracy']:.3f} | {doc['ci']['accuracy']['low']:.3f} – " in md
+    mel = doc["referral"]["by_class"]["mel"]
+    assert f"| mel referred (this split) | {mel['referred']} of {mel['n']} ({mel['rate']:.3f}) |" in md
 
 
 def test_absent_class_shown_as_undefined(make_eval_dir: Callable[..., Path]) -> None:

@@ -103,4 +103,19 @@ def referral_rates(y_true: np.ndarray, proba: np.ndarray, threshold: float,
     y, p = check_inputs(y_true, proba, classes)
     truth = np.isin(np.asarray(classes)[y], MALIGNANT_CODES)
     flagged = malignant_score(p, classes) >= threshold
-    return {**binary_rates(truth, flagged), "referral_rate": float(flagged.mean()), "threshold": float(threshold)}
+    return {**binary_rates(truth, flagged), "referral_rate": float(flagged.mean()), "threshold": float(threshold),
+            "by_class": referred_by_class(y, flagged, classes)}
+
+
+def referred_by_class(y: np.ndarray, flagged: np.ndarray, classes: Sequence[str] = CLASS_CODES
+                      ) -> dict[str, dict[str, float | int]]:
+    """Of the images of each class present, how many the referral flag sends on: a clinician asks "how many melanomas
+    does it refer?", which the pooled malignant sensitivity hides (melanoma can be missed while bcc is caught)."""
+    y, flagged = np.asarray(y), np.asarray(flagged, dtype=bool)
+    out: dict[str, dict[str, float | int]] = {}
+    for i, c in enumerate(classes):
+        rows = y == i
+        if rows.any():
+            k = int(flagged[rows].sum())
+            out[c] = {"referred": k, "n": int(rows.sum()), "rate": k / int(rows.sum())}
+    return out

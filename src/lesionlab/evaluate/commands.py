@@ -171,6 +171,9 @@ def print_metrics(doc: dict[str, Any]) -> None:
         console.print(f"referral threshold {r['threshold']:.3f} ({r.get('source')}): sensitivity "
                       f"{fmt(r.get('sensitivity'))}, specificity {fmt(r.get('specificity'))}, referral rate "
                       f"{fmt(r.get('referral_rate'))}")
+        mel = (r.get("by_class") or {}).get("mel")
+        if mel:
+            console.print(f"melanomas referred: {mel['referred']} of {mel['n']} ({fmt(mel['rate'])})")
     if doc.get("timing"):
         t = doc["timing"]
         console.print(f"runtime on {t['device']}: {t['ms_per_image_batch1']:.2f} ms/image at batch 1, "

@@ -141,6 +141,8 @@ def _referral_table(doc: dict[str, Any]) -> Table | None:
                  ["sensitivity at threshold (this split)", fmt(ref.get("sensitivity"))],
                  ["specificity at threshold (this split)", fmt(ref.get("specificity"))],
                  ["referral rate (this split)", fmt(ref.get("referral_rate"))]]
+        rows += [[f"{c} referred (this split)", f"{v['referred']} of {v['n']} ({fmt(v['rate'])})"]
+                 for c, v in (ref.get("by_class") or {}).items()]
     return Table("Malignancy triage", "table-referral", ["quantity", "value"], rows,
                  "Malignant classes: akiec, bcc, mel. The referral threshold is fitted on the validation split only.")
 
