@@ -111,11 +111,7 @@ def referred_by_class(y: np.ndarray, flagged: np.ndarray, classes: Sequence[str]
                       ) -> dict[str, dict[str, float | int]]:
     """Of the images of each class present, how many the referral flag sends on: a clinician asks "how many melanomas
     does it refer?", which the pooled malignant sensitivity hides (melanoma can be missed while bcc is caught)."""
-    y, flagged = np.asarray(y), np.asarray(flagged, dtype=bool)
-    out: dict[str, dict[str, float | int]] = {}
-    for i, c in enumerate(classes):
-        rows = y == i
-        if rows.any():
-            k = int(flagged[rows].sum())
-            out[c] = {"referred": k, "n": int(rows.sum()), "rate": k / int(rows.sum())}
-    return out
+    n = np.bincount(np.asarray(y), minlength=len(classes))
+    k = np.bincount(np.asarray(y), weights=np.asarray(flagged, dtype=bool), minlength=len(classes)).astype(int)
+    return {c: {"referred": int(k[i]), "n": int(n[i]), "rate": int(k[i]) / int(n[i])}
+            for i, c in enumerate(classes) if n[i]}
