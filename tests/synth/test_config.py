@@ -34,6 +34,8 @@ def test_presets_exist() -> None:
     (["codes.routing={4: [colour]}"], "unknown code part"),
     (["codes.routing={64: [class]}"], "names resolutions [64]"),
     (["train.q_weights={shape: 1}"], "unknown code part"),
+    (["model.upsample=bicubic"], "model.upsample"),
+    (["train.mode_seeking=-1"], "train.mode_seeking"),
 ])
 def test_bad_configs_name_the_key(overrides: list[str], message: str) -> None:
     smoke = Path(__file__).resolve().parents[2] / "configs" / "synth" / "smoke.yaml"

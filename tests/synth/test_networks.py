@@ -40,10 +40,12 @@ def test_shapes_at_every_stage(stage: int) -> None:
     assert score.shape == (6,) and q is not None and q.shape == (6, 4)
 
 
-def test_fade_in_starts_at_the_previous_stage() -> None:
-    """alpha = 0: the new block contributes nothing; the output is the previous stage's, upsampled."""
+@pytest.mark.parametrize("upsample", ["nearest", "bilinear"])
+def test_fade_in_starts_at_the_previous_stage(upsample: str) -> None:
+    """alpha = 0: the new block contributes nothing; the output is the previous stage's, upsampled (nearest, whatever
+    the blocks use, as the real images' fade)."""
     torch.manual_seed(0)
-    g = Generator(16, 8, 3, [16, 16, 8])
+    g = Generator(16, 8, 3, [16, 16, 8], upsample=upsample)
     z, c = torch.randn(4, 8), torch.randn(4, 3)
     prev = g(z, c, 1, 1.0)
     faded = g(z, c, 2, 0.0)
@@ -53,6 +55,18 @@ def test_fade_in_starts_at_the_previous_stage() -> None:
     s_fade, q = d(x, 2, 0.0)
     s_prev, _ = d(F.avg_pool2d(x, 2), 1, 1.0)
     assert q is None and torch.allclose(s_fade, s_prev, atol=1e-5)
+
+
+def test_bilinear_blocks_share_weights_with_nearest_and_smooth_the_output() -> None:
+    torch.manual_seed(0)
+    near = Generator(16, 8, 3, [16, 16, 8])
+    bil = Generator(16, 8, 3, [16, 16, 8], upsample="bilinear")
+    bil.load_state_dict(near.state_dict())
+    z, c = torch.randn(4, 8), torch.randn(4, 3)
+    assert torch.equal(near(z, c, 0), bil(z, c, 0))  # the 4 x 4 block upsamples nothing
+    assert not torch.allclose(near(z, c), bil(z, c))
+    with pytest.raises(ValueError, match="upsample"):
+        Generator(16, 8, 3, [16, 16, 8], upsample="bicubic")
 
 
 def test_equalised_learning_rate_scales_at_run_time() -> None:

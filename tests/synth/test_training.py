@@ -157,3 +157,33 @@ def test_diff_augment_is_differentiable_and_seeded() -> None:
     shifted = diff_augment(torch.ones(64, 1, 8, 8), ["translation"], 0.25, torch.Generator().manual_seed(0))
     assert (shifted == 0).any() and shifted.max() == 1  # zero padding enters where the image moved away
     assert torch.equal(diff_augment(x, [], 0.25, torch.Generator()), x)
+
+
+@pytest.mark.parametrize(("n", "expected"), [(2, [0, 0]), (5, [0, 1, 0, 1, 4]), (6, [0, 1, 2, 0, 1, 2])])
+def test_mode_seeking_pairs_share_codes(n: int, expected: list[int]) -> None:
+    from lesionlab.synth.training import mode_seeking_pairs
+
+    assert mode_seeking_pairs(n).tolist() == expected
+
+
+def test_mode_seeking_term_rewards_images_that_follow_the_noise() -> None:
+    from lesionlab.synth.training import mode_seeking_term
+
+    z = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    same = torch.zeros(8, 3, 4, 4)
+    varied = same.clone()
+    varied[4:] += 0.5
+    term_same, ratio_same = mode_seeking_term(same, z)
+    term_varied, ratio_varied = mode_seeking_term(varied, z)
+    assert float(ratio_same) == 0.0 and float(term_same) == pytest.approx(1e5)
+    assert float(ratio_varied) == pytest.approx(0.5 / float((z[:4] - z[4:]).abs().mean()))
+    assert float(term_varied) < float(term_same)
+
+
+def test_mode_seeking_training_logs_its_ratio_and_stays_deterministic(tmp_path: Path) -> None:
+    a = train_synth(tiny_config(tmp_path / "a", "train.mode_seeking=1"), run_dir=tmp_path / "a" / "run", progress=False)
+    b = train_synth(tiny_config(tmp_path / "b", "train.mode_seeking=1"), run_dir=tmp_path / "b" / "run", progress=False)
+    history = pd.read_csv(a / "history.csv")
+    assert "ms_ratio" in history and history["ms_ratio"].notna().all() and (history["ms_ratio"] > 0).all()
+    wa, wb = load_file(a / "generator.safetensors"), load_file(b / "generator.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

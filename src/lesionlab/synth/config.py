@@ -55,6 +55,9 @@ class GanModelConfig(Strict):
     q_hidden: int = Field(128, ge=1)
     mbstd_group: int = Field(4, ge=1)
     projection: bool = False  # class-conditional critic by projection, beside the Q head (see networks.Critic)
+    # How the generator's blocks double their feature maps: ProGAN's nearest neighbour, or bilinear (smoother, without
+    # nearest neighbour's block pattern). The fade-in path stays nearest neighbour, as the real images' fade does.
+    upsample: Literal["nearest", "bilinear"] = "nearest"
 
     @field_validator("resolution")
     @classmethod
@@ -86,6 +89,10 @@ class GanTrainConfig(Strict):
     q_fake: float = Field(1.0, ge=0)  # critic: Q loss on generated images with their codes
     q_generator: float = Field(1.0, ge=0)  # generator: Q loss on its own images (InfoGAN's mutual-information term)
     q_weights: dict[str, float] = Field(default_factory=lambda: {p: 1.0 for p in CODE_PARTS})
+    # Mode seeking (Mao et al. 2019): the generator's batch holds pairs with the same codes and different noise, and
+    # its loss gains ``mode_seeking / (mean |G(z1, c) - G(z2, c)| / mean |z1 - z2| + 1e-5)``, so that the noise must
+    # change the image: a generator steered by strong codes otherwise learns to ignore z (0: off).
+    mode_seeking: float = Field(0.0, ge=0)
     class_sampling: Literal["natural", "sqrt", "balanced"] = "sqrt"
     augment: Literal["none", "dihedral"] = "dihedral"
     # Differentiable augmentation (Zhao et al. 2020) of real and generated images alike, before the critic: the

@@ -119,11 +119,15 @@ class Generator(nn.Module):
     """z + codes -> image in [-1, 1] (nominally; the last layer is linear), grown from 4 x 4 to ``resolution``.
 
     ``routing[s]`` lists the code-vector columns that block ``s`` sees through its FiLM layers (``None``: all).
+    ``upsample`` is how each block doubles its input (``nearest`` or ``bilinear``).
     """
 
     def __init__(self, resolution: int, z_dim: int, code_dim: int, channels: Sequence[int],
-                 routing: Sequence[Sequence[int] | None] | None = None) -> None:
+                 routing: Sequence[Sequence[int] | None] | None = None, upsample: str = "nearest") -> None:
         super().__init__()
+        if upsample not in ("nearest", "bilinear"):
+            raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
+        self.upsample = upsample
         self.resolution = resolution
         self.z_dim = z_dim
         self.code_dim = code_dim
@@ -164,7 +168,10 @@ class Generator(nn.Module):
             x = films[0](pixel_norm(x), c)
             x = films[1](pixel_norm(lrelu(self.convs[0][0](x))), c)
             return x
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        if self.upsample == "nearest":
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        else:
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         x = films[0](pixel_norm(lrelu(self.convs[s][0](x))), c)
         x = films[1](pixel_norm(lrelu(self.convs[s][1](x))), c)
         return x

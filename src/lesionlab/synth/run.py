@@ -68,7 +68,7 @@ def build_networks(cfg: SynthConfig, layout: CodeLayout) -> tuple[Generator, Cri
     m = cfg.model
     channels = channel_plan(m.resolution, m.fmap_base, m.fmap_max, m.fmap_min)
     routing = [layout.columns(parts) for parts in code_routing(cfg, layout)]
-    g = Generator(m.resolution, m.z_dim, layout.dim, channels, routing)
+    g = Generator(m.resolution, m.z_dim, layout.dim, channels, routing, upsample=m.upsample)
     d = Critic(m.resolution, channels, layout.q_dim, m.q_hidden, m.mbstd_group,
                projection_classes=NUM_CLASSES if m.projection else 0)
     return g, d

@@ -7,7 +7,8 @@ and as many generated images with the *same* labels (class, sex, site, age) plus
 - Critic: ``D(fake) - D(real)`` + ``gp_weight`` x gradient penalty (on random interpolates, every ``gp_every``-th
   step, weighted ``gp_every`` times) + ``drift`` x ``D(real)^2`` + the Q head's loss on real images with their labels
   (``q_real``) and on generated ones with their codes (``q_fake``).
-- Generator: ``-D(fake)`` + ``q_generator`` x the Q loss on its own images (InfoGAN's mutual-information term).
+- Generator: ``-D(fake)`` + ``q_generator`` x the Q loss on its own images (InfoGAN's mutual-information term),
+  + ``mode_seeking`` x the mode-seeking term (:func:`mode_seeking_pairs`, :func:`mode_seeking_term`) when set.
 - EMA of the generator's weights (half-life ``ema_kimg`` thousand images), used for every sample a user sees.
 
 Everything random comes from one seeded ``torch.Generator`` whose state is checkpointed with the networks, the
@@ -239,10 +240,29 @@ def critic_step(tr: Trainer, st: Stage, alpha: float, real: torch.Tensor, real_l
             **{f"q_real_{k}": v for k, v in parts_real.items()}}
 
 
+def mode_seeking_pairs(n: int) -> torch.Tensor:
+    """Row order that makes rows ``i`` and ``i + n // 2`` share their codes (an odd last row keeps its own)."""
+    half = n // 2
+    order = torch.cat([torch.arange(half), torch.arange(half)])
+    return torch.cat([order, torch.arange(2 * half, n)])
+
+
+def mode_seeking_term(fake: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MSGAN's ``1 / (ratio + 1e-5)`` and the ratio ``mean |x1 - x2| / mean |z1 - z2|`` over the batch's pairs."""
+    half = len(fake) // 2
+    ratio = ((fake[:half] - fake[half:2 * half]).abs().mean()
+             / (z[:half] - z[half:2 * half]).abs().mean())
+    return 1.0 / (ratio + 1e-5), ratio
+
+
 def generator_step(tr: Trainer, st: Stage, alpha: float, fake_labels: Labels, code: torch.Tensor) -> dict[str, Any]:
     """One generator update: ``-D(G(z, c))`` plus the Q loss on its own images; then the EMA follows."""
     tc = tr.cfg.train
     _set_requires_grad(tr.d, False)
+    seek = tc.mode_seeking > 0 and len(code) >= 2
+    if seek:  # pairs with shared codes: the same code distribution, each code twice
+        order = mode_seeking_pairs(len(code)).to(code.device)
+        code, fake_labels = code.index_select(0, order), fake_labels.index(order)
     z = torch.randn(len(code), tr.cfg.model.z_dim, generator=tr.gen).to(tr.device)
     with tr.autocast():
         fake = tr.g(z, code, st.index, alpha)
@@ -251,10 +271,15 @@ def generator_step(tr: Trainer, st: Stage, alpha: float, fake_labels: Labels, co
     lq_gen, parts_gen = (q_loss(tr.layout, q_gen, fake_labels, tc.q_weights, fake=True)
                          if q_gen is not None else (torch.zeros(()), {}))
     loss = loss + tc.q_generator * lq_gen
+    extra: dict[str, Any] = {}
+    if seek:
+        term, ratio = mode_seeking_term(fake.float(), z)
+        loss = loss + tc.mode_seeking * term
+        extra["ms_ratio"] = float(ratio.detach())
     tr.opt_g.zero_grad(set_to_none=True)
     loss.backward()
     tr.opt_g.step()
-    return {"loss_g": float(loss.detach()), "q_gen": float(lq_gen.detach()),
+    return {"loss_g": float(loss.detach()), "q_gen": float(lq_gen.detach()), **extra,
             **{f"q_gen_{k}": v for k, v in parts_gen.items()}}
 
 
@@ -391,5 +416,5 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["Trainer", "build_trainer", "critic_step", "generator_step", "gradient_penalty", "train_step",
-           "train_synth"]
+__all__ = ["Trainer", "build_trainer", "critic_step", "generator_step", "gradient_penalty", "mode_seeking_pairs",
+           "mode_seeking_term", "train_step", "train_synth"]
