@@ -256,7 +256,7 @@ def mode_seeking_term(fake: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor
 
 
 def generator_step(tr: Trainer, st: Stage, alpha: float, fake_labels: Labels, code: torch.Tensor) -> dict[str, Any]:
-    """One generator update: ``-D(G(z, c))`` plus the Q loss on its own images; then the EMA follows."""
+    """One generator update: ``-D(G(z, c))``, the Q loss on its own images and, when set, the mode-seeking term."""
     tc = tr.cfg.train
     _set_requires_grad(tr.d, False)
     seek = tc.mode_seeking > 0 and len(code) >= 2
