@@ -87,6 +87,12 @@ class AugmentConfig(Strict):
     corruptions: list[str] = []
     corruption_p: float | None = Field(None, ge=0.0, le=1.0)  # None: n / (n + 1), as MedMNIST-C's augmentation
     corruption_severity: tuple[int, int] = (1, 5)  # severities drawn uniformly from this range
+    # Batch mixing (lesionlab.train.mixing): Beta(alpha, alpha) weights; 0 turns a kind off. mix_p: share of batches
+    # mixed; mix_switch_p: with both kinds on, the share of mixed batches that use CutMix instead of MixUp.
+    mixup: float = Field(0.0, ge=0.0)
+    cutmix: float = Field(0.0, ge=0.0)
+    mix_p: float = Field(1.0, ge=0.0, le=1.0)
+    mix_switch_p: float = Field(0.5, ge=0.0, le=1.0)
 
     @field_validator("corruptions", mode="before")
     @classmethod

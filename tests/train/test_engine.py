@@ -402,3 +402,17 @@ def test_distillation_refuses_a_teacher_from_another_split(tmp_path: Path) -> No
         fit(cfg_for(tmp_path, "name=s", f"train.distill_from=[{other}]"), progress=False)
     with pytest.raises(TrainError, match="no trained run"):
         fit(cfg_for(tmp_path, "name=s2", f"train.distill_from=[{tmp_path / 'nowhere'}]"), progress=False)
+
+
+def test_batch_mixing_trains_repeatably_and_changes_the_steps(tmp_path: Path) -> None:
+    over = ["train.epochs=1", "augment.enabled=true", "augment.rotation=0", "augment.shear=0"]
+    mixed = fit(cfg_for(tmp_path, "name=mix", *over, "augment.cutmix=1.0", "augment.mixup=0.2"), progress=False)
+    again = fit(cfg_for(tmp_path, "name=mix2", *over, "augment.cutmix=1.0", "augment.mixup=0.2"), progress=False)
+    plain = fit(cfg_for(tmp_path, "name=plain", *over), progress=False)
+    assert history(mixed) == history(again) and same_weights(weights(mixed), weights(again))
+    assert history(mixed)[0]["train_loss"] != history(plain)[0]["train_loss"]
+    info = json.loads((mixed / INFO_FILE).read_text())
+    assert info["config"]["augment"]["cutmix"] == 1.0
+    with pytest.raises(TrainError, match=r"mixup / augment\.cutmix"):
+        fit(cfg_for(tmp_path, "name=f", "train.mode=frozen", "augment.enabled=true", "augment.mixup=0.2"),
+            progress=False)

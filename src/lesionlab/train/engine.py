@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from lesionlab.train.loop import (
     train_one_epoch,
     unwrap,
 )
+from lesionlab.train.mixing import BatchMixer
 from lesionlab.train.pieces import (
     EarlyStopping,
     TrainError,
@@ -69,6 +71,8 @@ from lesionlab.train.plans import (
 from lesionlab.train.precision import choose_precision
 
 log = logging.getLogger(__name__)
+
+MIX_STREAM = 1  # the batch mixer's own seed stream beside (seed, epoch, rank): its draws leave the others unchanged
 
 EpochCallback = H.EpochCallback
 
@@ -153,6 +157,9 @@ def _check_settings(cfg: RunConfig, ctx: dist_utils.DistContext) -> None:
         raise TrainError(f"train.unfreeze_after only applies to train.mode=finetune (mode is {tc.mode!r})")
     if tc.mode == "frozen" and tc.embed_cache_views < 0:
         raise TrainError("train.embed_cache_views must be >= 0")
+    if tc.mode == "frozen" and BatchMixer.from_config(cfg.augment) is not None:
+        raise TrainError("augment.mixup / augment.cutmix mix image batches; they apply to train.mode finetune or "
+                         "scratch, not to a frozen backbone's cached embeddings")
     if tc.ema_decay is not None and tc.mode == "frozen":
         raise TrainError("train.ema_decay averages the weights of the whole network; it applies to train.mode "
                          "finetune or scratch (a frozen backbone's head trains in seconds, without it)")
@@ -234,10 +241,14 @@ def _train_and_validate(state: H.TrainState, loader: torch.utils.data.DataLoader
             part.set_epoch(epoch)
     plan.module.train()  # LesionModel.train keeps a frozen backbone (and frozen BatchNorm) in eval mode
     t0 = time.perf_counter()
+    mixer, mix = BatchMixer.from_config(state.cfg.augment), None
+    if mixer is not None:  # its own stream from (seed, epoch, rank): mixing leaves the other draws unchanged
+        mix = partial(mixer, rng=np.random.default_rng([tc.seed, epoch, ctx.rank, MIX_STREAM]))
     stats = train_one_epoch(state.module, loader, loss_fn, state.optimizer, precision=state.precision,
                             scheduler=state.scheduler, grad_clip=tc.grad_clip, max_batches=tc.max_train_batches,
                             progress=progress, desc=f"epoch {epoch + 1}/{tc.epochs}",
-                            on_step=(lambda: state.ema.update_parameters(state.model)) if state.ema else None)
+                            on_step=(lambda: state.ema.update_parameters(state.model)) if state.ema else None,
+                            mix=mix)
     if ctx.world_size > 1:
         stats["loss"] = dist_utils.mean_across(stats["loss"])
     proba, val_labels = _validate(plan, state.cfg, state.precision, ctx, progress,

@@ -22,6 +22,7 @@ from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from lesionlab.runs import mean_logits, view_averaged_logits
+from lesionlab.train.mixing import Mixed, mixed_loss
 from lesionlab.train.pieces import TrainError
 
 
@@ -139,10 +140,12 @@ def _batch_inputs(batch: dict[str, Any], precision: Precision) -> tuple[torch.Te
 def train_one_epoch(model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, *,
                     precision: Precision, scheduler: Any = None, grad_clip: float | None = None,
                     max_batches: int | None = None, progress: bool = True, desc: str = "train",
-                    on_step: Callable[[], None] | None = None) -> dict[str, float]:
+                    on_step: Callable[[], None] | None = None,
+                    mix: Callable[[torch.Tensor, torch.Tensor | None], Mixed] | None = None) -> dict[str, float]:
     """One pass over ``loader`` (the caller sets train mode); returns mean loss, samples, seconds and images/s.
 
-    ``on_step`` is called after every optimizer step (the weight average's update)."""
+    ``on_step`` is called after every optimizer step (the weight average's update); ``mix`` mixes each batch
+    (MixUp/CutMix, :mod:`lesionlab.train.mixing`) before the forward pass."""
     loss_fn = loss_fn.to(precision.device)
     total, count, steps = 0.0, 0, 0
     n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
@@ -154,11 +157,11 @@ def train_one_epoch(model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer
                 break
             x, meta = _batch_inputs(batch, precision)
             y = batch["label"].to(precision.device, non_blocking=True)
+            mixed = mix(x, meta) if mix is not None else Mixed(x, meta, None, 1.0)
             with precision.autocast():
-                logits = _forward(model, x, meta)
+                logits = _forward(model, mixed.x, mixed.meta)
             soft = batch.get("soft")  # distillation targets, when the dataset carries them
-            loss = loss_fn(logits.float(), y) if soft is None else loss_fn(logits.float(), y,
-                                                                          soft.to(precision.device))
+            loss = mixed_loss(loss_fn, logits.float(), y, None if soft is None else soft.to(precision.device), mixed)
             if not torch.isfinite(loss):
                 raise TrainError(f"training loss became {loss.item()} at step {steps} of {desc}; lower "
                                          "train.lr or turn off reduced precision (train.bf16 / train.amp)")
