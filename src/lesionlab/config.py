@@ -191,8 +191,17 @@ EXECUTION_ONLY: tuple[tuple[str, ...], ...] = (("name",), ("output_dir",), ("dat
                                                ("train", "num_workers"))
 
 
+#: Options added after runs existed, with the keys that only matter while the option is on: while it is off they are
+#: left out of :func:`computation_dict`, so an upgrade that adds an option keeps the ids (and reuse) of finished grid
+#: runs that do not use it. (section, keys that switch it on when non-zero, keys dropped while all of those are zero)
+INACTIVE_WHEN_OFF: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("augment", ("mixup", "cutmix"), ("mixup", "cutmix", "mix_p", "mix_switch_p")),
+)
+
+
 def computation_dict(cfg: RunConfig | dict[str, Any]) -> dict[str, Any]:
-    """The config as JSON-ready data without the :data:`EXECUTION_ONLY` settings: what decides a run's numbers."""
+    """The config as JSON-ready data without the :data:`EXECUTION_ONLY` settings and the settings of options that
+    are off (:data:`INACTIVE_WHEN_OFF`): what decides a run's numbers."""
     data = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else yaml.safe_load(yaml.safe_dump(cfg)) or {}
     for *sections, key in EXECUTION_ONLY:
         node = data
@@ -200,6 +209,11 @@ def computation_dict(cfg: RunConfig | dict[str, Any]) -> dict[str, Any]:
             node = node.get(section) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(key, None)
+    for section, switches, keys in INACTIVE_WHEN_OFF:
+        node = data.get(section)
+        if isinstance(node, dict) and not any(node.get(k) for k in switches):
+            for k in keys:
+                node.pop(k, None)
     return data
 
 

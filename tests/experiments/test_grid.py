@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lesionlab.config import ConfigError
+from lesionlab.config import ConfigError, RunConfig, computation_dict
 from lesionlab.experiments.grid import load_grid
-from lesionlab.experiments.plan import expand
+from lesionlab.experiments.plan import config_hash, expand
 
 GRID = {
     "name": "toy",
@@ -59,6 +59,22 @@ def test_run_ids_are_stable_and_follow_the_config(tmp_path: Path) -> None:
     # a changed training setting changes every id
     changed = load_grid(write(tmp_path, GRID), ["base.train.epochs=2"])
     assert not set(r.run_id for r in expand(*changed)) & set(ids)
+
+
+MIX_KEYS = {"mixup", "cutmix", "mix_p", "mix_switch_p"}
+
+
+def test_an_option_left_off_keeps_the_ids_finished_runs_had_before_it_existed() -> None:
+    # the default config's id before batch mixing was added: a grid's finished runs must still be found after an
+    # upgrade that adds an option they do not use
+    assert config_hash(RunConfig()) == "69752bd3"
+    assert not MIX_KEYS & set(computation_dict(RunConfig())["augment"])
+    idle = RunConfig.model_validate({"augment": {"mix_p": 0.3, "mix_switch_p": 0.9}})  # no effect while mixing is off
+    assert config_hash(idle) == config_hash(RunConfig())
+    mixed = RunConfig.model_validate({"augment": {"mixup": 0.2}})
+    assert set(computation_dict(mixed)["augment"]) >= MIX_KEYS
+    assert config_hash(mixed) != config_hash(RunConfig())
+    assert config_hash(mixed) != config_hash(RunConfig.model_validate({"augment": {"mixup": 0.2, "mix_p": 0.5}}))
 
 
 def test_base_config_file_is_relative_to_the_grid(tmp_path: Path) -> None:

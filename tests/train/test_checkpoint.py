@@ -104,6 +104,18 @@ def test_a_crafted_pickle_is_refused_and_never_executed(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_a_checkpoint_whose_header_length_starts_with_a_pickle_byte_loads(tmp_path: Path) -> None:
+    # a safetensors file opens with its header's length; at 128 modulo 256 its first byte is a pickle's 0x80
+    path = tmp_path / "last.ckpt"
+    for pad in range(256):
+        save_checkpoint(path, {**_state(), "pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no padding gave a header length of 128 modulo 256")
+    assert load_checkpoint(path)["pad"] == "x" * pad
+
+
 DANGLING = '{"format": 2, "m": {"__tensor__": "zz"}}'  # a reference to a tensor the file lacks
 
 

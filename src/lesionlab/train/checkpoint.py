@@ -128,9 +128,14 @@ def write_tree(path: str | Path, state: dict[str, Any], tree_key: str, fmt: int)
 
 
 def _looks_like_pickle(path: Path) -> bool:
+    """torch.save's zip or a bare pickle (protocol 2-5), and not a safetensors file: a safetensors file starts with
+    its header's length (8 bytes, little-endian), whose first byte is 0x80 whenever that length is 128 modulo 256,
+    followed by the header's opening brace."""
     with open(path, "rb") as fh:
-        head = fh.read(4)
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # torch.save's zip, or a bare pickle
+        head = fh.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
+        return False
+    return head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
 
 
 def read_tree(path: str | Path, tree_key: str, fmt: int, required: tuple[str, ...], error: type[Exception],
