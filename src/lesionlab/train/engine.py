@@ -230,7 +230,7 @@ def _validate(plan: Plan, cfg: RunConfig, precision: Precision, ctx: dist_utils.
 
 
 def _train_and_validate(state: H.TrainState, loader: torch.utils.data.DataLoader, loss_fn: torch.nn.Module,
-                        generator: torch.Generator, progress: bool) -> None:
+                        generator: torch.Generator, progress: bool, mixer: BatchMixer | None = None) -> None:
     """One epoch: reseed from (seed, epoch), train, validate; fills ``state.metrics`` and ``state.row``."""
     tc, ctx, plan, epoch = state.cfg.train, state.ctx, state.plan, state.epoch
     # Every epoch reseeds from (seed, epoch): a resumed run draws the same shuffles and augmentations.
@@ -241,9 +241,8 @@ def _train_and_validate(state: H.TrainState, loader: torch.utils.data.DataLoader
             part.set_epoch(epoch)
     plan.module.train()  # LesionModel.train keeps a frozen backbone (and frozen BatchNorm) in eval mode
     t0 = time.perf_counter()
-    mixer, mix = BatchMixer.from_config(state.cfg.augment), None
-    if mixer is not None:  # its own stream from (seed, epoch, rank): mixing leaves the other draws unchanged
-        mix = partial(mixer, rng=np.random.default_rng([tc.seed, epoch, ctx.rank, MIX_STREAM]))
+    # the mixer's own stream from (seed, epoch, rank): mixing leaves the other draws unchanged
+    mix = partial(mixer, rng=np.random.default_rng([tc.seed, epoch, ctx.rank, MIX_STREAM])) if mixer else None
     stats = train_one_epoch(state.module, loader, loss_fn, state.optimizer, precision=state.precision,
                             scheduler=state.scheduler, grad_clip=tc.grad_clip, max_batches=tc.max_train_batches,
                             progress=progress, desc=f"epoch {epoch + 1}/{tc.epochs}",
@@ -372,5 +371,6 @@ def _fit(cfg: RunConfig, ctx: dist_utils.DistContext, run_dir: Path, resume: boo
         loss_fn = DistillLoss(loss_fn, tc.distill_weight, tc.distill_temperature)
     handlers = [H.Unfreezing(), H.DataParallel(), H.Stopping(), H.BestRun(), H.History(), H.Checkpoint(),
                 H.Progress(state, progress), H.Callbacks(callbacks)]
-    run_epochs(state, handlers, lambda s: _train_and_validate(s, loader, loss_fn, generator, progress))
+    mixer = BatchMixer.from_config(cfg.augment)
+    run_epochs(state, handlers, lambda s: _train_and_validate(s, loader, loss_fn, generator, progress, mixer))
     return run_dir

@@ -48,11 +48,6 @@ class BatchMixer:
             return None
         return cls(aug.mixup, aug.cutmix, aug.mix_p, aug.mix_switch_p)
 
-    def describe(self) -> str:
-        kinds = [f"MixUp alpha {self.mixup_alpha:g}"] * (self.mixup_alpha > 0)
-        kinds += [f"CutMix alpha {self.cutmix_alpha:g}"] * (self.cutmix_alpha > 0)
-        return " or ".join(kinds) + f" on {self.prob:.0%} of batches"
-
     def __call__(self, x: torch.Tensor, meta: torch.Tensor | None, rng: np.random.Generator) -> Mixed:
         if len(x) < 2 or rng.random() >= self.prob:
             return Mixed(x, meta, None, 1.0)
@@ -83,7 +78,7 @@ def _paste_box(x: torch.Tensor, perm: torch.Tensor, lam: float, rng: np.random.G
     y0, y1 = max(cy - bh // 2, 0), min(cy + bh - bh // 2, h)
     x0, x1 = max(cx - bw // 2, 0), min(cx + bw - bw // 2, w)
     out = x.clone()
-    out[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+    out[..., y0:y1, x0:x1] = x[perm, ..., y0:y1, x0:x1]  # only the box of each partner is gathered
     return out, 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
 
 
