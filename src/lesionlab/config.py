@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,6 +141,11 @@ class TrainConfig(Strict):
     grad_clip: float | None = None  # max gradient norm
     class_weights: Literal["none", "balanced", "sqrt"] = "none"
     label_smoothing: float = 0.0
+    # How class weights meet label smoothing. "target": a sample's whole loss, smoothing term included, is scaled by
+    # its class's weight, as if the sample were repeated. "class": torch's CrossEntropyLoss, which scales each class's
+    # share of the smoothing term by that class's weight (pytorch/pytorch#104776), so that with large weights the best
+    # answer for a nevus is a rare class; kept to reproduce runs made before this option existed.
+    smoothing_weights: Literal["target", "class"] = "target"
     sampler: Literal["none", "balanced"] = "none"
     monitor: str = "balanced_accuracy"
     patience: int | None = 10
@@ -191,11 +197,22 @@ EXECUTION_ONLY: tuple[tuple[str, ...], ...] = (("name",), ("output_dir",), ("dat
                                                ("train", "num_workers"))
 
 
-#: Options added after runs existed, with the keys that only matter while the option is on: while it is off they are
-#: left out of :func:`computation_dict`, so an upgrade that adds an option keeps the ids (and reuse) of finished grid
-#: runs that do not use it. (section, keys that switch it on when non-zero, keys dropped while all of those are zero)
-INACTIVE_WHEN_OFF: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("augment", ("mixup", "cutmix"), ("mixup", "cutmix", "mix_p", "mix_switch_p")),
+def _mixing_off(section: dict[str, Any]) -> bool:
+    return not (section.get("mixup") or section.get("cutmix"))
+
+
+def _smoothing_weights_moot(section: dict[str, Any]) -> bool:
+    # the two ways agree without smoothing or without weights; "class" is how every run before the option trained
+    return (not section.get("label_smoothing") or section.get("class_weights", "none") == "none"
+            or section.get("smoothing_weights", "class") == "class")
+
+
+#: Options added after runs existed, with the keys that only matter while the option is on: while it is off (or at
+#: the value every earlier run had) they are left out of :func:`computation_dict`, so an upgrade that adds an option
+#: keeps the ids (and reuse) of finished grid runs that do not use it. (section, "is it off?", keys dropped then)
+INACTIVE_WHEN_OFF: tuple[tuple[str, Callable[[dict[str, Any]], bool], tuple[str, ...]], ...] = (
+    ("augment", _mixing_off, ("mixup", "cutmix", "mix_p", "mix_switch_p")),
+    ("train", _smoothing_weights_moot, ("smoothing_weights",)),
 )
 
 
@@ -209,9 +226,9 @@ def computation_dict(cfg: RunConfig | dict[str, Any]) -> dict[str, Any]:
             node = node.get(section) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(key, None)
-    for section, switches, keys in INACTIVE_WHEN_OFF:
+    for section, is_off, keys in INACTIVE_WHEN_OFF:
         node = data.get(section)
-        if isinstance(node, dict) and not any(node.get(k) for k in switches):
+        if isinstance(node, dict) and is_off(node):
             for k in keys:
                 node.pop(k, None)
     return data

@@ -77,6 +77,19 @@ def test_an_option_left_off_keeps_the_ids_finished_runs_had_before_it_existed() 
     assert config_hash(mixed) != config_hash(RunConfig.model_validate({"augment": {"mixup": 0.2, "mix_p": 0.5}}))
 
 
+@pytest.mark.parametrize(("train", "in_id"), [
+    ({"class_weights": "sqrt", "label_smoothing": 0.1}, True),  # the new default: a new computation, a new id
+    ({"class_weights": "sqrt", "label_smoothing": 0.1, "smoothing_weights": "class"}, False),  # as runs before it
+    ({"class_weights": "sqrt"}, False),  # no smoothing: both ways are the same loss
+    ({"label_smoothing": 0.1, "smoothing_weights": "target"}, False),  # no weights: the same loss
+])
+def test_smoothing_weights_enter_the_id_only_where_they_change_the_loss(train: dict, in_id: bool) -> None:
+    cfg = RunConfig.model_validate({"train": train})
+    assert ("smoothing_weights" in computation_dict(cfg)["train"]) is in_id
+    legacy = RunConfig.model_validate({"train": {**train, "smoothing_weights": "class"}})
+    assert (config_hash(cfg) != config_hash(legacy)) is in_id
+
+
 def test_base_config_file_is_relative_to_the_grid(tmp_path: Path) -> None:
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "base.yaml").write_text("train:\n  epochs: 7\n  lr: 0.01\n")

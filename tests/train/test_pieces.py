@@ -12,6 +12,7 @@ from torch import nn
 from lesionlab.config import TrainConfig
 from lesionlab.train.pieces import (
     EarlyStopping,
+    SampleWeightedCrossEntropy,
     class_counts,
     make_loss,
     make_optimizer,
@@ -31,11 +32,52 @@ def test_class_counts_keeps_empty_classes_and_rejects_bad_labels() -> None:
 
 def test_make_loss_applies_weights_and_smoothing() -> None:
     loss = make_loss(TrainConfig(class_weights="balanced", label_smoothing=0.1), COUNTS)
-    assert isinstance(loss, nn.CrossEntropyLoss)
+    assert isinstance(loss, SampleWeightedCrossEntropy)
     assert loss.label_smoothing == pytest.approx(0.1)
     assert loss.weight is not None and loss.weight.shape == (7,)
     plain = make_loss(TrainConfig(), COUNTS)
     assert plain.weight is None and plain.label_smoothing == 0.0
+    legacy = make_loss(TrainConfig(class_weights="balanced", label_smoothing=0.1, smoothing_weights="class"), COUNTS)
+    assert isinstance(legacy, nn.CrossEntropyLoss) and legacy.label_smoothing == pytest.approx(0.1)
+    torch.testing.assert_close(legacy.weight, loss.weight)
+
+
+def _smoothed_ce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """The definition written out: each sample's smoothed loss times its own class's weight, weighted mean."""
+    logp = logits.log_softmax(dim=1)
+    target = torch.full_like(logp, eps / logp.shape[1])
+    target[torch.arange(len(y)), y] += 1.0 - eps
+    per_sample = -(target * logp).sum(dim=1)
+    return (w[y] * per_sample).sum() / w[y].sum()
+
+
+@pytest.mark.parametrize(("weights", "eps"), [("none", 0.0), ("none", 0.1), ("sqrt", 0.0), ("sqrt", 0.1),
+                                              ("balanced", 0.2)])
+def test_sample_weighted_loss_is_the_weighted_mean_of_smoothed_losses(weights: str, eps: float) -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(32, 7, generator=gen), torch.randint(0, 7, (32,), generator=gen)
+    loss = make_loss(TrainConfig(class_weights=weights, label_smoothing=eps), COUNTS + 1)
+    w = loss.weight if loss.weight is not None else torch.ones(7)
+    torch.testing.assert_close(loss(logits, y), _smoothed_ce(logits, y, w, eps))
+    if weights == "none" or eps == 0.0:  # where torch's loss is the same loss
+        legacy = make_loss(TrainConfig(class_weights=weights, label_smoothing=eps, smoothing_weights="class"),
+                           COUNTS + 1)
+        torch.testing.assert_close(loss(logits, y), legacy(logits, y))
+
+
+@pytest.mark.parametrize(("mode", "best_class"), [("target", 0), ("class", 1)])
+def test_a_large_weight_with_smoothing_pulls_torch_s_loss_to_the_rare_class(mode: str, best_class: int) -> None:
+    # one sample of the common class 0, class 1 weighted 70 times (a dermatofibroma against a nevus): the logits that
+    # minimise the loss should still say class 0; torch's weighting of the smoothing term makes them say class 1
+    loss = make_loss(TrainConfig(class_weights="balanced", label_smoothing=0.1, smoothing_weights=mode),
+                     np.array([700, 10, 0, 0, 0, 0, 0]))
+    logits = torch.zeros(1, 7, requires_grad=True)
+    opt = torch.optim.SGD([logits], lr=1.0)
+    for _ in range(500):
+        opt.zero_grad()
+        loss(logits, torch.tensor([0])).backward()
+        opt.step()
+    assert int(logits.argmax()) == best_class
 
 
 def test_balanced_sampler_draws_classes_evenly() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel
 
 from lesionlab.classes import NUM_CLASSES
@@ -62,11 +63,38 @@ def make_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
     return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
+class SampleWeightedCrossEntropy(nn.Module):
+    """Cross-entropy with label smoothing where a class weight scales each sample's whole loss.
+
+    The weighted mean ``sum_i w[y_i] * l_i / sum_i w[y_i]`` of the per-sample smoothed losses ``l_i``: a weight acts
+    as if the sample were repeated, which is what :func:`lesionlab.core.priors.training_prior` assumes. torch's
+    ``CrossEntropyLoss(weight=..., label_smoothing=...)`` instead weights each class's share of the smoothing term by
+    that class's weight, so with a dermatofibroma weight 70 times the nevus weight the loss is lowest when a nevus is
+    called a dermatofibroma. Without smoothing the two are the same loss.
+    """
+
+    weight: torch.Tensor | None
+
+    def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        per_sample = F.cross_entropy(logits, target, reduction="none", label_smoothing=self.label_smoothing)
+        if self.weight is None:
+            return per_sample.mean()
+        w = self.weight.to(per_sample.dtype)[target]
+        return (per_sample * w).sum() / w.sum()
+
+
 def make_loss(cfg: TrainConfig, counts: Sequence[int] | np.ndarray) -> nn.Module:
-    """Cross-entropy with optional class weights and label smoothing."""
+    """Cross-entropy with optional class weights and label smoothing (combined as ``train.smoothing_weights`` says)."""
     w = class_weights(counts, cfg.class_weights)
     weight = torch.as_tensor(w, dtype=torch.float32) if w is not None else None
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=float(cfg.label_smoothing))
+    if cfg.smoothing_weights == "class":
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=float(cfg.label_smoothing))
+    return SampleWeightedCrossEntropy(weight, cfg.label_smoothing)
 
 
 def sample_weights(labels: Sequence[int] | np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
