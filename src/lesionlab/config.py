@@ -327,6 +327,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(_blame_overrides(str(err), where, overrides or [])) from None
 
 
+#: Settings whose default changed after runs existed. A run directory's config.yaml lists every key, so one without
+#: the key was written before it existed, under the old behaviour: :func:`load_saved_config` fills that in, so that
+#: resuming such a run computes as it began. (section, key) -> the behaviour before the key existed.
+LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {("train", "smoothing_weights"): "class"}
+
+
+def load_saved_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """A run directory's saved config.yaml as a :class:`RunConfig`, read as it was meant when it was written."""
+    data = read_yaml(path)
+    for (section, key), value in LEGACY_DEFAULTS.items():
+        node = data.get(section)
+        if isinstance(node, dict) and key not in node:
+            node[key] = value
+    data = apply_overrides(data, overrides or [], where=str(path))
+    try:
+        return build_config(RunConfig, data, where=str(path))
+    except ConfigError as err:
+        raise ConfigError(_blame_overrides(str(err), str(path), overrides or [])) from None
+
+
 def _blame_overrides(message: str, where: str, overrides: list[str]) -> str:
     """Name the command-line override, not the file, in each error line about a key an override set."""
     keys = {item.split("=", 1)[0].strip(): item for item in overrides if "=" in item}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from lesionlab.config import ConfigError, RunConfig, apply_overrides, dump_config, load_config
+from lesionlab.config import ConfigError, RunConfig, apply_overrides, dump_config, load_config, load_saved_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,3 +94,22 @@ def test_an_override_is_blamed_for_its_own_error(tmp_path: Path) -> None:
     path.write_text("train:\n  epochs: many\n")
     with pytest.raises(ConfigError, match=f"^{path}: train.epochs"):
         load_config(path, ["train.lr=0.1"])
+
+
+@pytest.mark.parametrize(("saved", "expected"), [
+    ({}, "class"),  # written before the key existed: torch's weighting, as the run began
+    ({"smoothing_weights": "target"}, "target"),
+    ({"smoothing_weights": "class"}, "class"),
+])
+def test_a_saved_run_config_is_read_as_it_was_meant_when_written(tmp_path: Path, saved: dict, expected: str) -> None:
+    cfg = RunConfig.model_validate({"train": {"class_weights": "sqrt", "label_smoothing": 0.1}})
+    data = cfg.model_dump(mode="json")
+    data["train"].pop("smoothing_weights")
+    data["train"].update(saved)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert load_saved_config(path).train.smoothing_weights == expected
+    assert load_saved_config(path, ["train.smoothing_weights=target"]).train.smoothing_weights == "target"
+    assert load_config(path).train.smoothing_weights == (saved.get("smoothing_weights") or "target")  # a plain file
+    with pytest.raises(ConfigError, match=r"override .train\.smoothing_weights=sample"):
+        load_saved_config(path, ["train.smoothing_weights=sample"])

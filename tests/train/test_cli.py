@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lesionlab.cli import main
 from lesionlab.config import load_config
@@ -36,6 +37,21 @@ def test_train_smoke_config_from_the_cli(tmp_path: Path, capsys: pytest.CaptureF
     # the old spelling still works for one release, and says what replaces it
     assert main(["train", "--resume", "--run-dir", str(run_dir), "--no-progress"]) == 0
     assert "--run-dir is deprecated" in capsys.readouterr().err
+
+
+def test_a_run_saved_before_smoothing_weights_existed_resumes_as_it_began(tmp_path: Path) -> None:
+    run_dir = tmp_path / "old"
+    assert main(["train", str(run_dir), "--config", str(REPO / "configs" / "smoke.yaml"), "train.epochs=1",
+                 "train.label_smoothing=0.1", "train.smoothing_weights=class", "--no-progress"]) == 0
+    # what a run directory written before the option existed holds: no smoothing_weights key anywhere
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["train"].pop("smoothing_weights") == "class"
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    info = json.loads((run_dir / "run.json").read_text())
+    del info["config"]["train"]["smoothing_weights"]
+    (run_dir / "run.json").write_text(json.dumps(info))
+    assert main(["train", str(run_dir), "--resume", "--no-progress"]) == 0  # torch's weighting, not refused
+    assert main(["train", str(run_dir), "--resume", "train.smoothing_weights=target", "--no-progress"]) == 1
 
 
 @pytest.mark.parametrize(("argv", "message"), [

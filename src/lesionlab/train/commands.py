@@ -105,7 +105,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path | None]:
     """The run config from ``--config`` + overrides (or the saved one of RUN when resuming), and the run directory."""
-    from lesionlab.config import CONFIG_SECTIONS, ConfigError, load_config
+    from lesionlab.config import CONFIG_SECTIONS, ConfigError, load_config, load_saved_config
     from lesionlab.runs import CONFIG_FILE
 
     run, overrides = run_and_overrides(args.args, "train", config_keys=CONFIG_SECTIONS)
@@ -120,6 +120,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path | None]:
         path = run_dir / CONFIG_FILE
         if not path.is_file():
             raise ConfigError(f"{path}: missing; pass --config with the run's original config")
+        return load_saved_config(path, overrides), run_dir
     return load_config(path, overrides), run_dir
 
 
