@@ -327,20 +327,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(_blame_overrides(str(err), where, overrides or [])) from None
 
 
-#: Settings whose default changed after runs existed. A run directory's config.yaml lists every key, so one without
-#: the key was written before it existed, under the old behaviour: :func:`load_saved_config` fills that in, so that
-#: resuming such a run computes as it began. (section, key) -> the behaviour before the key existed.
+#: Settings whose default changed after runs existed. A run directory's config (config.yaml, run.json) lists every
+#: key, so one without the key was written before it existed, under the old behaviour: :func:`with_legacy_defaults`
+#: fills that in, so that a resumed run computes as it began and a loaded run says how it was trained.
+#: (section, key) -> the behaviour before the key existed.
 LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {("train", "smoothing_weights"): "class"}
+
+
+def with_legacy_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved run config (as data) with :data:`LEGACY_DEFAULTS` filled in where its keys are absent (pure)."""
+    if not isinstance(saved, dict):
+        return saved  # not a config: build_config names the problem
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+    for (section, key), value in LEGACY_DEFAULTS.items():
+        node = data.get(section)
+        if isinstance(node, dict):
+            node.setdefault(key, value)
+    return data
 
 
 def load_saved_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """A run directory's saved config.yaml as a :class:`RunConfig`, read as it was meant when it was written."""
-    data = read_yaml(path)
-    for (section, key), value in LEGACY_DEFAULTS.items():
-        node = data.get(section)
-        if isinstance(node, dict) and key not in node:
-            node[key] = value
-    data = apply_overrides(data, overrides or [], where=str(path))
+    data = apply_overrides(with_legacy_defaults(read_yaml(path)), overrides or [], where=str(path))
     try:
         return build_config(RunConfig, data, where=str(path))
     except ConfigError as err:

@@ -385,7 +385,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
 
     Every file listed in ``run.json`` (``files``) is checked first: a truncated, swapped or edited file is refused.
     """
-    from lesionlab.config import RunConfig, build_config
+    from lesionlab.config import RunConfig, build_config, with_legacy_defaults
 
     run_dir = Path(path)
     info = read_info(run_dir)
@@ -394,7 +394,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         verify_manifest(run_dir, info["files"], RunError, where=str(info_path))
     state = read_weights(run_dir / WEIGHTS_FILE)
     try:
-        config = build_config(RunConfig, info["config"], where=f"{info_path} (config)")
+        config = build_config(RunConfig, with_legacy_defaults(info["config"]), where=f"{info_path} (config)")
     except ValueError as err:
         raise RunError(str(err)) from None
     preprocessing, meta_encoder = read_preprocessing(info, str(info_path))

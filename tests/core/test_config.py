@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lesionlab.config import ConfigError, RunConfig, apply_overrides, dump_config, load_config, load_saved_config
+from lesionlab.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    dump_config,
+    load_config,
+    load_saved_config,
+    with_legacy_defaults,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,3 +121,11 @@ def test_a_saved_run_config_is_read_as_it_was_meant_when_written(tmp_path: Path,
     assert load_config(path).train.smoothing_weights == (saved.get("smoothing_weights") or "target")  # a plain file
     with pytest.raises(ConfigError, match=r"override .train\.smoothing_weights=sample"):
         load_saved_config(path, ["train.smoothing_weights=sample"])
+
+
+def test_legacy_defaults_fill_only_absent_keys_and_leave_the_input_alone() -> None:
+    saved = {"train": {"epochs": 3}, "name": "old"}
+    assert with_legacy_defaults(saved)["train"] == {"epochs": 3, "smoothing_weights": "class"}
+    assert saved == {"train": {"epochs": 3}, "name": "old"}
+    assert with_legacy_defaults({"train": {"smoothing_weights": "target"}})["train"]["smoothing_weights"] == "target"
+    assert with_legacy_defaults({"name": "no train section"}) == {"name": "no train section"}

@@ -10,6 +10,8 @@ import yaml
 
 from lesionlab.cli import main
 from lesionlab.config import load_config
+from lesionlab.core.manifest import file_manifest
+from lesionlab.runs import INFO_FILE, TRANSIENT_FILES, load_run
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -49,8 +51,10 @@ def test_a_run_saved_before_smoothing_weights_existed_resumes_as_it_began(tmp_pa
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     info = json.loads((run_dir / "run.json").read_text())
     del info["config"]["train"]["smoothing_weights"]
+    info["files"] = file_manifest(run_dir, exclude=(INFO_FILE, *TRANSIENT_FILES))
     (run_dir / "run.json").write_text(json.dumps(info))
     assert main(["train", str(run_dir), "--resume", "--no-progress"]) == 0  # torch's weighting, not refused
+    assert load_run(run_dir).config.train.smoothing_weights == "class"  # and a loaded run says so
     assert main(["train", str(run_dir), "--resume", "train.smoothing_weights=target", "--no-progress"]) == 1
 
 
