@@ -197,14 +197,22 @@ EXECUTION_ONLY: tuple[tuple[str, ...], ...] = (("name",), ("output_dir",), ("dat
                                                ("train", "num_workers"))
 
 
+#: Settings whose default changed after runs existed. A run directory's config (config.yaml, run.json) lists every
+#: key, so one without the key was written before it existed, under the old behaviour: :func:`with_legacy_defaults`
+#: fills that in, so that a resumed run computes as it began and a loaded run says how it was trained.
+#: (section, key) -> the behaviour before the key existed.
+LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {("train", "smoothing_weights"): "class"}
+
+
 def _mixing_off(section: dict[str, Any]) -> bool:
     return not (section.get("mixup") or section.get("cutmix"))
 
 
 def _smoothing_weights_moot(section: dict[str, Any]) -> bool:
-    # the two ways agree without smoothing or without weights; "class" is how every run before the option trained
+    # the two ways agree without smoothing or without weights; the legacy value is how every earlier run trained
+    legacy = LEGACY_DEFAULTS[("train", "smoothing_weights")]
     return (not section.get("label_smoothing") or section.get("class_weights", "none") == "none"
-            or section.get("smoothing_weights", "class") == "class")
+            or section.get("smoothing_weights", legacy) == legacy)
 
 
 #: Options added after runs existed, with the keys that only matter while the option is on: while it is off (or at
@@ -316,22 +324,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                model: type[BaseModel] = RunConfig) -> Any:
-    """Load a YAML config (or the defaults) and apply overrides; unknown keys raise :class:`ConfigError`."""
+                model: type[BaseModel] = RunConfig, *, saved_run: bool = False) -> Any:
+    """Load a YAML config (or the defaults) and apply overrides; unknown keys raise :class:`ConfigError`.
+
+    ``saved_run``: ``path`` is a run directory's config.yaml, read with :func:`with_legacy_defaults`.
+    """
     data = read_yaml(path) if path is not None else {}
+    if saved_run:
+        data = with_legacy_defaults(data)
     data = apply_overrides(data, overrides or [], where=str(path or "overrides"))
     where = str(path or "config")
     try:
         return build_config(model, data, where=where)
     except ConfigError as err:
         raise ConfigError(_blame_overrides(str(err), where, overrides or [])) from None
-
-
-#: Settings whose default changed after runs existed. A run directory's config (config.yaml, run.json) lists every
-#: key, so one without the key was written before it existed, under the old behaviour: :func:`with_legacy_defaults`
-#: fills that in, so that a resumed run computes as it began and a loaded run says how it was trained.
-#: (section, key) -> the behaviour before the key existed.
-LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {("train", "smoothing_weights"): "class"}
 
 
 def with_legacy_defaults(saved: dict[str, Any]) -> dict[str, Any]:
@@ -348,11 +354,7 @@ def with_legacy_defaults(saved: dict[str, Any]) -> dict[str, Any]:
 
 def load_saved_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """A run directory's saved config.yaml as a :class:`RunConfig`, read as it was meant when it was written."""
-    data = apply_overrides(with_legacy_defaults(read_yaml(path)), overrides or [], where=str(path))
-    try:
-        return build_config(RunConfig, data, where=str(path))
-    except ConfigError as err:
-        raise ConfigError(_blame_overrides(str(err), str(path), overrides or [])) from None
+    return load_config(path, overrides, saved_run=True)
 
 
 def _blame_overrides(message: str, where: str, overrides: list[str]) -> str:
