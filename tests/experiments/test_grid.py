@@ -163,3 +163,77 @@ def test_overrides_apply_to_the_grid(tmp_path: Path) -> None:
     cfg, base = load_grid(write(tmp_path, GRID), ["workers=3", "repeat.seeds=[5]"])
     assert cfg.workers == 3
     assert [r.labels["seed"] for r in expand(cfg, base)] == ["5"] * 8
+
+
+def _protocol_and_grid(tmp_path: Path, own: dict) -> Path:
+    """configs/base.yaml, configs/grids/protocols/cv.yaml (a partial grid) and configs/grids/g.yaml extending it."""
+    grids = tmp_path / "configs" / "grids"
+    (grids / "protocols").mkdir(parents=True)
+    (tmp_path / "configs" / "base.yaml").write_text("data:\n  source: synthetic\ntrain:\n  epochs: 7\n  lr: 0.01\n")
+    protocol = {"base_config": "../../base.yaml", "base": {"train": {"lr": 0.5, "batch_size": 16}},
+                "repeat": {"folds": 3, "fold_seed": 4}, "report": {"metrics": ["accuracy", "error_rate"]},
+                "workers": 2}
+    write(grids / "protocols", protocol, "cv.yaml")
+    return write(grids, {"name": "g", "extends": "protocols/cv.yaml", **own}, "g.yaml")
+
+
+def test_a_grid_extending_a_protocol_is_the_grid_written_out(tmp_path: Path) -> None:
+    axes = {"variant": {"x": {"train.epochs": 2}, "y": {}}}
+    cfg, base = load_grid(_protocol_and_grid(tmp_path, {"axes": axes, "output_dir": "out"}))
+    flat = {"name": "g", "base_config": "../base.yaml", "base": {"train": {"lr": 0.5, "batch_size": 16}},
+            "axes": axes, "repeat": {"folds": 3, "fold_seed": 4},
+            "report": {"metrics": ["accuracy", "error_rate"]}, "workers": 2, "output_dir": "out"}
+    flat_cfg, flat_base = load_grid(write(tmp_path / "configs" / "grids", flat, "flat.yaml"))
+    assert cfg.workers == 2 and cfg.repeat.folds == 3
+    runs = expand(cfg, base)
+    assert [r.run_id for r in runs] == [r.run_id for r in expand(flat_cfg, flat_base)]
+    # the protocol's base_config (relative to the protocol) reached the right file: epochs 7, lr from its base
+    assert runs[3].config.train.epochs == 7 and runs[3].config.train.lr == 0.5 and runs[0].config.train.epochs == 2
+
+
+def test_an_extending_grid_merges_mappings_and_replaces_lists(tmp_path: Path) -> None:
+    own = {"axes": {"variant": {"x": {}}}, "base": {"train.lr": 0.1}, "repeat": {"folds": 4},
+           "report": {"metrics": ["balanced_accuracy"]}}
+    cfg, base = load_grid(_protocol_and_grid(tmp_path, own))
+    assert cfg.repeat.folds == 4 and cfg.repeat.fold_seed == 4  # merged key by key
+    assert cfg.report.metrics == ["balanced_accuracy"]  # a list replaces
+    run = expand(cfg, base)[0]
+    assert run.config.train.lr == 0.1 and run.config.train.batch_size == 16
+
+
+def test_a_protocol_may_extend_another(tmp_path: Path) -> None:
+    path = _protocol_and_grid(tmp_path, {"axes": {"variant": {"x": {}}}})
+    protocols = tmp_path / "configs" / "grids" / "protocols"
+    write(protocols, {"extends": "cv.yaml", "workers": 3}, "cv-3.yaml")
+    path.write_text(path.read_text().replace("protocols/cv.yaml", "protocols/cv-3.yaml"))
+    cfg, base = load_grid(path)
+    assert cfg.workers == 3 and cfg.repeat.fold_seed == 4
+    assert expand(cfg, base)[0].config.train.epochs == 7
+
+
+@pytest.mark.parametrize(("extends", "message"), [
+    ("protocols/nope.yaml", r"g\.yaml: extends: no such file .*nope\.yaml"),
+    (["protocols/cv.yaml"], r"g\.yaml: extends must be one file path"),
+    ("g.yaml", r"g\.yaml: extends makes a cycle"),
+])
+def test_bad_extends_is_named(tmp_path: Path, extends: object, message: str) -> None:
+    path = _protocol_and_grid(tmp_path, {"axes": {"variant": {"x": {}}}})
+    data = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**data, "extends": extends}))
+    with pytest.raises(ConfigError, match=message):
+        load_grid(path)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(("grid", "run_ids"), [
+    # the ids of the runs whose figures docs/BENCHMARKS.md reports ("Generalisation push"): a change to the protocol,
+    # the robust preset or the id scheme that moves them means those figures no longer describe the shipped files
+    ("cpu-monitor", ["monitor_nll-0-b08ff5f7", "monitor_nll-1-1c156e86", "monitor_nll-2-743e0193"]),
+    ("cpu-fusion", ["metablock-0-81c4ded2", "metablock-1-aa9ab6e2", "metablock-2-f8946e88"]),
+    ("cpu-schedule", ["epochs_15-0-f37e3bfc", "epochs_15-1-852060aa", "epochs_15-2-36117b55",
+                      "px112_epochs14-0-3d2e279b", "px112_epochs14-1-12bf9c1c", "px112_epochs14-2-19cff92f"]),
+])
+def test_shipped_cv_grids_keep_the_run_ids_of_their_reported_runs(grid: str, run_ids: list[str]) -> None:
+    assert sorted(r.run_id for r in expand(*load_grid(REPO / "configs" / "grids" / f"{grid}.yaml"))) == run_ids

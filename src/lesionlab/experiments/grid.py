@@ -3,10 +3,14 @@
 A grid is a base :class:`~lesionlab.config.RunConfig` plus named axes of override sets; the product of the axes,
 repeated over seeds or lesion-grouped folds, is the list of runs. Every key is checked, at every depth, so that a
 typo in a 160-run GPU grid is caught before the first run rather than silently training the wrong thing.
+
+A grid file may ``extends: FILE`` a partial grid (a protocol: base config, folds, evaluations, report) and add its own
+axes, so that a family of cross-validation grids states its shared protocol once.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -270,13 +274,49 @@ def _keep_order(new: Any, original: Any) -> Any:
     return {k: _keep_order(new[k], original.get(k)) for k in keys}
 
 
+def merge_mappings(inherited: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """``own`` on top of ``inherited``: mappings merge key by key at every depth; lists and scalars replace."""
+    out = dict(inherited)
+    for key, value in own.items():
+        old = out.get(key)
+        out[key] = merge_mappings(old, value) if isinstance(value, dict) and isinstance(old, dict) else value
+    return out
+
+
+def read_grid_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A grid file's raw mapping with its ``extends`` chain merged underneath (the file's own keys win).
+
+    ``extends`` names one file, relative to the extending file; it may extend another in turn. An inherited
+    relative ``base_config`` is rebased so that it still names the file its own grid file meant.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"{path}: extends must be one file path, relative to this grid file; got {parent!r}")
+    parent_path = path.parent / parent
+    chain = (*_chain, path.resolve())
+    if parent_path.resolve() in chain:
+        loop = " -> ".join(str(p) for p in (*chain, parent_path.resolve()))
+        raise ConfigError(f"{path}: extends makes a cycle: {loop}")
+    if not parent_path.is_file():
+        raise ConfigError(f"{path}: extends: no such file {parent_path}")
+    inherited = read_grid_file(parent_path, chain)
+    base_config = inherited.get("base_config")
+    if isinstance(base_config, str) and not Path(base_config).is_absolute():
+        inherited["base_config"] = os.path.relpath(parent_path.parent / base_config, path.parent)
+    return merge_mappings(inherited, raw)
+
+
 def load_grid(path: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig, dict[str, Any]]:
     """Read, check and validate a grid file; returns the config and its resolved base run-config dict.
 
     ``overrides`` are ``key=value`` strings on the grid itself (``workers=2``, ``repeat.seeds=[0]``).
     """
     path = Path(path)
-    raw = read_yaml(path)
+    raw = read_grid_file(path)
     data = _keep_order(apply_overrides(raw, overrides or [], where=f"{path} (overrides)"), raw)
     cfg: ExperimentConfig = build_config(ExperimentConfig, data, where=str(path), unknown="unknown key")
     base = base_dict(cfg, path)
