@@ -11,6 +11,8 @@ from lesionlab.config import ConfigError, RunConfig, computation_dict
 from lesionlab.experiments.grid import load_grid
 from lesionlab.experiments.plan import config_hash, expand
 
+REPO = Path(__file__).resolve().parents[2]
+
 GRID = {
     "name": "toy",
     "base": {"data": {"source": "synthetic"}, "train": {"epochs": 1}},
@@ -223,8 +225,6 @@ def test_bad_extends_is_named(tmp_path: Path, extends: object, message: str) -> 
     with pytest.raises(ConfigError, match=message):
         load_grid(path)
 
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(("grid", "run_ids"), [

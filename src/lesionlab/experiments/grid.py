@@ -4,8 +4,8 @@ A grid is a base :class:`~lesionlab.config.RunConfig` plus named axes of overrid
 repeated over seeds or lesion-grouped folds, is the list of runs. Every key is checked, at every depth, so that a
 typo in a 160-run GPU grid is caught before the first run rather than silently training the wrong thing.
 
-A grid file may ``extends: FILE`` a partial grid (a protocol: base config, folds, evaluations, report) and add its own
-axes, so that a family of cross-validation grids states its shared protocol once.
+A grid file may extend a partial grid (``extends: FILE``; a protocol: base config, folds, evaluations, report) and add
+its own axes, so that a family of cross-validation grids states its shared protocol once.
 """
 
 from __future__ import annotations
