@@ -226,7 +226,6 @@ def test_bad_extends_is_named(tmp_path: Path, extends: object, message: str) -> 
         load_grid(path)
 
 
-
 @pytest.mark.parametrize(("grid", "run_ids"), [
     # the ids of the runs whose figures docs/BENCHMARKS.md reports ("Generalisation push"): a change to the protocol,
     # the robust preset or the id scheme that moves them means those figures no longer describe the shipped files
@@ -234,6 +233,8 @@ def test_bad_extends_is_named(tmp_path: Path, extends: object, message: str) -> 
     ("cpu-fusion", ["metablock-0-81c4ded2", "metablock-1-aa9ab6e2", "metablock-2-f8946e88"]),
     ("cpu-schedule", ["epochs_15-0-f37e3bfc", "epochs_15-1-852060aa", "epochs_15-2-36117b55",
                       "px112_epochs14-0-3d2e279b", "px112_epochs14-1-12bf9c1c", "px112_epochs14-2-19cff92f"]),
+    ("cpu-regularise", ["drop_path_02-0-64d0dfab", "drop_path_02-1-8bd1cd37", "drop_path_02-2-8c09a07f",
+                        "weight_decay_025-0-1302bdfe", "weight_decay_025-1-841f80ef", "weight_decay_025-2-24450850"]),
 ])
 def test_shipped_cv_grids_keep_the_run_ids_of_their_reported_runs(grid: str, run_ids: list[str]) -> None:
     assert sorted(r.run_id for r in expand(*load_grid(REPO / "configs" / "grids" / f"{grid}.yaml"))) == run_ids
