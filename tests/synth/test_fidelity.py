@@ -85,3 +85,21 @@ def test_pixelate_and_upsample() -> None:
     assert up.shape == (2, 4, 4, 3) and np.all(up[:, 1, 1] == img[:, 0, 0])
     with pytest.raises(ValueError, match="not divisible"):
         pixelate(img, 3)
+
+
+@pytest.mark.parametrize(("n_a", "n_b", "dim"), [
+    (400, 300, 32),  # full-rank covariances
+    (20, 25, 48),  # fewer samples than features: singular covariances, as for small sets of 1,280-d features
+])
+def test_frechet_distance_matches_the_general_matrix_square_root(n_a: int, n_b: int, dim: int) -> None:
+    """The eigendecomposition form equals ``tr(sqrtm(C1 C2))`` of the textbook formula (Heusel et al. 2017)."""
+    from scipy import linalg
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(n_a, dim)) @ rng.normal(size=(dim, dim))
+    b = rng.normal(size=(n_b, dim)) @ rng.normal(size=(dim, dim)) + 0.5
+    (mu1, c1), (mu2, c2) = weighted_stats(a), weighted_stats(b)
+    textbook = float((mu1 - mu2) @ (mu1 - mu2) + np.trace(c1) + np.trace(c2)
+                     - 2.0 * np.trace(np.real(linalg.sqrtm(c1 @ c2))))
+    assert frechet_distance(mu1, c1, mu2, c2) == pytest.approx(textbook, rel=1e-6)
+    assert frechet_distance(mu2, c2, mu1, c1) == pytest.approx(textbook, rel=1e-6)  # symmetric

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy import linalg
 
 from lesionlab.classes import NUM_CLASSES
 
@@ -51,19 +50,25 @@ def weighted_stats(x: np.ndarray, w: np.ndarray | None = None) -> tuple[np.ndarr
     return mu, cov
 
 
-def frechet_distance(mu1: np.ndarray, c1: np.ndarray, mu2: np.ndarray, c2: np.ndarray) -> float:
-    """The Frechet distance between two Gaussians (with the usual small-diagonal fix for singular products)."""
-    import warnings
+def _psd_sqrt(c: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a covariance; rounding's tiny negative eigenvalues are clipped to zero."""
+    vals, vecs = np.linalg.eigh(c)
+    return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
 
+
+def frechet_distance(mu1: np.ndarray, c1: np.ndarray, mu2: np.ndarray, c2: np.ndarray) -> float:
+    """The Frechet distance between two Gaussians.
+
+    ``tr((C1 C2)^(1/2))`` is the sum of the square roots of the eigenvalues of ``C1 C2``, which are those of the
+    symmetric ``C1^(1/2) C2 C1^(1/2)``: two symmetric eigendecompositions instead of a general matrix square root,
+    several times faster at 1,280 features and exact for the singular covariances of sets smaller than that (no
+    diagonal offset needed).
+    """
     diff = mu1 - mu2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # near-singular products are handled below
-        covmean = linalg.sqrtm(c1 @ c2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(c1.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((c1 + offset) @ (c2 + offset))
-    covmean = np.real(covmean)
-    return float(diff @ diff + np.trace(c1) + np.trace(c2) - 2.0 * np.trace(covmean))
+    s1 = _psd_sqrt(np.asarray(c1, dtype=np.float64))
+    inner = s1 @ np.asarray(c2, dtype=np.float64) @ s1
+    trace_sqrt = float(np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2.0), 0.0, None)).sum())
+    return float(diff @ diff + np.trace(c1) + np.trace(c2) - 2.0 * trace_sqrt)
 
 
 def fd(a: np.ndarray, b: np.ndarray, wa: np.ndarray | None = None, wb: np.ndarray | None = None) -> float:
