@@ -235,6 +235,7 @@ def test_bad_extends_is_named(tmp_path: Path, extends: object, message: str) -> 
                       "px112_epochs14-0-3d2e279b", "px112_epochs14-1-12bf9c1c", "px112_epochs14-2-19cff92f"]),
     ("cpu-regularise", ["drop_path_02-0-64d0dfab", "drop_path_02-1-8bd1cd37", "drop_path_02-2-8c09a07f",
                         "weight_decay_025-0-1302bdfe", "weight_decay_025-1-841f80ef", "weight_decay_025-2-24450850"]),
+    ("cpu-freeze-bn", ["freeze_bn-0-dda260b5", "freeze_bn-1-a05e9f51", "freeze_bn-2-a7c0f666"]),
 ])
 def test_shipped_cv_grids_keep_the_run_ids_of_their_reported_runs(grid: str, run_ids: list[str]) -> None:
     assert sorted(r.run_id for r in expand(*load_grid(REPO / "configs" / "grids" / f"{grid}.yaml"))) == run_ids
