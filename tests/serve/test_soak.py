@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_short_soak_passes(meta_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["serve-bench", "soak", str(meta_run), "--seconds", "20", "--concurrency", "3", "--sample-every",
+    code = main(["serve-bench", "soak", str(meta_run), "--seconds", "10", "--concurrency", "3", "--sample-every",
                  "1", "--threads", "1"])
     out = capsys.readouterr().out
     result = json.loads(out[out.index("{"):])["soak"]
