@@ -6,13 +6,17 @@ import numpy as np
 import pytest
 
 from lesionlab.synth.fidelity import (
+    Reference,
     class_weights,
     fd,
+    fd_to,
     frechet_distance,
     kid,
+    kid_to,
     pairwise_min,
     pixelate,
     precision_recall,
+    precision_recall_to,
     upsample_nearest,
     weighted_stats,
 )
@@ -69,6 +73,58 @@ def test_precision_recall_extremes() -> None:
     collapsed = np.repeat(real[:1], 200, axis=0) + rng.normal(scale=1e-3, size=(200, 4))
     p, r = precision_recall(real, collapsed, k=3)
     assert p > 0.9 and r < 0.1  # faithful but not diverse
+
+
+def _kid_by_pairs(a: np.ndarray, wa: np.ndarray, b: np.ndarray, wb: np.ndarray) -> float:
+    """The weighted unbiased estimator written out pair by pair (small sets only)."""
+    d = a.shape[1]
+
+    def k(x: np.ndarray, y: np.ndarray) -> float:
+        return (x @ y / d + 1.0) ** 3
+
+    def within(x: np.ndarray, w: np.ndarray) -> float:
+        p = w / w.sum()
+        pairs = [(i, j) for i in range(len(x)) for j in range(len(x)) if i != j]
+        return sum(p[i] * p[j] * k(x[i], x[j]) for i, j in pairs) / sum(p[i] * p[j] for i, j in pairs)
+
+    pa, pb = wa / wa.sum(), wb / wb.sum()
+    cross = sum(pa[i] * pb[j] * k(a[i], b[j]) for i in range(len(a)) for j in range(len(b)))
+    return within(a, wa) + within(b, wb) - 2.0 * cross
+
+
+def _pr_by_loops(real: np.ndarray, fake: np.ndarray, k: int, w_real: np.ndarray, w_fake: np.ndarray
+                 ) -> tuple[float, float]:
+    def radii(x: np.ndarray) -> np.ndarray:
+        dist = np.linalg.norm(x[:, None] - x[None], axis=2)
+        return np.sort(dist, axis=1)[:, k]  # column 0 is the sample itself
+
+    def share(points: np.ndarray, centres: np.ndarray, rad: np.ndarray, w: np.ndarray) -> float:
+        inside = (np.linalg.norm(points[:, None] - centres[None], axis=2) <= rad[None]).any(axis=1)
+        return float(w @ inside / w.sum())
+
+    return share(fake, real, radii(real), w_fake), share(real, fake, radii(fake), w_real)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.7])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_reference_compared_with_several_sets_equals_the_two_set_measures(shift: float, weighted: bool) -> None:
+    """One Reference, three sets: FD and KID equal the two-set forms in the other argument order and the pairwise
+    estimator; precision and recall equal a brute-force count; the reference's statistics are computed once."""
+    rng = np.random.default_rng(7)
+    real = rng.normal(size=(14, 5))
+    w_real = rng.uniform(0.5, 2.0, size=14) if weighted else np.ones(14)
+    ref = Reference(real, w_real)
+    for n in (9, 12, 15):
+        x = rng.normal(size=(n, 5)) * 1.3 + shift
+        w = rng.uniform(0.5, 2.0, size=n) if weighted else np.ones(n)
+        assert fd_to(ref, x, w) == pytest.approx(fd(x, real, w, w_real), rel=1e-9, abs=1e-9)
+        assert fd_to(ref, x, w) == pytest.approx(frechet_distance(*weighted_stats(x, w), *weighted_stats(real, w_real)),
+                                                 rel=1e-9, abs=1e-9)
+        assert kid_to(ref, x, w) == pytest.approx(_kid_by_pairs(real, w_real, x, w), rel=1e-9, abs=1e-12)
+        assert kid_to(ref, x, w) == pytest.approx(kid(x, real, w, w_real), rel=1e-9, abs=1e-12)
+        assert precision_recall_to(ref, x, 3, w) == pytest.approx(_pr_by_loops(real, x, 3, w_real, w))
+    assert ref.cov_sqrt is ref.cov_sqrt and ref.radii(3) is ref.radii(3)
+    assert not np.array_equal(ref.radii(2), ref.radii(3))
 
 
 def test_nearest_neighbours() -> None:

@@ -39,12 +39,13 @@ from lesionlab.synth.codes import Labels, labels_from_table
 from lesionlab.synth.config import SynthEvalConfig
 from lesionlab.synth.errors import SynthError
 from lesionlab.synth.fidelity import (
+    Reference,
     class_weights,
-    fd,
-    kid,
+    fd_to,
+    kid_to,
     pairwise_min,
     pixelate,
-    precision_recall,
+    precision_recall_to,
     upsample_nearest,
 )
 from lesionlab.synth.networks import stage_resolutions
@@ -73,12 +74,10 @@ def balanced_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.
     return np.sort(np.concatenate(out))
 
 
-def distribution_measures(ref: np.ndarray, ref_w: np.ndarray, x: np.ndarray, x_w: np.ndarray, k: int
-                          ) -> dict[str, float]:
-    """FD, KID, precision and recall of one set against the reference (both weighted)."""
-    p, r = precision_recall(ref, x, k=k, w_real=ref_w, w_fake=x_w)
-    return {"fd": fd(x, ref, x_w, ref_w), "kid": kid(x, ref, x_w, ref_w), "precision": p, "recall": r,
-            "n": len(x)}
+def distribution_measures(ref: Reference, x: np.ndarray, x_w: np.ndarray, k: int) -> dict[str, float]:
+    """FD, KID, precision and recall of one weighted set against the reference."""
+    p, r = precision_recall_to(ref, x, k=k, w_fake=x_w)
+    return {"fd": fd_to(ref, x, x_w), "kid": kid_to(ref, x, x_w), "precision": p, "recall": r, "n": len(x)}
 
 
 def _real_labels(table: pd.DataFrame) -> Labels:
@@ -184,16 +183,16 @@ def fidelity_section(inp: EvalInputs, fx: Any, progress: bool) -> dict[str, Any]
     ev, run = inp.ev, inp.run
     rng = np.random.default_rng([ev.seed, 5])
     y_held = inp.y(inp.held)
-    w_train = class_weights(inp.y(inp.train))
+    ref = Reference(inp.f_train, class_weights(inp.y(inp.train)))  # its statistics computed once, used by each set
     n_cmp = min(len(inp.held), len(inp.syn))
     sub_syn = balanced_subset(inp.classes, n_cmp, rng)
     sub_held = np.sort(rng.choice(len(inp.held), size=min(n_cmp, len(inp.held)), replace=False))
     k = min(ev.pr_k, n_cmp - 1)
     w_held, w_syn = class_weights(y_held[sub_held]), class_weights(inp.classes[sub_syn])
     fid: dict[str, Any] = {
-        "synthetic": distribution_measures(inp.f_train, w_train, inp.f_syn[sub_syn], w_syn, k),
-        "real_held_out": distribution_measures(inp.f_train, w_train, inp.f_held[sub_held], w_held, k),
-        "pixelated_real": distribution_measures(inp.f_train, w_train, inp.f_pix[sub_held], w_held, k),
+        "synthetic": distribution_measures(ref, inp.f_syn[sub_syn], w_syn, k),
+        "real_held_out": distribution_measures(ref, inp.f_held[sub_held], w_held, k),
+        "pixelated_real": distribution_measures(ref, inp.f_pix[sub_held], w_held, k),
         "pixelate_factor": ev.pixelate,
     }
     stages = []
@@ -202,8 +201,7 @@ def fidelity_section(inp: EvalInputs, fx: Any, progress: bool) -> dict[str, Any]
         imgs = run.generate(inp.labels.index(torch.as_tensor(sub_syn)), seed=ev.seed, generator=g, stage=stage_index,
                             z=inp.z[torch.as_tensor(sub_syn)])
         feats = fx(upsample_nearest(imgs, run.resolution), progress=progress, desc=f"features {s_res} px")
-        stages.append({"resolution": s_res, "fd": fd(feats, inp.f_train, w_syn, w_train),
-                       "kid": kid(feats, inp.f_train, w_syn, w_train),
+        stages.append({"resolution": s_res, "fd": fd_to(ref, feats, w_syn), "kid": kid_to(ref, feats, w_syn),
                        "seconds": (run.info.get("stage_seconds") or {}).get(stage_name(s_res))})
     fid["stages"] = stages
     return fid

@@ -12,9 +12,16 @@ via :func:`class_weights`.
 - Improved precision and recall (Kynkaanniemi et al. 2019): each set's manifold is the union of balls around its
   samples reaching their k-th nearest neighbour; precision is the (weighted) share of generated samples inside the
   real manifold, recall the (weighted) share of real samples inside the generated one.
+
+A synthesis evaluation compares many sets with one reference (the real training features): :class:`Reference`
+computes that set's statistics once (covariance and its square root, the kernel distance's self-term, k-NN radii),
+and ``fd_to``, ``kid_to`` and ``precision_recall_to`` compare a set with it. ``fd``, ``kid`` and
+``precision_recall`` are the same measures for two plain sets.
 """
 
 from __future__ import annotations
+
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -56,6 +63,17 @@ def _psd_sqrt(c: np.ndarray) -> np.ndarray:
     return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
 
 
+def _trace_sqrt_product(s1: np.ndarray, c2: np.ndarray) -> float:
+    """``tr((C1 C2)^(1/2))`` from ``C1^(1/2)``: the eigenvalues of ``C1 C2`` are those of ``C1^(1/2) C2 C1^(1/2)``."""
+    inner = s1 @ np.asarray(c2, dtype=np.float64) @ s1
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2.0), 0.0, None)).sum())
+
+
+def _frechet(mu1: np.ndarray, c1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, c2: np.ndarray) -> float:
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(c1) + np.trace(c2) - 2.0 * _trace_sqrt_product(s1, c2))
+
+
 def frechet_distance(mu1: np.ndarray, c1: np.ndarray, mu2: np.ndarray, c2: np.ndarray) -> float:
     """The Frechet distance between two Gaussians.
 
@@ -64,36 +82,78 @@ def frechet_distance(mu1: np.ndarray, c1: np.ndarray, mu2: np.ndarray, c2: np.nd
     several times faster at 1,280 features and exact for the singular covariances of sets smaller than that (no
     diagonal offset needed).
     """
-    diff = mu1 - mu2
-    s1 = _psd_sqrt(np.asarray(c1, dtype=np.float64))
-    inner = s1 @ np.asarray(c2, dtype=np.float64) @ s1
-    trace_sqrt = float(np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2.0), 0.0, None)).sum())
-    return float(diff @ diff + np.trace(c1) + np.trace(c2) - 2.0 * trace_sqrt)
+    c1 = np.asarray(c1, dtype=np.float64)
+    return _frechet(mu1, c1, _psd_sqrt(c1), mu2, c2)
+
+
+def _poly_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (x @ y.T / x.shape[1] + 1.0) ** 3
+
+
+def _kid_within(x: torch.Tensor, p: torch.Tensor) -> float:
+    """The unbiased weighted mean kernel value over distinct pairs of one set."""
+    k = _poly_kernel(x, x)
+    total = float(p @ k @ p - (p ** 2 * torch.diagonal(k)).sum())
+    return total / max(1.0 - float((p ** 2).sum()), 1e-12)
+
+
+class Reference:
+    """One weighted feature set compared with many others; each statistic is computed on first use and kept."""
+
+    def __init__(self, x: np.ndarray, w: np.ndarray | None = None) -> None:
+        self.x = np.asarray(x, dtype=np.float64)
+        self.w = _norm_weights(w, len(self.x))
+        self._radii: dict[int, np.ndarray] = {}
+
+    @cached_property
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted mean and covariance."""
+        return weighted_stats(self.x, self.w)
+
+    @cached_property
+    def cov_sqrt(self) -> np.ndarray:
+        return _psd_sqrt(self.stats[1])
+
+    @cached_property
+    def kid_self(self) -> float:
+        return _kid_within(torch.as_tensor(self.x), torch.as_tensor(self.w))
+
+    def radii(self, k: int) -> np.ndarray:
+        """Distance of each sample to its k-th nearest other sample (the manifold's balls)."""
+        if k not in self._radii:
+            self._radii[k] = knn_radii(self.x, k)
+        return self._radii[k]
+
+
+def fd_to(ref: Reference, x: np.ndarray, w: np.ndarray | None = None) -> float:
+    """Frechet distance between the reference and a weighted feature set."""
+    mu, cov = ref.stats
+    return _frechet(mu, cov, ref.cov_sqrt, *weighted_stats(x, w))
+
+
+def kid_to(ref: Reference, x: np.ndarray, w: np.ndarray | None = None) -> float:
+    """Weighted unbiased squared MMD with the kernel ``(x.y / d + 1)^3`` between the reference and a set."""
+    b = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    pb = torch.as_tensor(_norm_weights(w, len(b)))
+    cross = float(torch.as_tensor(ref.w) @ _poly_kernel(torch.as_tensor(ref.x), b) @ pb)
+    return ref.kid_self + _kid_within(b, pb) - 2.0 * cross
+
+
+def precision_recall_to(ref: Reference, fake: np.ndarray, k: int = 3, w_fake: np.ndarray | None = None
+                        ) -> tuple[float, float]:
+    """Improved precision and recall of ``fake`` against the reference (weighted shares)."""
+    return (coverage_share(fake, ref.x, ref.radii(k), w_fake),
+            coverage_share(ref.x, fake, knn_radii(fake, k), ref.w))
 
 
 def fd(a: np.ndarray, b: np.ndarray, wa: np.ndarray | None = None, wb: np.ndarray | None = None) -> float:
     """Frechet distance between two weighted feature sets."""
-    return frechet_distance(*weighted_stats(a, wa), *weighted_stats(b, wb))
+    return fd_to(Reference(a, wa), b, wb)
 
 
 def kid(a: np.ndarray, b: np.ndarray, wa: np.ndarray | None = None, wb: np.ndarray | None = None) -> float:
     """Weighted unbiased squared MMD with the kernel ``(x.y / d + 1)^3``."""
-    a = torch.as_tensor(np.asarray(a, dtype=np.float64))
-    b = torch.as_tensor(np.asarray(b, dtype=np.float64))
-    d = a.shape[1]
-    pa = torch.as_tensor(_norm_weights(wa, len(a)))
-    pb = torch.as_tensor(_norm_weights(wb, len(b)))
-
-    def kern(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return (x @ y.T / d + 1.0) ** 3
-
-    def within(x: torch.Tensor, p: torch.Tensor) -> float:
-        k = kern(x, x)
-        total = float(p @ k @ p - (p ** 2 * torch.diagonal(k)).sum())
-        return total / max(1.0 - float((p ** 2).sum()), 1e-12)
-
-    cross = float(pa @ kern(a, b) @ pb)
-    return within(a, pa) + within(b, pb) - 2.0 * cross
+    return kid_to(Reference(a, wa), b, wb)
 
 
 def pairwise_min(query: np.ndarray, ref: np.ndarray, exclude_self: bool = False, k: int = 1, chunk: int = 1024
@@ -136,8 +196,7 @@ def coverage_share(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, w
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, w_real: np.ndarray | None = None,
                      w_fake: np.ndarray | None = None) -> tuple[float, float]:
     """Improved precision and recall of ``fake`` against ``real`` (weighted shares)."""
-    r_real, r_fake = knn_radii(real, k), knn_radii(fake, k)
-    return coverage_share(fake, real, r_real, w_fake), coverage_share(real, fake, r_fake, w_real)
+    return precision_recall_to(Reference(real, w_real), fake, k, w_fake)
 
 
 def pixelate(images: np.ndarray, factor: int) -> np.ndarray:
