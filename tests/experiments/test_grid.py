@@ -236,6 +236,8 @@ def test_bad_extends_is_named(tmp_path: Path, extends: object, message: str) -> 
     ("cpu-regularise", ["drop_path_02-0-64d0dfab", "drop_path_02-1-8bd1cd37", "drop_path_02-2-8c09a07f",
                         "weight_decay_025-0-1302bdfe", "weight_decay_025-1-841f80ef", "weight_decay_025-2-24450850"]),
     ("cpu-freeze-bn", ["freeze_bn-0-dda260b5", "freeze_bn-1-a05e9f51", "freeze_bn-2-a7c0f666"]),
+    ("cpu-optimiser", ["cosine-0-ef5476fa", "cosine-1-2d7b3fb1", "cosine-2-fac01759",
+                       "sgd-0-a1cf9589", "sgd-1-b6d0b881", "sgd-2-888a8cab"]),
 ])
 def test_shipped_cv_grids_keep_the_run_ids_of_their_reported_runs(grid: str, run_ids: list[str]) -> None:
     assert sorted(r.run_id for r in expand(*load_grid(REPO / "configs" / "grids" / f"{grid}.yaml"))) == run_ids
