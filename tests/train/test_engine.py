@@ -73,6 +73,7 @@ def test_fit_writes_a_complete_run_directory(finished: Path) -> None:
     csv = pd.read_csv(finished / "history.csv")
     assert list(csv["epoch"]) == [0, 1]
     assert {"train_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_auc", "lr"} <= set(csv.columns)
+    assert (csv["train_grad_norm"] > 0).all() and csv["train_clipped"].isna().all()  # no clip set: no share
 
 
 def test_saved_weights_are_the_best_epochs_and_reload(finished: Path) -> None:

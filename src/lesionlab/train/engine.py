@@ -255,6 +255,7 @@ def _train_and_validate(state: H.TrainState, loader: torch.utils.data.DataLoader
     state.metrics = selection_metrics(val_labels, proba)
     state.row = {"epoch": epoch, "train_loss": stats["loss"], "train_steps": stats["steps"],
                  "train_samples": stats["samples"] * ctx.world_size,
+                 "train_grad_norm": stats["grad_norm"], "train_clipped": stats["clipped"],
                  **{f"val_{k}": v for k, v in state.metrics.items()}, "lr": state.optimizer.param_groups[0]["lr"],
                  "seconds": time.perf_counter() - t0, "train_images_per_s": stats["images_per_s"] * ctx.world_size,
                  "backbone_frozen": state.backbone_frozen}

@@ -8,6 +8,7 @@ same loop trains a whole :class:`~lesionlab.models.LesionModel`, a head on cache
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from collections.abc import Callable
@@ -141,13 +142,18 @@ def train_one_epoch(model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer
                     precision: Precision, scheduler: Any = None, grad_clip: float | None = None,
                     max_batches: int | None = None, progress: bool = True, desc: str = "train",
                     on_step: Callable[[], None] | None = None,
-                    mix: Callable[[torch.Tensor, torch.Tensor | None], Mixed] | None = None) -> dict[str, float]:
+                    mix: Callable[[torch.Tensor, torch.Tensor | None], Mixed] | None = None) -> dict[str, Any]:
     """One pass over ``loader`` (the caller sets train mode); returns mean loss, samples, seconds and images/s.
+
+    Also the mean global gradient norm before clipping (``grad_norm``, unscaled where a loss scaler is used) and,
+    with ``grad_clip``, the share of steps whose norm exceeded it (``clipped``): whether a clip binds, and an
+    exploding or vanishing gradient, can then be read from the run's history.
 
     ``on_step`` is called after every optimizer step (the weight average's update); ``mix`` mixes each batch
     (MixUp/CutMix, :mod:`lesionlab.train.mixing`) before the forward pass."""
     loss_fn = loss_fn.to(precision.device)
     total, count, steps = 0.0, 0, 0
+    norms: list[float] = []
     n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
     bar = tqdm(total=n_batches, desc=desc, leave=False, disable=not progress, unit="batch", dynamic_ncols=True)
     start = time.perf_counter()
@@ -170,13 +176,17 @@ def train_one_epoch(model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer
                 precision.scaler.scale(loss).backward()
                 if grad_clip:
                     precision.scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    norms.append(float(nn.utils.clip_grad_norm_(model.parameters(), grad_clip)))
+                else:
+                    norms.append(_grad_norm(model) / precision.scaler.get_scale())
                 precision.scaler.step(optimizer)
                 precision.scaler.update()
             else:
                 loss.backward()
                 if grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    norms.append(float(nn.utils.clip_grad_norm_(model.parameters(), grad_clip)))
+                else:
+                    norms.append(_grad_norm(model))
                 optimizer.step()
             if scheduler is not None:
                 scheduler.step()
@@ -190,8 +200,17 @@ def train_one_epoch(model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer
     finally:
         bar.close()
     seconds = time.perf_counter() - start
+    finite = [n for n in norms if math.isfinite(n)]
     return {"loss": total / max(count, 1), "samples": count, "steps": steps, "seconds": seconds,
-            "images_per_s": count / seconds if seconds > 0 else float("nan")}
+            "images_per_s": count / seconds if seconds > 0 else float("nan"),
+            "grad_norm": sum(finite) / len(finite) if finite else float("nan"),
+            "clipped": sum(n > grad_clip for n in norms) / len(norms) if grad_clip and norms else None}
+
+
+def _grad_norm(model: nn.Module) -> float:
+    """The global L2 norm of the gradients (what ``clip_grad_norm_`` would compare with its limit)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return float(nn.utils.get_total_norm(grads)) if grads else 0.0
 
 
 @torch.inference_mode()
