@@ -172,21 +172,21 @@ def train_one_epoch(model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer
                 raise TrainError(f"training loss became {loss.item()} at step {steps} of {desc}; lower "
                                          "train.lr or turn off reduced precision (train.bf16 / train.amp)")
             optimizer.zero_grad(set_to_none=True)
-            if precision.scaler is not None:
-                precision.scaler.scale(loss).backward()
+            scaler = precision.scaler
+            if scaler is not None:
+                scaler.scale(loss).backward()
                 if grad_clip:
-                    precision.scaler.unscale_(optimizer)
-                    norms.append(float(nn.utils.clip_grad_norm_(model.parameters(), grad_clip)))
-                else:
-                    norms.append(_grad_norm(model) / precision.scaler.get_scale())
-                precision.scaler.step(optimizer)
-                precision.scaler.update()
+                    scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
             else:
                 loss.backward()
-                if grad_clip:
-                    norms.append(float(nn.utils.clip_grad_norm_(model.parameters(), grad_clip)))
-                else:
-                    norms.append(_grad_norm(model))
+            if grad_clip:
+                norms.append(float(nn.utils.clip_grad_norm_(model.parameters(), grad_clip)))
+            else:
+                norms.append(_grad_norm(model) / (scaler.get_scale() if scaler is not None else 1.0))
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
                 optimizer.step()
             if scheduler is not None:
                 scheduler.step()
