@@ -147,6 +147,13 @@ class TrainConfig(Strict):
     # answer for a nevus is a rare class; kept to reproduce runs made before this option existed.
     smoothing_weights: Literal["target", "class"] = "target"
     sampler: Literal["none", "balanced"] = "none"
+    # Logit-adjusted loss (Menon et al., ICLR 2021): the loss is taken on logits + tau * log(effective training prior),
+    # so the model's own outputs learn that prior raised to 1 - tau (tau 1: every class alike). 0 = off. The prior is
+    # the one class weights and sampler give (lesionlab.core.priors.training_prior), which the balanced rule reads.
+    logit_adjust: float = Field(0.0, ge=0.0, le=1.0)
+    # Layer-wise learning-rate decay: the backbone's stages (timm's coarse layer groups, stem lowest) train at
+    # lr * decay ** (layers above them), the head and fusion at lr. None = one learning rate for all.
+    layer_decay: float | None = Field(None, gt=0.0, le=1.0)
     monitor: str = "balanced_accuracy"
     patience: int | None = 10
     min_delta: float = 0.0
@@ -221,6 +228,8 @@ def _smoothing_weights_moot(section: dict[str, Any]) -> bool:
 INACTIVE_WHEN_OFF: tuple[tuple[str, Callable[[dict[str, Any]], bool], tuple[str, ...]], ...] = (
     ("augment", _mixing_off, ("mixup", "cutmix", "mix_p", "mix_switch_p")),
     ("train", _smoothing_weights_moot, ("smoothing_weights",)),
+    ("train", lambda s: not s.get("logit_adjust"), ("logit_adjust",)),
+    ("train", lambda s: s.get("layer_decay") is None, ("layer_decay",)),
 )
 
 

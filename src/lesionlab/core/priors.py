@@ -42,17 +42,29 @@ def class_weights(counts: Sequence[int] | np.ndarray, kind: str) -> np.ndarray |
     return w
 
 
-def training_prior(counts: Sequence[int] | np.ndarray, weights: str = "none", sampler: str = "none") -> np.ndarray:
-    """The effective class prior a run was trained under (sums to 1; see the module docstring)."""
+def training_prior(counts: Sequence[int] | np.ndarray, weights: str = "none", sampler: str = "none",
+                   logit_adjust: float = 0.0) -> np.ndarray:
+    """The effective class prior a run was trained under (sums to 1; see the module docstring).
+
+    A logit-adjusted loss with strength ``tau`` (:class:`lesionlab.train.pieces.LogitAdjustedLoss`) leaves the
+    model's outputs under the prior the data, weights and sampler give raised to ``1 - tau``.
+    """
     c = np.asarray(counts, dtype=np.float64)
     if c.ndim != 1 or (c < 0).any() or c.sum() <= 0:
         raise PriorError(f"training class counts must be non-negative with a positive total, got {c.tolist()}")
+    if not 0.0 <= logit_adjust <= 1.0:
+        raise PriorError(f"logit_adjust must be in [0, 1], got {logit_adjust}")
     if sampler == "balanced":
         prior = (c > 0).astype(np.float64)
     else:
         w = class_weights(c, weights)
         prior = c if w is None else c * w
-    return prior / prior.sum()
+    prior = prior / prior.sum()
+    if logit_adjust:
+        present = prior > 0
+        prior[present] = prior[present] ** (1.0 - float(logit_adjust))
+        prior /= prior.sum()
+    return prior
 
 
 def prior_corrected(proba: np.ndarray, prior: Sequence[float] | np.ndarray, strength: float = 1.0) -> np.ndarray:

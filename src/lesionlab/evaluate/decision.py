@@ -33,9 +33,11 @@ def run_training_prior(run: Run) -> tuple[np.ndarray | None, str]:
     if not isinstance(counts, dict) or not counts:
         return None, "run.json has no training class counts (data.train_class_counts)"
     tc = run.config.train
-    prior = training_prior([int(counts.get(c, 0)) for c in run.classes], tc.class_weights, tc.sampler)
+    prior = training_prior([int(counts.get(c, 0)) for c in run.classes], tc.class_weights, tc.sampler,
+                           tc.logit_adjust)
     return prior, (f"training class counts x {tc.class_weights} class weights"
-                   + (" (class-balanced sampler: uniform)" if tc.sampler == "balanced" else ""))
+                   + (" (class-balanced sampler: uniform)" if tc.sampler == "balanced" else "")
+                   + (f", raised to 1 - {tc.logit_adjust:g} by the logit-adjusted loss" if tc.logit_adjust else ""))
 
 
 def rule_scores(y: np.ndarray, pred: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:

@@ -31,14 +31,17 @@ from lesionlab.train.pieces import TrainError
 
 #: run.json fields every member must share (what the network is fed with, and what it was trained on).
 SHARED = (("preprocessing",), ("metadata_encoder",), ("split", "hash"), ("config", "train", "tta"),
-          ("config", "train", "tta_views"), ("config", "train", "class_weights"), ("config", "train", "sampler"))
+          ("config", "train", "tta_views"), ("config", "train", "class_weights"), ("config", "train", "sampler"),
+          ("config", "train", "logit_adjust"))
+#: What a field missing from an older run.json meant (the setting did not exist yet).
+MISSING_MEANS: dict[tuple[str, ...], Any] = {("config", "train", "logit_adjust"): 0.0}
 
 
 def _field(info: dict[str, Any], path: Sequence[str]) -> Any:
     node: Any = info
     for key in path:
         node = node.get(key) if isinstance(node, dict) else None
-    return node
+    return MISSING_MEANS.get(tuple(path)) if node is None else node
 
 
 def make_ensemble(runs: Sequence[str | Path], out_dir: str | Path) -> Path:
@@ -55,7 +58,7 @@ def make_ensemble(runs: Sequence[str | Path], out_dir: str | Path) -> Path:
             if _field(info, key) != _field(infos[0], key):
                 raise TrainError(f"{path}: {'.'.join(key)} differs from {paths[0]}'s; the members of an ensemble "
                                  "must share preprocessing, metadata encoder, test-time views, training split and "
-                                 "class weighting")
+                                 "class weighting (weights, sampler, logit adjustment)")
     state = {}
     for i, path in enumerate(paths):
         state.update({f"members.{i}.{k}": v for k, v in read_weights(path / WEIGHTS_FILE).items()})

@@ -21,7 +21,7 @@ from lesionlab.classes import NUM_CLASSES
 from lesionlab.config import TrainConfig
 from lesionlab.core.errors import LesionlabError
 from lesionlab.core.metrics import compute_metrics
-from lesionlab.core.priors import class_weights
+from lesionlab.core.priors import class_weights, training_prior
 
 
 class TrainError(LesionlabError, ValueError):
@@ -88,13 +88,41 @@ class SampleWeightedCrossEntropy(nn.Module):
         return (per_sample * w).sum() / w.sum()
 
 
+class LogitAdjustedLoss(nn.Module):
+    """``base(logits + tau * log(prior), target)``: the logit-adjusted loss of Menon et al. (ICLR 2021).
+
+    The loss is minimised when the adjusted logits give ``p(c | x)`` under the training prior, so the model's own
+    logits give it under ``prior ** (1 - tau)``: with ``tau`` 1 every class is alike and the arg-max aims at balanced
+    accuracy, without weighting any sample more than another. A class absent from training gets no offset (its
+    log-prior is undefined; it is never a target).
+    """
+
+    offset: torch.Tensor
+
+    def __init__(self, base: nn.Module, prior: Sequence[float] | np.ndarray, tau: float) -> None:
+        super().__init__()
+        pi = np.asarray(prior, dtype=np.float64)
+        offset = np.zeros_like(pi)
+        offset[pi > 0] = float(tau) * np.log(pi[pi > 0])
+        self.base = base
+        self.register_buffer("offset", torch.as_tensor(offset, dtype=torch.float32))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.base(logits + self.offset.to(logits.dtype), target)
+
+
 def make_loss(cfg: TrainConfig, counts: Sequence[int] | np.ndarray) -> nn.Module:
-    """Cross-entropy with optional class weights and label smoothing (combined as ``train.smoothing_weights`` says)."""
+    """Cross-entropy with optional class weights and label smoothing (combined as ``train.smoothing_weights`` says),
+    logit-adjusted by the prior these give when ``train.logit_adjust`` > 0."""
     w = class_weights(counts, cfg.class_weights)
     weight = torch.as_tensor(w, dtype=torch.float32) if w is not None else None
     if cfg.smoothing_weights == "class":
-        return nn.CrossEntropyLoss(weight=weight, label_smoothing=float(cfg.label_smoothing))
-    return SampleWeightedCrossEntropy(weight, cfg.label_smoothing)
+        loss: nn.Module = nn.CrossEntropyLoss(weight=weight, label_smoothing=float(cfg.label_smoothing))
+    else:
+        loss = SampleWeightedCrossEntropy(weight, cfg.label_smoothing)
+    if cfg.logit_adjust:
+        loss = LogitAdjustedLoss(loss, training_prior(counts, cfg.class_weights, cfg.sampler), cfg.logit_adjust)
+    return loss
 
 
 def sample_weights(labels: Sequence[int] | np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -125,6 +153,38 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return groups
 
 
+def layer_depths(model: nn.Module) -> tuple[dict[str, int], int]:
+    """Each parameter's layer index (the backbone's stem 0, then timm's coarse stages upwards; everything outside the
+    backbone, i.e. head and fusion, on top) and the top index."""
+    from timm.models import group_parameters
+
+    backbone = getattr(model, "backbone", None)
+    if backbone is None or not hasattr(backbone, "group_matcher"):
+        raise TrainError("train.layer_decay needs a model whose backbone defines timm's layer groups (group_matcher); "
+                         f"{type(model).__name__} has no such backbone")
+    backbone_ids = group_parameters(backbone, backbone.group_matcher(coarse=True), reverse=True)
+    top = max(backbone_ids.values(), default=-1) + 1
+    return {name: (backbone_ids.get(name.removeprefix("backbone."), top) if name.startswith("backbone.") else top)
+            for name, _ in model.named_parameters()}, top
+
+
+def layer_decay_groups(model: nn.Module, weight_decay: float, lr: float, decay: float) -> list[dict[str, Any]]:
+    """:func:`param_groups` split by depth: layer ``i`` of ``top`` trains at ``lr * decay ** (top - i)``.
+
+    Every parameter is registered, frozen or not (as :func:`make_optimizer` needs). Each group keeps its factor as
+    ``lr_scale`` (as timm's groups do), from which :func:`make_scheduler` sets its one-cycle peak.
+    """
+    depths, top = layer_depths(model)
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        depth, no_decay = depths[name], p.ndim <= 1
+        scale = decay ** (top - depth)
+        group = groups.setdefault((depth, no_decay), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                                                      "lr": lr * scale, "lr_scale": scale})
+        group["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
 def make_optimizer(cfg: TrainConfig, params: nn.Module | Iterable[torch.nn.Parameter], *,
                    fused: bool | None = None) -> torch.optim.Optimizer:
     """Adam (the DermaMNIST study's default, lr 1e-4), AdamW or SGD with Nesterov momentum.
@@ -135,7 +195,12 @@ def make_optimizer(cfg: TrainConfig, params: nn.Module | Iterable[torch.nn.Param
     a Python loop over ~150 tensors, 3% of a Lite0 training step on CPU (docs/BENCHMARKS.md); ``fused=False`` gives
     PyTorch's default implementation.
     """
-    groups = param_groups(params, cfg.weight_decay) if isinstance(params, nn.Module) else list(params)
+    if cfg.layer_decay is not None:
+        if not isinstance(params, nn.Module):
+            raise TrainError("train.layer_decay needs the model (its layers), not a list of parameters")
+        groups = layer_decay_groups(params, cfg.weight_decay, cfg.lr, cfg.layer_decay)
+    else:
+        groups = param_groups(params, cfg.weight_decay) if isinstance(params, nn.Module) else list(params)
     if fused is None:
         tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
         fused = bool(tensors) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in tensors)
@@ -155,7 +220,8 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per
     if cfg.schedule == "none":
         return None
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
+        peaks = [cfg.lr * g.get("lr_scale", 1.0) for g in optimizer.param_groups]  # lr_scale: layer decay
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total,
                                                    pct_start=cfg.warmup_fraction)
     if cfg.schedule == "cosine":
         warm = round(cfg.warmup_fraction * total)
