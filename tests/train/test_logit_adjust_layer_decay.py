@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
-from lesionlab.config import ModelConfig, RunConfig, TrainConfig, computation_dict
+from lesionlab.config import ModelConfig, RunConfig, TrainConfig, computation_dict, load_config
 from lesionlab.core.priors import PriorError, training_prior
 from lesionlab.models import create_model
+from lesionlab.runs import WEIGHTS_FILE, load_run
+from lesionlab.train import fit
 from lesionlab.train.ensemble import _field
 from lesionlab.train.pieces import (
     LogitAdjustedLoss,
@@ -119,3 +125,36 @@ def test_an_ensemble_reads_a_missing_logit_adjust_as_off() -> None:
     key = ("config", "train", "logit_adjust")
     assert _field({"config": {"train": {}}}, key) == 0.0
     assert _field({"config": {"train": {"logit_adjust": 1.0}}}, key) == 1.0
+
+
+class Killed(Exception):
+    """Stands in for a kill signal after an epoch's checkpoint was written."""
+
+
+def test_a_run_with_both_options_trains_and_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    # the per-layer groups and their one-cycle peaks must come back from the checkpoint as they were
+    over = ["data.source=synthetic", "data.synthetic_n=140", "data.image_size=32", "augment.enabled=false",
+            "model.name=test_efficientnet", "model.pretrained=false", "train.mode=scratch", "train.epochs=3",
+            "train.batch_size=16", "train.optimizer=adamw", "train.lr=0.003", "train.schedule=onecycle",
+            "train.channels_last=off", "train.layer_decay=0.7", "train.logit_adjust=1.0",
+            f"output_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny network: one thread is faster on 2 busy cores
+    try:
+        full = fit(load_config(None, [*over, "name=full"]), progress=False)
+
+        def kill_after_first_epoch(epoch: int, row: dict) -> None:
+            if epoch == 0:
+                raise Killed
+
+        cfg = load_config(None, [*over, "name=killed"])
+        with pytest.raises(Killed):
+            fit(cfg, progress=False, callbacks=[kill_after_first_epoch])
+        resumed = fit(cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    a, b = load_file(str(full / WEIGHTS_FILE)), load_file(str(resumed / WEIGHTS_FILE))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lrs = [row["lr"] for row in json.loads((full / "history.json").read_text())]
+    assert len(lrs) == 3 and len(set(lrs)) == 3  # the schedule ran
+    assert load_run(full).config.train.logit_adjust == 1.0

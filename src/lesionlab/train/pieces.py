@@ -193,7 +193,7 @@ def make_optimizer(cfg: TrainConfig, params: nn.Module | Iterable[torch.nn.Param
     unfreezing the backbone later needs no new optimizer (and resume restores one state). Adam and AdamW use
     PyTorch's fused kernel where every parameter allows it (``fused=None``): the same update in one pass instead of
     a Python loop over ~150 tensors, 3% of a Lite0 training step on CPU (docs/BENCHMARKS.md); ``fused=False`` gives
-    PyTorch's default implementation.
+    PyTorch's default implementation. With ``train.layer_decay`` the groups are :func:`layer_decay_groups`.
     """
     if cfg.layer_decay is not None:
         if not isinstance(params, nn.Module):
