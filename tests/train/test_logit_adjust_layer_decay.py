@@ -17,7 +17,7 @@ from lesionlab.core.priors import PriorError, training_prior
 from lesionlab.models import create_model
 from lesionlab.runs import WEIGHTS_FILE, load_run
 from lesionlab.train import fit
-from lesionlab.train.ensemble import _field
+from lesionlab.train.ensemble import _shared
 from lesionlab.train.pieces import (
     LogitAdjustedLoss,
     TrainError,
@@ -121,10 +121,10 @@ def test_the_options_change_run_ids_only_when_on() -> None:
     assert on["train"]["logit_adjust"] == 1.0 and on["train"]["layer_decay"] == 0.8
 
 
-def test_an_ensemble_reads_a_missing_logit_adjust_as_off() -> None:
-    key = ("config", "train", "logit_adjust")
-    assert _field({"config": {"train": {}}}, key) == 0.0
-    assert _field({"config": {"train": {"logit_adjust": 1.0}}}, key) == 1.0
+def test_an_ensemble_reads_a_missing_logit_adjust_as_off(tmp_path: Path) -> None:
+    key = "config.train.logit_adjust"
+    assert _shared({"config": {"train": {}}}, tmp_path)[key] == 0.0
+    assert _shared({"config": {"train": {"logit_adjust": 1.0}}}, tmp_path)[key] == 1.0
 
 
 class Killed(Exception):

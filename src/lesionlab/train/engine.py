@@ -256,7 +256,8 @@ def _train_and_validate(state: H.TrainState, loader: torch.utils.data.DataLoader
     state.row = {"epoch": epoch, "train_loss": stats["loss"], "train_steps": stats["steps"],
                  "train_samples": stats["samples"] * ctx.world_size,
                  "train_grad_norm": stats["grad_norm"], "train_clipped": stats["clipped"],
-                 **{f"val_{k}": v for k, v in state.metrics.items()}, "lr": state.optimizer.param_groups[0]["lr"],
+                 **{f"val_{k}": v for k, v in state.metrics.items()},
+                 "lr": max(g["lr"] for g in state.optimizer.param_groups),  # the head's rate under train.layer_decay
                  "seconds": time.perf_counter() - t0, "train_images_per_s": stats["images_per_s"] * ctx.world_size,
                  "backbone_frozen": state.backbone_frozen}
     state.history.append(state.row)

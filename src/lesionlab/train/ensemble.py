@@ -15,11 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lesionlab.config import RunConfig, build_config, with_legacy_defaults
 from lesionlab.core.io import file_sha256
 from lesionlab.core.version import __version__
 from lesionlab.runs import (
     CONFIG_FILE,
     FORMAT_VERSION,
+    INFO_FILE,
     WEIGHTS_FILE,
     atomic_save_state_dict,
     atomic_write_text,
@@ -30,18 +32,27 @@ from lesionlab.runs import (
 from lesionlab.train.pieces import TrainError
 
 #: run.json fields every member must share (what the network is fed with, and what it was trained on).
-SHARED = (("preprocessing",), ("metadata_encoder",), ("split", "hash"), ("config", "train", "tta"),
-          ("config", "train", "tta_views"), ("config", "train", "class_weights"), ("config", "train", "sampler"),
-          ("config", "train", "logit_adjust"))
-#: What a field missing from an older run.json meant (the setting did not exist yet).
-MISSING_MEANS: dict[tuple[str, ...], Any] = {("config", "train", "logit_adjust"): 0.0}
+SHARED = (("preprocessing",), ("metadata_encoder",), ("split", "hash"))
+#: Training settings every member must share (test-time views, and the prior the balanced rule divides by); read from
+#: each member's resolved config, so that a key an older run.json lacks counts as the value it meant then.
+SHARED_TRAIN = ("tta", "tta_views", "class_weights", "sampler", "logit_adjust")
 
 
 def _field(info: dict[str, Any], path: Sequence[str]) -> Any:
     node: Any = info
     for key in path:
         node = node.get(key) if isinstance(node, dict) else None
-    return MISSING_MEANS.get(tuple(path)) if node is None else node
+    return node
+
+
+def _shared(info: dict[str, Any], where: Path) -> dict[str, Any]:
+    """The fields of ``info`` that every member must share, by dotted name."""
+    try:
+        train = build_config(RunConfig, with_legacy_defaults(info.get("config")), where=f"{where / INFO_FILE} (config)")
+    except ValueError as err:
+        raise TrainError(str(err)) from None
+    return {**{".".join(key): _field(info, key) for key in SHARED},
+            **{f"config.train.{key}": getattr(train.train, key) for key in SHARED_TRAIN}}
 
 
 def make_ensemble(runs: Sequence[str | Path], out_dir: str | Path) -> Path:
@@ -53,12 +64,13 @@ def make_ensemble(runs: Sequence[str | Path], out_dir: str | Path) -> Path:
     if out.resolve() in {p.resolve() for p in paths}:
         raise TrainError(f"{out}: the ensemble cannot be written into one of its members")
     infos = [read_info(p) for p in paths]
+    first_shared = _shared(infos[0], paths[0])
     for path, info in zip(paths[1:], infos[1:], strict=True):
-        for key in SHARED:
-            if _field(info, key) != _field(infos[0], key):
-                raise TrainError(f"{path}: {'.'.join(key)} differs from {paths[0]}'s; the members of an ensemble "
-                                 "must share preprocessing, metadata encoder, test-time views, training split and "
-                                 "class weighting (weights, sampler, logit adjustment)")
+        for key, value in _shared(info, path).items():
+            if value != first_shared[key]:
+                raise TrainError(f"{path}: {key} differs from {paths[0]}'s; the members of an ensemble must share "
+                                 "preprocessing, metadata encoder, test-time views, training split and class "
+                                 "weighting (weights, sampler, logit adjustment)")
     state = {}
     for i, path in enumerate(paths):
         state.update({f"members.{i}.{k}": v for k, v in read_weights(path / WEIGHTS_FILE).items()})

@@ -142,11 +142,16 @@ def make_sampler(cfg: TrainConfig, labels: Sequence[int] | np.ndarray, generator
                                                   generator=generator)
 
 
+def _no_weight_decay(p: torch.nn.Parameter) -> bool:
+    """Biases and normalisation parameters (1-D tensors) are left out of weight decay, as usual."""
+    return p.ndim <= 1
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay weights only: biases and normalisation parameters (1-D tensors) are left alone, as usual."""
+    """Decay weights only (:func:`_no_weight_decay`)."""
     decay, no_decay = [], []
     for _, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
+        (no_decay if _no_weight_decay(p) else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -177,7 +182,7 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, lr: float, decay: 
     depths, top = layer_depths(model)
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
-        depth, no_decay = depths[name], p.ndim <= 1
+        depth, no_decay = depths[name], _no_weight_decay(p)
         scale = decay ** (top - depth)
         group = groups.setdefault((depth, no_decay), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
                                                       "lr": lr * scale, "lr_scale": scale})
