@@ -205,3 +205,47 @@ def test_dihedral_test_time_views(run_dir: Path, tmp_path: Path, capsys: pytest.
     # the temperature in run.json belongs to the run's own views: refitting it on others would mis-calibrate serving
     assert main(["evaluate", str(run_dir), "--tta-views", "dihedral", "--calibrate", "--out", str(out)]) == 1
     assert "run's own test-time views (flips)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, shown", [
+    ("image_size=48", "image_size=48x48 (the run's: 32x32)"),
+    ("data.image_size=48", "image_size=48x48 (the run's: 32x32)"),
+    ("resize=aspect", "resize=aspect (the run's: square)"),
+    ("colour_constancy=shades_of_gray", "colour_constancy=shades_of_gray (the run's: none)"),
+])
+def test_preprocessing_override_is_refused_not_ignored(run_dir: Path, override: str, shown: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The run's saved preprocessing decides the inputs; a data override that would change it is an error."""
+    assert main(["evaluate", str(run_dir), override, "--out", str(run_dir / "eval-refused")]) == 1
+    err = capsys.readouterr().err
+    assert "the overrides change the run's preprocessing" in err and shown in err and "run.json" in err
+    assert not (run_dir / "eval-refused").exists()
+
+
+def test_config_naming_another_input_size_is_refused(run_dir: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "other.yaml"
+    config.write_text("data:\n  source: synthetic\n  split: lesion\n  synthetic_n: 140\n  image_size: 64\n")
+    assert main(["evaluate", str(run_dir), "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert f"{config} (data) change the run's preprocessing" in err and "image_size=64x64 (the run's: 32x32)" in err
+
+
+@pytest.mark.parametrize("overrides, config_text", [
+    (["image_size=32", "split=lesion"], None),  # the run's own value: nothing changes
+    (["synthetic_seed=1"], None),  # not preprocessing
+    ([], "data:\n  source: synthetic\n  split: lesion\n  synthetic_n: 140\n"),  # a config that names no size
+])
+def test_data_changes_that_keep_the_preprocessing_are_accepted(run_dir: Path, tmp_path: Path, overrides: list[str],
+                                                               config_text: str | None) -> None:
+    import argparse
+
+    from lesionlab.evaluate.commands import _data_config
+
+    config = None
+    if config_text is not None:
+        config = tmp_path / "data.yaml"
+        config.write_text(config_text)
+    args = argparse.Namespace(run=run_dir, overrides=overrides, old_overrides=[], source=None, config=config)
+    cfg = _data_config(args)
+    assert cfg is not None and cfg.split == "lesion"

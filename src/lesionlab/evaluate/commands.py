@@ -102,13 +102,37 @@ def _data_config(args: argparse.Namespace) -> Any | None:
     overrides += [f"source={args.source}"] if args.source else []
     if args.config is None and not overrides:
         return None
+    run_data = (read_info(args.run).get("config") or {}).get("data", {})
     if args.config is not None:
         base = read_yaml(args.config).get("data", {})
         where = f"{args.config} (data)"
     else:
-        base = (read_info(args.run).get("config") or {}).get("data", {})
-        where = "run data config"
-    return build_config(DataConfig, apply_overrides(base, overrides, where="overrides"), where=where)
+        base, where = run_data, "run data config"
+    cfg = build_config(DataConfig, apply_overrides(base, overrides, where="overrides"), where=where)
+    given = {o.split("=", 1)[0].strip() for o in overrides} | (set(base) if args.config is not None else set())
+    _refuse_preprocessing_changes(cfg, build_config(DataConfig, run_data, where=f"{args.run}/run.json (config.data)"),
+                                  given, f"{args.config} (data)" if args.config is not None else "the overrides")
+    return cfg
+
+
+#: Data settings that are part of a run's preprocessing (run.json): the evaluation always uses the run's own.
+PREPROCESSING_KEYS = ("image_size", "resize", "colour_constancy", "colour_constancy_power")
+
+
+def _refuse_preprocessing_changes(cfg: Any, run_cfg: Any, given: set[str], where: str) -> None:
+    """A data setting the evaluation would not apply is an error, not silently ignored: the model is scored on the
+    inputs it was trained on (the preprocessing saved in run.json), whatever another config says. Only the keys a
+    user gave count (``given``); a default of a config file that does not name them is not a request."""
+    changed = [f"{key}={_plain(getattr(cfg, key))} (the run's: {_plain(getattr(run_cfg, key))})"
+               for key in PREPROCESSING_KEYS if key in given and getattr(cfg, key) != getattr(run_cfg, key)]
+    if changed:
+        raise UsageError(f"{where} change the run's preprocessing, which an evaluation does not: {'; '.join(changed)}. "
+                         "A run is scored with the preprocessing saved in its run.json; leave these keys out "
+                         "(or use a config whose data section matches the run's), or train a run with them")
+
+
+def _plain(value: Any) -> str:
+    return "x".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 
 
 def _console() -> Any:
