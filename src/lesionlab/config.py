@@ -151,6 +151,9 @@ class TrainConfig(Strict):
     # so the model's own outputs learn that prior raised to 1 - tau (tau 1: every class alike). 0 = off. The prior is
     # the one class weights and sampler give (lesionlab.core.priors.training_prior), which the balanced rule reads.
     logit_adjust: float = Field(0.0, ge=0.0, le=1.0)
+    # Focal loss (Lin et al., ICCV 2017): each sample's loss times (1 - p_true) ** gamma; 0 = plain cross-entropy.
+    # Its minimiser is not the posterior, so the balanced rule's prior correction is then an approximation.
+    focal_gamma: float = Field(0.0, ge=0.0)
     # Layer-wise learning-rate decay: the backbone's stages (timm's coarse layer groups, stem lowest) train at
     # lr * decay ** (layers above them), the head and fusion at lr. None = one learning rate for all.
     layer_decay: float | None = Field(None, gt=0.0, le=1.0)
@@ -229,6 +232,7 @@ INACTIVE_WHEN_OFF: tuple[tuple[str, Callable[[dict[str, Any]], bool], tuple[str,
     ("augment", _mixing_off, ("mixup", "cutmix", "mix_p", "mix_switch_p")),
     ("train", _smoothing_weights_moot, ("smoothing_weights",)),
     ("train", lambda s: not s.get("logit_adjust"), ("logit_adjust",)),
+    ("train", lambda s: not s.get("focal_gamma"), ("focal_gamma",)),
     ("train", lambda s: s.get("layer_decay") is None, ("layer_decay",)),
 )
 

@@ -37,7 +37,9 @@ def run_training_prior(run: Run) -> tuple[np.ndarray | None, str]:
                            tc.logit_adjust)
     return prior, (f"training class counts x {tc.class_weights} class weights"
                    + (" (class-balanced sampler: uniform)" if tc.sampler == "balanced" else "")
-                   + (f", raised to 1 - {tc.logit_adjust:g} by the logit-adjusted loss" if tc.logit_adjust else ""))
+                   + (f", raised to 1 - {tc.logit_adjust:g} by the logit-adjusted loss" if tc.logit_adjust else "")
+                   + (f"; approximate: a focal loss (gamma {tc.focal_gamma:g}) does not learn the posterior"
+                      if tc.focal_gamma else ""))
 
 
 def rule_scores(y: np.ndarray, pred: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from lesionlab.train.pieces import TrainError
 SHARED = (("preprocessing",), ("metadata_encoder",), ("split", "hash"))
 #: Training settings every member must share (test-time views, and the prior the balanced rule divides by); read from
 #: each member's resolved config, so that a key an older run.json lacks counts as the value it meant then.
-SHARED_TRAIN = ("tta", "tta_views", "class_weights", "sampler", "logit_adjust")
+SHARED_TRAIN = ("tta", "tta_views", "class_weights", "sampler", "logit_adjust", "focal_gamma")
 
 
 def _field(info: dict[str, Any], path: Sequence[str]) -> Any:

@@ -88,6 +88,42 @@ class SampleWeightedCrossEntropy(nn.Module):
         return (per_sample * w).sum() / w.sum()
 
 
+class FocalLoss(nn.Module):
+    """The focal loss of Lin et al. (ICCV 2017): each sample's (weighted, smoothed) cross-entropy times
+    ``(1 - p_t) ** gamma``, so that well-classified samples, mostly nevi here, count less than hard ones.
+
+    ``weighting`` is ``train.smoothing_weights``: ``class`` keeps torch's weighting of the smoothing term, ``target``
+    scales a sample's whole loss by its class weight; either way the loss is normalised by the summed weights of the
+    batch's targets, so that with ``gamma`` 0 it is exactly the cross-entropy the run would use without it.
+    """
+
+    weight: torch.Tensor | None
+
+    def __init__(self, gamma: float, weight: torch.Tensor | None = None, label_smoothing: float = 0.0,
+                 weighting: str = "target") -> None:
+        super().__init__()
+        if gamma < 0:
+            raise TrainError(f"train.focal_gamma must be at least 0, got {gamma}")
+        if weighting not in ("class", "target"):
+            raise TrainError(f"focal loss weighting must be class or target, got {weighting!r}")
+        self.gamma = float(gamma)
+        self.label_smoothing = float(label_smoothing)
+        self.weighting = weighting
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.to(logits.dtype)
+        w_t = torch.ones_like(target, dtype=logits.dtype) if weight is None else weight[target]
+        if self.weighting == "class":  # torch's per-sample terms already carry the class weights
+            per_sample = F.cross_entropy(logits, target, weight=weight, reduction="none",
+                                         label_smoothing=self.label_smoothing)
+        else:
+            per_sample = w_t * F.cross_entropy(logits, target, reduction="none", label_smoothing=self.label_smoothing)
+        p_t = torch.softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1).to(logits.dtype)
+        factor = (1.0 - p_t).clamp(min=0.0) ** self.gamma
+        return (factor * per_sample).sum() / w_t.sum()
+
+
 class LogitAdjustedLoss(nn.Module):
     """``base(logits + tau * log(prior), target)``: the logit-adjusted loss of Menon et al. (ICLR 2021).
 
@@ -113,11 +149,13 @@ class LogitAdjustedLoss(nn.Module):
 
 def make_loss(cfg: TrainConfig, counts: Sequence[int] | np.ndarray) -> nn.Module:
     """Cross-entropy with optional class weights and label smoothing (combined as ``train.smoothing_weights`` says),
-    logit-adjusted by the prior these give when ``train.logit_adjust`` > 0."""
+    focal when ``train.focal_gamma`` > 0, logit-adjusted by the prior these give when ``train.logit_adjust`` > 0."""
     w = class_weights(counts, cfg.class_weights)
     weight = torch.as_tensor(w, dtype=torch.float32) if w is not None else None
-    if cfg.smoothing_weights == "class":
-        loss: nn.Module = nn.CrossEntropyLoss(weight=weight, label_smoothing=float(cfg.label_smoothing))
+    if cfg.focal_gamma:
+        loss: nn.Module = FocalLoss(cfg.focal_gamma, weight, cfg.label_smoothing, cfg.smoothing_weights)
+    elif cfg.smoothing_weights == "class":
+        loss = nn.CrossEntropyLoss(weight=weight, label_smoothing=float(cfg.label_smoothing))
     else:
         loss = SampleWeightedCrossEntropy(weight, cfg.label_smoothing)
     if cfg.logit_adjust:
