@@ -241,6 +241,7 @@ def test_bad_extends_is_named(tmp_path: Path, extends: object, message: str) -> 
     ("cpu-grad-clip", ["grad_clip_1-0-8053f951", "grad_clip_1-1-a22a0186", "grad_clip_1-2-adcea4ce"]),
     ("cpu-loss-layers", ["layer_decay_08-0-2286cab6", "layer_decay_08-1-e8592108", "layer_decay_08-2-e2fda3f3",
                          "logit_adjust_05-0-ecd95b76", "logit_adjust_05-1-bbdd8b88", "logit_adjust_05-2-a8177a74"]),
+    ("cpu-focal", ["focal_2-0-6857d54a", "focal_2-1-083cf85f", "focal_2-2-5abfc144"]),
 ])
 def test_shipped_cv_grids_keep_the_run_ids_of_their_reported_runs(grid: str, run_ids: list[str]) -> None:
     assert sorted(r.run_id for r in expand(*load_grid(REPO / "configs" / "grids" / f"{grid}.yaml"))) == run_ids
