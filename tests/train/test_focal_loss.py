@@ -49,6 +49,15 @@ def test_easy_samples_count_less_than_hard_ones() -> None:
     assert ratio["easy"] < 1e-4 < 0.1 < ratio["hard"] < 1.0
 
 
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_a_certain_sample_gives_finite_gradients(gamma: float) -> None:
+    # a gamma under 1 has an infinite slope at p_true = 1; a sample the model is certain of must not poison the batch
+    logits = torch.tensor([[200.0, 0.0, 0.0], [0.3, 0.0, 0.0]], requires_grad=True)
+    loss = FocalLoss(gamma, label_smoothing=0.1)(logits, torch.tensor([0, 1]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all() and logits.grad[1].abs().sum() > 0
+
+
 def test_weights_normalise_as_torch_does() -> None:
     # the batch's summed target weights divide the loss, for both weightings
     weight = torch.tensor([1.0, 4.0, 1.0])

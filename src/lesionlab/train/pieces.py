@@ -119,9 +119,11 @@ class FocalLoss(nn.Module):
                                          label_smoothing=self.label_smoothing)
         else:
             per_sample = w_t * F.cross_entropy(logits, target, reduction="none", label_smoothing=self.label_smoothing)
-        p_t = torch.softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1).to(logits.dtype)
-        factor = (1.0 - p_t).clamp(min=0.0) ** self.gamma
-        return (factor * per_sample).sum() / w_t.sum()
+        # 1 - p_t from the log-probability (exact for confident samples); kept above 0 so that a gamma under 1, whose
+        # factor has an infinite slope at p_t = 1, never sends an infinite or NaN gradient through a certain sample
+        log_p_t = torch.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+        factor = (-torch.expm1(log_p_t)).clamp(min=1e-12) ** self.gamma
+        return (factor.to(per_sample.dtype) * per_sample).sum() / w_t.sum()
 
 
 class LogitAdjustedLoss(nn.Module):
