@@ -242,6 +242,7 @@ def test_bad_extends_is_named(tmp_path: Path, extends: object, message: str) -> 
     ("cpu-loss-layers", ["layer_decay_08-0-2286cab6", "layer_decay_08-1-e8592108", "layer_decay_08-2-e2fda3f3",
                          "logit_adjust_05-0-ecd95b76", "logit_adjust_05-1-bbdd8b88", "logit_adjust_05-2-a8177a74"]),
     ("cpu-focal", ["focal_2-0-6857d54a", "focal_2-1-083cf85f", "focal_2-2-5abfc144"]),
+    ("cpu-rotation", ["rotation_45-0-582bf1e5", "rotation_45-1-983b8d82", "rotation_45-2-069a8a05"]),
 ])
 def test_shipped_cv_grids_keep_the_run_ids_of_their_reported_runs(grid: str, run_ids: list[str]) -> None:
     assert sorted(r.run_id for r in expand(*load_grid(REPO / "configs" / "grids" / f"{grid}.yaml"))) == run_ids
