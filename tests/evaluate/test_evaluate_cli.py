@@ -205,6 +205,10 @@ def test_dihedral_test_time_views(run_dir: Path, tmp_path: Path, capsys: pytest.
     # the temperature in run.json belongs to the run's own views: refitting it on others would mis-calibrate serving
     assert main(["evaluate", str(run_dir), "--tta-views", "dihedral", "--calibrate", "--out", str(out)]) == 1
     assert "run's own test-time views (flips)" in capsys.readouterr().err
+    # views asked for with the views turned off would be silently unused
+    assert main(["evaluate", str(run_dir), "--tta-views", "dihedral", "--no-tta", "--out", str(tmp_path / "x")]) == 1
+    assert "--tta-views dihedral needs test-time views, which are off (--no-tta)" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("override, shown", [

@@ -287,6 +287,9 @@ def evaluate_run(run_dir: str | Path, data_cfg: DataConfig | None = None, split:
     scope = scope or ScopeOptions()
     if tta_views is not None:  # checked here, before any model work
         views_of(torch.zeros(1, 1, 2, 2), tta_views)
+        if not (run.tta if tta is None else tta):  # the views would be silently unused
+            raise UsageError(f"--tta-views {tta_views} needs test-time views, which are off "
+                             + ("(--no-tta)" if tta is not None else "for this run (its train.tta is off); add --tta"))
         if calibrate and tta_views != run.tta_views:
             raise UsageError(f"--calibrate stores a temperature in run.json for the run's own test-time views "
                              f"({run.tta_views}); fitting it on {tta_views} views would mis-calibrate the service")
