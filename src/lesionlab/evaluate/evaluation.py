@@ -285,9 +285,10 @@ def evaluate_run(run_dir: str | Path, data_cfg: DataConfig | None = None, split:
     run = load_run(run_dir, device=device)
     run_warnings = check_run_use(run.path, run.info, "evaluate", allow_unfinished, allow_synthetic)
     scope = scope or ScopeOptions()
+    use_tta = run.tta if tta is None else bool(tta)
     if tta_views is not None:  # checked here, before any model work
         views_of(torch.zeros(1, 1, 2, 2), tta_views)
-        if not (run.tta if tta is None else tta):  # the views would be silently unused
+        if not use_tta:  # the views would be silently unused
             raise UsageError(f"--tta-views {tta_views} needs test-time views, which are off "
                              + ("(--no-tta)" if tta is not None else "for this run (its train.tta is off); add --tta"))
         if calibrate and tta_views != run.tta_views:
@@ -299,7 +300,6 @@ def evaluate_run(run_dir: str | Path, data_cfg: DataConfig | None = None, split:
                                    Path(isic_images) if isic_images else None)
     eval_split = None if external else split
     rows = split_rows(source, eval_split)  # fail on an empty split before any model work
-    use_tta = run.tta if tta is None else bool(tta)
     extra: dict[str, Any] = {}
     if calibrate:
         own = not external and (data_cfg is None or data_cfg == run.config.data)
