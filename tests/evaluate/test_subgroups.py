@@ -13,9 +13,11 @@ from lesionlab.evaluate.subgroups import (
     age_band,
     balanced_accuracy_interval,
     card_summary,
+    patient_levels,
     permutation_test,
     report_tables,
     subgroup_analysis,
+    subgroup_cautions,
     summary_text,
     wilson,
 )
@@ -167,3 +169,81 @@ def test_subgroups_in_the_report(synth) -> None:
     assert any(k == "Subgroups" for k, _ in document.card)
     card = card_document(doc)
     assert card["subgroups"]["summary"].startswith(f"{len(doc['subgroups']['groups'])} subgroups")
+
+
+# -- cautions for one patient (what the service shows beside an answer)
+
+FLAGGED = {"groups": [  # in the analysis's order: sex, age band, site
+    {"attribute": "sex", "level": "unknown", "n": 12, "flagged": True, "p_holm": 0.02},
+    {"attribute": "age_band", "level": "75+", "n": 40, "flagged": True, "p_holm": 0.01, "balanced_accuracy": 0.41},
+    {"attribute": "site", "level": "back", "n": 300, "flagged": False, "p_holm": 0.9},
+    {"attribute": "site", "level": "lower extremity", "n": 182, "flagged": True, "p_holm": 0.0378,
+     "balanced_accuracy": 0.5, "group_balanced_accuracy_shared": 0.553, "rest_balanced_accuracy_shared": 0.814},
+]}
+
+
+@pytest.mark.parametrize(("age", "sex", "site", "expected"), [
+    (62, "male", "lower extremity", [("site", "lower extremity")]),
+    (80, "female", "lower extremity", [("age_band", "75+"), ("site", "lower extremity")]),
+    (80, None, "back", [("sex", "unknown"), ("age_band", "75+")]),  # not given is a subgroup of its own
+    (40, "female", "back", []),  # back is not flagged
+    (None, "male", None, []),
+])
+def test_cautions_match_the_patients_flagged_subgroups(age: object, sex: str | None, site: str | None,
+                                                       expected: list[tuple[str, str]]) -> None:
+    cautions = subgroup_cautions(FLAGGED, age, sex, site, "eval-test")
+    assert [(c["attribute"], c["level"]) for c in cautions] == expected
+    assert all(c["source"] == "eval-test" and c["message"].startswith("Less reliable for this patient")
+               for c in cautions)
+
+
+def test_caution_quotes_the_figures_that_flagged_it() -> None:
+    [site] = subgroup_cautions(FLAGGED, 50, "male", "lower extremity", "eval-test")
+    assert (site["n"], site["balanced_accuracy"], site["rest_balanced_accuracy"], site["p_holm"]) == (
+        182, 0.553, 0.814, 0.0378)  # the same-class figures the test compared, not the subgroup's own 0.5
+    assert site["message"] == ("Less reliable for this patient: in its evaluation (eval-test) the model was "
+                               "significantly less accurate for lesions on the lower extremity (balanced accuracy "
+                               "0.55, against 0.81 for the rest; 182 images; Holm-adjusted p 0.038). Weigh its "
+                               "answer accordingly.")
+    [age] = subgroup_cautions(FLAGGED, 90, "male", "back")  # an older card: no same-class figures
+    assert age["balanced_accuracy"] == 0.41 and age["rest_balanced_accuracy"] is None
+    assert "patients aged 75+ years (balanced accuracy 0.41; 40 images" in age["message"]
+    assert "in its evaluation the model" in age["message"]
+    [sex] = subgroup_cautions(FLAGGED, 50, None, "back")
+    assert "patients with no sex given (12 images; Holm-adjusted p 0.02)" in sex["message"]
+
+
+@pytest.mark.parametrize("block", [
+    None, [], "site=back", {}, {"groups": "x"}, {"groups": [None, 3, "g"]},
+    {"groups": [{"attribute": "site", "level": "back", "flagged": "true"}]},  # only a real True flags
+    {"groups": [{"attribute": 5, "level": "back", "flagged": True}]},
+])
+def test_cautions_skip_what_is_malformed(block: object) -> None:
+    assert subgroup_cautions(block, 50, "male", "back") == []
+
+
+def test_cautions_ignore_malformed_figures() -> None:
+    block = {"groups": [{"attribute": "site", "level": "back", "flagged": True, "n": "many", "p_holm": float("nan"),
+                         "group_balanced_accuracy_shared": True, "balanced_accuracy": None}]}
+    [c] = subgroup_cautions(block, 50, "male", "back")
+    assert (c["n"], c["p_holm"], c["balanced_accuracy"]) == (None, None, None)
+    assert c["message"].endswith("for lesions on the back. Weigh its answer accordingly.")
+
+
+def test_patient_levels_name_subgroups_as_the_analysis_does() -> None:
+    table, y, p = _evaluation()
+    block = subgroup_analysis(table, y, p, bootstrap=0, draws=2000)
+    levels = {(g["attribute"], g["level"]) for g in block["groups"]}
+    for row in table.itertuples():
+        assert set(patient_levels(row.age, row.sex, row.site).items()) <= levels
+    assert patient_levels(None, None, None) == {"sex": "unknown", "age_band": "unknown", "site": "unknown"}
+
+
+def test_the_model_card_carries_what_a_caution_quotes() -> None:
+    table, y, p = _evaluation()
+    block = subgroup_analysis(table, y, p, bootstrap=0, draws=4000)
+    acral = next(g for g in block["groups"] if g["level"] == "acral")
+    [from_card] = subgroup_cautions(card_summary(block), 50, "male", "acral", "eval-test")
+    assert from_card == subgroup_cautions(block, 50, "male", "acral", "eval-test")[0]
+    assert from_card["balanced_accuracy"] == acral["group_balanced_accuracy_shared"]
+    assert from_card["rest_balanced_accuracy"] == acral["rest_balanced_accuracy_shared"]

@@ -69,6 +69,25 @@ def gated_run(source: Path, root: Path, threshold: float, uncertainty: float | N
     return run_dir
 
 
+def flagged_card(run_dir: Path, site: str = "lower extremity") -> None:
+    """Give a run an evaluation's model card in which ``site`` is flagged, as `lesionlab evaluate` writes one."""
+    import json
+
+    groups = [{"attribute": "site", "level": "back", "n": 300, "flagged": False, "p_holm": 0.9},
+              {"attribute": "site", "level": site, "n": 182, "flagged": True, "p_holm": 0.0378,
+               "balanced_accuracy": 0.5, "group_balanced_accuracy_shared": 0.553,
+               "rest_balanced_accuracy_shared": 0.814}]
+    (run_dir / "eval-test").mkdir()
+    (run_dir / "eval-test" / "model_card.json").write_text(json.dumps(
+        {"subgroups": {"summary": f"flagged site={site}", "flagged": [f"site={site}"], "groups": groups}}))
+
+
+@pytest.fixture(scope="session")
+def flagged_card_factory() -> Callable[..., None]:
+    """:func:`flagged_card`, for tests of the subgroup cautions."""
+    return flagged_card
+
+
 @pytest.fixture(scope="session")
 def gated_run_factory() -> Callable[..., Path]:
     """:func:`gated_run`, for tests of the out-of-scope and uncertain states."""

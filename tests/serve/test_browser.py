@@ -142,6 +142,19 @@ def _background(png_bytes: bytes) -> tuple[int, int, int]:
     return tuple(int(v) for v in colours[counts.argmax()])
 
 
+def _page_with_photo(browser: Browser, base: str, tmp_path: Path, viewport: dict) -> tuple[Any, list[str]]:
+    """The clinician page, loaded, with a synthetic lesion chosen; and the list its script errors go to."""
+    page = browser.new_page(viewport=viewport)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(base + "/")
+    page.wait_for_function("document.querySelectorAll('#site option').length > 10")
+    photo = tmp_path / "photo.jpg"
+    synthetic_lesion((600, 450), seed=3).save(photo, quality=92)
+    page.get_by_test_id("file").set_input_files(str(photo))
+    return page, errors
+
+
 @pytest.mark.parametrize(("state", "threshold", "margin", "box_colour", "text"), [
     ("cannot-assess", -1.0, 0.0, (0xEC, 0xEF, 0xF1), "Cannot assess: this does not look like a dermoscopy image"),
     ("uncertain", 1e12, 2.0, (0xFF, 0xF6, 0xDC), "Uncertain: the model abstains"),
@@ -152,14 +165,7 @@ def test_out_of_scope_and_uncertain_states(browser: Browser, image_run: Path, ga
                                            text: str) -> None:
     run_dir = gated_run_factory(image_run, tmp_path, threshold, margin)
     with serve_in_thread(create_app(load_run(run_dir), ServeSettings(warmup=False))) as base:
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(base + "/")
-        page.wait_for_function("document.querySelectorAll('#site option').length > 10")
-        photo = tmp_path / "photo.jpg"
-        synthetic_lesion((600, 450), seed=3).save(photo, quality=92)
-        page.get_by_test_id("file").set_input_files(str(photo))
+        page, errors = _page_with_photo(browser, base, tmp_path, {"width": 1280, "height": 900})
         page.get_by_test_id("submit").click()
         page.get_by_test_id("result").wait_for(state="visible", timeout=60_000)
         box = page.get_by_test_id("assessment")
@@ -174,6 +180,37 @@ def test_out_of_scope_and_uncertain_states(browser: Browser, image_run: Path, ga
         else:  # abstaining still shows the probabilities and the referral flag
             assert page.get_by_test_id("referral").is_visible() and page.locator("#bars li").count() == 7
         assert page.get_by_test_id("warnings").is_hidden() and errors == []
+        page.close()
+
+
+@pytest.mark.parametrize(("threshold", "shown"), [(1e12, True), (-1.0, False)])
+def test_a_flagged_subgroup_shows_a_caution_beside_a_verdict(browser: Browser, image_run: Path, tmp_path: Path,
+                                                              gated_run_factory: Callable[..., Any],
+                                                              flagged_card_factory: Callable[..., None],
+                                                              serve_in_thread: Callable[..., Any], threshold: float,
+                                                              shown: bool) -> None:
+    run_dir = gated_run_factory(image_run, tmp_path, threshold)  # 1e12: assessed; -1: cannot assess, no verdict
+    flagged_card_factory(run_dir)
+    with serve_in_thread(create_app(load_run(run_dir), ServeSettings(warmup=False))) as base:
+        page, errors = _page_with_photo(browser, base, tmp_path, {"width": 390, "height": 844})
+        cautions = page.get_by_test_id("cautions")
+        for site, flagged in (("lower extremity", True), ("back", False), ("lower extremity", True)):
+            page.get_by_test_id("site").select_option(site)
+            with page.expect_response("**/v1/predict"):
+                page.get_by_test_id("submit").click()
+            page.get_by_test_id("result").wait_for(state="visible", timeout=60_000)
+            page.wait_for_function("!document.getElementById('submit').disabled")
+            assert cautions.is_visible() == (flagged and shown)
+        if shown:
+            assert "Less reliable for this patient" in cautions.inner_text()
+            assert "lesions on the lower extremity (balanced accuracy 0.55" in cautions.inner_text()
+            shot = cautions.screenshot(path=str(_shots(tmp_path) / "serve-caution-box.png"))
+            assert _background(shot) == (0xFF, 0xF6, 0xDC)  # amber, as the uncertain state
+            referral = page.get_by_test_id("referral").bounding_box()
+            assert cautions.bounding_box()["y"] < referral["y"]  # read before the referral line
+        else:
+            assert page.get_by_test_id("assessment").is_visible() and page.get_by_test_id("referral").is_hidden()
+        assert errors == []
         page.close()
 
 

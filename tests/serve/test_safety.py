@@ -23,6 +23,7 @@ from lesionlab.runs import RunError, load_run, update_run_info
 from lesionlab.serve.app import UploadGuard, create_app
 from lesionlab.serve.decode import decode_upload
 from lesionlab.serve.errors import ServeError
+from lesionlab.serve.predict_cli import input_table, predict_table
 from lesionlab.serve.samples import jpeg_bytes, synthetic_lesion
 from lesionlab.serve.schemas import PredictResponse
 from lesionlab.serve.service import Patient, Predictor, Timer
@@ -94,6 +95,34 @@ def test_unfinished_and_synthetic_runs_are_refused_unless_allowed(image_run: Pat
         card = client.get("/v1/model").json()
     assert any("not fit for clinical use" in w for w in body["warnings"])
     assert body["warnings"] == card["warnings"] == body["model"]["warnings"]
+
+
+def test_a_patient_in_a_flagged_subgroup_gets_a_caution(runs: dict[str, Path], tmp_path: Path,
+                                                        flagged_card_factory: Callable[..., None]) -> None:
+    image = jpeg_bytes(synthetic_lesion((120, 90), seed=5))
+    with TestClient(create_app(runs["plain"], ServeSettings(warmup=False))) as client:
+        assert post(client, image, site="lower extremity").json()["cautions"] == []  # no evaluation: nothing to say
+    run_dir = Path(shutil.copytree(runs["plain"], tmp_path / "run"))
+    flagged_card_factory(run_dir)
+    with TestClient(create_app(run_dir, ServeSettings(warmup=False))) as client:
+        flagged = post(client, image, site="lower extremity", age="62").json()
+        other = post(client, image, site="back", age="62").json()
+        files = [("images", (f"{i}.jpg", image, "image/jpeg")) for i in range(2)]
+        batch = client.post("/v1/predict/batch", files=files, data={"site": ["back", "lower extremity"]}).json()
+        card = client.get("/v1/model").json()
+    PredictResponse.model_validate(flagged)
+    [caution] = flagged["cautions"]
+    assert (caution["attribute"], caution["level"], caution["n"], caution["source"]) == (
+        "site", "lower extremity", 182, "eval-test")
+    assert "lesions on the lower extremity (balanced accuracy 0.55, against 0.81 for the rest" in caution["message"]
+    assert other["cautions"] == [] and flagged["probabilities"] == other["probabilities"]  # it changes no answer
+    assert [[c["level"] for c in r["cautions"]] for r in batch["results"]] == [[], ["lower extremity"]]
+    assert card["evaluation"]["subgroups"]["flagged"] == ["site=lower extremity"]
+    predictor = Predictor(load_run(run_dir), ServeSettings(warmup=False))
+    path = tmp_path / "lesion.jpg"
+    path.write_bytes(image)
+    table = predict_table(predictor, input_table([str(path), str(path)], site="lower extremity"))
+    assert list(table["cautions"]) == ["site=lower extremity"] * 2
 
 
 def test_a_swapped_or_truncated_run_file_is_refused_by_name(image_run: Path, tmp_path: Path) -> None:

@@ -269,9 +269,68 @@ def report_tables(block: dict[str, Any]) -> list[Table]:
 
 
 def card_summary(block: dict[str, Any]) -> dict[str, Any]:
-    """What ``model_card.json`` keeps: the summary line, flagged subgroups and each subgroup's headline figures."""
+    """What ``model_card.json`` keeps: the summary line, flagged subgroups and each subgroup's headline figures
+    (with the same-class balanced accuracies the test compared, which the service's cautions quote)."""
     keep = ("attribute", "level", "n", "n_mel", "n_malignant", "accuracy", "accuracy_ci", "balanced_accuracy",
             "balanced_accuracy_ci", "mel_sensitivity", "mel_sensitivity_ci", "malignant_sensitivity",
-            "malignant_sensitivity_ci", "p_holm", "flagged")
+            "malignant_sensitivity_ci", "p_holm", "flagged", "group_balanced_accuracy_shared",
+            "rest_balanced_accuracy_shared")
     return {"summary": summary_text(block), "flagged": block.get("flagged"), "test": block.get("test"),
             "groups": [{k: g.get(k) for k in keep} for g in block.get("groups") or []]}
+
+
+# ------------------------------------------------------------------------------------------- one patient
+
+
+def patient_levels(age: Any, sex: str | None, site: str | None) -> dict[str, str]:
+    """The subgroup one patient falls in for each attribute, named as :func:`subgroup_analysis` names them."""
+    return {"sex": sex or "unknown", "age_band": age_band(age), "site": site or "unknown"}
+
+
+def _who(attribute: str, level: str) -> str:
+    if attribute == "site":
+        return "lesions with no site given" if level == "unknown" else f"lesions on the {level}"
+    if attribute == "age_band":
+        return "patients with no age given" if level == "unknown" else f"patients aged {level} years"
+    if attribute == "sex":
+        return "patients with no sex given" if level == "unknown" else f"{level} patients"
+    return f"{attribute} = {level}"
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def subgroup_cautions(block: Any, age: Any, sex: str | None, site: str | None,
+                      source: str | None = None) -> list[dict[str, Any]]:
+    """The flagged subgroups of an evaluation (metrics.json's or model_card.json's ``subgroups``) that this
+    patient belongs to, each with the figures that flagged it and one sentence for the clinician.
+
+    A clinician should know, beside the answer, that the model was measurably less accurate for patients like this
+    one. ``block`` is read from a file, so anything malformed in it is skipped rather than trusted or raised.
+    """
+    if not isinstance(block, dict) or not isinstance(block.get("groups"), list):
+        return []
+    levels = patient_levels(age, sex, site)
+    where = f"its evaluation ({source})" if source else "its evaluation"
+    out = []
+    for g in block["groups"]:
+        if not (isinstance(g, dict) and g.get("flagged") is True and isinstance(g.get("attribute"), str)
+                and levels.get(g["attribute"]) == g.get("level")):
+            continue
+        n, p = _number(g.get("n")), _number(g.get("p_holm"))
+        group = _number(g.get("group_balanced_accuracy_shared"))
+        rest = _number(g.get("rest_balanced_accuracy_shared"))
+        if group is None:
+            group = _number(g.get("balanced_accuracy"))
+        figures = "; ".join(x for x in (
+            "" if group is None else f"balanced accuracy {group:.2f}" + ("" if rest is None else
+                                                                         f", against {rest:.2f} for the rest"),
+            "" if n is None else f"{int(n)} images", "" if p is None else f"Holm-adjusted p {p:.2g}") if x)
+        message = (f"Less reliable for this patient: in {where} the model was significantly less accurate for "
+                   f"{_who(g['attribute'], g['level'])}" + (f" ({figures})" if figures else "") + ". "
+                   "Weigh its answer accordingly.")
+        out.append({"attribute": g["attribute"], "level": g["level"], "n": None if n is None else int(n),
+                    "balanced_accuracy": group, "rest_balanced_accuracy": rest, "p_holm": p, "source": source,
+                    "message": message})
+    return out

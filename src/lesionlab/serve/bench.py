@@ -111,7 +111,7 @@ def service_overhead(predictor: Predictor, image_bytes: bytes, content_type: str
     probs = predictor.probabilities(x.unsqueeze(0), meta.unsqueeze(0) if meta is not None else None)[0]
     body = {"model": predictor.model_info(), "image": {"name": "bench", "width": image.width, "height": image.height},
             **predictor.describe(probs), "metadata": {**patient.as_dict(), "used_by_model": predictor.uses_meta},
-            "heatmap": None, "temperature": predictor.temperature,
+            "cautions": predictor.cautions(patient), "heatmap": None, "temperature": predictor.temperature,
             "timing_ms": {"decode": 1.0, "preprocess": 1.0, "model": 1.0, "total": 3.0, "overhead": 2.0}}
     stages = {
         "decode": lambda: decode_image(image_bytes, predictor.settings, "bench", content_type),

@@ -44,7 +44,8 @@ def input_table(images: list[str], age: str | None = None, sex: str | None = Non
 
 def predict_table(predictor: Predictor, table: pd.DataFrame, batch_size: int = 16) -> pd.DataFrame:
     """Score every row; returns the input columns plus probabilities, top-1, referral, timing, the assessment
-    (``assessed``, ``uncertain``, ``cannot_assess``) with its scope, quality and uncertainty columns, the run's
+    (``assessed``, ``uncertain``, ``cannot_assess``) with its scope, quality and uncertainty columns, ``cautions``
+    (the flagged subgroups of the run's evaluation the row's patient is in, as ``site=lower extremity``), the run's
     ``warnings`` and ``error``. A row that cannot be assessed has ``refer`` empty."""
     out_rows: list[dict[str, Any]] = []
     pending: list[tuple[int, Any, Patient, str]] = []
@@ -67,7 +68,8 @@ def predict_table(predictor: Predictor, table: pd.DataFrame, batch_size: int = 1
                        threshold=ref["threshold"], threshold_source=ref["threshold_source"], ms=round(per_image, 2),
                        assessment=res["assessment"]["status"], in_scope=res["scope"]["in_scope"],
                        scope_score=res["scope"]["score"], quality_flags=" ".join(res["quality"]["flags"]),
-                       uncertain=res["uncertainty"]["uncertain"], notes="; ".join(res["image"]["notes"]))
+                       uncertain=res["uncertainty"]["uncertain"], notes="; ".join(res["image"]["notes"]),
+                       cautions="; ".join(f"{c['attribute']}={c['level']}" for c in res["cautions"]))
         pending.clear()
 
     for i, rec in enumerate(table.to_dict("records")):
@@ -75,7 +77,8 @@ def predict_table(predictor: Predictor, table: pd.DataFrame, batch_size: int = 1
         row.update({f"p_{c}": None for c in CLASS_CODES})
         row.update(top1=None, top1_name=None, malignant_probability=None, refer=None, threshold=None,
                    threshold_source=None, ms=None, assessment=None, in_scope=None, scope_score=None,
-                   quality_flags=None, uncertain=None, notes=None, warnings="; ".join(predictor.warnings), error="")
+                   quality_flags=None, uncertain=None, notes=None, cautions=None,
+                   warnings="; ".join(predictor.warnings), error="")
         out_rows.append(row)
         path = Path(str(rec["image"]))
         try:

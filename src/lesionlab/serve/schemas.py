@@ -80,6 +80,17 @@ class Metadata(BaseModel):
     used_by_model: bool
 
 
+class Caution(BaseModel):
+    attribute: str = Field(description="sex, age_band or site")
+    level: str = Field(description="the patient's level of it, as the evaluation names it (unknown: not given)")
+    n: int | None = Field(description="evaluated images in this subgroup")
+    balanced_accuracy: float | None = Field(description="the subgroup's, on the classes it shares with the rest")
+    rest_balanced_accuracy: float | None = Field(description="the other evaluated images', on the same classes")
+    p_holm: float | None = Field(description="one-sided permutation test, Holm-adjusted over the subgroups tested")
+    source: str | None = Field(description="the run's evaluation folder the figures come from (eval-test first)")
+    message: str
+
+
 class Heatmap(BaseModel):
     method: str
     class_: str = Field(alias="class", description="class code explained")
@@ -99,6 +110,8 @@ class ImageResult(BaseModel):
     top: list[ClassProbability]
     referral: Referral
     metadata: Metadata
+    cautions: list[Caution] = Field(description="subgroups the run's evaluation flagged as significantly less "
+                                                "accurate that this patient belongs to; empty when none")
     heatmap: Heatmap | None
 
 

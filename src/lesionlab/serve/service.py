@@ -27,6 +27,7 @@ from lesionlab.core.metrics import softmax
 from lesionlab.core.version import __version__
 from lesionlab.data.metadata import SITES, MetadataError, validate_patient
 from lesionlab.data.transforms import Preprocessing, to_chw_tensor
+from lesionlab.evaluate.subgroups import subgroup_cautions
 from lesionlab.runs import WEIGHTS_FILE, Run, RunError, check_run_use, mean_logits, pooled_features, views_of
 from lesionlab.serve.assess import Assessor
 from lesionlab.serve.backend import Backend, OnnxBackend, OnnxError, TorchBackend, torch_threads
@@ -139,6 +140,14 @@ class Predictor:
         self.model_version = file_sha256(weights)[:12] if weights.is_file() else "unversioned"
         self.sites = site_vocabulary(self.meta_encoder.sites if self.meta_encoder is not None else None)
         self.evaluation = evaluation_card(self.run_dir)  # read once: the card must not change under a running server
+        card, eval_dir = self.evaluation
+        self.subgroups = card.get("subgroups") if isinstance(card, dict) else None
+        self.subgroups_source = eval_dir
+
+    def cautions(self, patient: Patient) -> list[dict[str, Any]]:
+        """The subgroups its evaluation flagged as less accurate that this patient belongs to (empty before any
+        evaluation, or when none was flagged)."""
+        return subgroup_cautions(self.subgroups, patient.age, patient.sex, patient.site, self.subgroups_source)
 
     def _onnx_backend(self, settings: ServeSettings) -> OnnxBackend:
         backend = OnnxBackend(str(settings.onnx_path), settings.threads)
@@ -271,7 +280,8 @@ class Predictor:
         for i, (d, patient, name) in enumerate(zip(decoded, patients, names, strict=True)):
             out = {"image": {"name": name, "width": d.width, "height": d.height, "mode": d.mode, "notes": d.notes},
                    **self.describe(probs[i], assessed[i]),
-                   "metadata": {**patient.as_dict(), "used_by_model": self.uses_meta}}
+                   "metadata": {**patient.as_dict(), "used_by_model": self.uses_meta},
+                   "cautions": self.cautions(patient)}
             if explain and assessed[i]["assessment"]["status"] != "cannot_assess":  # no verdict, nothing to explain
                 cls = by_code(explain_class).index if explain_class else int(np.argmax(probs[i]))
                 out["heatmap"] = self.heatmap(prepared[i][0], prepared[i][1], cls, d.image.size)

@@ -118,6 +118,19 @@ function renderWarnings(warnings) {
   box.hidden = !(warnings && warnings.length);
 }
 
+// Subgroups its evaluation flagged as less accurate that this patient belongs to: shown beside every verdict
+// (an image that cannot be assessed gets none).
+function renderCautions(cautions, verdict) {
+  const box = $("cautions");
+  box.textContent = "";
+  for (const c of cautions || []) {
+    const p = document.createElement("p");
+    p.textContent = c.message;
+    box.appendChild(p);
+  }
+  box.hidden = !(verdict && cautions && cautions.length);
+}
+
 // cannot_assess: no class, no bars, no referral; uncertain: the answer says the model abstains, above the bars.
 function renderAssessment(data) {
   const a = data.assessment;
@@ -145,6 +158,7 @@ function render(data) {
   $("result").hidden = false;
   renderWarnings(data.warnings);
   renderAssessment(data);
+  renderCautions(data.cautions, data.assessment.status !== "cannot_assess");
   if (data.assessment.status !== "cannot_assess") {
     renderReferral(data.referral);
     renderBars(data.probabilities, data.top.map((c) => c.code));
