@@ -14,16 +14,20 @@ from sklearn.metrics import balanced_accuracy_score
 from lesionlab.classes import CLASS_CODES
 from lesionlab.cli import main
 from lesionlab.config import load_config
+from lesionlab.core.scope import assessment_state
 from lesionlab.evaluate.robustness import (
     RobustnessError,
+    assessment_states,
     cell_scores,
     cells_frame,
     comparable,
     load_reference,
     reference_record,
+    safety_scores,
     summarise,
+    summarise_safety,
 )
-from lesionlab.evaluate.robustness_report import heatmap_figure
+from lesionlab.evaluate.robustness_report import headline_text, heatmap_figure, safety_table
 
 
 def _cell(name: str, severity: int, ba: float) -> dict:
@@ -105,6 +109,57 @@ def test_reference_files(tmp_path: Path) -> None:
     assert shipped["name"] and shipped["per_corruption"] and shipped["corruptions_version"] == 1
 
 
+@pytest.mark.parametrize(("in_scope", "quality_ok", "uncertain", "state"), [
+    (True, True, False, "assessed"), (None, True, None, "assessed"), (True, True, True, "uncertain"),
+    (None, True, True, "uncertain"), (False, True, False, "cannot_assess"), (True, False, False, "cannot_assess"),
+    (False, False, True, "cannot_assess"), (None, False, None, "cannot_assess"),
+])
+def test_the_services_rule(in_scope: bool | None, quality_ok: bool, uncertain: bool | None, state: str) -> None:
+    assert assessment_state(in_scope, quality_ok, uncertain) == state
+
+
+def test_safety_figures_of_a_cell() -> None:
+    mel, nv = CLASS_CODES.index("mel"), CLASS_CODES.index("nv")
+    y = np.array([mel, mel, mel, nv, nv, nv])
+    logits = np.eye(7)[[nv, mel, nv, nv, nv, mel]] * 5  # wrong, right, wrong, right, right, wrong
+    states = assessment_states(np.array([9.0, 1.0, 1.0, 1.0, 1.0, 1.0]), 5.0,  # the first is out of scope
+                               np.array([True, True, True, True, False, True]),  # the fifth fails quality
+                               np.array([0.9, 0.9, 0.9, 0.1, 0.9, 0.9]), 0.5)  # the fourth is uncertain
+    assert list(states) == ["cannot_assess", "assessed", "assessed", "uncertain", "cannot_assess", "assessed"]
+    s = safety_scores(y, logits, states)
+    assert (s["cannot_assess"], s["uncertain"], s["assessed"]) == pytest.approx((2 / 6, 1 / 6, 3 / 6))
+    assert s["assessed_accuracy"] == pytest.approx(1 / 3)  # right, wrong, wrong
+    assert s["confident_errors"] == pytest.approx(2 / 6) and s["confident_mel_misses"] == pytest.approx(1 / 3)
+    assert s["assessed_balanced_accuracy"] == pytest.approx(0.25)  # mel 1 of 2, nv 0 of 1
+    none = assessment_states(None, None, np.ones(6, bool), np.zeros(6), None)  # nothing fitted: all assessed
+    assert set(none) == {"assessed"} and safety_scores(y, logits, none)["confident_errors"] == pytest.approx(0.5)
+    nothing = safety_scores(y, logits, np.array(["cannot_assess"] * 6))
+    assert nothing["assessed_accuracy"] is None and nothing["confident_errors"] == 0.0
+
+
+def test_safety_block_and_its_table() -> None:
+    def safe(refused: float) -> dict:
+        return {"cannot_assess": refused, "uncertain": 0.1, "assessed": 0.9 - refused, "assessed_accuracy": 0.8,
+                "assessed_balanced_accuracy": 0.6, "confident_errors": 0.1, "confident_mel_misses": 0.2}
+
+    cells = [{**_cell("pixelate", 1, 0.7), "safety": safe(0.1)}, {**_cell("pixelate", 2, 0.5), "safety": safe(0.3)},
+             {**_cell("motion_blur", 1, 0.78), "safety": safe(0.0)}, {**_cell("motion_blur", 2, 0.74),
+                                                                      "safety": safe(0.2)}]
+    clean = {"balanced_accuracy": 0.8, "accuracy": 0.9, "recall": dict.fromkeys(CLASS_CODES, 0.8)}
+    block = summarise(cells, clean, reference=None, context=dict(CONTEXT))
+    block["safety"] = summarise_safety(cells, safe(0.05), {"gate": {"method": "mahalanobis", "threshold": 3.0}})
+    assert block["safety"]["mean"]["cannot_assess"] == pytest.approx(0.15)
+    assert block["safety"]["per_corruption"]["pixelate"]["cannot_assess"] == pytest.approx(0.2)
+    assert block["safety"]["per_corruption"]["pixelate"]["at_highest_severity"]["cannot_assess"] == 0.3
+    table = safety_table(block)
+    assert table.testid == "table-corruption-safety" and len(table.rows) == 1 + 2 * 2 + 1
+    assert table.rows[0][:2] == ["clean", "5.0%"] and table.rows[2][0] == "pixelate (severity 2)"
+    assert "cannot assess 15.0% of corrupted images (clean 5.0%)" in headline_text(block)
+    assert {"safety_cannot_assess", "safety_confident_errors"} <= set(cells_frame(block).columns)
+    block["safety"] = None
+    assert safety_table(block) is None and "safety layer" not in headline_text(block)
+
+
 DATA = ["data.source=synthetic", "data.split=lesion", "data.synthetic_n=140", "data.synthetic_size=32",
         "data.image_size=32"]
 
@@ -143,6 +198,7 @@ def test_evaluate_with_corruptions_end_to_end(run_dir: Path, tmp_path: Path,
     assert rob["clean_check"]["max_abs_logit_difference"] < 1e-3
     assert rob["clean_balanced_accuracy"] == pytest.approx(doc["balanced_accuracy"])
     assert "not normalised" in json.dumps(rob) or rob["normalised"]["undefined"]  # a 32 px synthetic run
+    assert rob["safety"] is None and "cannot assess" not in json.dumps(rob)  # no checks fitted: nothing to measure
     assert {p.name for p in out.iterdir()} >= {"robustness.json", "corruptions.csv", "corruption_gallery.png",
                                                "corruption_cache", "report.html", "model_card.json"}
     assert len(list((out / "corruption_cache").glob("*.npz"))) == 6
@@ -164,6 +220,40 @@ def test_evaluate_with_corruptions_end_to_end(run_dir: Path, tmp_path: Path,
     assert main([*args[:-4], "--corruptions", "characters", "--severities", "5", "--corruption-seed", "1"]) == 0
     third = json.loads((out / "robustness.json").read_text())
     assert third["cells_reused"] == 0 and third["seed"] == 1
+
+
+@pytest.mark.slow
+def test_the_safety_layer_is_measured_on_the_corrupted_split(run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import pandas as pd
+
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    out = tmp_path / "eval"
+    args = ["evaluate", str(run), "--calibrate", "--bootstrap", "0", "--timing-images", "0", "--ood-images", "4",
+            "--audit", "none", "--out", str(out),
+            "--corruptions", "pixelate,black_corner", "--severities", "1,5"]
+    assert main(args) == 0
+    rob = json.loads((out / "robustness.json").read_text())
+    safety = rob["safety"]
+    assert safety["checks"]["gate"]["method"] == "mahalanobis" and safety["checks"]["uncertainty_threshold"] is not None
+    for c in [*rob["cells"], {"safety": safety["clean"]}]:
+        s = c["safety"]
+        assert s["cannot_assess"] + s["uncertain"] + s["assessed"] == pytest.approx(1.0)
+        assert 0.0 <= s["confident_errors"] <= s["assessed"]
+    doc = json.loads((out / "metrics.json").read_text())
+    # clean: the evaluation's own scope report on the same images bounds it (gate rejections, quality flags)
+    rejected, flagged = doc["scope"]["gate"]["false_rejection"], doc["scope"]["quality"]["flagged"] / doc["n"]
+    assert rejected - 1e-9 <= safety["clean"]["cannot_assess"] <= rejected + flagged + 1e-9
+    assert len(list((out / "corruption_cache").glob("*-safety.npz"))) == 4
+    frame = pd.read_csv(out / "corruptions.csv")
+    assert frame["safety_cannot_assess"].between(0, 1).all()
+    assert 'data-testid="table-corruption-safety"' in (out / "report.html").read_text()
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["robustness"]["safety"]["mean_over_cells"] == safety["mean"]
+    assert main([a for a in args if a != "--calibrate"]) == 0  # again, from the cache, with the same figures
+    again = json.loads((out / "robustness.json").read_text())
+    assert again["cells_reused"] == 4 and again["safety"] == safety
 
 
 def test_evaluate_rejects_unknown_corruptions(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

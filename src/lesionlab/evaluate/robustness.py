@@ -7,7 +7,17 @@ applied to every image of the evaluated split; :mod:`lesionlab.data.corruptions`
 * ``robustness.json`` (also the ``robustness`` block of metrics.json) and ``corruptions.csv`` (one row per cell);
 * ``corruption_gallery.png``: one image of the split under every corruption and severity;
 * ``corruption_cache/``: the logits of every cell, keyed by weights, preprocessing, images, seed and the corruption
-  definitions, so an interrupted or repeated evaluation scores only what is missing.
+  definitions, so an interrupted or repeated evaluation scores only what is missing (and, for a run whose
+  out-of-scope gate or abstention margin was fitted, each image's gate score and quality verdict, keyed also by
+  the gate).
+
+The safety layer under corruption
+    A run fitted with ``--calibrate`` answers "cannot assess" (out of scope or failed image quality) or "uncertain"
+    rather than a class where it should not judge (:func:`lesionlab.core.scope.assessment_state`, the service's
+    rule). Each cell then also reports how often each state occurs, the accuracy and balanced accuracy of the images
+    still assessed, the share of all images that are assessed and wrong (*confident errors*) and the share of
+    melanomas assessed as something else: whether the safety layer takes over where the corruption breaks the
+    model. The block ``safety`` holds the clean figures, the mean over cells and the mean per corruption.
 
 The figures (MedMNIST-C's, for a multi-class task)
     balanced error ``BE = 1 - balanced accuracy`` (arg-max decisions) per cell; per corruption the mean over the
@@ -51,7 +61,15 @@ from tqdm.auto import tqdm
 from lesionlab.classes import CLASS_CODES
 from lesionlab.core.errors import LesionlabError
 from lesionlab.core.io import atomic_write, atomic_write_json, file_sha256, read_json
-from lesionlab.core.metrics import confusion_matrix, per_class_rates
+from lesionlab.core.metrics import confusion_matrix, per_class_rates, softmax
+from lesionlab.core.scope import (
+    QUALITY_LIMITS,
+    SCOPE_FILE,
+    assessment_state,
+    margins,
+    quality_flags,
+    quality_measures,
+)
 from lesionlab.data.corruptions import (
     CITATION,
     CORRUPTIONS,
@@ -63,7 +81,7 @@ from lesionlab.data.corruptions import (
     parse_severities,
 )
 from lesionlab.evaluate.robustness_reference import REFERENCE
-from lesionlab.runs import WEIGHTS_FILE, Run, view_averaged_logits
+from lesionlab.runs import WEIGHTS_FILE, Run, pooled_features, view_averaged_logits
 
 ROBUSTNESS_FILE = "robustness.json"
 CELLS_FILE = "corruptions.csv"
@@ -191,14 +209,70 @@ def normalise(block: dict[str, Any], reference: dict[str, Any] | None) -> dict[s
 
 
 def cells_frame(block: dict[str, Any]) -> pd.DataFrame:
-    """One row per cell (corruption, severity, balanced accuracy / error, accuracy, recall per class)."""
+    """One row per cell (corruption, severity, balanced accuracy / error, accuracy, recall per class, and the safety
+    layer's figures when the run has fitted checks)."""
     rows = []
     for c in block["cells"]:
         rows.append({"corruption": c["corruption"], "family": CORRUPTIONS[c["corruption"]].family,
                      "severity": c["severity"], "balanced_accuracy": c["balanced_accuracy"],
                      "balanced_error": c["balanced_error"], "accuracy": c["accuracy"],
-                     **{f"recall_{k}": v for k, v in c["recall"].items()}})
+                     **{f"recall_{k}": v for k, v in c["recall"].items()},
+                     **{f"safety_{k}": v for k, v in (c.get("safety") or {}).items()}})
     return pd.DataFrame(rows)
+
+
+# -------------------------------------------------------------------------------------- the safety layer
+
+SAFETY_FIGURES = ("cannot_assess", "uncertain", "assessed", "assessed_accuracy", "assessed_balanced_accuracy",
+                  "confident_errors", "confident_mel_misses")
+
+
+def assessment_states(scope_scores: np.ndarray | None, threshold: float | None, quality_ok: np.ndarray,
+                      margin: np.ndarray, uncertainty_threshold: float | None) -> np.ndarray:
+    """Each image's state under the run's checks (``None``: that check was not fitted), by the service's rule."""
+    n = len(quality_ok)
+    in_scope = [None] * n if scope_scores is None else [bool(s <= threshold) for s in scope_scores]
+    uncertain = [None] * n if uncertainty_threshold is None else [bool(m < uncertainty_threshold) for m in margin]
+    return np.array([assessment_state(i, bool(q), u) for i, q, u in zip(in_scope, quality_ok, uncertain,
+                                                                          strict=True)])
+
+
+def safety_scores(y: np.ndarray, logits: np.ndarray, states: np.ndarray,
+                  classes: Sequence[str] = CLASS_CODES) -> dict[str, float | None]:
+    """Shares of the three states; accuracy and balanced accuracy of the assessed images; confident errors (the
+    share of all images assessed and wrong) and confident melanoma misses (of the melanomas, the share assessed as
+    another class)."""
+    y = np.asarray(y, dtype=np.int64)
+    states = np.asarray(states)
+    assessed = states == "assessed"
+    wrong = np.asarray(logits).argmax(axis=1) != y
+    kept = cell_scores(y[assessed], np.asarray(logits)[assessed], classes) if assessed.any() else None
+    mel = y == list(classes).index("mel") if "mel" in classes else np.zeros(len(y), bool)
+    return {"cannot_assess": float(np.mean(states == "cannot_assess")),
+            "uncertain": float(np.mean(states == "uncertain")), "assessed": float(np.mean(assessed)),
+            "assessed_accuracy": None if kept is None else kept["accuracy"],
+            "assessed_balanced_accuracy": None if kept is None else kept["balanced_accuracy"],
+            "confident_errors": float(np.mean(assessed & wrong)),
+            "confident_mel_misses": float(np.mean((assessed & wrong)[mel])) if mel.any() else None}
+
+
+def summarise_safety(cells: Sequence[dict[str, Any]], clean: dict[str, Any], checks: dict[str, Any]
+                     ) -> dict[str, Any]:
+    """The ``safety`` block (pure): the clean figures, their mean over the cells and per corruption (over its
+    severities), and at each corruption's highest severity."""
+    def mean(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+        return {k: mean_or_none([r[k] for r in rows]) for k in SAFETY_FIGURES}
+
+    scored = [c for c in cells if c.get("safety")]
+    names = list(dict.fromkeys(c["corruption"] for c in scored))
+    per = {}
+    for name in names:
+        mine = [c for c in scored if c["corruption"] == name]
+        top = max(mine, key=lambda c: c["severity"])
+        per[name] = {**mean([c["safety"] for c in mine]), "highest_severity": top["severity"],
+                     "at_highest_severity": dict(top["safety"])}
+    return {"checks": checks, "clean": dict(clean), "mean": mean([c["safety"] for c in scored]),
+            "per_corruption": per}
 
 
 # ---------------------------------------------------------------------------------------------- reference
@@ -253,24 +327,38 @@ def cache_key(run: Run, image_ids: Sequence[str], name: str, severity: int, seed
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _read_cached(path: Path, key: str, n: int) -> np.ndarray | None:
+def _read_cached(path: Path, key: str, n: int, names: Sequence[str] = ("logits",)) -> dict[str, np.ndarray] | None:
+    """The arrays ``names`` of a cache file written under ``key`` for ``n`` images (``None``: score again)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
-            if str(data["key"]) != key or data["logits"].shape[0] != n:
+            if str(data["key"]) != key or any(data[k].shape[0] != n for k in names):
                 return None
-            return np.array(data["logits"])
+            return {k: np.array(data[k]) for k in names}
     except (OSError, ValueError, KeyError):  # a truncated or foreign file: score the cell again
         return None
 
 
-def _write_cached(path: Path, key: str, logits: np.ndarray) -> None:
+def _write_cached(path: Path, key: str, **arrays: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
-            np.savez(fh, key=np.array(key), logits=np.asarray(logits, dtype=np.float32))
+            np.savez(fh, key=np.array(key), **arrays)
 
     atomic_write(path, write)
+
+
+def safety_checks(run: Run) -> dict[str, Any] | None:
+    """The run's fitted checks as the cache key and the block record them (``None``: neither gate nor margin)."""
+    gate, margin = run.scope, run.uncertainty_threshold
+    if gate is None and margin is None:
+        return None
+    scope_file = Path(run.path) / SCOPE_FILE
+    return {"gate": None if gate is None else {"method": gate.method, "threshold": float(gate.threshold),
+                                               "file_sha256": file_sha256(scope_file) if scope_file.is_file()
+                                               else None},
+            "uncertainty_threshold": margin, "temperature": run.temperature,
+            "quality_limits": dict(QUALITY_LIMITS)}
 
 
 class _FastPredictor:
@@ -302,6 +390,34 @@ class _FastPredictor:
             out.append(view_averaged_logits(self.run.model, x, meta, self.tta, self.run.tta_views).float().cpu())
         return torch.cat(out).numpy()
 
+    @torch.inference_mode()
+    def features(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """The pooled features the out-of-scope gate reads, of the image itself (one view, as the service)."""
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            x = self.run.prepare_images(images[start:start + self.batch_size]).to(self.run.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out.append(pooled_features(self.run.model, x).float().cpu())
+        return torch.cat(out).numpy()
+
+    def safety(self, images: Sequence[np.ndarray], logits: np.ndarray) -> dict[str, np.ndarray]:
+        """Each image's gate score (NaN without a gate) and whether its quality passes."""
+        gate = self.run.scope
+        scores = np.full(len(images), np.nan, dtype=np.float32)
+        if gate is not None:
+            feats = self.features(images) if gate.method in ("mahalanobis", "knn") else np.zeros((len(images), 0))
+            scores = gate.score(feats, logits, softmax(logits, self.run.temperature)).astype(np.float32)
+        quality_ok = np.array([not quality_flags(quality_measures(np.asarray(im))) for im in images], dtype=bool)
+        return {"scope_scores": scores, "quality_ok": quality_ok}
+
+    def states(self, safety: dict[str, np.ndarray], logits: np.ndarray) -> np.ndarray:
+        """The state of each image from its cached checks and logits."""
+        gate = self.run.scope
+        return assessment_states(None if gate is None else safety["scope_scores"],
+                                 None if gate is None else gate.threshold, safety["quality_ok"],
+                                 margins(softmax(logits, self.run.temperature)), self.run.uncertainty_threshold)
+
 
 def gallery_index(labels: np.ndarray, classes: Sequence[str] = CLASS_CODES) -> int:
     """The image the gallery shows: the split's first melanoma (what a user most needs to see), else its first."""
@@ -310,6 +426,13 @@ def gallery_index(labels: np.ndarray, classes: Sequence[str] = CLASS_CODES) -> i
         if hits.size:
             return int(hits[0])
     return 0
+
+
+def corrupted_split(images: Sequence[np.ndarray], image_ids: Sequence[str], name: str, severity: int,
+                    seed: int) -> list[np.ndarray]:
+    """Every image under one corruption at one severity, each seeded by its id (any order, any subset)."""
+    return [corrupt(img, name, severity, np.random.default_rng(corruption_seed(seed, name, severity, iid)))
+            for img, iid in zip(images, image_ids, strict=True)]
 
 
 def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndarray, image_ids: Sequence[str],
@@ -336,9 +459,13 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
     cells: list[dict[str, Any]] = []
     reused = 0
     start = time.perf_counter()
+    checks = safety_checks(run)
     with _FastPredictor(run, tta, batch_size) as predict:
         clean = predict(list(images), metas)
         clean_scores = cell_scores(y, clean, classes)
+        clean_safety = None
+        if checks is not None:
+            clean_safety = safety_scores(y, clean, predict.states(predict.safety(list(images), clean), clean), classes)
         check: dict[str, Any] = {"path": "channels-last" if predict.channels_last else "standard"}
         if clean_logits is not None:
             same = clean.argmax(1) == np.asarray(clean_logits).argmax(1)
@@ -350,16 +477,27 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
             bar.set_postfix_str(f"{name} s{severity}")
             key = cache_key(run, image_ids, name, severity, seed, tta)
             path = cache / f"{name}-s{severity}.npz"
-            logits = _read_cached(path, key, len(images))
-            if logits is None:
-                corrupted = [corrupt(img, name, severity, np.random.default_rng(corruption_seed(seed, name, severity,
-                                                                                                  iid)))
-                             for img, iid in zip(images, image_ids, strict=True)]
+            cached = _read_cached(path, key, len(images))
+            corrupted: list[np.ndarray] | None = None
+            if cached is None:
+                corrupted = corrupted_split(images, image_ids, name, severity, seed)
                 logits = predict(corrupted, metas)
-                _write_cached(path, key, logits)
+                _write_cached(path, key, logits=logits.astype(np.float32))
             else:
+                logits = cached["logits"]
                 reused += 1
-            cells.append({"corruption": name, "severity": severity, **cell_scores(y, logits, classes)})
+            cell = {"corruption": name, "severity": severity, **cell_scores(y, logits, classes)}
+            if checks is not None:
+                skey = hashlib.sha256(json.dumps([key, checks], sort_keys=True).encode()).hexdigest()[:24]
+                spath = cache / f"{name}-s{severity}-safety.npz"
+                safety = _read_cached(spath, skey, len(images), ("quality_ok", "scope_scores"))
+                if safety is None:
+                    if corrupted is None:
+                        corrupted = corrupted_split(images, image_ids, name, severity, seed)
+                    safety = predict.safety(corrupted, logits)
+                    _write_cached(spath, skey, **safety)
+                cell["safety"] = safety_scores(y, logits, predict.states(safety, logits), classes)
+            cells.append(cell)
     first = gallery_index(y, classes)
     picture = gallery(np.asarray(images[first]), names, levels, seed=seed, key=str(image_ids[first]),
                       scale=2 if min(np.asarray(images[first]).shape[:2]) < 96 else 1)
@@ -368,6 +506,7 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
            "seed": seed, "tta": tta, "tta_views": run.tta_views if tta else None, "citation": CITATION,
            **(context or {})}
     block = summarise(cells, clean_scores, classes, reference, ctx)
+    block["safety"] = None if clean_safety is None else summarise_safety(cells, clean_safety, checks or {})
     block["clean_check"] = check
     block["gallery"] = {"file": GALLERY_FILE, "image_id": str(image_ids[first]),
                         "class": classes[int(y[first])]}

@@ -69,6 +69,12 @@ def headline_text(block: dict[str, Any]) -> str:
                  f"{_fmt(norm['relative_balanced_error'])}, balanced error {_fmt(norm.get('balanced_error'))}")
     elif norm.get("undefined"):
         text += f"; not normalised ({norm['undefined']})"
+    safety = block.get("safety")
+    if safety:
+        mean, clean = safety["mean"], safety["clean"]
+        text += (f"; safety layer: cannot assess {_pct(mean['cannot_assess'])} of corrupted images (clean "
+                 f"{_pct(clean['cannot_assess'])}), confident errors {_pct(mean['confident_errors'])} (clean "
+                 f"{_pct(clean['confident_errors'])})")
     return text
 
 
@@ -110,7 +116,43 @@ def report_tables(block: dict[str, Any], classes: Sequence[str] = CLASS_CODES) -
         recall_rows.append([f"{name} (severity {top['severity']})", *(_fmt(top["recall"].get(k)) for k in classes)])
     worst = Table("Per-class recall under the worst corruptions", "table-corruption-recall", ["condition", *classes],
                   recall_rows, "Recall (sensitivity) of each class: which diagnoses the worst corruptions cost.")
-    return [per, worst]
+    safety = safety_table(block)
+    return [per, worst] + ([safety] if safety is not None else [])
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{100 * float(v):.1f}%"
+
+
+def safety_table(block: dict[str, Any]) -> Table | None:
+    """What the run's safety layer does under each corruption (``None`` when the run has no fitted checks)."""
+    safety = block.get("safety")
+    if not safety:
+        return None
+
+    def row(label: str, s: dict[str, Any], accuracy: Any) -> list[str]:
+        return [label, _pct(s["cannot_assess"]), _pct(s["uncertain"]), _fmt(accuracy), _fmt(s["assessed_accuracy"]),
+                _fmt(s["assessed_balanced_accuracy"]), _pct(s["confident_errors"]), _pct(s["confident_mel_misses"])]
+
+    rows = [row("clean", safety["clean"], block.get("clean_accuracy"))]
+    for name, s in safety["per_corruption"].items():
+        rows.append(row(f"{name} (mean)", s, block["per_corruption"][name]["mean_accuracy"]))
+        top = s["at_highest_severity"]
+        acc = next(c["accuracy"] for c in block["cells"] if c["corruption"] == name
+                   and c["severity"] == s["highest_severity"])
+        rows.append(row(f"{name} (severity {s['highest_severity']})", top, acc))
+    rows.append(row("mean over cells", safety["mean"], block.get("mean_corrupted_accuracy")))
+    checks = safety.get("checks") or {}
+    gate = checks.get("gate") or {}
+    note = ("The service's rule on every corrupted image: cannot assess (out of scope, or failed image quality: no "
+            "class, no referral flag), uncertain (the model abstains), else assessed. Accuracy of all images against "
+            "that of the assessed ones; confident errors: assessed and wrong, as a share of all images; confident "
+            "melanoma misses: melanomas assessed as another class, as a share of the melanomas. Checks: "
+            + (f"{gate.get('method')} gate, threshold {_fmt(gate.get('threshold'))}" if gate else "no gate")
+            + f"; abstention margin {_fmt(checks.get('uncertainty_threshold'))}; image-quality limits.")
+    return Table("The safety layer on the corrupted test split", "table-corruption-safety",
+                 ["condition", "cannot assess", "uncertain", "accuracy (all)", "accuracy (assessed)",
+                  "balanced accuracy (assessed)", "confident errors", "confident melanoma misses"], rows, note)
 
 
 def report_plots(block: dict[str, Any], gallery_png: bytes | None = None) -> list[Any]:
@@ -139,4 +181,6 @@ def card_summary(block: dict[str, Any]) -> dict[str, Any]:
             "normalised_relative_balanced_error": norm.get("relative_balanced_error"),
             "normalised_balanced_error": norm.get("balanced_error"), "reference": norm.get("reference"),
             "corruptions": block.get("corruptions"), "severities": block.get("severities"),
-            "citation": block.get("citation")}
+            "citation": block.get("citation"),
+            "safety": None if not block.get("safety") else {"clean": block["safety"]["clean"],
+                                                            "mean_over_cells": block["safety"]["mean"]}}

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lesionlab.core.scope import ScopeGate, margins, quality_flags, quality_measures
+from lesionlab.core.scope import ScopeGate, assessment_state, margins, quality_flags, quality_measures
 
 OUT_OF_SCOPE = ("cannot assess: this does not look like a dermoscopy image of the kind the model was trained on")
 QUALITY_WORDS = {"too_dark": "too dark", "too_bright": "too bright (over-exposed)", "blurred": "blurred",
@@ -76,11 +76,12 @@ class Assessor:
 
 
 def _status(in_scope: bool | None, flags: list[str], uncertain: bool | None) -> dict[str, Any]:
-    if in_scope is False:
-        return {"status": "cannot_assess", "reasons": ["out_of_scope", *flags], "message": OUT_OF_SCOPE}
-    if flags:
-        return {"status": "cannot_assess", "reasons": flags, "message": cannot_assess_quality(flags)}
-    if uncertain:
-        return {"status": "uncertain", "reasons": ["small_margin"],
+    state = assessment_state(in_scope, not flags, uncertain)
+    if state == "cannot_assess" and in_scope is False:
+        return {"status": state, "reasons": ["out_of_scope", *flags], "message": OUT_OF_SCOPE}
+    if state == "cannot_assess":
+        return {"status": state, "reasons": flags, "message": cannot_assess_quality(flags)}
+    if state == "uncertain":
+        return {"status": state, "reasons": ["small_margin"],
                 "message": "uncertain: the model cannot decide between its two most likely classes; it abstains"}
     return {"status": "assessed", "reasons": [], "message": "assessed"}
