@@ -208,9 +208,6 @@ def quality_flags(measures: dict[str, float]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- the verdict
 
-ASSESSMENT_STATES = ("assessed", "uncertain", "cannot_assess")
-
-
 def assessment_state(in_scope: bool | None, quality_ok: bool, uncertain: bool | None) -> str:
     """What may be said of one image: ``cannot_assess`` (out of scope, or its quality fails: no verdict),
     ``uncertain`` (the model abstains) or ``assessed``; ``None`` means that check was never fitted. The one rule
