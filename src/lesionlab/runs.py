@@ -24,7 +24,15 @@ from lesionlab.core.errors import LesionlabError
 from lesionlab.core.io import atomic_write, atomic_write_json, atomic_write_text, json_safe, read_json
 from lesionlab.core.manifest import file_manifest, verify_manifest
 from lesionlab.core.metrics import softmax
-from lesionlab.core.scope import SCOPE_FILE, ScopeError, ScopeGate, load_gate
+from lesionlab.core.scope import (
+    DEGRADATION_FILE,
+    SCOPE_FILE,
+    DegradationCheck,
+    ScopeError,
+    ScopeGate,
+    load_degradation,
+    load_gate,
+)
 from lesionlab.core.version import __version__
 from lesionlab.models.views import (  # noqa: F401  (re-exported: the run's view averaging, defined with the models)
     TTA_VIEWS,
@@ -244,6 +252,7 @@ class Run:
     tta_views: str = "flips"  # train.tta_views: flips (3 views) or dihedral (8)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     scope: ScopeGate | None = None  # the out-of-scope gate, once evaluation fitted one
+    degradation: DegradationCheck | None = None  # the degradation detector, once evaluation fitted one
 
     @property
     def uncertainty_threshold(self) -> float | None:
@@ -413,11 +422,17 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         scope = load_gate(run_dir / SCOPE_FILE, info["scope"]) if info.get("scope") else None
     except ScopeError as err:
         raise RunError(f"{info_path} (scope): {err}") from None
+    try:
+        degradation = (load_degradation(run_dir / DEGRADATION_FILE, info["degradation"])
+                       if info.get("degradation") else None)
+    except ScopeError as err:
+        raise RunError(f"{info_path} (degradation): {err}") from None
     device = torch.device(device)
     model.to(device).eval()
     return Run(path=run_dir, model=model, classes=tuple(info["classes"]), preprocessing=preprocessing,
                meta_encoder=meta_encoder, info=info, config=config, tta=bool(config.train.tta),
-               tta_views=config.train.tta_views, device=device, scope=scope)
+               tta_views=config.train.tta_views, device=device, scope=scope,
+               degradation=degradation)
 
 
 def _state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:

@@ -9,15 +9,19 @@ import pytest
 
 from lesionlab.core.scope import (
     SCOPE_METHODS,
+    DegradationCheck,
     ScopeError,
     ScopeGate,
+    degradation_arrays,
     energy,
     fit_scope_gate,
     fit_uncertainty,
+    load_degradation,
     load_gate,
     margins,
     quality_flags,
     quality_measures,
+    save_degradation,
     save_gate_arrays,
     threshold_for,
 )
@@ -90,3 +94,47 @@ def test_uncertainty_threshold_marks_the_band_where_the_model_is_mostly_wrong() 
     flagged = margins(proba) < fit["threshold"]
     assert flagged[~confident].all() and not flagged[confident].any()
     assert fit["val_accuracy_uncertain"] <= 0.5 < fit["val_accuracy_certain"]
+
+
+def _detector(threshold: float = 0.5) -> DegradationCheck:
+    return DegradationCheck(threshold, degradation_arrays(np.array([1.0, 2.0, 0.0]), np.array([2.0, 1.0, 0.0]),
+                                                          np.array([[1.0, -1.0, 5.0]]), -0.5), {"C": 0.01})
+
+
+def test_degradation_score_is_the_standardised_linear_log_odds(tmp_path: Path) -> None:
+    check = _detector()
+    x = np.array([[3.0, 2.0, 7.0], [1.0, 4.0, 7.0]])
+    # ((3-1)/2)*1 + ((2-2)/1)*-1 + (7-0)/1*5 - 0.5: a constant feature keeps scale 1 instead of dividing by 0
+    np.testing.assert_allclose(check.score(x), [1.0 + 35.0 - 0.5, 0.0 - 2.0 + 35.0 - 0.5])
+    assert check.degraded(np.array([0.5, 0.6])).tolist() == [False, True]  # above the threshold is degraded
+    path = save_degradation(tmp_path / "degradation.safetensors", check)
+    again = load_degradation(path, check.record())
+    np.testing.assert_allclose(again.score(x), check.score(x), rtol=1e-6)
+    assert again.threshold == 0.5 and again.fit == {"C": 0.01}
+    with pytest.raises(ScopeError, match="reads 3 features per image, got shape"):
+        check.score(np.zeros((2, 4)))
+
+
+def _write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    from safetensors.numpy import save_file
+
+    save_file(arrays, str(path))
+    return path
+
+
+@pytest.mark.parametrize(("make", "record", "message"), [
+    (lambda p: p, {"threshold": 1.0}, "missing"),
+    (lambda p: p.write_bytes(b"\x00" * 20) and p, {"threshold": 1.0}, "cannot read the degradation detector"),
+    (lambda p: _write_arrays(p, {"mean": np.zeros(3, np.float32)}), {"threshold": 1.0},
+     "lacks scale, coef, intercept"),
+    (lambda p: _write_arrays(p, {"mean": np.zeros(3, np.float32), "scale": np.ones(3, np.float32),
+                                 "coef": np.ones(4, np.float32), "intercept": np.zeros(1, np.float32)}),
+     {"threshold": 1.0}, "disagree in size"),
+    (lambda p: p, {"threshold": "high"}, "needs a threshold"),
+])
+def test_a_bad_degradation_file_is_refused_by_name(tmp_path: Path, make: object, record: dict, message: str) -> None:
+    path = tmp_path / "degradation.safetensors"
+    make(path)  # type: ignore[operator]
+    with pytest.raises(ScopeError, match=message) as err:
+        load_degradation(path, record)
+    assert message == "needs a threshold" or "degradation.safetensors" in str(err.value)

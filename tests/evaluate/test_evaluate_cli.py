@@ -19,6 +19,7 @@ from PIL import Image
 from lesionlab.classes import CLASS_CODES, ISIC_COLUMNS
 from lesionlab.cli import main
 from lesionlab.config import load_config
+from lesionlab.data.corruptions import CORRUPTION_NAMES
 from lesionlab.evaluate.calibration import apply_temperature, fit_referral_threshold, fit_temperature
 from lesionlab.evaluate.predictions import arrays, read_predictions
 
@@ -110,6 +111,14 @@ def test_calibrate_fits_on_val_and_stores_in_run_json(run_dir: Path, tmp_path: P
     assert {row["set"] for row in scope["ood"]} == {"photographs", "text", "noise", "flat", "corrupted"}
     assert all(0 <= row["auroc"] <= 1 for row in scope["ood"]) and scope["quality"]["n"] == doc["n"]
     assert _json(out / "model_card.json")["scope"]["gate"]["threshold"] == info["scope"]["threshold"]
+    # the degradation check: trained on train against corrupted copies, threshold on the clean validation images
+    degradation = info["degradation"]
+    assert degradation["split"] == "val" and "degradation.safetensors" in info["files"]
+    assert degradation["val_false_rejection"] <= 0.02 + 1e-9 and degradation["n_train"] == info["scope"]["n_train"]
+    assert 0 <= degradation["val_detection"] <= 1 and degradation["n_val"] == info["scope"]["n_val"]
+    assert set(degradation["val_detection_by_corruption"]) <= set(CORRUPTION_NAMES)
+    assert scope["degradation"]["threshold"] == degradation["threshold"]
+    assert 0 <= scope["degradation"]["flagged"] <= doc["n"]
     # refit by hand on the validation split: same numbers, so nothing from the test split leaked in
     assert main(["evaluate", str(run_dir), "--split", "val", "--bootstrap", "0", "--timing-images", "0",
                  "--audit", "none", "--no-report", "--out", str(tmp_path / "val"), "--tta"]) == 0

@@ -242,9 +242,14 @@ def test_the_safety_layer_is_measured_on_the_corrupted_split(run_dir: Path, tmp_
         assert s["cannot_assess"] + s["uncertain"] + s["assessed"] == pytest.approx(1.0)
         assert 0.0 <= s["confident_errors"] <= s["assessed"]
     doc = json.loads((out / "metrics.json").read_text())
-    # clean: the evaluation's own scope report on the same images bounds it (gate rejections, quality flags)
+    # clean: the evaluation's own scope report on the same images bounds it (gate rejections, quality flags, the
+    # degradation check's flags)
     rejected, flagged = doc["scope"]["gate"]["false_rejection"], doc["scope"]["quality"]["flagged"] / doc["n"]
-    assert rejected - 1e-9 <= safety["clean"]["cannot_assess"] <= rejected + flagged + 1e-9
+    degraded = doc["scope"]["degradation"]["flagged_rate"]
+    assert safety["checks"]["degradation"]["threshold"] == doc["scope"]["degradation"]["threshold"]
+    assert safety["clean"]["degraded"] == pytest.approx(degraded, abs=1.5 / doc["n"])  # fast path: borderline only
+    assert rejected - 1e-9 <= safety["clean"]["cannot_assess"] <= rejected + flagged + degraded + 1.5 / doc["n"]
+    assert all(0.0 <= c["safety"]["degraded"] <= c["safety"]["cannot_assess"] for c in rob["cells"])
     assert len(list((out / "corruption_cache").glob("*-safety.npz"))) == 4
     frame = pd.read_csv(out / "corruptions.csv")
     assert frame["safety_cannot_assess"].between(0, 1).all()

@@ -47,24 +47,40 @@ def make_run(root: Path, fusion: str = "none", size: int = 64, resize: str = "sq
     return run_dir
 
 
-def gated_run(source: Path, root: Path, threshold: float, uncertainty: float | None = None) -> Path:
+def gated_run(source: Path, root: Path, threshold: float, uncertainty: float | None = None,
+              degradation: float | None = None) -> Path:
     """A copy of a fixture run with a Mahalanobis scope gate (statistics from features of seeded lesion-like
-    pictures, the given threshold: -1 rejects everything, 1e12 nothing) and optionally an abstention margin."""
+    pictures, the given threshold: -1 rejects everything, 1e12 nothing), optionally an abstention margin, and
+    optionally a degradation check (a seeded linear detector; threshold -1e12 flags everything, 1e12 nothing)."""
     import shutil
 
     import numpy as np
 
-    from lesionlab.core.scope import SCOPE_FILE, ScopeGate, fit_arrays, save_gate_arrays
+    from lesionlab.core.scope import (
+        DEGRADATION_FILE,
+        SCOPE_FILE,
+        DegradationCheck,
+        ScopeGate,
+        degradation_arrays,
+        fit_arrays,
+        save_degradation,
+        save_gate_arrays,
+    )
     from lesionlab.runs import load_run
     from lesionlab.serve.samples import synthetic_lesion
 
-    run_dir = Path(shutil.copytree(source, root / f"gated-{threshold}-{uncertainty}"))
+    run_dir = Path(shutil.copytree(source, root / f"gated-{threshold}-{uncertainty}-{degradation}"))
     feats = load_run(run_dir).predict_features([synthetic_lesion((120, 90), seed=i) for i in range(24)])
     gate = ScopeGate("mahalanobis", threshold, fit_arrays("mahalanobis", feats, np.arange(24) % 2))
     save_gate_arrays(run_dir / SCOPE_FILE, gate)
     fields: dict[str, Any] = {"scope": gate.record()}
     if uncertainty is not None:
         fields["uncertainty"] = {"threshold": uncertainty}
+    if degradation is not None:
+        coef = np.random.default_rng(0).normal(size=feats.shape[1])
+        check = DegradationCheck(degradation, degradation_arrays(feats.mean(0), feats.std(0), coef, 0.0))
+        save_degradation(run_dir / DEGRADATION_FILE, check)
+        fields["degradation"] = check.record()
     update_run_info(run_dir, **fields)
     return run_dir
 

@@ -155,15 +155,17 @@ def _page_with_photo(browser: Browser, base: str, tmp_path: Path, viewport: dict
     return page, errors
 
 
-@pytest.mark.parametrize(("state", "threshold", "margin", "box_colour", "text"), [
-    ("cannot-assess", -1.0, 0.0, (0xEC, 0xEF, 0xF1), "Cannot assess: this does not look like a dermoscopy image"),
-    ("uncertain", 1e12, 2.0, (0xFF, 0xF6, 0xDC), "Uncertain: the model abstains"),
+@pytest.mark.parametrize(("state", "threshold", "margin", "degradation", "box_colour", "text"), [
+    ("cannot-assess", -1.0, 0.0, 1e12, (0xEC, 0xEF, 0xF1),
+     "Cannot assess: this does not look like a dermoscopy image"),
+    ("cannot-assess-degraded", 1e12, 0.0, -1e12, (0xEC, 0xEF, 0xF1), "Cannot assess: the image is degraded"),
+    ("uncertain", 1e12, 2.0, 1e12, (0xFF, 0xF6, 0xDC), "Uncertain: the model abstains"),
 ])
 def test_out_of_scope_and_uncertain_states(browser: Browser, image_run: Path, gated_run_factory: Callable[..., Any],
                                            serve_in_thread: Callable[..., Any], tmp_path: Path, state: str,
-                                           threshold: float, margin: float, box_colour: tuple[int, int, int],
-                                           text: str) -> None:
-    run_dir = gated_run_factory(image_run, tmp_path, threshold, margin)
+                                           threshold: float, margin: float, degradation: float,
+                                           box_colour: tuple[int, int, int], text: str) -> None:
+    run_dir = gated_run_factory(image_run, tmp_path, threshold, margin, degradation)
     with serve_in_thread(create_app(load_run(run_dir), ServeSettings(warmup=False))) as base:
         page, errors = _page_with_photo(browser, base, tmp_path, {"width": 1280, "height": 900})
         page.get_by_test_id("submit").click()
@@ -174,7 +176,7 @@ def test_out_of_scope_and_uncertain_states(browser: Browser, image_run: Path, ga
         shot = box.screenshot(path=str(_shots(tmp_path) / f"serve-{state}-box.png"))
         assert _background(shot) == box_colour  # the state is drawn in its own colour
         page.screenshot(path=str(_shots(tmp_path) / f"serve-{state}.png"), full_page=True)
-        if state == "cannot-assess":  # no class and no referral anywhere on the page
+        if state.startswith("cannot-assess"):  # no class and no referral anywhere on the page
             assert page.get_by_test_id("referral").is_hidden() and page.get_by_test_id("bars-block").is_hidden()
             assert page.get_by_test_id("heatmap").is_hidden()
         else:  # abstaining still shows the probabilities and the referral flag

@@ -42,7 +42,9 @@ def runs(image_run: Path, tmp_path_factory: pytest.TempPathFactory,
     root = tmp_path_factory.mktemp("gated")
     return {"reject_all": gated_run_factory(image_run, root, -1.0),
             "keep_all": gated_run_factory(image_run, root, 1e12, 2.0),
-            "plain": gated_run_factory(image_run, root, 1e12)}
+            "plain": gated_run_factory(image_run, root, 1e12),
+            "degraded_all": gated_run_factory(image_run, root, 1e12, None, -1e12),
+            "degraded_none": gated_run_factory(image_run, root, 1e12, None, 1e12)}
 
 
 def post(client: TestClient, data: bytes, ctype: str = "image/jpeg", **form: str) -> Any:
@@ -64,6 +66,29 @@ def test_out_of_scope_gets_no_verdict_and_in_scope_does(runs: dict[str, Path]) -
     assert body["scope"]["method"] == "mahalanobis" and body["scope"]["score"] >= 0
     assert flat["assessment"]["status"] == "cannot_assess" and "one_colour" in flat["quality"]["flags"]
     assert flat["referral"]["refer"] is None and "take the picture again" in flat["assessment"]["message"]
+
+
+def test_an_image_the_degradation_check_flags_gets_no_verdict(runs: dict[str, Path]) -> None:
+    image = jpeg_bytes(synthetic_lesion((120, 90), seed=99))
+    with TestClient(create_app(runs["degraded_all"], ServeSettings(warmup=False))) as client:
+        body = post(client, image).json()
+        files = [("images", (f"{i}.jpg", image, "image/jpeg")) for i in range(2)]
+        batch = client.post("/v1/predict/batch", files=files).json()
+    PredictResponse.model_validate(body)
+    assert body["assessment"]["status"] == "cannot_assess" and body["assessment"]["reasons"] == ["degraded"]
+    assert body["assessment"]["message"].startswith("cannot assess: the image is degraded (noisy, blurred")
+    assert body["referral"]["refer"] is None and body["quality"]["ok"] is False
+    assert body["quality"]["degradation_threshold"] == -1e12 and body["quality"]["degradation_score"] > -1e12
+    assert [r["assessment"]["reasons"] for r in batch["results"]] == [["degraded"], ["degraded"]]
+    assert not any("No degradation check" in w for w in body["warnings"])
+    with TestClient(create_app(runs["degraded_none"], ServeSettings(warmup=False))) as client:
+        kept = post(client, image).json()
+    assert kept["assessment"]["status"] == "assessed" and kept["quality"]["flags"] == []
+    assert kept["quality"]["degradation_score"] == body["quality"]["degradation_score"]  # same detector, same image
+    with TestClient(create_app(runs["plain"], ServeSettings(warmup=False))) as client:
+        unfitted = post(client, image).json()
+    assert unfitted["quality"]["degradation_score"] is None and unfitted["assessment"]["status"] == "assessed"
+    assert any("No degradation check was fitted" in w for w in unfitted["warnings"])
 
 
 def test_uncertain_predictions_are_marked(runs: dict[str, Path]) -> None:

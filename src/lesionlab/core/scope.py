@@ -7,7 +7,11 @@ functions on features, pixels and probabilities.
   nearest training feature after L2 normalisation (Sun et al., ICML 2022) and the maximum softmax probability
   (Hendrycks & Gimpel, ICLR 2017). The threshold is fitted on the validation split: the score that keeps all but
   ``max_false_rejection`` of the validation images in scope.
-* Quality: too dark, too bright, blurred, mostly one colour, measured on the pixels the model sees.
+* Quality: too dark, too bright, blurred, mostly one colour, measured on the pixels the model sees; and *degraded*:
+  a linear detector on the same penultimate features, trained to tell the training images from copies of them under
+  the fifteen acquisition corruptions (:mod:`lesionlab.data.corruptions`), threshold fitted on the clean validation
+  images. It catches what the distance gate lets through: the mildly pixelated, blurred or badly lit images on
+  which a model still answers with confidence and misses more melanomas (docs/BENCHMARKS.md).
 * Uncertain: a small margin between the two most probable classes; the threshold is fitted on validation as the
   largest margin below which the model was right at most half of the time.
 """
@@ -204,6 +208,83 @@ def quality_flags(measures: dict[str, float]) -> list[str]:
     if measures["one_colour_share"] > q["one_colour_share"]:
         flags.append("one_colour")
     return flags
+
+
+# -------------------------------------------------------------------------------------------------- degradation
+
+DEFAULT_DEGRADATION_FALSE_REJECTION = 0.02
+DEGRADATION_FILE = "degradation.safetensors"
+DEGRADATION_ARRAYS = ("mean", "scale", "coef", "intercept")
+
+
+@dataclass
+class DegradationCheck:
+    """A fitted linear detector of degraded images on the penultimate features: ``score > threshold`` means
+    degraded. The arrays: feature ``mean`` and ``scale`` (standardisation), ``coef`` and ``intercept``."""
+
+    threshold: float
+    arrays: dict[str, np.ndarray]
+    fit: dict[str, Any] = field(default_factory=dict)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """The detector's log-odds that each row's image is degraded."""
+        a = self.arrays
+        if np.ndim(features) != 2 or np.shape(features)[1] != a["coef"].size:
+            raise ScopeError(f"the degradation detector reads {a['coef'].size} features per image, got shape "
+                             f"{np.shape(features)} (a detector fitted for another model?)")
+        x = (np.asarray(features, dtype=np.float64) - a["mean"]) / a["scale"]
+        return x @ np.asarray(a["coef"], dtype=np.float64) + float(np.asarray(a["intercept"]).reshape(-1)[0])
+
+    def degraded(self, scores: np.ndarray) -> np.ndarray:
+        """True where the image looks degraded."""
+        return np.asarray(scores) > self.threshold
+
+    def record(self) -> dict[str, Any]:
+        """The JSON part (``run.json`` ``degradation``); the arrays go to :data:`DEGRADATION_FILE`."""
+        return {"threshold": float(self.threshold), **self.fit}
+
+
+def degradation_arrays(mean: np.ndarray, scale: np.ndarray, coef: np.ndarray, intercept: float
+                       ) -> dict[str, np.ndarray]:
+    """The detector's arrays from a fitted standardisation and linear model (a constant feature keeps scale 1)."""
+    scale = np.where(np.asarray(scale) > 0, scale, 1.0)
+    return {"mean": np.asarray(mean, np.float32), "scale": np.asarray(scale, np.float32),
+            "coef": np.asarray(coef, np.float32).reshape(-1), "intercept": np.array([intercept], np.float32)}
+
+
+def save_degradation(path: Any, check: DegradationCheck) -> Any:
+    """The detector's arrays as a safetensors file (atomic): plain numbers, nothing that runs when loaded."""
+    from safetensors.numpy import save_file
+
+    from lesionlab.core.io import atomic_write
+
+    arrays = {k: np.ascontiguousarray(check.arrays[k]) for k in DEGRADATION_ARRAYS}
+    return atomic_write(path, lambda tmp: save_file(arrays, str(tmp), metadata={"check": "degradation"}))
+
+
+def load_degradation(path: Any, record: dict[str, Any]) -> DegradationCheck:
+    """The detector described by ``record`` (``run.json`` ``degradation``) with its arrays from ``path``."""
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    if not isinstance(record.get("threshold"), (int, float)):
+        raise ScopeError(f"degradation record {record!r} needs a threshold")
+    if not Path(path).is_file():
+        raise ScopeError(f"{path}: missing (the degradation check keeps its detector there)")
+    try:
+        arrays = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ScopeError(f"{path}: cannot read the degradation detector ({err})") from None
+    lacking = [k for k in DEGRADATION_ARRAYS if k not in arrays]
+    if lacking:
+        raise ScopeError(f"{path}: lacks {', '.join(lacking)} for the degradation check")
+    n = arrays["coef"].size
+    if arrays["mean"].size != n or arrays["scale"].size != n or arrays["intercept"].size != 1:
+        raise ScopeError(f"{path}: the degradation detector's arrays disagree in size (coef {n}, mean "
+                         f"{arrays['mean'].size}, scale {arrays['scale'].size}, intercept {arrays['intercept'].size})")
+    return DegradationCheck(float(record["threshold"]), arrays, {k: v for k, v in record.items() if k != "threshold"})
 
 
 # ------------------------------------------------------------------------------------------------- the verdict

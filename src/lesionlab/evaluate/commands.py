@@ -9,7 +9,12 @@ from typing import Any
 
 from lesionlab.core.argparsing import Deprecated, rich_table
 from lesionlab.core.errors import UsageError
-from lesionlab.core.scope import DEFAULT_MAX_FALSE_REJECTION, DEFAULT_SCOPE_METHOD, SCOPE_METHODS
+from lesionlab.core.scope import (
+    DEFAULT_DEGRADATION_FALSE_REJECTION,
+    DEFAULT_MAX_FALSE_REJECTION,
+    DEFAULT_SCOPE_METHOD,
+    SCOPE_METHODS,
+)
 from lesionlab.evaluate.calibration import DEFAULT_TARGET_SENSITIVITY
 
 
@@ -52,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="--calibrate: the out-of-scope score to fit (default mahalanobis; see docs/BENCHMARKS.md)")
     ev.add_argument("--max-false-rejection", type=float, default=DEFAULT_MAX_FALSE_REJECTION,
                     help="--calibrate: share of validation images the scope gate may reject (default 0.05)")
+    ev.add_argument("--degradation-false-rejection", type=float, default=DEFAULT_DEGRADATION_FALSE_REJECTION,
+                    help="--calibrate: share of clean validation images the degradation check may flag (default "
+                         "0.02)")
     ev.add_argument("--scope-compare", action="store_true",
                     help="measure every out-of-scope score against the out-of-scope sets, not just the run's")
     ev.add_argument("--ood-images", type=int, default=60, help="images per out-of-scope set (0: do not measure)")
@@ -158,7 +166,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           severities=args.severities, corruption_seed=args.corruption_seed,
                           robustness_reference=args.robustness_reference,
                           scope=ScopeOptions(args.scope_method, args.max_false_rejection, args.scope_compare,
-                                             args.ood_images),
+                                             args.ood_images, args.degradation_false_rejection),
                           allow_unfinished=args.allow_unfinished, allow_synthetic=args.allow_synthetic)
     print_metrics(result.metrics)
     console = _console()
@@ -238,6 +246,10 @@ def print_scope(console: Any, scope: dict[str, Any]) -> None:
     quality = scope.get("quality")
     if quality:
         console.print(f"image quality flags: {quality['flagged']} of {quality['n']} images")
+    degradation = scope.get("degradation")
+    if degradation:
+        console.print(f"flagged degraded: {degradation['flagged']} of {scope.get('n')} images (threshold "
+                      f"{degradation['threshold']:.3f})")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from lesionlab.core.metrics import (
     negative_log_likelihood,
     softmax,
 )
-from lesionlab.core.scope import DEFAULT_MAX_FALSE_REJECTION, DEFAULT_SCOPE_METHOD
+from lesionlab.core.scope import DEFAULT_DEGRADATION_FALSE_REJECTION, DEFAULT_MAX_FALSE_REJECTION, DEFAULT_SCOPE_METHOD
 from lesionlab.data.audit import audit_split
 from lesionlab.data.corruptions import parse_corruptions, parse_severities
 from lesionlab.data.sources import DataSource, open_source
@@ -55,7 +55,7 @@ from lesionlab.evaluate.predictions import (
 from lesionlab.evaluate.report import METRICS_FILE, PREDICTIONS_FILE
 from lesionlab.evaluate.robustness import RobustnessError, clean_check_warnings, evaluate_corruptions, load_reference
 from lesionlab.evaluate.robustness_report import card_summary as robustness_card
-from lesionlab.evaluate.scope import fit_run_scope, scope_report
+from lesionlab.evaluate.scope import fit_run_degradation, fit_run_scope, scope_report
 from lesionlab.evaluate.subgroups import card_summary as subgroups_card
 from lesionlab.evaluate.subgroups import subgroup_analysis, subgroup_warnings
 from lesionlab.runs import Run, check_run_use, load_run, seal_enclosing_run, update_run_info, views_of
@@ -72,6 +72,7 @@ class ScopeOptions:
     max_false_rejection: float = DEFAULT_MAX_FALSE_REJECTION
     compare: bool = False  # also score the other methods against the out-of-scope sets (fits each on train + val)
     ood_images: int = 60  # images per out-of-scope set (0: do not measure)
+    degradation_false_rejection: float = DEFAULT_DEGRADATION_FALSE_REJECTION  # the degradation detector's
 
 
 @dataclass
@@ -210,7 +211,8 @@ def open_eval_source(run: Run, data_cfg: DataConfig | None = None, isic_csv: Pat
 def calibrate_run(run: Run, source: DataSource, tta: bool, target_sensitivity: float, batch_size: int,
                   progress: bool, scope: ScopeOptions | None = None) -> dict[str, Any]:
     """Fit temperature and referral threshold on the validation split of ``source``, then the scope gate and the
-    abstention margin (:func:`~lesionlab.evaluate.scope.fit_run_scope`); store them in run.json."""
+    abstention margin (:func:`~lesionlab.evaluate.scope.fit_run_scope`) and the degradation detector
+    (:func:`~lesionlab.evaluate.scope.fit_run_degradation`); store them in run.json."""
     frame, logits = predict_split(run, source, "val", tta=tta, batch_size=batch_size, temperature=1.0,
                                   progress=progress, return_logits=True)
     y, _ = arrays(frame, run.classes)
@@ -224,6 +226,7 @@ def calibrate_run(run: Run, source: DataSource, tta: bool, target_sensitivity: f
                                calibration=calibration, referral=referral)
     scope = scope or ScopeOptions()
     safety = fit_run_scope(run, source, tta, scope.method, scope.max_false_rejection, progress)
+    safety.update(fit_run_degradation(run, source, tta, scope.degradation_false_rejection, progress=progress))
     run.info = update_run_info(run.path, **{k: {**v, "fitted": provenance["fitted"]} for k, v in safety.items()})
     return {"calibration": calibration, "referral_fit": referral}
 

@@ -118,6 +118,12 @@ def _scope_tables(doc: dict[str, Any]) -> list[Table]:
         q = scope["quality"]
         rows.append(["image-quality flags", f"{q['flagged']} of {q['n']} (dark {q['too_dark']}, bright "
                      f"{q['too_bright']}, blurred {q['blurred']}, one colour {q['one_colour']})"])
+    if scope.get("degradation"):
+        d = scope["degradation"]
+        rows.append(["flagged degraded (false rejections on this split)",
+                     f"{d['flagged']} of {scope.get('n')} (threshold {fmt(d['threshold'])}, fitted to flag at most "
+                     f"{fmt(d.get('max_false_rejection'))} of the clean validation images; on validation it caught "
+                     f"{fmt(d.get('val_detection'))} of corrupted copies)"])
     if rows:
         tables.append(Table("Abstention and image quality", "table-abstention", ["check", "value"], rows))
     return tables

@@ -63,6 +63,7 @@ from lesionlab.core.errors import LesionlabError
 from lesionlab.core.io import atomic_write, atomic_write_json, file_sha256, read_json
 from lesionlab.core.metrics import confusion_matrix, per_class_rates, softmax
 from lesionlab.core.scope import (
+    DEGRADATION_FILE,
     QUALITY_LIMITS,
     SCOPE_FILE,
     assessment_state,
@@ -224,7 +225,7 @@ def cells_frame(block: dict[str, Any]) -> pd.DataFrame:
 # -------------------------------------------------------------------------------------- the safety layer
 
 SAFETY_FIGURES = ("cannot_assess", "uncertain", "assessed", "assessed_accuracy", "assessed_balanced_accuracy",
-                  "confident_errors", "confident_mel_misses")
+                  "confident_errors", "confident_mel_misses", "degraded")
 
 
 def assessment_states(scope_scores: np.ndarray | None, threshold: float | None, quality_ok: np.ndarray,
@@ -238,10 +239,11 @@ def assessment_states(scope_scores: np.ndarray | None, threshold: float | None, 
 
 
 def safety_scores(y: np.ndarray, logits: np.ndarray, states: np.ndarray,
-                  classes: Sequence[str] = CLASS_CODES) -> dict[str, float | None]:
+                  classes: Sequence[str] = CLASS_CODES, degraded: np.ndarray | None = None) -> dict[str, float | None]:
     """Shares of the three states; accuracy and balanced accuracy of the assessed images; confident errors (the
-    share of all images assessed and wrong) and confident melanoma misses (of the melanomas, the share assessed as
-    another class)."""
+    share of all images assessed and wrong), confident melanoma misses (of the melanomas, the share assessed as
+    another class) and the share the degradation check flags (``None`` without one; such images are among those
+    that cannot be assessed)."""
     y = np.asarray(y, dtype=np.int64)
     states = np.asarray(states)
     assessed = states == "assessed"
@@ -253,7 +255,8 @@ def safety_scores(y: np.ndarray, logits: np.ndarray, states: np.ndarray,
             "assessed_accuracy": None if kept is None else kept["accuracy"],
             "assessed_balanced_accuracy": None if kept is None else kept["balanced_accuracy"],
             "confident_errors": float(np.mean(assessed & wrong)),
-            "confident_mel_misses": float(np.mean((assessed & wrong)[mel])) if mel.any() else None}
+            "confident_mel_misses": float(np.mean((assessed & wrong)[mel])) if mel.any() else None,
+            "degraded": None if degraded is None else float(np.mean(degraded))}
 
 
 def summarise_safety(cells: Sequence[dict[str, Any]], clean: dict[str, Any], checks: dict[str, Any]
@@ -261,7 +264,7 @@ def summarise_safety(cells: Sequence[dict[str, Any]], clean: dict[str, Any], che
     """The ``safety`` block (pure): the clean figures, their mean over the cells and per corruption (over its
     severities), and at each corruption's highest severity."""
     def mean(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
-        return {k: mean_or_none([r[k] for r in rows]) for k in SAFETY_FIGURES}
+        return {k: mean_or_none([r.get(k) for r in rows]) for k in SAFETY_FIGURES}
 
     scored = [c for c in cells if c.get("safety")]
     names = list(dict.fromkeys(c["corruption"] for c in scored))
@@ -350,15 +353,18 @@ def _write_cached(path: Path, key: str, **arrays: np.ndarray) -> None:
 
 def safety_checks(run: Run) -> dict[str, Any] | None:
     """The run's fitted checks as the cache key and the block record them (``None``: neither gate nor margin)."""
-    gate, margin = run.scope, run.uncertainty_threshold
-    if gate is None and margin is None:
+    gate, margin, degradation = run.scope, run.uncertainty_threshold, run.degradation
+    if gate is None and margin is None and degradation is None:
         return None
-    scope_file = Path(run.path) / SCOPE_FILE
+    scope_file, degradation_file = Path(run.path) / SCOPE_FILE, Path(run.path) / DEGRADATION_FILE
     return {"gate": None if gate is None else {"method": gate.method, "threshold": float(gate.threshold),
                                                "file_sha256": file_sha256(scope_file) if scope_file.is_file()
                                                else None},
             "uncertainty_threshold": margin, "temperature": run.temperature,
-            "quality_limits": dict(QUALITY_LIMITS)}
+            "quality_limits": dict(QUALITY_LIMITS),
+            "degradation": None if degradation is None else {
+                "threshold": float(degradation.threshold),
+                "file_sha256": file_sha256(degradation_file) if degradation_file.is_file() else None}}
 
 
 class _FastPredictor:
@@ -402,14 +408,17 @@ class _FastPredictor:
         return torch.cat(out).numpy()
 
     def safety(self, images: Sequence[np.ndarray], logits: np.ndarray) -> dict[str, np.ndarray]:
-        """Each image's gate score (NaN without a gate) and whether its quality passes."""
-        gate = self.run.scope
+        """Each image's gate score (NaN without a gate), whether the degradation check flags it and whether its
+        quality (the pixel limits and that check) passes."""
+        gate, check = self.run.scope, self.run.degradation
         scores = np.full(len(images), np.nan, dtype=np.float32)
+        needs = (gate is not None and gate.method in ("mahalanobis", "knn")) or check is not None
+        feats = self.features(images) if needs else np.zeros((len(images), 0))
         if gate is not None:
-            feats = self.features(images) if gate.method in ("mahalanobis", "knn") else np.zeros((len(images), 0))
             scores = gate.score(feats, logits, softmax(logits, self.run.temperature)).astype(np.float32)
+        degraded = check.degraded(check.score(feats)) if check is not None else np.zeros(len(images), dtype=bool)
         quality_ok = np.array([not quality_flags(quality_measures(np.asarray(im))) for im in images], dtype=bool)
-        return {"scope_scores": scores, "quality_ok": quality_ok}
+        return {"scope_scores": scores, "quality_ok": quality_ok & ~degraded, "degraded": degraded}
 
     def states(self, safety: dict[str, np.ndarray], logits: np.ndarray) -> np.ndarray:
         """The state of each image from its cached checks and logits."""
@@ -465,7 +474,9 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
         clean_scores = cell_scores(y, clean, classes)
         clean_safety = None
         if checks is not None:
-            clean_safety = safety_scores(y, clean, predict.states(predict.safety(list(images), clean), clean), classes)
+            checked = predict.safety(list(images), clean)
+            clean_safety = safety_scores(y, clean, predict.states(checked, clean), classes,
+                                         checked["degraded"] if run.degradation is not None else None)
         check: dict[str, Any] = {"path": "channels-last" if predict.channels_last else "standard"}
         if clean_logits is not None:
             same = clean.argmax(1) == np.asarray(clean_logits).argmax(1)
@@ -490,13 +501,14 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
             if checks is not None:
                 skey = hashlib.sha256(json.dumps([key, checks], sort_keys=True).encode()).hexdigest()[:24]
                 spath = cache / f"{name}-s{severity}-safety.npz"
-                safety = _read_cached(spath, skey, len(images), ("quality_ok", "scope_scores"))
+                safety = _read_cached(spath, skey, len(images), ("quality_ok", "scope_scores", "degraded"))
                 if safety is None:
                     if corrupted is None:
                         corrupted = corrupted_split(images, image_ids, name, severity, seed)
                     safety = predict.safety(corrupted, logits)
                     _write_cached(spath, skey, **safety)
-                cell["safety"] = safety_scores(y, logits, predict.states(safety, logits), classes)
+                cell["safety"] = safety_scores(y, logits, predict.states(safety, logits), classes,
+                                               safety["degraded"] if run.degradation is not None else None)
             cells.append(cell)
     first = gallery_index(y, classes)
     picture = gallery(np.asarray(images[first]), names, levels, seed=seed, key=str(image_ids[first]),

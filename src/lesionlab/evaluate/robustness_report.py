@@ -130,8 +130,12 @@ def safety_table(block: dict[str, Any]) -> Table | None:
     if not safety:
         return None
 
+    checks = safety.get("checks") or {}
+    degradation = checks.get("degradation")
+
     def row(label: str, s: dict[str, Any], accuracy: Any) -> list[str]:
-        return [label, _pct(s["cannot_assess"]), _pct(s["uncertain"]), _fmt(accuracy), _fmt(s["assessed_accuracy"]),
+        return [label, _pct(s["cannot_assess"]), *([_pct(s.get("degraded"))] if degradation else []),
+                _pct(s["uncertain"]), _fmt(accuracy), _fmt(s["assessed_accuracy"]),
                 _fmt(s["assessed_balanced_accuracy"]), _pct(s["confident_errors"]), _pct(s["confident_mel_misses"])]
 
     rows = [row("clean", safety["clean"], block.get("clean_accuracy"))]
@@ -142,16 +146,18 @@ def safety_table(block: dict[str, Any]) -> Table | None:
                    and c["severity"] == s["highest_severity"])
         rows.append(row(f"{name} (severity {s['highest_severity']})", top, acc))
     rows.append(row("mean over cells", safety["mean"], block.get("mean_corrupted_accuracy")))
-    checks = safety.get("checks") or {}
     gate = checks.get("gate") or {}
     note = ("The service's rule on every corrupted image: cannot assess (out of scope, or failed image quality: no "
             "class, no referral flag), uncertain (the model abstains), else assessed. Accuracy of all images against "
             "that of the assessed ones; confident errors: assessed and wrong, as a share of all images; confident "
             "melanoma misses: melanomas assessed as another class, as a share of the melanomas. Checks: "
             + (f"{gate.get('method')} gate, threshold {_fmt(gate.get('threshold'))}" if gate else "no gate")
-            + f"; abstention margin {_fmt(checks.get('uncertainty_threshold'))}; image-quality limits.")
+            + f"; abstention margin {_fmt(checks.get('uncertainty_threshold'))}; image-quality limits"
+            + (f"; degradation check, threshold {_fmt(degradation.get('threshold'))} (flagged: the share it calls "
+               "degraded, part of cannot assess)." if degradation else "; no degradation check."))
     return Table("The safety layer on the corrupted test split", "table-corruption-safety",
-                 ["condition", "cannot assess", "uncertain", "accuracy (all)", "accuracy (assessed)",
+                 ["condition", "cannot assess", *(["flagged degraded"] if degradation else []), "uncertain",
+                  "accuracy (all)", "accuracy (assessed)",
                   "balanced accuracy (assessed)", "confident errors", "confident melanoma misses"], rows, note)
 
 

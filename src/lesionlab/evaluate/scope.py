@@ -3,7 +3,9 @@ image-quality check (the pure parts are in :mod:`lesionlab.core.scope`).
 
 ``evaluate --calibrate`` fits the gate's statistics on the training split and its threshold on the validation split
 (``RUN/scope.safetensors`` + ``run.json`` ``scope``), and the abstention margin on validation (``run.json``
-``uncertainty``). Every evaluation then reports, on the evaluated split, how many real images the gate rejects
+``uncertainty``), and the degradation detector on the training split and its copies under random acquisition
+corruptions, its threshold on the clean validation images (``RUN/degradation.safetensors`` + ``run.json``
+``degradation``). Every evaluation then reports, on the evaluated split, how many real images the gate rejects
 (false rejections), how many are uncertain or flagged for quality, and the gate's AUROC against the out-of-scope
 sets of :mod:`lesionlab.evaluate.ood` (all four scores side by side, so the chosen method is seen in context).
 """
@@ -14,24 +16,33 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import StandardScaler
+from tqdm.auto import tqdm
 
 from lesionlab.core.metrics import softmax
 from lesionlab.core.scope import (
+    DEFAULT_DEGRADATION_FALSE_REJECTION,
     DEFAULT_MAX_FALSE_REJECTION,
     DEFAULT_SCOPE_METHOD,
+    DEGRADATION_FILE,
     SCOPE_FILE,
     SCOPE_METHODS,
+    DegradationCheck,
     ScopeGate,
+    degradation_arrays,
     fit_arrays,
     fit_scope_gate,
     fit_uncertainty,
     margins,
     quality_flags,
     quality_measures,
+    save_degradation,
     save_gate_arrays,
     threshold_for,
 )
+from lesionlab.data.corruptions import CORRUPTION_NAMES, CORRUPTIONS_VERSION, SEVERITIES, corrupt, corruption_seed
 from lesionlab.evaluate.ood import ood_sets
 from lesionlab.evaluate.predictions import load_images, meta_rows, split_rows
 
@@ -97,6 +108,65 @@ def fit_run_scope(run: Run, source: DataSource, tta: bool, method: str = DEFAULT
             "uncertainty": {**uncertainty, "split": "val"}}
 
 
+#: Inverse regularisation of the degradation detector's logistic regression, chosen on the validation split of the
+#: reference run (clean against corrupted validation images at the 2% false rejection): 0.003-0.01 detect the most,
+#: 0.1 and 1 less (docs/BENCHMARKS.md, "The degradation check").
+DEGRADATION_C = 0.01
+
+
+def degraded_copies(pixels: Sequence[Any], seed: int, progress: bool = False
+                    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """One copy of each image under a random corruption at a random severity (seeded per image), with the chosen
+    corruption indices and severities: the degradation detector's positive examples."""
+    rng = np.random.default_rng(seed)
+    names = rng.integers(len(CORRUPTION_NAMES), size=len(pixels))
+    levels = rng.integers(min(SEVERITIES), max(SEVERITIES) + 1, size=len(pixels))
+    out = []
+    for i, px in enumerate(tqdm(pixels, desc="degraded copies", unit="image", disable=not progress)):
+        name, level = CORRUPTION_NAMES[int(names[i])], int(levels[i])
+        out.append(corrupt(np.asarray(px), name, level, np.random.default_rng(corruption_seed(seed, name, level, i))))
+    return out, names, levels
+
+
+def fit_degradation(clean: np.ndarray, degraded: np.ndarray, val_clean: np.ndarray,
+                    max_false_rejection: float = DEFAULT_DEGRADATION_FALSE_REJECTION) -> DegradationCheck:
+    """A logistic regression (standardised features, :data:`DEGRADATION_C`) of ``degraded`` against ``clean``
+    features; its threshold keeps all but ``max_false_rejection`` of ``val_clean``."""
+    x = np.r_[clean, degraded]
+    y = np.r_[np.zeros(len(clean)), np.ones(len(degraded))]
+    scaler = StandardScaler().fit(x)
+    model = LogisticRegression(C=DEGRADATION_C, max_iter=2000).fit(scaler.transform(x), y)
+    check = DegradationCheck(float("inf"), degradation_arrays(scaler.mean_, scaler.scale_, model.coef_,
+                                                              float(model.intercept_[0])))
+    check.threshold = threshold_for(check.score(val_clean), max_false_rejection)
+    return check
+
+
+def fit_run_degradation(run: Run, source: DataSource, tta: bool,
+                        max_false_rejection: float = DEFAULT_DEGRADATION_FALSE_REJECTION, seed: int = 0,
+                        progress: bool = False) -> dict[str, Any]:
+    """Fit the degradation detector: a logistic regression on the penultimate features of the training images
+    (clean) against one corrupted copy of each; its threshold keeps all but ``max_false_rejection`` of the clean
+    validation images, and one corrupted copy of each validation image measures what it detects. Writes
+    ``degradation.safetensors``, sets ``run.degradation`` and returns the ``run.json`` field ``degradation``."""
+    train, _ = _split(run, source, "train", tta, progress)
+    val, _ = _split(run, source, "val", tta, progress)
+    copies, _, _ = degraded_copies(train.pixels, seed, progress)
+    check = fit_degradation(train.features, run.predict_features(copies), val.features, max_false_rejection)
+    clean = check.score(val.features)
+    val_copies, names, _ = degraded_copies(val.pixels, seed + 1, progress)
+    caught = check.degraded(check.score(run.predict_features(val_copies)))
+    by_name = {name: float(caught[names == k].mean()) for k, name in enumerate(CORRUPTION_NAMES) if (names == k).any()}
+    check.fit = {"score": "logistic regression on the penultimate features (log-odds of degraded)",
+                 "max_false_rejection": max_false_rejection, "C": DEGRADATION_C, "n_train": len(train.features),
+                 "n_val": len(clean), "val_false_rejection": float(check.degraded(clean).mean()),
+                 "val_detection": float(caught.mean()), "val_detection_by_corruption": by_name,
+                 "corruptions_version": CORRUPTIONS_VERSION, "seed": seed}
+    save_degradation(run.path / DEGRADATION_FILE, check)
+    run.degradation = check
+    return {"degradation": {**check.record(), "split": "val", "statistics": "train", "file": DEGRADATION_FILE}}
+
+
 def quality_summary(pixels: Sequence[np.ndarray]) -> dict[str, Any]:
     """How many images each quality flag catches."""
     flags = [quality_flags(quality_measures(p)) for p in pixels]
@@ -132,6 +202,10 @@ def scope_report(run: Run, source: DataSource, split: str | None, tta: bool, n_o
     real = Scored(run, images, metas, tta)
     y = source.table["label"].to_numpy()[rows]
     out: dict[str, Any] = {"n": len(rows), "quality": quality_summary(real.pixels)}
+    if run.degradation is not None:
+        flagged = run.degradation.degraded(run.degradation.score(real.features))
+        out["degradation"] = {**run.degradation.record(), "flagged": int(flagged.sum()),
+                              "flagged_rate": float(flagged.mean())}
     threshold = run.uncertainty_threshold
     if threshold is not None:
         m = margins(real.proba)

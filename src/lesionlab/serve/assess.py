@@ -2,7 +2,8 @@
 
 Every answer carries an ``assessment``: ``assessed`` (a class and a referral flag), ``uncertain`` (the model
 abstains between its two leading classes; the referral flag stands, since it sums the malignant classes), or
-``cannot_assess`` (out of scope, or the image quality fails): then no referral flag and no verdict are given.
+``cannot_assess`` (out of scope, or the image quality fails, the degradation detector included): then no referral
+flag and no verdict are given.
 The checks and their thresholds come from the run (:mod:`lesionlab.core.scope`, fitted by
 ``lesionlab evaluate RUN --calibrate``).
 """
@@ -13,11 +14,19 @@ from typing import Any
 
 import numpy as np
 
-from lesionlab.core.scope import ScopeGate, assessment_state, margins, quality_flags, quality_measures
+from lesionlab.core.scope import (
+    DegradationCheck,
+    ScopeGate,
+    assessment_state,
+    margins,
+    quality_flags,
+    quality_measures,
+)
 
 OUT_OF_SCOPE = ("cannot assess: this does not look like a dermoscopy image of the kind the model was trained on")
 QUALITY_WORDS = {"too_dark": "too dark", "too_bright": "too bright (over-exposed)", "blurred": "blurred",
-                 "one_colour": "mostly one colour"}
+                 "one_colour": "mostly one colour",
+                 "degraded": "degraded (noisy, blurred, pixelated, compressed or badly lit, as the model sees it)"}
 FEATURE_METHODS = ("mahalanobis", "knn")
 
 
@@ -28,16 +37,18 @@ def cannot_assess_quality(flags: list[str]) -> str:
 
 
 class Assessor:
-    """The run's scope gate and abstention margin, applied to one batch of scored images."""
+    """The run's scope gate, degradation detector and abstention margin, applied to one batch of scored images."""
 
-    def __init__(self, gate: ScopeGate | None, uncertainty_threshold: float | None) -> None:
+    def __init__(self, gate: ScopeGate | None, uncertainty_threshold: float | None,
+                 degradation: DegradationCheck | None = None) -> None:
         self.gate = gate
         self.uncertainty_threshold = uncertainty_threshold
+        self.degradation = degradation
 
     @property
     def needs_features(self) -> bool:
-        """Whether the gate scores the penultimate features (else logits or probabilities suffice)."""
-        return self.gate is not None and self.gate.method in FEATURE_METHODS
+        """Whether a check reads the penultimate features (else logits or probabilities suffice)."""
+        return (self.gate is not None and self.gate.method in FEATURE_METHODS) or self.degradation is not None
 
     def missing(self) -> list[str]:
         """Warnings for a run whose checks were never fitted."""
@@ -48,6 +59,9 @@ class Assessor:
         if self.uncertainty_threshold is None:
             out.append("No abstention threshold was fitted for this run (lesionlab evaluate RUN --calibrate): "
                        "uncertain predictions are not marked.")
+        if self.degradation is None:
+            out.append("No degradation check was fitted for this run (lesionlab evaluate RUN --calibrate): noisy, "
+                       "blurred or badly lit images the gate lets through are answered.")
         return out
 
     def assess(self, pixels: list[np.ndarray], features: np.ndarray | None, logits: np.ndarray,
@@ -56,11 +70,18 @@ class Assessor:
         scores = None
         if self.gate is not None:
             scores = self.gate.score(features if features is not None else np.zeros((len(probs), 0)), logits, probs)
+        degraded = None
+        if self.degradation is not None:
+            if features is None:
+                raise ValueError("the degradation check needs the penultimate features")
+            degraded = self.degradation.score(features)
         m = margins(probs)
         out = []
         for i, px in enumerate(pixels):
             measures = quality_measures(px)
             flags = quality_flags(measures)
+            if degraded is not None and self.degradation.degraded(degraded[i]):  # type: ignore[union-attr]
+                flags.append("degraded")
             in_scope = None if scores is None else bool(scores[i] <= self.gate.threshold)  # type: ignore[union-attr]
             uncertain = None if self.uncertainty_threshold is None else bool(m[i] < self.uncertainty_threshold)
             out.append({
@@ -68,7 +89,10 @@ class Assessor:
                 "scope": {"in_scope": in_scope, "score": None if scores is None else round(float(scores[i]), 6),
                           "threshold": None if self.gate is None else self.gate.threshold,
                           "method": None if self.gate is None else self.gate.method},
-                "quality": {"ok": not flags, "flags": flags, **{k: round(v, 4) for k, v in measures.items()}},
+                "quality": {"ok": not flags, "flags": flags, **{k: round(v, 4) for k, v in measures.items()},
+                            "degradation_score": None if degraded is None else round(float(degraded[i]), 4),
+                            "degradation_threshold": None if self.degradation is None
+                            else round(self.degradation.threshold, 4)},
                 "uncertainty": {"uncertain": uncertain, "margin": round(float(m[i]), 6),
                                 "threshold": self.uncertainty_threshold},
             })

@@ -48,7 +48,8 @@ class ImageInfo(BaseModel):
 class Assessment(BaseModel):
     status: Literal["assessed", "uncertain", "cannot_assess"] = Field(
         description="cannot_assess: out of scope or failed quality, no verdict; uncertain: the model abstains")
-    reasons: list[str] = Field(description="out_of_scope, too_dark, too_bright, blurred, one_colour, small_margin")
+    reasons: list[str] = Field(description="out_of_scope, too_dark, too_bright, blurred, one_colour, degraded, "
+                                           "small_margin")
     message: str
 
 
@@ -65,6 +66,9 @@ class Quality(BaseModel):
     mean_luminance: float
     laplacian_var: float
     one_colour_share: float
+    degradation_score: float | None = Field(None, description="log-odds that the image is degraded; null when no "
+                                                              "degradation check was fitted")
+    degradation_threshold: float | None = Field(None, description="fitted on the clean validation images")
 
 
 class Uncertainty(BaseModel):

@@ -124,7 +124,7 @@ class Predictor:
             raise RunError(f"run.json: temperature {temperature!r} must be a positive number")
         self.threshold, self.threshold_source = referral_threshold(self.info, settings)
         self.warnings = check_run_use(run.path, run.info, "serve", settings.allow_unfinished, settings.allow_synthetic)
-        self.assessor = Assessor(run.scope, run.uncertainty_threshold)
+        self.assessor = Assessor(run.scope, run.uncertainty_threshold, run.degradation)
         self.warnings += self.assessor.missing()
         size, source = self.preprocessing.size, self.preprocessing.source_size
         self.max_pixels = settings.pixel_limit(size)
