@@ -27,7 +27,7 @@ from lesionlab.evaluate.robustness import (
     summarise,
     summarise_safety,
 )
-from lesionlab.evaluate.robustness_report import headline_text, heatmap_figure, safety_table
+from lesionlab.evaluate.robustness_report import headline_text, heatmap_figure, held_out_table, safety_table
 
 
 def _cell(name: str, severity: int, ba: float) -> dict:
@@ -156,6 +156,21 @@ def test_safety_block_and_its_table() -> None:
     assert table.rows[0][:2] == ["clean", "5.0%"] and table.rows[2][0] == "pixelate (severity 2)"
     assert "cannot assess 15.0% of corrupted images (clean 5.0%)" in headline_text(block)
     assert {"safety_cannot_assess", "safety_confident_errors"} <= set(cells_frame(block).columns)
+    assert held_out_table(block) is None  # no held-out detectors measured
+    # each corruption judged again by the detector fitted without it: fewer flags, more confident misses
+    unseen = [{**c, "safety_held_out": {**safe(c["safety"]["cannot_assess"] / 2), "degraded": 0.05,
+                                        "confident_mel_misses": 0.4}} for c in cells]
+    block["safety"] = summarise_safety(unseen, safe(0.05), {"degradation": {"threshold": 1.0}})
+    held = block["safety"]["held_out"]
+    assert held["mean"]["cannot_assess"] == pytest.approx(0.075) and held["mean"]["confident_mel_misses"] == 0.4
+    assert held["per_corruption"]["motion_blur"]["cannot_assess"] == pytest.approx(0.05)
+    table = held_out_table(block)
+    assert table.testid == "table-corruption-held-out" and [r[0] for r in table.rows] == [
+        "pixelate", "motion_blur", "mean over cells"]
+    assert table.rows[0][2] == "20.0% / 10.0%" and table.rows[-1][4] == "20.0% / 40.0%"
+    assert "held out of the degradation check: cannot assess 7.5%, confident melanoma misses 40.0%" in \
+        headline_text(block)
+    assert "safety_held_out_cannot_assess" in cells_frame({**block, "cells": unseen}).columns
     block["safety"] = None
     assert safety_table(block) is None and "safety layer" not in headline_text(block)
 
@@ -256,6 +271,24 @@ def test_the_safety_layer_is_measured_on_the_corrupted_split(run_dir: Path, tmp_
     assert 'data-testid="table-corruption-safety"' in (out / "report.html").read_text()
     card = json.loads((out / "model_card.json").read_text())
     assert card["robustness"]["safety"]["mean_over_cells"] == safety["mean"]
+    # the degradation check fitted again without each corruption's copies judges that corruption's cells too
+    assert set(safety["held_out"]["per_corruption"]) == {"pixelate", "black_corner"}
+    assert all(c["safety_held_out"]["cannot_assess"] + c["safety_held_out"]["uncertain"]
+               + c["safety_held_out"]["assessed"] == pytest.approx(1.0) for c in rob["cells"])
+    assert card["robustness"]["safety"]["held_out_mean_over_cells"] == safety["held_out"]["mean"]
+    assert 'data-testid="table-corruption-held-out"' in (out / "report.html").read_text()
+    assert frame["safety_held_out_confident_errors"].between(0, 1).all()
+    from lesionlab.data import open_source
+    from lesionlab.data.corruptions import CORRUPTION_NAMES
+    from lesionlab.evaluate.scope import _split, degraded_copies, fit_held_out_degradation
+    from lesionlab.runs import load_run
+
+    fitted = load_run(run)
+    source = open_source(fitted.config.data)
+    [pixelate] = fit_held_out_degradation(fitted, source, True, ["pixelate"]).values()
+    _, which, _ = degraded_copies(_split(fitted, source, "train", True, False)[0].pixels, 0)
+    # its copies, and only those, left out
+    assert pixelate.fit["n_degraded"] == int((which != CORRUPTION_NAMES.index("pixelate")).sum()) < len(which)
     assert main([a for a in args if a != "--calibrate"]) == 0  # again, from the cache, with the same figures
     again = json.loads((out / "robustness.json").read_text())
     assert again["cells_reused"] == 4 and again["safety"] == safety

@@ -55,7 +55,7 @@ from lesionlab.evaluate.predictions import (
 from lesionlab.evaluate.report import METRICS_FILE, PREDICTIONS_FILE
 from lesionlab.evaluate.robustness import RobustnessError, clean_check_warnings, evaluate_corruptions, load_reference
 from lesionlab.evaluate.robustness_report import card_summary as robustness_card
-from lesionlab.evaluate.scope import fit_run_degradation, fit_run_scope, scope_report
+from lesionlab.evaluate.scope import fit_held_out_degradation, fit_run_degradation, fit_run_scope, scope_report
 from lesionlab.evaluate.subgroups import card_summary as subgroups_card
 from lesionlab.evaluate.subgroups import subgroup_analysis, subgroup_warnings
 from lesionlab.runs import Run, check_run_use, load_run, seal_enclosing_run, update_run_info, views_of
@@ -149,7 +149,8 @@ def card_document(doc: dict[str, Any]) -> dict[str, Any]:
                            and ci[name].get("low") is not None else None}
                     for name in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")},
         "malignant": doc.get("malignant"), "referral": doc.get("referral"), "timing": doc.get("timing"),
-        "scope": {k: (doc.get("scope") or {}).get(k) for k in ("gate", "uncertainty", "quality")},
+        "scope": {k: (doc.get("scope") or {}).get(k) for k in ("gate", "uncertainty", "quality",
+                                                                                 "degradation")},
         "decision_rules": _card_rules(doc.get("decision_rules")), **_card_extras(doc),
         "intended_use": INTENDED_USE, "known_limits": list(KNOWN_LIMITS),
     }
@@ -362,6 +363,10 @@ def _robustness(run: Run, source: DataSource, rows: np.ndarray, y: np.ndarray, l
     metas = meta_rows(source, rows) if run.meta_encoder is not None else None
     context = {"run": Path(run.path).name, "split_name": split_name, "n": len(rows),
                "image_size": [int(v) for v in images[0].shape[:2]]}
+    held_out = None
+    if run.degradation is not None:  # the degradation check on corruptions it never saw: refit on the run's data
+        held_out = fit_held_out_degradation(run, open_source(run.config.data), tta, parse_corruptions(corruptions),
+                                            progress=progress)
     return evaluate_corruptions(run, images, y, source.table["image_id"].iloc[rows].astype(str).tolist(), metas,
                                 out, corruptions, severities, seed, tta, batch_size, load_reference(reference),
-                                context, clean_logits=logits, progress=progress)
+                                context, clean_logits=logits, progress=progress, held_out=held_out)

@@ -66,6 +66,7 @@ from lesionlab.core.scope import (
     DEGRADATION_FILE,
     QUALITY_LIMITS,
     SCOPE_FILE,
+    DegradationCheck,
     assessment_state,
     margins,
     quality_flags,
@@ -218,7 +219,8 @@ def cells_frame(block: dict[str, Any]) -> pd.DataFrame:
                      "severity": c["severity"], "balanced_accuracy": c["balanced_accuracy"],
                      "balanced_error": c["balanced_error"], "accuracy": c["accuracy"],
                      **{f"recall_{k}": v for k, v in c["recall"].items()},
-                     **{f"safety_{k}": v for k, v in (c.get("safety") or {}).items()}})
+                     **{f"safety_{k}": v for k, v in (c.get("safety") or {}).items()},
+                     **{f"safety_held_out_{k}": v for k, v in (c.get("safety_held_out") or {}).items()}})
     return pd.DataFrame(rows)
 
 
@@ -262,7 +264,8 @@ def safety_scores(y: np.ndarray, logits: np.ndarray, states: np.ndarray,
 def summarise_safety(cells: Sequence[dict[str, Any]], clean: dict[str, Any], checks: dict[str, Any]
                      ) -> dict[str, Any]:
     """The ``safety`` block (pure): the clean figures, their mean over the cells and per corruption (over its
-    severities), and at each corruption's highest severity."""
+    severities), and at each corruption's highest severity; ``held_out``: the same means with each corruption judged
+    by the degradation detector fitted without it (``None`` when not measured)."""
     def mean(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
         return {k: mean_or_none([r.get(k) for r in rows]) for k in SAFETY_FIGURES}
 
@@ -274,8 +277,15 @@ def summarise_safety(cells: Sequence[dict[str, Any]], clean: dict[str, Any], che
         top = max(mine, key=lambda c: c["severity"])
         per[name] = {**mean([c["safety"] for c in mine]), "highest_severity": top["severity"],
                      "at_highest_severity": dict(top["safety"])}
-    return {"checks": checks, "clean": dict(clean), "mean": mean([c["safety"] for c in scored]),
-            "per_corruption": per}
+    out = {"checks": checks, "clean": dict(clean), "mean": mean([c["safety"] for c in scored]),
+           "per_corruption": per, "held_out": None}
+    unseen = [c for c in scored if c.get("safety_held_out")]
+    if unseen:  # each corruption judged by the degradation detector fitted without it
+        out["held_out"] = {
+            "mean": mean([c["safety_held_out"] for c in unseen]),
+            "per_corruption": {name: mean([c["safety_held_out"] for c in unseen if c["corruption"] == name])
+                               for name in dict.fromkeys(c["corruption"] for c in unseen)}}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- reference
@@ -351,6 +361,16 @@ def _write_cached(path: Path, key: str, **arrays: np.ndarray) -> None:
     atomic_write(path, write)
 
 
+def _detector_digest(check: DegradationCheck | None) -> str | None:
+    """A digest of a detector's threshold and arrays (part of a cell's safety cache key)."""
+    if check is None:
+        return None
+    h = hashlib.sha256(repr(float(check.threshold)).encode())
+    for k in sorted(check.arrays):
+        h.update(np.ascontiguousarray(check.arrays[k], dtype=np.float32).tobytes())
+    return h.hexdigest()[:24]
+
+
 def safety_checks(run: Run) -> dict[str, Any] | None:
     """The run's fitted checks as the cache key and the block record them (``None``: neither gate nor margin)."""
     gate, margin, degradation = run.scope, run.uncertainty_threshold, run.degradation
@@ -407,9 +427,10 @@ class _FastPredictor:
             out.append(pooled_features(self.run.model, x).float().cpu())
         return torch.cat(out).numpy()
 
-    def safety(self, images: Sequence[np.ndarray], logits: np.ndarray) -> dict[str, np.ndarray]:
-        """Each image's gate score (NaN without a gate), whether the degradation check flags it and whether its
-        quality (the pixel limits and that check) passes."""
+    def safety(self, images: Sequence[np.ndarray], logits: np.ndarray, held_out: DegradationCheck | None = None
+               ) -> dict[str, np.ndarray]:
+        """Each image's gate score (NaN without a gate), whether its pixels pass the quality limits, whether the
+        degradation check flags it (all False without one) and, given ``held_out``, whether that detector does."""
         gate, check = self.run.scope, self.run.degradation
         scores = np.full(len(images), np.nan, dtype=np.float32)
         needs = (gate is not None and gate.method in ("mahalanobis", "knn")) or check is not None
@@ -417,14 +438,17 @@ class _FastPredictor:
         if gate is not None:
             scores = gate.score(feats, logits, softmax(logits, self.run.temperature)).astype(np.float32)
         degraded = check.degraded(check.score(feats)) if check is not None else np.zeros(len(images), dtype=bool)
-        quality_ok = np.array([not quality_flags(quality_measures(np.asarray(im))) for im in images], dtype=bool)
-        return {"scope_scores": scores, "quality_ok": quality_ok & ~degraded, "degraded": degraded}
+        pixels_ok = np.array([not quality_flags(quality_measures(np.asarray(im))) for im in images], dtype=bool)
+        out = {"scope_scores": scores, "pixels_ok": pixels_ok, "degraded": degraded}
+        if held_out is not None:
+            out["degraded_held_out"] = held_out.degraded(held_out.score(feats))
+        return out
 
-    def states(self, safety: dict[str, np.ndarray], logits: np.ndarray) -> np.ndarray:
-        """The state of each image from its cached checks and logits."""
+    def states(self, safety: dict[str, np.ndarray], logits: np.ndarray, degraded: str = "degraded") -> np.ndarray:
+        """The state of each image from its cached checks and logits (``degraded``: which detector's flags)."""
         gate = self.run.scope
         return assessment_states(None if gate is None else safety["scope_scores"],
-                                 None if gate is None else gate.threshold, safety["quality_ok"],
+                                 None if gate is None else gate.threshold, safety["pixels_ok"] & ~safety[degraded],
                                  margins(softmax(logits, self.run.temperature)), self.run.uncertainty_threshold)
 
 
@@ -449,11 +473,14 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
                          corruptions: str | Sequence[str] = "all", severities: str | Sequence[int] | None = None,
                          seed: int = 0, tta: bool = True, batch_size: int = 64,
                          reference: dict[str, Any] | None = None, context: dict[str, Any] | None = None,
-                         clean_logits: np.ndarray | None = None, progress: bool = True) -> dict[str, Any]:
+                         clean_logits: np.ndarray | None = None, progress: bool = True,
+                         held_out: dict[str, DegradationCheck] | None = None) -> dict[str, Any]:
     """Score every (corruption, severity) cell of ``images`` with ``run``; write the files; return the block.
 
     ``images`` are the uint8 arrays at the run's input size (the cache's rows), ``labels`` their class indices.
     ``clean_logits``: the standard evaluation path's logits of the same images, for the ``clean_check``.
+    ``held_out``: per corruption, the degradation detector fitted without it
+    (:func:`lesionlab.evaluate.scope.fit_held_out_degradation`); each cell is then also judged with it.
     """
     names = parse_corruptions(corruptions)
     levels = parse_severities(severities)
@@ -469,12 +496,13 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
     reused = 0
     start = time.perf_counter()
     checks = safety_checks(run)
+    held_out = held_out or {}
     with _FastPredictor(run, tta, batch_size) as predict:
         clean = predict(list(images), metas)
         clean_scores = cell_scores(y, clean, classes)
         clean_safety = None
         if checks is not None:
-            checked = predict.safety(list(images), clean)
+            checked = predict.safety(list(images), clean)  # clean: every held-out detector is another check
             clean_safety = safety_scores(y, clean, predict.states(checked, clean), classes,
                                          checked["degraded"] if run.degradation is not None else None)
         check: dict[str, Any] = {"path": "channels-last" if predict.channels_last else "standard"}
@@ -499,16 +527,23 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
                 reused += 1
             cell = {"corruption": name, "severity": severity, **cell_scores(y, logits, classes)}
             if checks is not None:
-                skey = hashlib.sha256(json.dumps([key, checks], sort_keys=True).encode()).hexdigest()[:24]
+                unseen = held_out.get(name)
+                skey = hashlib.sha256(json.dumps([key, checks, _detector_digest(unseen)],
+                                                 sort_keys=True).encode()).hexdigest()[:24]
                 spath = cache / f"{name}-s{severity}-safety.npz"
-                safety = _read_cached(spath, skey, len(images), ("quality_ok", "scope_scores", "degraded"))
+                stored = ("pixels_ok", "scope_scores", "degraded") + (("degraded_held_out",) if unseen else ())
+                safety = _read_cached(spath, skey, len(images), stored)
                 if safety is None:
                     if corrupted is None:
                         corrupted = corrupted_split(images, image_ids, name, severity, seed)
-                    safety = predict.safety(corrupted, logits)
+                    safety = predict.safety(corrupted, logits, unseen)
                     _write_cached(spath, skey, **safety)
                 cell["safety"] = safety_scores(y, logits, predict.states(safety, logits), classes,
                                                safety["degraded"] if run.degradation is not None else None)
+                if unseen is not None:
+                    cell["safety_held_out"] = safety_scores(y, logits, predict.states(safety, logits,
+                                                                                      "degraded_held_out"),
+                                                            classes, safety["degraded_held_out"])
             cells.append(cell)
     first = gallery_index(y, classes)
     picture = gallery(np.asarray(images[first]), names, levels, seed=seed, key=str(image_ids[first]),

@@ -30,6 +30,7 @@ from lesionlab.core.scope import (
     SCOPE_FILE,
     SCOPE_METHODS,
     DegradationCheck,
+    ScopeError,
     ScopeGate,
     degradation_arrays,
     fit_arrays,
@@ -165,6 +166,28 @@ def fit_run_degradation(run: Run, source: DataSource, tta: bool,
     save_degradation(run.path / DEGRADATION_FILE, check)
     run.degradation = check
     return {"degradation": {**check.record(), "split": "val", "statistics": "train", "file": DEGRADATION_FILE}}
+
+
+def fit_held_out_degradation(run: Run, source: DataSource, tta: bool, names: Sequence[str], seed: int = 0,
+                             progress: bool = False) -> dict[str, DegradationCheck]:
+    """For each corruption in ``names``, the run's degradation detector fitted again without that corruption's
+    training copies (same copies, seed, regularisation and validation share): how the check does on a degradation it
+    never saw, which the corrupted test split would otherwise overstate."""
+    if run.degradation is None:
+        raise ScopeError(f"{run.path}: no degradation check fitted (lesionlab evaluate RUN --calibrate)")
+    fit = run.degradation.fit
+    share = float(fit.get("max_false_rejection", DEFAULT_DEGRADATION_FALSE_REJECTION))
+    seed = int(fit.get("seed", seed))
+    train, _ = _split(run, source, "train", tta, progress)
+    val, _ = _split(run, source, "val", tta, progress)
+    copies, which, _ = degraded_copies(train.pixels, seed, progress)
+    features = run.predict_features(copies)
+    out = {}
+    for name in tqdm(names, desc="degradation check, each corruption held out", disable=not progress):
+        keep = which != CORRUPTION_NAMES.index(name)
+        out[name] = fit_degradation(train.features, features[keep], val.features, share)
+        out[name].fit = {"held_out": name, "n_degraded": int(keep.sum())}
+    return out
 
 
 def quality_summary(pixels: Sequence[np.ndarray]) -> dict[str, Any]:
