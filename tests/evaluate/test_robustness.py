@@ -238,7 +238,8 @@ def test_evaluate_with_corruptions_end_to_end(run_dir: Path, tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_the_safety_layer_is_measured_on_the_corrupted_split(run_dir: Path, tmp_path: Path) -> None:
+def test_the_safety_layer_is_measured_on_the_corrupted_split(run_dir: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
     import pandas as pd
@@ -292,6 +293,21 @@ def test_the_safety_layer_is_measured_on_the_corrupted_split(run_dir: Path, tmp_
     assert main([a for a in args if a != "--calibrate"]) == 0  # again, from the cache, with the same figures
     again = json.loads((out / "robustness.json").read_text())
     assert again["cells_reused"] == 4 and again["safety"] == safety
+    # without the run's training data the held-out figures cannot be had: the evaluation says so and goes on
+    from lesionlab.data.images import DataError
+    from lesionlab.evaluate import evaluation
+
+    def unavailable(*args: object, **kwargs: object) -> None:
+        raise DataError("data/HAM10000_metadata.csv: missing")
+
+    monkeypatch.setattr(evaluation, "fit_held_out_degradation", unavailable)
+    assert main([a for a in args if a != "--calibrate"]) == 0
+    skipped = json.loads((out / "robustness.json").read_text())
+    assert skipped["safety"]["held_out"] is None and "HAM10000_metadata.csv: missing" in skipped["safety"][
+        "held_out_skipped"]
+    assert skipped["safety"]["mean"] == safety["mean"]  # the check itself was measured as before
+    warnings = json.loads((out / "metrics.json").read_text())["evaluation"]["warnings"]
+    assert any("not measured on corruptions held out of its training: data/HAM10000" in w for w in warnings)
 
 
 def test_evaluate_rejects_unknown_corruptions(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,7 +21,7 @@ import torch
 from lesionlab.classes import CLASS_CODES
 from lesionlab.config import DataConfig
 from lesionlab.core.card import INTENDED_USE, KNOWN_LIMITS
-from lesionlab.core.errors import UsageError
+from lesionlab.core.errors import LesionlabError, UsageError
 from lesionlab.core.io import atomic_write_json
 from lesionlab.core.metrics import (
     brier_score,
@@ -53,7 +53,13 @@ from lesionlab.evaluate.predictions import (
     write_predictions,
 )
 from lesionlab.evaluate.report import METRICS_FILE, PREDICTIONS_FILE
-from lesionlab.evaluate.robustness import RobustnessError, clean_check_warnings, evaluate_corruptions, load_reference
+from lesionlab.evaluate.robustness import (
+    ROBUSTNESS_FILE,
+    RobustnessError,
+    clean_check_warnings,
+    evaluate_corruptions,
+    load_reference,
+)
 from lesionlab.evaluate.robustness_report import card_summary as robustness_card
 from lesionlab.evaluate.scope import fit_held_out_degradation, fit_run_degradation, fit_run_scope, scope_report
 from lesionlab.evaluate.subgroups import card_summary as subgroups_card
@@ -72,7 +78,7 @@ class ScopeOptions:
     max_false_rejection: float = DEFAULT_MAX_FALSE_REJECTION
     compare: bool = False  # also score the other methods against the out-of-scope sets (fits each on train + val)
     ood_images: int = 60  # images per out-of-scope set (0: do not measure)
-    degradation_false_rejection: float = DEFAULT_DEGRADATION_FALSE_REJECTION  # the degradation detector's
+    degradation_false_rejection: float = DEFAULT_DEGRADATION_FALSE_REJECTION  # clean validation images it may flag
 
 
 @dataclass
@@ -149,8 +155,7 @@ def card_document(doc: dict[str, Any]) -> dict[str, Any]:
                            and ci[name].get("low") is not None else None}
                     for name in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")},
         "malignant": doc.get("malignant"), "referral": doc.get("referral"), "timing": doc.get("timing"),
-        "scope": {k: (doc.get("scope") or {}).get(k) for k in ("gate", "uncertainty", "quality",
-                                                                                 "degradation")},
+        "scope": {k: (doc.get("scope") or {}).get(k) for k in ("gate", "uncertainty", "quality", "degradation")},
         "decision_rules": _card_rules(doc.get("decision_rules")), **_card_extras(doc),
         "intended_use": INTENDED_USE, "known_limits": list(KNOWN_LIMITS),
     }
@@ -344,6 +349,10 @@ def evaluate_run(run_dir: str | Path, data_cfg: DataConfig | None = None, split:
                                         context["data"]["split_name"], corruptions=corruptions,
                                         severities=severities, seed=corruption_seed, reference=robustness_reference)
         context["evaluation"]["warnings"] += clean_check_warnings(doc["robustness"])
+        skipped = (doc["robustness"].get("safety") or {}).get("held_out_skipped")
+        if skipped:
+            context["evaluation"]["warnings"].append(f"the degradation check was not measured on corruptions held "
+                                                     f"out of its training: {skipped}")
     full_audit = None if external else run_audit(source, audit, progress)
     if external:
         doc["audit"] = {"status": "n/a", "verdict": "external test set, not a split of the training data; overlap "
@@ -363,10 +372,17 @@ def _robustness(run: Run, source: DataSource, rows: np.ndarray, y: np.ndarray, l
     metas = meta_rows(source, rows) if run.meta_encoder is not None else None
     context = {"run": Path(run.path).name, "split_name": split_name, "n": len(rows),
                "image_size": [int(v) for v in images[0].shape[:2]]}
-    held_out = None
+    held_out, skipped = None, None
     if run.degradation is not None:  # the degradation check on corruptions it never saw: refit on the run's data
-        held_out = fit_held_out_degradation(run, open_source(run.config.data), tta, parse_corruptions(corruptions),
-                                            progress=progress)
-    return evaluate_corruptions(run, images, y, source.table["image_id"].iloc[rows].astype(str).tolist(), metas,
-                                out, corruptions, severities, seed, tta, batch_size, load_reference(reference),
-                                context, clean_logits=logits, progress=progress, held_out=held_out)
+        try:
+            held_out = fit_held_out_degradation(run, open_source(run.config.data), tta,
+                                                parse_corruptions(corruptions), progress=progress)
+        except LesionlabError as err:  # e.g. the training data is not on this machine: say so in the block
+            skipped = str(err)
+    block = evaluate_corruptions(run, images, y, source.table["image_id"].iloc[rows].astype(str).tolist(), metas,
+                                 out, corruptions, severities, seed, tta, batch_size, load_reference(reference),
+                                 context, clean_logits=logits, progress=progress, held_out=held_out)
+    if skipped and block.get("safety"):
+        block["safety"]["held_out_skipped"] = skipped
+        atomic_write_json(out / ROBUSTNESS_FILE, block)
+    return block

@@ -8,16 +8,19 @@ applied to every image of the evaluated split; :mod:`lesionlab.data.corruptions`
 * ``corruption_gallery.png``: one image of the split under every corruption and severity;
 * ``corruption_cache/``: the logits of every cell, keyed by weights, preprocessing, images, seed and the corruption
   definitions, so an interrupted or repeated evaluation scores only what is missing (and, for a run whose
-  out-of-scope gate or abstention margin was fitted, each image's gate score and quality verdict, keyed also by
-  the gate).
+  safety checks were fitted, each image's gate score, degradation verdicts and pixel-quality verdict, keyed also by
+  the checks).
 
 The safety layer under corruption
-    A run fitted with ``--calibrate`` answers "cannot assess" (out of scope or failed image quality) or "uncertain"
-    rather than a class where it should not judge (:func:`lesionlab.core.scope.assessment_state`, the service's
-    rule). Each cell then also reports how often each state occurs, the accuracy and balanced accuracy of the images
-    still assessed, the share of all images that are assessed and wrong (*confident errors*) and the share of
-    melanomas assessed as something else: whether the safety layer takes over where the corruption breaks the
-    model. The block ``safety`` holds the clean figures, the mean over cells and the mean per corruption.
+    A run fitted with ``--calibrate`` answers "cannot assess" (out of scope, failed image quality or degraded) or
+    "uncertain" rather than a class where it should not judge (:func:`lesionlab.core.scope.assessment_state`, the
+    service's rule). Each cell then also reports how often each state occurs, the accuracy and balanced accuracy of
+    the images still assessed, the share of all images that are assessed and wrong (*confident errors*) and the
+    share of melanomas assessed as something else: whether the safety layer takes over where the corruption breaks
+    the model. The block ``safety`` holds the clean figures, the mean over cells and the mean per corruption; its
+    ``held_out`` part, the same with each corruption judged by the degradation check fitted without that
+    corruption's training copies (the check is trained on these very corruptions, so this is the figure for a
+    degradation it never saw).
 
 The figures (MedMNIST-C's, for a multi-class task)
     balanced error ``BE = 1 - balanced accuracy`` (arg-max decisions) per cell; per corruption the mean over the
@@ -372,7 +375,7 @@ def _detector_digest(check: DegradationCheck | None) -> str | None:
 
 
 def safety_checks(run: Run) -> dict[str, Any] | None:
-    """The run's fitted checks as the cache key and the block record them (``None``: neither gate nor margin)."""
+    """The run's fitted checks as the cache key and the block record them (``None``: none fitted)."""
     gate, margin, degradation = run.scope, run.uncertainty_threshold, run.degradation
     if gate is None and margin is None and degradation is None:
         return None
@@ -502,7 +505,7 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
         clean_scores = cell_scores(y, clean, classes)
         clean_safety = None
         if checks is not None:
-            checked = predict.safety(list(images), clean)  # clean: every held-out detector is another check
+            checked = predict.safety(list(images), clean)
             clean_safety = safety_scores(y, clean, predict.states(checked, clean), classes,
                                          checked["degraded"] if run.degradation is not None else None)
         check: dict[str, Any] = {"path": "channels-last" if predict.channels_last else "standard"}
