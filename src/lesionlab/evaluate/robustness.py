@@ -455,6 +455,13 @@ class _FastPredictor:
                                  margins(softmax(logits, self.run.temperature)), self.run.uncertainty_threshold)
 
 
+def channels_last_features(run: Run, images: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
+    """The pooled features of many images through the channels-last path (on CPU about 1.7x faster; within 1e-5 of
+    the standard path on the reference run)."""
+    with _FastPredictor(run, False, batch_size) as predict:
+        return predict.features(images)
+
+
 def gallery_index(labels: np.ndarray, classes: Sequence[str] = CLASS_CODES) -> int:
     """The image the gallery shows: the split's first melanoma (what a user most needs to see), else its first."""
     if "mel" in classes:

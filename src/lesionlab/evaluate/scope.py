@@ -46,6 +46,7 @@ from lesionlab.core.scope import (
 from lesionlab.data.corruptions import CORRUPTION_NAMES, CORRUPTIONS_VERSION, SEVERITIES, corrupt, corruption_seed
 from lesionlab.evaluate.ood import ood_sets
 from lesionlab.evaluate.predictions import load_images, meta_rows, split_rows
+from lesionlab.evaluate.robustness import channels_last_features
 
 if TYPE_CHECKING:
     from lesionlab.data.sources import DataSource
@@ -153,10 +154,10 @@ def fit_run_degradation(run: Run, source: DataSource, tta: bool,
     train, _ = _split(run, source, "train", tta, progress)
     val, _ = _split(run, source, "val", tta, progress)
     copies, _, _ = degraded_copies(train.pixels, seed, progress)
-    check = fit_degradation(train.features, run.predict_features(copies), val.features, max_false_rejection)
+    check = fit_degradation(train.features, channels_last_features(run, copies), val.features, max_false_rejection)
     clean = check.score(val.features)
     val_copies, names, _ = degraded_copies(val.pixels, seed + 1, progress)
-    caught = check.degraded(check.score(run.predict_features(val_copies)))
+    caught = check.degraded(check.score(channels_last_features(run, val_copies)))
     by_name = {name: float(caught[names == k].mean()) for k, name in enumerate(CORRUPTION_NAMES) if (names == k).any()}
     check.fit = {"score": "logistic regression on the penultimate features (log-odds of degraded)",
                  "max_false_rejection": max_false_rejection, "C": DEGRADATION_C, "n_train": len(train.features),
@@ -181,7 +182,7 @@ def fit_held_out_degradation(run: Run, source: DataSource, tta: bool, names: Seq
     train, _ = _split(run, source, "train", tta, progress)
     val, _ = _split(run, source, "val", tta, progress)
     copies, which, _ = degraded_copies(train.pixels, seed, progress)
-    features = run.predict_features(copies)
+    features = channels_last_features(run, copies)
     out = {}
     for name in tqdm(names, desc="degradation check, each corruption held out", disable=not progress):
         keep = which != CORRUPTION_NAMES.index(name)
