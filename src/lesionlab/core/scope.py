@@ -18,6 +18,7 @@ functions on features, pixels and probabilities.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,22 +265,9 @@ def save_degradation(path: Any, check: DegradationCheck) -> Any:
 
 def load_degradation(path: Any, record: dict[str, Any]) -> DegradationCheck:
     """The detector described by ``record`` (``run.json`` ``degradation``) with its arrays from ``path``."""
-    from pathlib import Path
-
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
     if not isinstance(record.get("threshold"), (int, float)):
         raise ScopeError(f"degradation record {record!r} needs a threshold")
-    if not Path(path).is_file():
-        raise ScopeError(f"{path}: missing (the degradation check keeps its detector there)")
-    try:
-        arrays = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ScopeError(f"{path}: cannot read the degradation detector ({err})") from None
-    lacking = [k for k in DEGRADATION_ARRAYS if k not in arrays]
-    if lacking:
-        raise ScopeError(f"{path}: lacks {', '.join(lacking)} for the degradation check")
+    arrays = read_arrays(path, DEGRADATION_ARRAYS, "degradation detector")
     n = arrays["coef"].size
     if arrays["mean"].size != n or arrays["scale"].size != n or arrays["intercept"].size != 1:
         raise ScopeError(f"{path}: the degradation detector's arrays disagree in size (coef {n}, mean "
@@ -340,27 +328,32 @@ def save_gate_arrays(path: Any, gate: ScopeGate) -> Any:
     return atomic_write(path, lambda tmp: save_file(arrays, str(tmp), metadata={"method": gate.method}))
 
 
-def load_gate(path: Any, record: dict[str, Any]) -> ScopeGate:
-    """The gate described by ``record`` (``run.json`` ``scope``) with its arrays from ``path``."""
+def read_arrays(path: Any, needed: Sequence[str], what: str) -> dict[str, np.ndarray]:
+    """The arrays of a safetensors file (plain numbers, nothing that runs) that must hold ``needed``; every failure
+    names the file and ``what`` keeps its numbers there."""
     from pathlib import Path
 
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    if not Path(path).is_file():
+        raise ScopeError(f"{path}: missing (the {what} keeps its numbers there)")
+    try:
+        arrays = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ScopeError(f"{path}: cannot read the {what} ({err})") from None
+    lacking = [k for k in needed if k not in arrays]
+    if lacking:
+        raise ScopeError(f"{path}: lacks {', '.join(lacking)} for the {what}")
+    return arrays
+
+
+def load_gate(path: Any, record: dict[str, Any]) -> ScopeGate:
+    """The gate described by ``record`` (``run.json`` ``scope``) with its arrays from ``path``."""
     method = record.get("method")
     if method not in SCOPE_METHODS or not isinstance(record.get("threshold"), (int, float)):
         raise ScopeError(f"scope record {record!r} needs a method ({', '.join(SCOPE_METHODS)}) and a threshold")
     needed = {"mahalanobis": ("means", "precision"), "knn": ("bank",)}.get(method, ())
-    arrays: dict[str, np.ndarray] = {}
-    if needed:
-        if not Path(path).is_file():
-            raise ScopeError(f"{path}: missing (the {method} scope gate keeps its statistics there)")
-        try:
-            arrays = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ScopeError(f"{path}: cannot read the scope statistics ({err})") from None
-        lacking = [k for k in needed if k not in arrays]
-        if lacking:
-            raise ScopeError(f"{path}: lacks {', '.join(lacking)} for the {method} scope gate")
+    arrays = read_arrays(path, needed, f"{method} scope gate") if needed else {}
     fit = {k: v for k, v in record.items() if k not in ("method", "threshold")}
     return ScopeGate(method, float(record["threshold"]), arrays, fit)
