@@ -54,7 +54,6 @@ from lesionlab.evaluate.predictions import (
 )
 from lesionlab.evaluate.report import METRICS_FILE, PREDICTIONS_FILE
 from lesionlab.evaluate.robustness import (
-    ROBUSTNESS_FILE,
     RobustnessError,
     clean_check_warnings,
     evaluate_corruptions,
@@ -379,10 +378,7 @@ def _robustness(run: Run, source: DataSource, rows: np.ndarray, y: np.ndarray, l
                                                 parse_corruptions(corruptions), progress=progress)
         except LesionlabError as err:  # e.g. the training data is not on this machine: say so in the block
             skipped = str(err)
-    block = evaluate_corruptions(run, images, y, source.table["image_id"].iloc[rows].astype(str).tolist(), metas,
-                                 out, corruptions, severities, seed, tta, batch_size, load_reference(reference),
-                                 context, clean_logits=logits, progress=progress, held_out=held_out)
-    if skipped and block.get("safety"):
-        block["safety"]["held_out_skipped"] = skipped
-        atomic_write_json(out / ROBUSTNESS_FILE, block)
-    return block
+    return evaluate_corruptions(run, images, y, source.table["image_id"].iloc[rows].astype(str).tolist(), metas,
+                                out, corruptions, severities, seed, tta, batch_size, load_reference(reference),
+                                context, clean_logits=logits, progress=progress, held_out=held_out,
+                                held_out_skipped=skipped)

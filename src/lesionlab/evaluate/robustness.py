@@ -454,6 +454,13 @@ class _FastPredictor:
                                  None if gate is None else gate.threshold, safety["pixels_ok"] & ~safety[degraded],
                                  margins(softmax(logits, self.run.temperature)), self.run.uncertainty_threshold)
 
+    def judged(self, y: np.ndarray, logits: np.ndarray, safety: dict[str, np.ndarray], classes: Sequence[str],
+               degraded: str = "degraded") -> dict[str, float | None]:
+        """:func:`safety_scores` of one set of images under the run's checks (``degraded``: which detector's flags;
+        the share flagged is ``None`` for a run without a degradation check)."""
+        flags = safety[degraded] if self.run.degradation is not None else None
+        return safety_scores(y, logits, self.states(safety, logits, degraded), classes, flags)
+
 
 def channels_last_features(run: Run, images: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
     """The pooled features of many images through the channels-last path (on CPU about 1.7x faster; within 1e-5 of
@@ -484,13 +491,15 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
                          seed: int = 0, tta: bool = True, batch_size: int = 64,
                          reference: dict[str, Any] | None = None, context: dict[str, Any] | None = None,
                          clean_logits: np.ndarray | None = None, progress: bool = True,
-                         held_out: dict[str, DegradationCheck] | None = None) -> dict[str, Any]:
+                         held_out: dict[str, DegradationCheck] | None = None,
+                         held_out_skipped: str | None = None) -> dict[str, Any]:
     """Score every (corruption, severity) cell of ``images`` with ``run``; write the files; return the block.
 
     ``images`` are the uint8 arrays at the run's input size (the cache's rows), ``labels`` their class indices.
     ``clean_logits``: the standard evaluation path's logits of the same images, for the ``clean_check``.
     ``held_out``: per corruption, the degradation detector fitted without it
     (:func:`lesionlab.evaluate.scope.fit_held_out_degradation`); each cell is then also judged with it.
+    ``held_out_skipped``: why they could not be fitted (recorded in the block instead).
     """
     names = parse_corruptions(corruptions)
     levels = parse_severities(severities)
@@ -512,9 +521,7 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
         clean_scores = cell_scores(y, clean, classes)
         clean_safety = None
         if checks is not None:
-            checked = predict.safety(list(images), clean)
-            clean_safety = safety_scores(y, clean, predict.states(checked, clean), classes,
-                                         checked["degraded"] if run.degradation is not None else None)
+            clean_safety = predict.judged(y, clean, predict.safety(list(images), clean), classes)
         check: dict[str, Any] = {"path": "channels-last" if predict.channels_last else "standard"}
         if clean_logits is not None:
             same = clean.argmax(1) == np.asarray(clean_logits).argmax(1)
@@ -548,12 +555,9 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
                         corrupted = corrupted_split(images, image_ids, name, severity, seed)
                     safety = predict.safety(corrupted, logits, unseen)
                     _write_cached(spath, skey, **safety)
-                cell["safety"] = safety_scores(y, logits, predict.states(safety, logits), classes,
-                                               safety["degraded"] if run.degradation is not None else None)
+                cell["safety"] = predict.judged(y, logits, safety, classes)
                 if unseen is not None:
-                    cell["safety_held_out"] = safety_scores(y, logits, predict.states(safety, logits,
-                                                                                      "degraded_held_out"),
-                                                            classes, safety["degraded_held_out"])
+                    cell["safety_held_out"] = predict.judged(y, logits, safety, classes, "degraded_held_out")
             cells.append(cell)
     first = gallery_index(y, classes)
     picture = gallery(np.asarray(images[first]), names, levels, seed=seed, key=str(image_ids[first]),
@@ -564,6 +568,8 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
            **(context or {})}
     block = summarise(cells, clean_scores, classes, reference, ctx)
     block["safety"] = None if clean_safety is None else summarise_safety(cells, clean_safety, checks or {})
+    if block["safety"] is not None and held_out_skipped:
+        block["safety"]["held_out_skipped"] = held_out_skipped
     block["clean_check"] = check
     block["gallery"] = {"file": GALLERY_FILE, "image_id": str(image_ids[first]),
                         "class": classes[int(y[first])]}
