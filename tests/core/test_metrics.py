@@ -137,6 +137,33 @@ def test_single_class_sample_macro_auc_undefined() -> None:
     assert m["malignant"]["sensitivity"] is None and m["malignant"]["specificity"] == pytest.approx(2 / 3)
 
 
+@pytest.mark.parametrize(("seed", "n", "levels"), [(0, 40, 0), (1, 300, 0), (2, 300, 5), (3, 908, 3), (4, 12, 2)])
+def test_ovr_auc_equals_sklearn_with_and_without_ties(seed: int, n: int, levels: int) -> None:
+    """The mid-rank U statistic is scikit-learn's AUC (ties one half), also on coarse scores full of ties."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 7, size=n)
+    p = rng.dirichlet(np.ones(7), size=n)
+    if levels:  # few distinct values per column: most pairs tie
+        p = np.round(p * levels) / levels
+    got = M.ovr_auc(y, p)
+    for k in range(7):
+        truth = y == k
+        if 0 < truth.sum() < n:
+            assert got[k] == pytest.approx(skm.roc_auc_score(truth, p[:, k]), abs=1e-12)
+        else:
+            assert np.isnan(got[k])
+
+
+@pytest.mark.parametrize(("y", "pred", "match"), [
+    ([0, 1, 7], [0, 1, 2], "row 2: label 7"),
+    ([0, 1, 2], [0, -1, 2], "row 1: label 1 / prediction -1"),
+    ([0, 1], [0, 1, 2], "2 labels but y_pred has 3"),
+])
+def test_confusion_matrix_refuses_labels_outside_the_classes(y: list[int], pred: list[int], match: str) -> None:
+    with pytest.raises(M.MetricsInputError, match=match):
+        M.confusion_matrix(np.array(y), np.array(pred), 7)
+
+
 def test_ece_hand_computed() -> None:
     # confidences 0.9 (right), 0.9 (wrong), 0.6 (right): bins (0.8667, 0.9333] acc 0.5 conf 0.9; (0.5333, 0.6] acc 1.
     y = np.array([0, 1, 1])
