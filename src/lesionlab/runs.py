@@ -39,6 +39,7 @@ from lesionlab.models.views import (  # noqa: F401  (re-exported: the run's view
     Forward,
     ViewsError,
     dihedral_views,
+    features_and_logits,
     flip_views,
     mean_logits,
     pooled_features,
@@ -312,6 +313,26 @@ class Run:
         x = self.prepare_images(images)
         out = [pooled_features(self.model, x[s:s + batch_size].to(self.device)) for s in range(0, len(x), batch_size)]
         return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+    @torch.inference_mode()
+    def predict_features_and_logits(self, images: Sequence[Any] | torch.Tensor,
+                                    meta_rows: Sequence[dict[str, Any]] | None = None, batch_size: int = 64,
+                                    tta: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_features` and :meth:`predict_logits` with one backbone pass per view (the evaluation's
+        safety checks read both for every image)."""
+        x = self.prepare_images(images)
+        meta = self.prepare_meta(meta_rows, len(x))
+        use_tta = self.tta if tta is None else tta
+        feats, logits = [], []
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size].to(self.device)
+            mb = meta[start:start + batch_size].to(self.device) if meta is not None else None
+            f, z = features_and_logits(self.model, xb, mb, use_tta, self.tta_views)
+            feats.append(f)
+            logits.append(z.float().cpu())
+        if not feats:
+            return np.zeros((0, 0), dtype=np.float32), np.zeros((0, len(self.classes)), dtype=np.float32)
+        return torch.cat(feats).numpy(), torch.cat(logits).numpy()
 
     def predict_proba(self, images: Sequence[Any] | torch.Tensor, meta_rows: Sequence[dict[str, Any]] | None = None,
                       batch_size: int = 64, tta: bool | None = None) -> np.ndarray:

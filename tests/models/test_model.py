@@ -161,3 +161,31 @@ def test_attributes_of_the_contract() -> None:
     assert set(model.data_config) >= {"input_size", "mean", "std", "interpolation"}
     parts = [model.backbone, model.head, model.fusion]
     assert sum(p.numel() for m in parts for p in m.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(("head", "fusion", "tta", "views"), [
+    ("linear", "none", False, "flips"), ("linear", "concat", True, "flips"), ("conv", "metablock", True, "dihedral"),
+    ("mlp", "concat", False, "flips"), ("ensemble", "concat", True, "flips"),
+])
+def test_features_and_logits_share_one_backbone_pass_per_view(head: str, fusion: str, tta: bool, views: str) -> None:
+    """The same numbers as pooled_features + view_averaged_logits, with one forward_features call per view (an
+    ensemble, without forward_head, takes the two calls)."""
+    from lesionlab.models.ensemble import EnsembleModel
+    from lesionlab.models.views import features_and_logits, pooled_features, view_averaged_logits, views_of
+
+    model = EnsembleModel([_model("linear", fusion), _model("conv", fusion)]) if head == "ensemble" else \
+        _model(head, fusion)
+    model.eval()
+    meta = _meta(3) if fusion != "none" else None
+    x = torch.randn(3, 3, 64, 64)
+    calls = []
+    real = model.forward_features
+    model.forward_features = lambda v: calls.append(v) or real(v)  # type: ignore[method-assign]
+    with torch.no_grad():
+        feats, logits = features_and_logits(model, x, meta, tta, views)
+        passes = len(calls)
+        expected_feats, expected_logits = pooled_features(model, x), view_averaged_logits(model, x, meta, tta, views)
+    n_views = len(views_of(x, views)) if tta else 1
+    assert torch.equal(feats, expected_feats) and torch.equal(logits, expected_logits)
+    assert passes == (1 if head == "ensemble" else n_views)
+    assert feats.shape == (3, model.num_features if head != "ensemble" else 192) and logits.shape == (3, 7)

@@ -86,7 +86,7 @@ from lesionlab.data.corruptions import (
     parse_severities,
 )
 from lesionlab.evaluate.robustness_reference import REFERENCE
-from lesionlab.runs import WEIGHTS_FILE, Run, pooled_features, view_averaged_logits
+from lesionlab.runs import WEIGHTS_FILE, Run, features_and_logits, pooled_features, view_averaged_logits
 
 ROBUSTNESS_FILE = "robustness.json"
 CELLS_FILE = "corruptions.csv"
@@ -406,9 +406,20 @@ class _FastPredictor:
         if self.channels_last:
             self.run.model.to(memory_format=torch.contiguous_format)
 
-    @torch.inference_mode()
     def __call__(self, images: Sequence[np.ndarray], metas: Sequence[dict[str, Any]] | None) -> np.ndarray:
-        out = []
+        return self._predict(images, metas, False)[0]
+
+    def with_features(self, images: Sequence[np.ndarray], metas: Sequence[dict[str, Any]] | None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """The logits and the safety checks' pooled features of the image itself, one backbone pass per view."""
+        logits, feats = self._predict(images, metas, True)
+        assert feats is not None
+        return logits, feats
+
+    @torch.inference_mode()
+    def _predict(self, images: Sequence[np.ndarray], metas: Sequence[dict[str, Any]] | None, features: bool
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+        out, feats = [], []
         for start in range(0, len(images), self.batch_size):
             x = self.run.prepare_images(images[start:start + self.batch_size]).to(self.run.device)
             if self.channels_last:
@@ -416,8 +427,13 @@ class _FastPredictor:
             part = metas[start:start + self.batch_size] if metas is not None else None
             meta = self.run.prepare_meta(part, len(x))
             meta = meta.to(self.run.device) if meta is not None else None
-            out.append(view_averaged_logits(self.run.model, x, meta, self.tta, self.run.tta_views).float().cpu())
-        return torch.cat(out).numpy()
+            if features:
+                f, z = features_and_logits(self.run.model, x, meta, self.tta, self.run.tta_views)
+                feats.append(f)
+            else:
+                z = view_averaged_logits(self.run.model, x, meta, self.tta, self.run.tta_views)
+            out.append(z.float().cpu())
+        return torch.cat(out).numpy(), (torch.cat(feats).numpy() if features else None)
 
     @torch.inference_mode()
     def features(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -430,14 +446,16 @@ class _FastPredictor:
             out.append(pooled_features(self.run.model, x).float().cpu())
         return torch.cat(out).numpy()
 
-    def safety(self, images: Sequence[np.ndarray], logits: np.ndarray, held_out: DegradationCheck | None = None
-               ) -> dict[str, np.ndarray]:
+    def safety(self, images: Sequence[np.ndarray], logits: np.ndarray, held_out: DegradationCheck | None = None,
+               feats: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Each image's gate score (NaN without a gate), whether its pixels pass the quality limits, whether the
-        degradation check flags it (all False without one) and, given ``held_out``, whether that detector does."""
+        degradation check flags it (all False without one) and, given ``held_out``, whether that detector does
+        (``feats``: the images' pooled features when they came with the logits)."""
         gate, check = self.run.scope, self.run.degradation
         scores = np.full(len(images), np.nan, dtype=np.float32)
         needs = (gate is not None and gate.method in ("mahalanobis", "knn")) or check is not None
-        feats = self.features(images) if needs else np.zeros((len(images), 0))
+        if feats is None:
+            feats = self.features(images) if needs else np.zeros((len(images), 0))
         if gate is not None:
             scores = gate.score(feats, logits, softmax(logits, self.run.temperature)).astype(np.float32)
         degraded = check.degraded(check.score(feats)) if check is not None else np.zeros(len(images), dtype=bool)
@@ -517,11 +535,12 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
     checks = safety_checks(run)
     held_out = held_out or {}
     with _FastPredictor(run, tta, batch_size) as predict:
-        clean = predict(list(images), metas)
+        clean, clean_feats = predict.with_features(list(images), metas) if checks is not None else \
+            (predict(list(images), metas), None)
         clean_scores = cell_scores(y, clean, classes)
         clean_safety = None
         if checks is not None:
-            clean_safety = predict.judged(y, clean, predict.safety(list(images), clean), classes)
+            clean_safety = predict.judged(y, clean, predict.safety(list(images), clean, feats=clean_feats), classes)
         check: dict[str, Any] = {"path": "channels-last" if predict.channels_last else "standard"}
         if clean_logits is not None:
             same = clean.argmax(1) == np.asarray(clean_logits).argmax(1)
@@ -535,9 +554,11 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
             path = cache / f"{name}-s{severity}.npz"
             cached = _read_cached(path, key, len(images))
             corrupted: list[np.ndarray] | None = None
+            feats: np.ndarray | None = None
             if cached is None:
                 corrupted = corrupted_split(images, image_ids, name, severity, seed)
-                logits = predict(corrupted, metas)
+                logits, feats = predict.with_features(corrupted, metas) if checks is not None else \
+                    (predict(corrupted, metas), None)
                 _write_cached(path, key, logits=logits.astype(np.float32))
             else:
                 logits = cached["logits"]
@@ -553,7 +574,7 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
                 if safety is None:
                     if corrupted is None:
                         corrupted = corrupted_split(images, image_ids, name, severity, seed)
-                    safety = predict.safety(corrupted, logits, unseen)
+                    safety = predict.safety(corrupted, logits, unseen, feats)
                     _write_cached(spath, skey, **safety)
                 cell["safety"] = predict.judged(y, logits, safety, classes)
                 if unseen is not None:

@@ -63,11 +63,14 @@ class Scored:
         pre = run.preprocessing
         assert pre is not None
         self.pixels = [pre.resize_image(im) for im in images]
-        self.features = run.predict_features(self.pixels)
         if run.meta_encoder is not None and metas is None:
             metas = [{"age": None, "sex": "unknown", "site": "unknown"}] * len(images)
-        # the training split needs features only (the gates' statistics); scores of logits need the logits
-        self.logits = run.predict_logits(self.pixels, metas, tta=tta) if logits else np.zeros((len(images), 0))
+        # the training split needs features only (the gates' statistics); scores of logits need the logits, which
+        # come from the same backbone pass
+        if logits:
+            self.features, self.logits = run.predict_features_and_logits(self.pixels, metas, tta=tta)
+        else:
+            self.features, self.logits = run.predict_features(self.pixels), np.zeros((len(images), 0))
         self.proba = softmax(self.logits, run.temperature) if logits else self.logits
 
     def scores(self, gate: ScopeGate) -> np.ndarray:

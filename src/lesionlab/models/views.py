@@ -60,10 +60,14 @@ def mean_logits(forward: Forward, views: Sequence[torch.Tensor], meta: torch.Ten
     return total / len(views)
 
 
+def _pool(feats: torch.Tensor) -> torch.Tensor:
+    feats = feats.float()
+    return (feats.mean(dim=(2, 3)) if feats.ndim == 4 else feats.flatten(1)).cpu()
+
+
 def pooled_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``model.forward_features`` averaged over space when it is a map: ``[N, C]`` float32 on the CPU."""
-    feats = model.forward_features(x).float()
-    return (feats.mean(dim=(2, 3)) if feats.ndim == 4 else feats.flatten(1)).cpu()
+    return _pool(model.forward_features(x))
 
 
 def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor | None, tta: bool,
@@ -71,3 +75,24 @@ def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, meta: torch.Te
     """Model logits, averaged over :func:`views_of` (``views``: flips or dihedral) when ``tta``."""
     return mean_logits(lambda v, m: model(v, m) if m is not None else model(v), views_of(x, views) if tta else [x],
                        meta)
+
+
+def features_and_logits(model: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor | None, tta: bool,
+                        views: str = "flips") -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pooled_features` of ``x`` and :func:`view_averaged_logits`, with one backbone pass per view instead of
+    an extra pass for the features: the gate and the degradation check read the image's own features, the classifier
+    its views. The same numbers as the two calls (the same operations on the same batch). A model without a
+    ``forward_head`` (an ensemble) takes the two calls."""
+    head = getattr(model, "forward_head", None)
+    if head is None:
+        return pooled_features(model, x), view_averaged_logits(model, x, meta, tta, views)
+    pooled: list[torch.Tensor] = []
+
+    def forward(v: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+        feats = model.forward_features(v)
+        if v is x:
+            pooled.append(_pool(feats))
+        return head(feats, m) if m is not None else head(feats)
+
+    logits = mean_logits(forward, views_of(x, views) if tta else [x], meta)
+    return (pooled[0] if pooled else pooled_features(model, x)), logits
