@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from lesionlab.core.allocator import tune_malloc
 from lesionlab.core.argparsing import add_everywhere, parse_args, run_command
 from lesionlab.core.version import __version__
 
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    note = tune_malloc()  # before the command allocates anything large: see lesionlab.core.allocator
+    if getattr(args, "debug", False):
+        print(note, file=sys.stderr)
     return run_command(args, args.command)
 
 
