@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from lesionlab.core.allocator import tune_malloc
 from lesionlab.core.io import atomic_write, atomic_write_text
 from lesionlab.data.synthetic import GENERATOR_VERSION, generate_synthetic
 
@@ -17,6 +18,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LESIONLAB_SHARED", REPO.parent / "shared"))
 SHARED_DATA = SHARED / "data"
 SHARED_WEIGHTS = SHARED / "weights"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The tests run under the command line's malloc settings from the first test on (each ``main()`` call sets
+    them anyway; setting them once here keeps the suite's timings independent of which test calls it first)."""
+    tune_malloc()
 
 
 @pytest.fixture(scope="session")
