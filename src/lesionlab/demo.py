@@ -29,7 +29,7 @@ QUICK_REAL_PRESET = Path("configs/quick-lite0-clinical.yaml")
 SYNTHETIC_PRESET = Path("configs/smoke.yaml")
 
 #: About how long each preset's demo takes on 2 CPU cores, measured on a fresh clone (docs/BENCHMARKS.md, "make demo").
-EXPECTED_DURATION: dict[Path, str] = {REAL_PRESET: "about 15 minutes", QUICK_REAL_PRESET: "3-4 minutes",
+EXPECTED_DURATION: dict[Path, str] = {REAL_PRESET: "about 15 minutes", QUICK_REAL_PRESET: "2-3 minutes",
                                       SYNTHETIC_PRESET: "about 2 minutes"}
 
 #: What the full preset reaches on the shared data's test split (docs/BENCHMARKS.md, "Training presets"): the figures
@@ -80,7 +80,7 @@ def plan_lines(cfg: RunConfig, preset: Path, quick: bool) -> list[str]:
              f"{train}, evaluation on the test split (calibrated on validation) and its report, a reader study "
              "with SIMULATED readers"]
     if preset == REAL_PRESET:
-        lines.append("for a first look in 3-4 minutes: lesionlab demo --quick (frozen backbone, lower figures)")
+        lines.append("for a first look in 2-3 minutes: lesionlab demo --quick (frozen backbone, lower figures)")
     return lines
 
 
@@ -295,7 +295,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help=f"preset (default: {REAL_PRESET} on real data, "
                                                f"{SYNTHETIC_PRESET} on the synthetic set)")
     p.add_argument("--quick", action="store_true",
-                   help=f"3-4 minutes: on real data {QUICK_REAL_PRESET} (frozen backbone, embeddings computed "
+                   help=f"2-3 minutes: on real data {QUICK_REAL_PRESET} (frozen backbone, embeddings computed "
                         f"once, {len(QUICK_HEADS)} heads compared on validation); output in outputs/demo-quick")
     p.add_argument("--out", type=Path, help="output folder (default: outputs/demo, or outputs/demo-quick)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -133,7 +133,7 @@ def test_demo_says_what_it_will_do_and_how_long() -> None:
     assert "about 15 minutes" in full[0] and "lesionlab demo --quick" in full[-1]
     assert "with age, sex and site" in full[1]
     quick = plan_lines(load_config(REPO / QUICK_REAL_PRESET), QUICK_REAL_PRESET, quick=True)
-    assert "3-4 minutes" in quick[0] and all(name in quick[1] for name in QUICK_HEADS)
+    assert "2-3 minutes" in quick[0] and all(name in quick[1] for name in QUICK_HEADS)
     assert "unknown for a custom preset" in plan_lines(load_config(None), Path("mine.yaml"), quick=False)[0]
 
 
