@@ -91,6 +91,24 @@ def test_an_image_the_degradation_check_flags_gets_no_verdict(runs: dict[str, Pa
     assert any("No degradation check was fitted" in w for w in unfitted["warnings"])
 
 
+@pytest.mark.parametrize("tta", [False, True])
+def test_the_checks_features_come_from_the_classifiers_backbone_pass(runs: dict[str, Path], tta: bool) -> None:
+    """One forward_features call per request (the views batched), with exactly the numbers of the two calls."""
+    import torch
+
+    predictor = Predictor(load_run(runs["degraded_none"]), ServeSettings(warmup=False, tta=tta))
+    x = torch.stack([predictor._prepare(synthetic_lesion((120, 90), seed=s), Patient())[0] for s in range(3)])
+    model = predictor.run.model
+    calls = []
+    real = model.forward_features
+    model.forward_features = lambda v: calls.append(len(v)) or real(v)  # type: ignore[method-assign]
+    probs, logits, feats = predictor.scores_and_features(x, None)
+    assert calls == [3 * (3 if tta else 1)]
+    assert feats is not None and np.array_equal(feats, predictor.features(x))
+    expected_probs, expected_logits = predictor.scores(x, None)
+    assert np.array_equal(logits, expected_logits) and np.array_equal(probs, expected_probs)
+
+
 def test_uncertain_predictions_are_marked(runs: dict[str, Path]) -> None:
     with TestClient(create_app(runs["keep_all"], ServeSettings(warmup=False))) as client:
         body = post(client, jpeg_bytes(synthetic_lesion((120, 90)))).json()

@@ -78,21 +78,26 @@ def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, meta: torch.Te
 
 
 def features_and_logits(model: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor | None, tta: bool,
-                        views: str = "flips") -> tuple[torch.Tensor, torch.Tensor]:
+                        views: str = "flips", batched: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`pooled_features` of ``x`` and :func:`view_averaged_logits`, with one backbone pass per view instead of
     an extra pass for the features: the gate and the degradation check read the image's own features, the classifier
-    its views. The same numbers as the two calls (the same operations on the same batch). A model without a
+    its views. The same numbers as the two calls (the same operations on the same batch; ``batched``, every view in
+    one call as the service sends them, computes the features inside that larger batch). A model without a
     ``forward_head`` (an ensemble) takes the two calls."""
     head = getattr(model, "forward_head", None)
     if head is None:
         return pooled_features(model, x), view_averaged_logits(model, x, meta, tta, views)
     pooled: list[torch.Tensor] = []
+    n = len(x)
 
     def forward(v: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
         feats = model.forward_features(v)
-        if v is x:
-            pooled.append(_pool(feats))
+        if v is x or (batched and not pooled):  # batched: the identity view is the first n rows of the one call
+            pooled.append(_pool(feats[:n]))
         return head(feats, m) if m is not None else head(feats)
 
-    logits = mean_logits(forward, views_of(x, views) if tta else [x], meta)
+    all_views = views_of(x, views) if tta else [x]
+    if all_views[0] is not x:
+        return pooled_features(model, x), view_averaged_logits(model, x, meta, tta, views)
+    logits = mean_logits(forward, all_views, meta, batched=batched)
     return (pooled[0] if pooled else pooled_features(model, x)), logits

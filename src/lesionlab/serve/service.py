@@ -28,7 +28,16 @@ from lesionlab.core.version import __version__
 from lesionlab.data.metadata import SITES, MetadataError, validate_patient
 from lesionlab.data.transforms import Preprocessing, to_chw_tensor
 from lesionlab.evaluate.subgroups import subgroup_cautions
-from lesionlab.runs import WEIGHTS_FILE, Run, RunError, check_run_use, mean_logits, pooled_features, views_of
+from lesionlab.runs import (
+    WEIGHTS_FILE,
+    Run,
+    RunError,
+    check_run_use,
+    features_and_logits,
+    mean_logits,
+    pooled_features,
+    views_of,
+)
 from lesionlab.serve.assess import Assessor
 from lesionlab.serve.backend import Backend, OnnxBackend, OnnxError, TorchBackend, torch_threads
 from lesionlab.serve.decode import Decoded, decode_image, decode_upload
@@ -222,6 +231,24 @@ class Predictor:
         logits = mean_logits(self._backend_logits, views, meta, batched=True).numpy()
         return softmax(logits, self.temperature), logits
 
+    def scores_and_features(self, images: torch.Tensor, meta: torch.Tensor | None
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`scores` and, when the safety checks read them, :meth:`features`: from the same backbone pass when
+        PyTorch scores (the image's own features are the first rows of the views' batch), else two calls."""
+        if not self.assessor.needs_features:
+            return (*self.scores(images, meta), None)
+        if self.backend is not self.torch_backend or not hasattr(self.run.model, "forward_head"):  # ONNX, ensembles
+            probs, logits = self.scores(images, meta)
+            return probs, logits, self.features(images)
+
+        def run() -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.inference_mode():
+                return features_and_logits(self.run.model, images, meta, self.tta, self.tta_views, batched=True)
+
+        feats, logits_t = self.torch_backend.call(run)
+        logits = logits_t.numpy()
+        return softmax(logits, self.temperature), logits, feats.numpy()
+
     def features(self, images: torch.Tensor) -> np.ndarray:
         """The run's pooled image features (PyTorch, also when ONNX Runtime scores): the scope gate's input."""
         def run() -> np.ndarray:
@@ -272,8 +299,7 @@ class Predictor:
         x = torch.stack([p[0] for p in prepared])
         meta = torch.stack([p[1] for p in prepared if p[1] is not None]) if self.uses_meta else None
         t = timer.add("preprocess", t)
-        probs, logits = self.scores(x, meta)
-        features = self.features(x) if self.assessor.needs_features else None
+        probs, logits, features = self.scores_and_features(x, meta)
         assessed = self.assessor.assess([p[2] for p in prepared], features, logits, probs)
         t = timer.add("model", t)
         results = []
