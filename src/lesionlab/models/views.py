@@ -100,4 +100,4 @@ def features_and_logits(model: torch.nn.Module, x: torch.Tensor, meta: torch.Ten
     if all_views[0] is not x:
         return pooled_features(model, x), view_averaged_logits(model, x, meta, tta, views)
     logits = mean_logits(forward, all_views, meta, batched=batched)
-    return (pooled[0] if pooled else pooled_features(model, x)), logits
+    return pooled[0], logits
