@@ -36,7 +36,7 @@ EXPECTED_DURATION: dict[Path, str] = {REAL_PRESET: "about 15 minutes", QUICK_REA
 #: the quick path prints its own beside.
 FULL_PRESET_RESULT: dict[str, Any] = {"config": str(REAL_PRESET), "split": "dermamnist_c", "accuracy": 0.900,
                                       "balanced_accuracy": 0.760, "macro_auc": 0.979, "duration": "about 15 minutes",
-                                      "command": "make demo"}
+                                      "command": "make demo", "cpu": "AMD EPYC"}
 
 #: The heads the quick path trains on the same cached embeddings: they differ only in how the loss weights the rare
 #: classes, the one setting that moves a frozen model between accuracy and balanced accuracy.
@@ -141,7 +141,8 @@ def headline_lines(metrics: dict[str, Any], cfg: RunConfig, synthetic: bool, qui
         ref = FULL_PRESET_RESULT
         lines.append(f"the full preset on the same test split: accuracy {ref['accuracy']:.3f}, balanced accuracy "
                      f"{ref['balanced_accuracy']:.3f}, macro AUC {ref['macro_auc']:.3f} ({ref['command']}, "
-                     f"{ref['duration']} on 2 cores; docs/BENCHMARKS.md)")
+                     f"{ref['duration']} on 2 cores of an {ref['cpu']}; another kind of CPU trains another model from "
+                     "the same seed; docs/BENCHMARKS.md)")
     return lines
 
 

@@ -143,6 +143,7 @@ def test_quick_figures_stand_beside_the_full_preset() -> None:
     lines = headline_lines(metrics, cfg, synthetic=False, quick=True)
     assert lines[0].startswith("test accuracy 0.831, balanced accuracy 0.600")
     assert "accuracy 0.900, balanced accuracy 0.760" in lines[1] and "make demo" in lines[1]
+    assert "2 cores of an AMD EPYC; another kind of CPU trains another model" in lines[1]
     assert len(headline_lines(metrics, cfg, synthetic=True, quick=True)) == 1  # no comparison on synthetic data
     assert len(headline_lines(metrics, cfg, synthetic=False, quick=False)) == 1
 
