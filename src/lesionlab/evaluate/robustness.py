@@ -416,14 +416,17 @@ class _FastPredictor:
         assert feats is not None
         return logits, feats
 
+    def _batch(self, images: Sequence[np.ndarray], start: int) -> torch.Tensor:
+        """Images ``start`` to ``start + batch_size``, prepared as the run prepares them, in this path's layout."""
+        x = self.run.prepare_images(images[start:start + self.batch_size]).to(self.run.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     @torch.inference_mode()
     def _predict(self, images: Sequence[np.ndarray], metas: Sequence[dict[str, Any]] | None, features: bool
                  ) -> tuple[np.ndarray, np.ndarray | None]:
         out, feats = [], []
         for start in range(0, len(images), self.batch_size):
-            x = self.run.prepare_images(images[start:start + self.batch_size]).to(self.run.device)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = self._batch(images, start)
             part = metas[start:start + self.batch_size] if metas is not None else None
             meta = self.run.prepare_meta(part, len(x))
             meta = meta.to(self.run.device) if meta is not None else None
@@ -438,12 +441,7 @@ class _FastPredictor:
     @torch.inference_mode()
     def features(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """The pooled features the out-of-scope gate reads, of the image itself (one view, as the service)."""
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            x = self.run.prepare_images(images[start:start + self.batch_size]).to(self.run.device)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out.append(pooled_features(self.run.model, x).float().cpu())
+        out = [pooled_features(self.run.model, self._batch(images, s)) for s in range(0, len(images), self.batch_size)]
         return torch.cat(out).numpy()
 
     def safety(self, images: Sequence[np.ndarray], logits: np.ndarray, held_out: DegradationCheck | None = None,
