@@ -152,8 +152,7 @@ def run_demo(cfg: RunConfig, out: Path, progress: bool = True, console: Any = No
 
     ``quick`` with a frozen-backbone preset trains :data:`QUICK_HEADS` and keeps the one :func:`choose_head` picks.
     """
-    from rich.console import Console
-
+    from lesionlab.core.console import make_console
     from lesionlab.data.audit import audit_split
     from lesionlab.data.cache import cached_images
     from lesionlab.data.commands import _counts_table, _header, render_audit
@@ -165,7 +164,7 @@ def run_demo(cfg: RunConfig, out: Path, progress: bool = True, console: Any = No
     from lesionlab.runs import read_info
     from lesionlab.train import fit
 
-    console = console or Console(highlight=False)
+    console = console or make_console(highlight=False)
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

@@ -72,9 +72,9 @@ def data_config(args: argparse.Namespace) -> DataConfig:
 
 def _console() -> Any:
     """A rich console (imported here so that `lesionlab --help` stays fast)."""
-    from rich.console import Console
+    from lesionlab.core.console import make_console
 
-    return Console(highlight=False)
+    return make_console(highlight=False)
 
 
 def _header(console: Any, source: Any) -> None:

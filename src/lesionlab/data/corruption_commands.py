@@ -44,9 +44,8 @@ def register(subparsers: Any) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from lesionlab.core.argparsing import rich_table
+    from lesionlab.core.console import make_console
     from lesionlab.data.corruption_ops import REFERENCE_SIZE
     from lesionlab.data.corruptions import CITATION, describe
 
@@ -55,7 +54,7 @@ def _list(args: argparse.Namespace) -> int:
                        left=columns, overflow="fold")
     for c in describe():
         table.add_row(c["name"], c["family"], c["summary"], ", ".join(str(v) for v in c["levels"]), c["scaling"])
-    Console().print(table)
+    make_console().print(table)
     return 0
 
 

@@ -144,9 +144,9 @@ def _plain(value: Any) -> str:
 
 
 def _console() -> Any:
-    from rich.console import Console
+    from lesionlab.core.console import make_console
 
-    return Console()
+    return make_console()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

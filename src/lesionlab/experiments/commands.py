@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lesionlab.core.argparsing import rich_table
+from lesionlab.core.console import make_console
 
 
 def register(subparsers: Any) -> None:
@@ -90,7 +91,7 @@ def _main(args: argparse.Namespace) -> int:
     from lesionlab.experiments.plan import expand
     from lesionlab.experiments.runner import execute_local, pending_runs, prepare_grid, write_commands, write_slurm
 
-    console = Console()
+    console = make_console()
     cfg, base = load_grid(args.grid, args.overrides)
     if args.workers is not None:
         cfg = cfg.model_copy(update={"workers": args.workers})

@@ -26,15 +26,15 @@ def register(subparsers: Any) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     from rich.columns import Columns
-    from rich.console import Console
 
     from lesionlab.core.argparsing import rich_table
+    from lesionlab.core.console import make_console
     from lesionlab.models.registry import REGISTRY, resolve_spec, timm_architectures
     from lesionlab.models.summary import registry_summaries, summarize
 
     for name in args.names:  # unknown names fail before the slower measuring
         resolve_spec(name)
-    console = Console()
+    console = make_console()
     rows = registry_summaries(args.size) + [summarize(n, args.size) for n in args.names if n not in REGISTRY]
     left = ("name", "kind", "timm model", "offline ImageNet weights")
     table = rich_table(f"lesionlab models at {args.size}x{args.size} (FLOPs: 1 multiply-add = 2)",

@@ -104,8 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write ``model.onnx`` and check it against PyTorch on real images (synthetic ones when none are present)."""
-    from rich.console import Console
-
+    from lesionlab.core.console import make_console
     from lesionlab.runs import load_run
     from lesionlab.serve.onnx_export import (
         PARITY_TOL,
@@ -129,7 +128,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         quantize_int8(path, q_path, calibration_feeds(run.preprocessing, images,
                                                       run.meta_encoder if run_uses_meta(run) else None))
         results[q_path] = parity(run, q_path, images, threads=args.threads)
-    Console(stderr=True).print(_table(
+    make_console(stderr=True).print(_table(
         f"ONNX export, parity with PyTorch on {len(images)} images ({source})",
         ("file", "max |p diff|", "max |logit diff|", "top-1 agreement"),
         [[file.name, f"{r['max_abs_prob_diff']:.2e}", f"{r['max_abs_logit_diff']:.2e}", f"{r['top1_agreement']:.3f}"]
@@ -179,12 +178,12 @@ def _table(title: str, columns: tuple[str, ...], rows: list[list[str]]) -> Any:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Latency (eager vs ONNX Runtime), service overhead, or a loopback load test; prints a table and JSON."""
-    from rich.console import Console
+    from lesionlab.core.console import make_console
 
     if args.old_run and args.run and args.old_run != args.run:
         raise UsageError(f"serve-bench: two runs given ({args.run} and --run {args.old_run}); give one")
     args.run = args.run or args.old_run
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     if args.what == "latency":
         result = _bench_latency(args)
         rows = [[name, *(f"{result[key][q]:.2f}" for q in ("p50", "p95", "min"))] for key, name in

@@ -139,8 +139,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def print_summary(run_dir: Path) -> None:
     """A rich table of the best epoch's validation metrics."""
-    from rich.console import Console
-
+    from lesionlab.core.console import make_console
     from lesionlab.runs import read_info
 
     info = read_info(run_dir)
@@ -150,7 +149,7 @@ def print_summary(run_dir: Path) -> None:
     for key, value in best.items():
         if key.startswith("val_"):
             table.add_row(key.removeprefix("val_"), "n/a" if value is None else f"{value:.4f}")
-    console = Console()
+    console = make_console()
     console.print(table)
     training = info.get("training", {})
     console.print(f"run directory: {run_dir}  (status {info.get('status')}, {info.get('epochs_run', '?')} epochs, "
