@@ -171,6 +171,24 @@ def test_safety_block_and_its_table() -> None:
     assert "held out of the degradation check: cannot assess 7.5%, confident melanoma misses 40.0%" in \
         headline_text(block)
     assert "safety_held_out_cannot_assess" in cells_frame({**block, "cells": unseen}).columns
+    assert block["safety"]["without_check"] is None  # not measured: the table keeps its two-way form
+    # and judged by the other checks alone: what the degradation check adds, read off the same evaluation
+    both = [{**c, "safety_without_check": {**safe(c["safety"]["cannot_assess"] / 4), "degraded": None,
+                                           "confident_mel_misses": 0.5}} for c in unseen]
+    block["safety"] = summarise_safety(both, {**safe(0.05), "degraded": 0.02}, {"degradation": {"threshold": 1.0}},
+                                       {**safe(0.03), "degraded": None})
+    alone = block["safety"]["without_check"]
+    assert alone["clean"]["cannot_assess"] == 0.03 and alone["mean"]["cannot_assess"] == pytest.approx(0.0375)
+    assert alone["mean"]["degraded"] is None and alone["per_corruption"]["pixelate"]["confident_mel_misses"] == 0.5
+    table = held_out_table(block)
+    assert [r[0] for r in table.rows] == ["clean", "pixelate", "motion_blur", "mean over cells"]
+    assert table.rows[0][1:3] == ["2.0% / –", "3.0% / 5.0% / –"]  # clean: nothing to hold out
+    assert table.rows[1][2] == "5.0% / 20.0% / 10.0%" and table.rows[-1][4] == "50.0% / 20.0% / 40.0%"
+    assert table.title == "The degradation check: without the check / as fitted / held out"
+    assert "without the degradation check: cannot assess 3.8%, confident melanoma misses 50.0%" in \
+        headline_text(block)
+    frame = cells_frame({**block, "cells": both})
+    assert "safety_without_check_cannot_assess" in frame.columns and "safety_without_check_degraded" not in frame
     block["safety"] = None
     assert safety_table(block) is None and "safety layer" not in headline_text(block)
 
@@ -279,6 +297,15 @@ def test_the_safety_layer_is_measured_on_the_corrupted_split(run_dir: Path, tmp_
     assert card["robustness"]["safety"]["held_out_mean_over_cells"] == safety["held_out"]["mean"]
     assert 'data-testid="table-corruption-held-out"' in (out / "report.html").read_text()
     assert frame["safety_held_out_confident_errors"].between(0, 1).all()
+    # the same cells judged without the degradation check: it can only add refusals and remove confident errors
+    alone = safety["without_check"]
+    assert card["robustness"]["safety"]["without_check"]["mean"] == alone["mean"]
+    for c in [*rob["cells"], {"safety": safety["clean"], "safety_without_check": alone["clean"]}]:
+        assert c["safety_without_check"]["cannot_assess"] <= c["safety"]["cannot_assess"] + 1e-12
+        assert c["safety_without_check"]["confident_errors"] >= c["safety"]["confident_errors"] - 1e-12
+        assert c["safety_without_check"]["degraded"] is None
+    # clean, without the check: the gate's rejections and the quality flags alone
+    assert rejected - 1e-9 <= alone["clean"]["cannot_assess"] <= rejected + flagged + 1.5 / doc["n"]
     from lesionlab.data import open_source
     from lesionlab.data.corruptions import CORRUPTION_NAMES
     from lesionlab.evaluate.scope import _split, degraded_copies, fit_held_out_degradation

@@ -223,7 +223,9 @@ def cells_frame(block: dict[str, Any]) -> pd.DataFrame:
                      "balanced_error": c["balanced_error"], "accuracy": c["accuracy"],
                      **{f"recall_{k}": v for k, v in c["recall"].items()},
                      **{f"safety_{k}": v for k, v in (c.get("safety") or {}).items()},
-                     **{f"safety_held_out_{k}": v for k, v in (c.get("safety_held_out") or {}).items()}})
+                     **{f"safety_held_out_{k}": v for k, v in (c.get("safety_held_out") or {}).items()},
+                     **{f"safety_without_check_{k}": v for k, v in (c.get("safety_without_check") or {}).items()
+                        if k != "degraded"}})
     return pd.DataFrame(rows)
 
 
@@ -264,11 +266,13 @@ def safety_scores(y: np.ndarray, logits: np.ndarray, states: np.ndarray,
             "degraded": None if degraded is None else float(np.mean(degraded))}
 
 
-def summarise_safety(cells: Sequence[dict[str, Any]], clean: dict[str, Any], checks: dict[str, Any]
-                     ) -> dict[str, Any]:
+def summarise_safety(cells: Sequence[dict[str, Any]], clean: dict[str, Any], checks: dict[str, Any],
+                     clean_without: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``safety`` block (pure): the clean figures, their mean over the cells and per corruption (over its
     severities), and at each corruption's highest severity; ``held_out``: the same means with each corruption judged
-    by the degradation detector fitted without it (``None`` when not measured)."""
+    by the degradation detector fitted without it; ``without_check``: the clean figures (``clean_without``) and the
+    means with no degradation check at all, the gate, quality limits and margin alone, so that what the check adds
+    is read off one evaluation (each ``None`` when not measured)."""
     def mean(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
         return {k: mean_or_none([r.get(k) for r in rows]) for k in SAFETY_FIGURES}
 
@@ -281,7 +285,14 @@ def summarise_safety(cells: Sequence[dict[str, Any]], clean: dict[str, Any], che
         per[name] = {**mean([c["safety"] for c in mine]), "highest_severity": top["severity"],
                      "at_highest_severity": dict(top["safety"])}
     out = {"checks": checks, "clean": dict(clean), "mean": mean([c["safety"] for c in scored]),
-           "per_corruption": per, "held_out": None}
+           "per_corruption": per, "held_out": None, "without_check": None}
+    alone = [c for c in scored if c.get("safety_without_check")]
+    if alone:
+        out["without_check"] = {
+            "clean": None if clean_without is None else dict(clean_without),
+            "mean": mean([c["safety_without_check"] for c in alone]),
+            "per_corruption": {name: mean([c["safety_without_check"] for c in alone if c["corruption"] == name])
+                               for name in dict.fromkeys(c["corruption"] for c in alone)}}
     unseen = [c for c in scored if c.get("safety_held_out")]
     if unseen:  # each corruption judged by the degradation detector fitted without it
         out["held_out"] = {
@@ -463,18 +474,21 @@ class _FastPredictor:
             out["degraded_held_out"] = held_out.degraded(held_out.score(feats))
         return out
 
-    def states(self, safety: dict[str, np.ndarray], logits: np.ndarray, degraded: str = "degraded") -> np.ndarray:
-        """The state of each image from its cached checks and logits (``degraded``: which detector's flags)."""
+    def states(self, safety: dict[str, np.ndarray], logits: np.ndarray, degraded: str | None = "degraded"
+               ) -> np.ndarray:
+        """The state of each image from its cached checks and logits (``degraded``: which detector's flags;
+        ``None``: the other checks alone, as if no degradation check had been fitted)."""
         gate = self.run.scope
+        quality_ok = safety["pixels_ok"] if degraded is None else safety["pixels_ok"] & ~safety[degraded]
         return assessment_states(None if gate is None else safety["scope_scores"],
-                                 None if gate is None else gate.threshold, safety["pixels_ok"] & ~safety[degraded],
+                                 None if gate is None else gate.threshold, quality_ok,
                                  margins(softmax(logits, self.run.temperature)), self.run.uncertainty_threshold)
 
     def judged(self, y: np.ndarray, logits: np.ndarray, safety: dict[str, np.ndarray], classes: Sequence[str],
-               degraded: str = "degraded") -> dict[str, float | None]:
-        """:func:`safety_scores` of one set of images under the run's checks (``degraded``: which detector's flags;
-        the share flagged is ``None`` for a run without a degradation check)."""
-        flags = safety[degraded] if self.run.degradation is not None else None
+               degraded: str | None = "degraded") -> dict[str, float | None]:
+        """:func:`safety_scores` of one set of images under the run's checks (``degraded``: which detector's flags,
+        ``None`` for none; the share flagged is ``None`` without a detector)."""
+        flags = safety[degraded] if self.run.degradation is not None and degraded is not None else None
         return safety_scores(y, logits, self.states(safety, logits, degraded), classes, flags)
 
 
@@ -536,9 +550,12 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
         clean, clean_feats = predict.with_features(list(images), metas) if checks is not None else \
             (predict(list(images), metas), None)
         clean_scores = cell_scores(y, clean, classes)
-        clean_safety = None
+        clean_safety, clean_without = None, None
         if checks is not None:
-            clean_safety = predict.judged(y, clean, predict.safety(list(images), clean, feats=clean_feats), classes)
+            arrays = predict.safety(list(images), clean, feats=clean_feats)
+            clean_safety = predict.judged(y, clean, arrays, classes)
+            if run.degradation is not None:  # what the other checks do alone: what the degradation check adds
+                clean_without = predict.judged(y, clean, arrays, classes, None)
         check: dict[str, Any] = {"path": "channels-last" if predict.channels_last else "standard"}
         if clean_logits is not None:
             same = clean.argmax(1) == np.asarray(clean_logits).argmax(1)
@@ -577,6 +594,8 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
                 cell["safety"] = predict.judged(y, logits, safety, classes)
                 if unseen is not None:
                     cell["safety_held_out"] = predict.judged(y, logits, safety, classes, "degraded_held_out")
+                if run.degradation is not None:
+                    cell["safety_without_check"] = predict.judged(y, logits, safety, classes, None)
             cells.append(cell)
     first = gallery_index(y, classes)
     picture = gallery(np.asarray(images[first]), names, levels, seed=seed, key=str(image_ids[first]),
@@ -586,7 +605,8 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
            "seed": seed, "tta": tta, "tta_views": run.tta_views if tta else None, "citation": CITATION,
            **(context or {})}
     block = summarise(cells, clean_scores, classes, reference, ctx)
-    block["safety"] = None if clean_safety is None else summarise_safety(cells, clean_safety, checks or {})
+    block["safety"] = None if clean_safety is None else summarise_safety(cells, clean_safety, checks or {},
+                                                                         clean_without)
     if block["safety"] is not None and held_out_skipped:
         block["safety"]["held_out_skipped"] = held_out_skipped
     block["clean_check"] = check

@@ -76,6 +76,10 @@ def headline_text(block: dict[str, Any]) -> str:
                  f"{_pct(clean['cannot_assess'])}), confident errors {_pct(mean['confident_errors'])} (clean "
                  f"{_pct(clean['confident_errors'])}), confident melanoma misses "
                  f"{_pct(mean['confident_mel_misses'])} (clean {_pct(clean['confident_mel_misses'])})")
+        alone = (safety.get("without_check") or {}).get("mean")
+        if alone:
+            text += (f"; without the degradation check: cannot assess {_pct(alone['cannot_assess'])}, confident "
+                     f"melanoma misses {_pct(alone['confident_mel_misses'])}")
         held = (safety.get("held_out") or {}).get("mean")
         if held:
             text += (f"; with each corruption held out of the degradation check: cannot assess "
@@ -167,25 +171,41 @@ def safety_table(block: dict[str, Any]) -> Table | None:
 
 
 def held_out_table(block: dict[str, Any]) -> Table | None:
-    """The degradation check on each corruption trained with it and held out of its training (``None``: not
-    measured)."""
+    """What the degradation check adds, per corruption: the safety layer without it (the gate, quality limits and
+    margin alone), with it as fitted, and with it fitted without that corruption's copies (``None``: neither of the
+    comparisons measured)."""
     safety = block.get("safety") or {}
-    held = safety.get("held_out")
-    if not held:
+    held, alone = safety.get("held_out"), safety.get("without_check")
+    if not held and not alone:
         return None
-    figures = ("degraded", "cannot_assess", "confident_errors", "confident_mel_misses")
+    variants = [(name, source) for name, source in (("without the check", alone), ("as fitted", safety),
+                                                     ("held out", held)) if source]
+    figures = ("cannot_assess", "confident_errors", "confident_mel_misses")
 
-    def row(label: str, trained: dict[str, Any], unseen: dict[str, Any]) -> list[str]:
-        return [label, *(f"{_pct(trained.get(k))} / {_pct(unseen.get(k))}" for k in figures)]
+    def pair(values: list[Any]) -> str:
+        return " / ".join("–" if v is False else _pct(v) for v in values)
 
-    rows = [row(name, safety["per_corruption"][name], unseen) for name, unseen in held["per_corruption"].items()]
-    rows.append(row("mean over cells", safety["mean"], held["mean"]))
-    note = ("Each pair: the degradation check as fitted (trained on copies under all fifteen corruptions) / the same "
-            "check fitted without that corruption's copies, the honest figure for a degradation it never saw. Means "
-            "over the severities. Confident errors: assessed and wrong, of all images; confident melanoma misses: of "
-            "the melanomas.")
-    return Table("The degradation check on corruptions it never saw", "table-corruption-held-out",
-                 ["corruption", "flagged degraded", "cannot assess", "confident errors", "confident melanoma misses"],
+    def row(label: str, name: str | None) -> list[str]:
+        def get(source: dict[str, Any], key: str) -> Any:
+            if name is None:  # the clean images: no corruption to hold out
+                return False if source is held else (source.get("clean") or {}).get(key)
+            if name == "mean":
+                return (source.get("mean") or {}).get(key)
+            return ((source.get("per_corruption") or {}).get(name) or {}).get(key)
+        flagged = [get(src, "degraded") for _, src in variants if src is not alone]
+        return [label, pair(flagged), *(pair([get(src, k) for _, src in variants]) for k in figures)]
+
+    names = list((held or alone)["per_corruption"])
+    rows = ([row("clean", None)] if alone and alone.get("clean") else []) + [row(n, n) for n in names]
+    rows.append(row("mean over cells", "mean"))
+    shown = " / ".join(name for name, _ in variants)
+    note = (f"Each cell: {shown}. Without the check: the gate, the image-quality limits and the abstention margin "
+            "alone. As fitted: the degradation check trained on copies under all fifteen corruptions. Held out: the "
+            "same check fitted without that corruption's copies, the honest figure for a degradation it never saw. "
+            "Flagged degraded: as fitted / held out. Means over the severities. Confident errors: assessed and wrong, "
+            "of all images; confident melanoma misses: of the melanomas.")
+    return Table("The degradation check: " + shown, "table-corruption-held-out",
+                 ["condition", "flagged degraded", "cannot assess", "confident errors", "confident melanoma misses"],
                  rows, note)
 
 
@@ -218,4 +238,6 @@ def card_summary(block: dict[str, Any]) -> dict[str, Any]:
             "citation": block.get("citation"),
             "safety": None if not block.get("safety") else {
                 "clean": block["safety"]["clean"], "mean_over_cells": block["safety"]["mean"],
-                "held_out_mean_over_cells": (block["safety"].get("held_out") or {}).get("mean")}}
+                "held_out_mean_over_cells": (block["safety"].get("held_out") or {}).get("mean"),
+                "without_check": {k: (block["safety"].get("without_check") or {}).get(k)
+                                  for k in ("clean", "mean")}}}
