@@ -131,6 +131,11 @@ def test_safety_figures_of_a_cell() -> None:
     assert s["assessed_accuracy"] == pytest.approx(1 / 3)  # right, wrong, wrong
     assert s["confident_errors"] == pytest.approx(2 / 6) and s["confident_mel_misses"] == pytest.approx(1 / 3)
     assert s["assessed_balanced_accuracy"] == pytest.approx(0.25)  # mel 1 of 2, nv 0 of 1
+    assert s["unreferred_mel_misses"] is None  # no referral flag given
+    # the one confident melanoma miss (the third image) is referred: no silent miss; unreferred, it is one
+    referred = np.array([False, False, True, False, False, False])
+    assert safety_scores(y, logits, states, referred=referred)["unreferred_mel_misses"] == 0.0
+    assert safety_scores(y, logits, states, referred=~referred)["unreferred_mel_misses"] == pytest.approx(1 / 3)
     none = assessment_states(None, None, np.ones(6, bool), np.zeros(6), None)  # nothing fitted: all assessed
     assert set(none) == {"assessed"} and safety_scores(y, logits, none)["confident_errors"] == pytest.approx(0.5)
     nothing = safety_scores(y, logits, np.array(["cannot_assess"] * 6))
@@ -297,6 +302,11 @@ def test_the_safety_layer_is_measured_on_the_corrupted_split(run_dir: Path, tmp_
     assert card["robustness"]["safety"]["held_out_mean_over_cells"] == safety["held_out"]["mean"]
     assert 'data-testid="table-corruption-held-out"' in (out / "report.html").read_text()
     assert frame["safety_held_out_confident_errors"].between(0, 1).all()
+    # the referral flag as the service raises it: with the run's fitted threshold on the calibrated probabilities
+    info = json.loads((run / "run.json").read_text())
+    assert safety["referral_threshold"] == info["referral_threshold"] is not None
+    for c in [*rob["cells"], {"safety": safety["clean"]}]:
+        assert 0.0 <= c["safety"]["unreferred_mel_misses"] <= c["safety"]["confident_mel_misses"]
     # the same cells judged without the degradation check: it can only add refusals and remove confident errors
     alone = safety["without_check"]
     assert card["robustness"]["safety"]["without_check"]["mean"] == alone["mean"]

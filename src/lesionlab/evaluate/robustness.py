@@ -64,7 +64,7 @@ from tqdm.auto import tqdm
 from lesionlab.classes import CLASS_CODES
 from lesionlab.core.errors import LesionlabError
 from lesionlab.core.io import atomic_write, atomic_write_json, file_sha256, read_json
-from lesionlab.core.metrics import confusion_matrix, per_class_rates, softmax
+from lesionlab.core.metrics import confusion_matrix, malignant_score, per_class_rates, softmax
 from lesionlab.core.scope import (
     DEGRADATION_FILE,
     QUALITY_LIMITS,
@@ -232,7 +232,7 @@ def cells_frame(block: dict[str, Any]) -> pd.DataFrame:
 # -------------------------------------------------------------------------------------- the safety layer
 
 SAFETY_FIGURES = ("cannot_assess", "uncertain", "assessed", "assessed_accuracy", "assessed_balanced_accuracy",
-                  "confident_errors", "confident_mel_misses", "degraded")
+                  "confident_errors", "confident_mel_misses", "unreferred_mel_misses", "degraded")
 
 
 def assessment_states(scope_scores: np.ndarray | None, threshold: float | None, quality_ok: np.ndarray,
@@ -245,12 +245,13 @@ def assessment_states(scope_scores: np.ndarray | None, threshold: float | None, 
                                                                           strict=True)])
 
 
-def safety_scores(y: np.ndarray, logits: np.ndarray, states: np.ndarray,
-                  classes: Sequence[str] = CLASS_CODES, degraded: np.ndarray | None = None) -> dict[str, float | None]:
+def safety_scores(y: np.ndarray, logits: np.ndarray, states: np.ndarray, classes: Sequence[str] = CLASS_CODES,
+                  degraded: np.ndarray | None = None, referred: np.ndarray | None = None) -> dict[str, float | None]:
     """Shares of the three states; accuracy and balanced accuracy of the assessed images; confident errors (the
     share of all images assessed and wrong), confident melanoma misses (of the melanomas, the share assessed as
-    another class) and the share the degradation check flags (``None`` without one; such images are among those
-    that cannot be assessed)."""
+    another class), those of them that the referral flag (``referred``, per image) does not send on either, which
+    nothing on the clinician's screen warns of (``None`` without a flag), and the share the degradation check flags
+    (``None`` without one; such images are among those that cannot be assessed)."""
     y = np.asarray(y, dtype=np.int64)
     states = np.asarray(states)
     assessed = states == "assessed"
@@ -263,6 +264,8 @@ def safety_scores(y: np.ndarray, logits: np.ndarray, states: np.ndarray,
             "assessed_balanced_accuracy": None if kept is None else kept["balanced_accuracy"],
             "confident_errors": float(np.mean(assessed & wrong)),
             "confident_mel_misses": float(np.mean((assessed & wrong)[mel])) if mel.any() else None,
+            "unreferred_mel_misses": None if referred is None or not mel.any()
+            else float(np.mean((assessed & wrong & ~np.asarray(referred, dtype=bool))[mel])),
             "degraded": None if degraded is None else float(np.mean(degraded))}
 
 
@@ -489,7 +492,10 @@ class _FastPredictor:
         """:func:`safety_scores` of one set of images under the run's checks (``degraded``: which detector's flags,
         ``None`` for none; the share flagged is ``None`` without a detector)."""
         flags = safety[degraded] if self.run.degradation is not None and degraded is not None else None
-        return safety_scores(y, logits, self.states(safety, logits, degraded), classes, flags)
+        threshold = self.run.info.get("referral_threshold")
+        referred = None if threshold is None else \
+            malignant_score(softmax(logits, self.run.temperature), classes) >= float(threshold)
+        return safety_scores(y, logits, self.states(safety, logits, degraded), classes, flags, referred)
 
 
 def channels_last_features(run: Run, images: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
@@ -607,6 +613,8 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
     block = summarise(cells, clean_scores, classes, reference, ctx)
     block["safety"] = None if clean_safety is None else summarise_safety(cells, clean_safety, checks or {},
                                                                          clean_without)
+    if block["safety"] is not None:  # the service's flag, as the unreferred melanoma misses were judged by
+        block["safety"]["referral_threshold"] = run.info.get("referral_threshold")
     if block["safety"] is not None and held_out_skipped:
         block["safety"]["held_out_skipped"] = held_out_skipped
     block["clean_check"] = check

@@ -76,6 +76,9 @@ def headline_text(block: dict[str, Any]) -> str:
                  f"{_pct(clean['cannot_assess'])}), confident errors {_pct(mean['confident_errors'])} (clean "
                  f"{_pct(clean['confident_errors'])}), confident melanoma misses "
                  f"{_pct(mean['confident_mel_misses'])} (clean {_pct(clean['confident_mel_misses'])})")
+        if mean.get("unreferred_mel_misses") is not None:
+            text += (f", of the melanomas not referred either {_pct(mean['unreferred_mel_misses'])} (clean "
+                     f"{_pct(clean.get('unreferred_mel_misses'))})")
         alone = (safety.get("without_check") or {}).get("mean")
         if alone:
             text += (f"; without the degradation check: cannot assess {_pct(alone['cannot_assess'])}, confident "
@@ -145,7 +148,8 @@ def safety_table(block: dict[str, Any]) -> Table | None:
     def row(label: str, s: dict[str, Any], accuracy: Any) -> list[str]:
         return [label, _pct(s["cannot_assess"]), *([_pct(s.get("degraded"))] if degradation else []),
                 _pct(s["uncertain"]), _fmt(accuracy), _fmt(s["assessed_accuracy"]),
-                _fmt(s["assessed_balanced_accuracy"]), _pct(s["confident_errors"]), _pct(s["confident_mel_misses"])]
+                _fmt(s["assessed_balanced_accuracy"]), _pct(s["confident_errors"]), _pct(s["confident_mel_misses"]),
+                _pct(s.get("unreferred_mel_misses"))]
 
     rows = [row("clean", safety["clean"], block.get("clean_accuracy"))]
     for name, s in safety["per_corruption"].items():
@@ -159,7 +163,10 @@ def safety_table(block: dict[str, Any]) -> Table | None:
     note = ("The service's rule on every corrupted image: cannot assess (out of scope, or failed image quality: no "
             "class, no referral flag), uncertain (the model abstains), else assessed. Accuracy of all images against "
             "that of the assessed ones; confident errors: assessed and wrong, as a share of all images; confident "
-            "melanoma misses: melanomas assessed as another class, as a share of the melanomas. Checks: "
+            "melanoma misses: melanomas assessed as another class, as a share of the melanomas; not referred: those "
+            "of them that the referral flag does not send on either, so that nothing on the screen warns of them"
+            + (f" (threshold {_fmt(safety.get('referral_threshold'))})" if safety.get("referral_threshold") is not None
+               else " (n/a: no referral threshold fitted)") + ". Checks: "
             + (f"{gate.get('method')} gate, threshold {_fmt(gate.get('threshold'))}" if gate else "no gate")
             + f"; abstention margin {_fmt(checks.get('uncertainty_threshold'))}; image-quality limits"
             + (f"; degradation check, threshold {_fmt(degradation.get('threshold'))} (flagged: the share it calls "
@@ -167,7 +174,8 @@ def safety_table(block: dict[str, Any]) -> Table | None:
     return Table("The safety layer on the corrupted test split", "table-corruption-safety",
                  ["condition", "cannot assess", *(["flagged degraded"] if degradation else []), "uncertain",
                   "accuracy (all)", "accuracy (assessed)",
-                  "balanced accuracy (assessed)", "confident errors", "confident melanoma misses"], rows, note)
+                  "balanced accuracy (assessed)", "confident errors", "confident melanoma misses",
+                  "confident melanoma misses, not referred"], rows, note)
 
 
 def held_out_table(block: dict[str, Any]) -> Table | None:
@@ -180,7 +188,7 @@ def held_out_table(block: dict[str, Any]) -> Table | None:
         return None
     variants = [(name, source) for name, source in (("without the check", alone), ("as fitted", safety),
                                                      ("held out", held)) if source]
-    figures = ("cannot_assess", "confident_errors", "confident_mel_misses")
+    figures = ("cannot_assess", "confident_errors", "confident_mel_misses", "unreferred_mel_misses")
 
     def pair(values: list[Any]) -> str:
         return " / ".join("–" if v is False else _pct(v) for v in values)
@@ -203,10 +211,11 @@ def held_out_table(block: dict[str, Any]) -> Table | None:
             "alone. As fitted: the degradation check trained on copies under all fifteen corruptions. Held out: the "
             "same check fitted without that corruption's copies, the honest figure for a degradation it never saw. "
             "Flagged degraded: as fitted / held out. Means over the severities. Confident errors: assessed and wrong, "
-            "of all images; confident melanoma misses: of the melanomas.")
+            "of all images; confident melanoma misses: of the melanomas; not referred: those of them that the "
+            "referral flag does not send on either.")
     return Table("The degradation check: " + shown, "table-corruption-held-out",
-                 ["condition", "flagged degraded", "cannot assess", "confident errors", "confident melanoma misses"],
-                 rows, note)
+                 ["condition", "flagged degraded", "cannot assess", "confident errors", "confident melanoma misses",
+                  "not referred"], rows, note)
 
 
 def report_plots(block: dict[str, Any], gallery_png: bytes | None = None) -> list[Any]:
