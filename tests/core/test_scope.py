@@ -24,6 +24,7 @@ from lesionlab.core.scope import (
     save_degradation,
     save_gate_arrays,
     threshold_for,
+    wilson_lower,
 )
 
 
@@ -94,6 +95,33 @@ def test_uncertainty_threshold_marks_the_band_where_the_model_is_mostly_wrong() 
     flagged = margins(proba) < fit["threshold"]
     assert flagged[~confident].all() and not flagged[confident].any()
     assert fit["val_accuracy_uncertain"] <= 0.5 < fit["val_accuracy_certain"]
+
+
+def test_wilson_lower_bound_matches_scipy() -> None:
+    from scipy.stats import binomtest
+
+    k, n = np.array([0, 3, 31, 60, 95]), np.array([5, 10, 60, 60, 100])
+    # a one-sided 95% bound is the lower end of the two-sided 90% interval
+    expected = [binomtest(int(a), int(b)).proportion_ci(0.90, method="wilson").low for a, b in zip(k, n, strict=True)]
+    np.testing.assert_allclose(wilson_lower(k, n, 0.95), expected, atol=1e-12)
+
+
+def test_uncertainty_band_is_not_decided_by_a_few_lucky_images() -> None:
+    """The lowest-margin band right 52% of the time, its first images right: the band's plain accuracy never reaches
+    0.5, so a point rule never abstains; the bound keeps the band uncertain, and stops where accuracy is shown."""
+    band = np.array([1, 1] + [1, 0] * 29, dtype=bool)  # 31 of 60 right, always ahead
+    correct = np.r_[band, np.ones(400, dtype=bool)]
+    margin = np.r_[np.linspace(0.01, 0.3, band.size), np.linspace(0.5, 0.99, 400)]
+    y = np.zeros(correct.size, dtype=np.int64)
+    proba = np.zeros((correct.size, 3))
+    top = np.where(correct, 0, 1)  # the predicted class; the truth is class 0
+    proba[np.arange(correct.size), top] = (1 + margin) / 2
+    proba[np.arange(correct.size), 2] = (1 - margin) / 2
+    assert fit_uncertainty(y, proba, confidence=0.5)["threshold"] == 0.0  # z = 0: the plain accuracy rule
+    fit = fit_uncertainty(y, proba)
+    flagged = margins(proba) < fit["threshold"]
+    assert flagged[: band.size].all() and fit["val_uncertain_rate"] < 0.5  # the band, and not the confident bulk
+    assert fit["confidence"] == 0.95 and "Wilson" in fit["rule"]
 
 
 def _detector(threshold: float = 0.5) -> DegradationCheck:
