@@ -330,6 +330,17 @@ def test_the_safety_layer_is_measured_on_the_corrupted_split(run_dir: Path, tmp_
     assert main([a for a in args if a != "--calibrate"]) == 0  # again, from the cache, with the same figures
     again = json.loads((out / "robustness.json").read_text())
     assert again["cells_reused"] == 4 and again["safety"] == safety
+    # another abstention margin is applied to the cached checks (no cell through the backbone again), and counts
+    from lesionlab.runs import update_run_info
+
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "corruption_cache").glob("*-safety.npz")}
+    update_run_info(run, uncertainty={**json.loads((run / "run.json").read_text())["uncertainty"], "threshold": 2.0})
+    assert main([a for a in args if a != "--calibrate"]) == 0
+    wider = json.loads((out / "robustness.json").read_text())["safety"]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "corruption_cache").glob("*-safety.npz")} == stamps
+    assert wider["checks"]["uncertainty_threshold"] == 2.0 and wider["mean"]["assessed"] == 0.0  # all uncertain
+    assert wider["mean"]["cannot_assess"] == safety["mean"]["cannot_assess"] and wider["mean"]["confident_errors"] == 0
+    update_run_info(run, uncertainty=info["uncertainty"])
     # without the run's training data the held-out figures cannot be had: the evaluation says so and goes on
     from lesionlab.data.images import DataError
     from lesionlab.evaluate import evaluation

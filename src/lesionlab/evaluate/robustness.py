@@ -567,6 +567,9 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
             same = clean.argmax(1) == np.asarray(clean_logits).argmax(1)
             check.update(argmax_agreement=float(same.mean()),
                          max_abs_logit_difference=float(np.max(np.abs(clean - clean_logits))))
+        # the cached per-image checks do not depend on the abstention margin (applied to the logits when judged), so
+        # refitting the margin alone does not send every cell through the backbone again
+        arrays_key = {k: v for k, v in (checks or {}).items() if k != "uncertainty_threshold"}
         jobs = [(n, s) for n in names for s in levels]
         bar = tqdm(jobs, desc="corrupted test split", unit="cell", disable=not progress)
         for name, severity in bar:
@@ -587,7 +590,7 @@ def evaluate_corruptions(run: Run, images: Sequence[np.ndarray], labels: np.ndar
             cell = {"corruption": name, "severity": severity, **cell_scores(y, logits, classes)}
             if checks is not None:
                 unseen = held_out.get(name)
-                skey = hashlib.sha256(json.dumps([key, checks, _detector_digest(unseen)],
+                skey = hashlib.sha256(json.dumps([key, arrays_key, _detector_digest(unseen)],
                                                  sort_keys=True).encode()).hexdigest()[:24]
                 spath = cache / f"{name}-s{severity}-safety.npz"
                 stored = ("pixels_ok", "scope_scores", "degraded") + (("degraded_held_out",) if unseen else ())
