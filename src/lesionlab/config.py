@@ -170,6 +170,9 @@ class TrainConfig(Strict):
     distill_from: list[str] = []
     distill_weight: float = Field(0.5, ge=0.0, le=1.0)
     distill_temperature: float = Field(2.0, gt=0.0)
+    # An ensemble of seeds (the `best` preset): the config is trained once per seed, into RUN/members/seed-<s> with
+    # train.seed=<s>, and RUN holds their ensemble (logits averaged). Empty: one run, seeded by train.seed.
+    ensemble_seeds: list[int] = []
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"
@@ -184,6 +187,15 @@ class TrainConfig(Strict):
     def _on_off(cls, v: Any) -> Any:
         # YAML reads a bare on/off as a boolean
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+    @field_validator("ensemble_seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if len(v) == 1:
+            raise ValueError(f"one seed ({v[0]}) is not an ensemble: give two or more, or none and train.seed")
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds repeat in {v}: equal seeds train equal members")
+        return v
 
 
 class RunConfig(Strict):
@@ -234,6 +246,7 @@ INACTIVE_WHEN_OFF: tuple[tuple[str, Callable[[dict[str, Any]], bool], tuple[str,
     ("train", lambda s: not s.get("logit_adjust"), ("logit_adjust",)),
     ("train", lambda s: not s.get("focal_gamma"), ("focal_gamma",)),
     ("train", lambda s: s.get("layer_decay") is None, ("layer_decay",)),
+    ("train", lambda s: not s.get("ensemble_seeds"), ("ensemble_seeds",)),
 )
 
 
@@ -322,18 +335,44 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], where: str = "ov
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with errors naming the file."""
+#: Top-level key of a YAML file naming another file (relative to its own folder) that it extends.
+EXTENDS_KEY = "extends"
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` laid over it, section by section (a list or scalar in ``update`` replaces; pure)."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = (deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict)
+                    else value)
+    return out
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping, with errors naming the file.
+
+    A file may begin with ``extends: other.yaml`` (relative to its own folder): it is then that file with its own
+    keys laid over it, so that a preset that differs from another in one setting says only that setting.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}" + (f" (extended by {_seen[-1]})" if _seen else ""))
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data
+    if EXTENDS_KEY not in data:
+        return data
+    base_name = data.pop(EXTENDS_KEY)
+    if not isinstance(base_name, str) or not base_name:
+        raise ConfigError(f"{path}: {EXTENDS_KEY}: expected the path of another YAML file, got {base_name!r}")
+    base_path = path.parent / base_name
+    if base_path.resolve() in {p.resolve() for p in (*_seen, path)}:
+        chain = " -> ".join(str(p) for p in (*_seen, path, base_path))
+        raise ConfigError(f"{path}: {EXTENDS_KEY} goes round in a circle ({chain})")
+    return deep_merge(read_yaml(base_path, (*_seen, path)), data)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

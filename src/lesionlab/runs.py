@@ -137,7 +137,7 @@ def save_run(run_dir: str | Path, model: torch.nn.Module, cfg: RunConfig, prepro
     }
     info.update(extra or {})
     atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg))
-    info["files"] = file_manifest(run_dir, exclude=(INFO_FILE, *TRANSIENT_FILES))
+    info["files"] = file_manifest(run_dir, exclude=(INFO_FILE, *TRANSIENT_FILES), own_marker=INFO_FILE)
     atomic_write_json(run_dir / INFO_FILE, info)
     return run_dir
 
@@ -147,7 +147,7 @@ def seal_run(run_dir: str | Path, info: dict[str, Any] | None = None) -> dict[st
     size and SHA-256, as they are now. Everything that writes into a run directory calls it afterwards."""
     run_dir = Path(run_dir)
     info = dict(read_info(run_dir) if info is None else info)
-    info["files"] = file_manifest(run_dir, exclude=(INFO_FILE, *TRANSIENT_FILES))
+    info["files"] = file_manifest(run_dir, exclude=(INFO_FILE, *TRANSIENT_FILES), own_marker=INFO_FILE)
     atomic_write_json(run_dir / INFO_FILE, info)
     return info
 

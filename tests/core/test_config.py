@@ -129,3 +129,44 @@ def test_legacy_defaults_fill_only_absent_keys_and_leave_the_input_alone() -> No
     assert saved == {"train": {"epochs": 3}, "name": "old"}
     assert with_legacy_defaults({"train": {"smoothing_weights": "target"}})["train"]["smoothing_weights"] == "target"
     assert with_legacy_defaults({"name": "no train section"}) == {"name": "no train section"}
+
+
+def test_a_file_extends_another_section_by_section(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("name: base\ndata:\n  image_size: 96\naugment:\n  zoom: [0.9, 1.1]\n"
+                                        "train:\n  epochs: 7\n  lr: 0.01\n")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "child.yaml").write_text("extends: ../base.yaml\nname: child\ntrain:\n  lr: 0.002\naugment:\n"
+                                    "  zoom: [1.0, 1.2]\n")
+    cfg = load_config(sub / "child.yaml", ["train.seed=4"])
+    # the child's keys win, the base's other keys stay, lists are replaced whole, overrides come last
+    assert (cfg.name, cfg.data.image_size, cfg.train.epochs, cfg.train.lr, cfg.train.seed) == (
+        "child", (96, 96), 7, 0.002, 4)
+    assert cfg.augment.zoom == (1.0, 1.2)
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    ({"a.yaml": "extends: missing.yaml\n"}, r"config file not found: .*missing.yaml \(extended by .*a.yaml\)"),
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\n"}, r"b.yaml: extends goes round in a circle"),
+    ({"a.yaml": "extends: a.yaml\n"}, r"a.yaml: extends goes round in a circle"),
+    ({"a.yaml": "extends: [b.yaml]\n"}, r"a.yaml: extends: expected the path of another YAML file"),
+])
+def test_bad_extends_is_named(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_the_best_preset_is_the_robust_preset_with_seeds() -> None:
+    best = load_config(REPO / "configs" / "cpu-lite0-64-best.yaml")
+    robust = load_config(REPO / "configs" / "cpu-lite0-64-robust.yaml")
+    assert best.train.ensemble_seeds == [0, 1, 2]
+    assert best.model_copy(update={"name": robust.name, "train": best.train.model_copy(
+        update={"ensemble_seeds": []})}) == robust
+
+
+@pytest.mark.parametrize(("seeds", "message"), [("[3]", "one seed"), ("[1,2,1]", "seeds repeat")])
+def test_an_ensemble_needs_distinct_seeds(seeds: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"train.ensemble_seeds.*{message}"):
+        load_config(None, [f"train.ensemble_seeds={seeds}"])

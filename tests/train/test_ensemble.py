@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 
 from lesionlab.cli import main
 from lesionlab.config import load_config
-from lesionlab.runs import INFO_FILE, load_run
+from lesionlab.runs import INFO_FILE, RunError, load_run
 from lesionlab.train import fit
 
 BASE = ["data.source=synthetic", "data.synthetic_n=140", "data.image_size=32", "augment.enabled=false",
@@ -66,3 +67,59 @@ def test_members_must_be_fed_alike(members: list[Path], tmp_path: Path, capsys: 
     assert "preprocessing differs" in capsys.readouterr().err
     assert main(["ensemble", str(members[0]), "--out", str(tmp_path / "one")]) == 1
     assert "at least two runs" in capsys.readouterr().err
+
+
+def test_one_command_trains_the_seeds_and_joins_them(members: list[Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "best"
+    cache = members[0].parent / "cache"
+    args = ["train", str(run), *BASE, f"data.cache_dir={cache}", "train.ensemble_seeds=[0,1]", "--no-progress"]
+    assert main(args) == 0
+    assert "ensemble of 2 runs" in capsys.readouterr().out
+    info = json.loads((run / INFO_FILE).read_text())
+    assert info["model"]["name"] == "ensemble" and info["config"]["train"]["ensemble_seeds"] == [0, 1]
+    # each member is the same computation as the config trained with that seed alone (training is deterministic)
+    ens, x = load_run(run), torch.rand(4, 3, 32, 32)
+    for seed in (0, 1):
+        member = load_run(run / "members" / f"seed-{seed}")
+        assert np.allclose(member.predict_logits(x), load_run(members[seed]).predict_logits(x), atol=1e-6)
+    assert np.allclose(ens.predict_logits(x), np.mean([load_run(m).predict_logits(x) for m in members[:2]], axis=0),
+                       atol=1e-5)
+    # the members keep manifests of their own: writing into one leaves the ensemble loadable
+    assert not any(name.startswith("members/") for name in info["files"])
+    assert main(["evaluate", str(run / "members" / "seed-0"), "--bootstrap", "0", "--timing-images", "0",
+                 "--no-report", "--audit", "none", "--allow-synthetic"]) == 0
+    load_run(run)
+    # the same command again: nothing to do
+    weights = (run / "model.safetensors").stat().st_mtime_ns
+    assert main(args) == 0 and (run / "model.safetensors").stat().st_mtime_ns == weights
+
+
+def test_an_interrupted_seed_ensemble_trains_only_what_is_missing(members: list[Path], tmp_path: Path) -> None:
+    run = tmp_path / "best"
+    over = [*BASE, f"data.cache_dir={members[0].parent / 'cache'}", "train.ensemble_seeds=[0,2]"]
+    fit(load_config(None, over), run_dir=run, progress=False)
+    first = (run / "members" / "seed-0" / "model.safetensors").stat().st_mtime_ns
+    # as if killed after the first member: the second member and the ensemble's files gone
+    shutil.rmtree(run / "members" / "seed-2")
+    for name in ("run.json", "model.safetensors", "config.yaml"):
+        (run / name).unlink()
+    fit(load_config(None, over), run_dir=run, progress=False)
+    assert (run / "members" / "seed-0" / "model.safetensors").stat().st_mtime_ns == first
+    x = torch.rand(2, 3, 32, 32)
+    assert np.allclose(load_run(run / "members" / "seed-2").predict_logits(x), load_run(members[2]).predict_logits(x),
+                       atol=1e-6)
+    assert load_run(run).info["ensemble"]["members"][1]["name"] == "seed-2"
+
+
+def test_seed_ensemble_refusals(members: list[Path], tmp_path: Path) -> None:
+    over = [*BASE, f"data.cache_dir={members[0].parent / 'cache'}", "train.ensemble_seeds=[0,1]"]
+    with pytest.raises(RunError, match="nothing to resume"):
+        fit(load_config(None, over), run_dir=tmp_path / "empty", resume=True, progress=False)
+    with pytest.raises(RunError, match="already holds a run"):
+        fit(load_config(None, over), run_dir=members[0], resume=False, progress=False)
+    # a complete ensemble trained with other settings is not overwritten
+    run = tmp_path / "done"
+    fit(load_config(None, over), run_dir=run, progress=False)
+    with pytest.raises(RunError, match="different config"):
+        fit(load_config(None, [*over, "train.lr=0.5"]), run_dir=run, progress=False)

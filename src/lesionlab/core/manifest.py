@@ -14,12 +14,17 @@ from lesionlab.core.errors import LesionlabError
 from lesionlab.core.io import TMP_SUFFIX, file_sha256
 
 
-def _listed(folder: Path, exclude: Iterable[str]) -> list[Path]:
+def _listed(folder: Path, exclude: Iterable[str], own_marker: str | None = None) -> list[Path]:
     skip = set(exclude)
+    # subfolders with their own manifest file are units of their own (e.g. an ensemble's member runs)
+    units = {p.parent.relative_to(folder).parts for p in folder.rglob(own_marker) if p.parent != folder} \
+        if own_marker else set()
     out = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
         if not path.is_file() or path.is_symlink() or rel.as_posix() in skip:
+            continue
+        if any(rel.parts[:len(unit)] == unit for unit in units):
             continue
         if any(part.startswith(".") for part in rel.parts) or path.name.endswith((TMP_SUFFIX, ".log")):
             continue  # hidden files, temporaries of a write in progress, logs that keep growing
@@ -27,12 +32,15 @@ def _listed(folder: Path, exclude: Iterable[str]) -> list[Path]:
     return out
 
 
-def file_manifest(folder: str | Path, exclude: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+def file_manifest(folder: str | Path, exclude: Iterable[str] = (), own_marker: str | None = None
+                  ) -> dict[str, dict[str, Any]]:
     """``{relative posix path: {"bytes", "sha256"}}`` for every regular file under ``folder`` (hidden files,
-    temporaries, ``*.log`` files, symbolic links and the ``exclude`` paths left out)."""
+    temporaries, ``*.log`` files, symbolic links and the ``exclude`` paths left out). ``own_marker``: a file name
+    (such as ``run.json``) whose subfolders keep a manifest of their own and are left out of this one, so that
+    writing into them does not invalidate it."""
     folder = Path(folder)
     return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
-            for p in _listed(folder, exclude)}
+            for p in _listed(folder, exclude, own_marker)}
 
 
 def verify_manifest(folder: str | Path, manifest: dict[str, Any], error: Callable[[str], Exception] = LesionlabError,

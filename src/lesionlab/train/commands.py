@@ -143,6 +143,9 @@ def print_summary(run_dir: Path) -> None:
     from lesionlab.runs import read_info
 
     info = read_info(run_dir)
+    if (info.get("training") or {}).get("mode") == "ensemble":
+        print_ensemble_summary(run_dir, info)
+        return
     best = info.get("best", {})
     table = rich_table(f"best epoch {int(best.get('epoch', -1)) + 1} (by val {best.get('monitor', '?')})",
                        ("validation metric", "value"), left=["validation metric"], min_width=56)
@@ -154,6 +157,25 @@ def print_summary(run_dir: Path) -> None:
     training = info.get("training", {})
     console.print(f"run directory: {run_dir}  (status {info.get('status')}, {info.get('epochs_run', '?')} epochs, "
                   f"{training.get('seconds', 0.0):.0f} s)")
+
+
+def print_ensemble_summary(run_dir: Path, info: dict[str, Any]) -> None:
+    """One row per member (its best epoch and validation balanced accuracy), then where the ensemble went."""
+    from lesionlab.core.console import make_console
+
+    members = (info.get("ensemble") or {}).get("members") or []
+    table = rich_table(f"ensemble of {len(members)} runs", ("member", "best epoch", "val balanced accuracy",
+                                                           "training s"), left=["member"], min_width=56)
+    for member in members:
+        best = member.get("best") or {}
+        value = best.get("val_balanced_accuracy")
+        table.add_row(str(member.get("run") or member.get("name")), str(int(best.get("epoch", -1)) + 1),
+                      "n/a" if value is None else f"{value:.4f}", f"{float(member.get('training_seconds') or 0):.0f}")
+    console = make_console()
+    console.print(table)
+    console.print(f"run directory: {run_dir}  (ensemble, {float((info.get('training') or {}).get('seconds') or 0):.0f}"
+                  f" s of training); fit its temperature and referral threshold with "
+                  f"`lesionlab evaluate {run_dir} --calibrate`")
 
 
 def run_ensemble(args: argparse.Namespace) -> int:

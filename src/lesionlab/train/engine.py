@@ -32,6 +32,7 @@ from lesionlab.train import distributed as dist_utils
 from lesionlab.train import handlers as H
 from lesionlab.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from lesionlab.train.distill import DistillLoss, check_distillation, teacher_targets
+from lesionlab.train.ensemble import fit_seed_ensemble
 from lesionlab.train.loop import (
     Precision,
     epoch_seed,
@@ -292,7 +293,9 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume: bool | Non
     """Train one run and return its directory (see the module docstring).
 
     ``resume``: ``None`` continues from ``last.ckpt`` when present, ``True`` requires it, ``False`` refuses a used
-    directory. ``callbacks`` are called as ``cb(epoch, row)`` after each epoch's checkpoint is written (on rank 0).
+    directory. With ``train.ensemble_seeds`` the config is trained once per seed (see
+    :func:`lesionlab.train.ensemble.fit_seed_ensemble`) and the returned directory holds their ensemble.
+    ``callbacks`` are called as ``cb(epoch, row)`` after each epoch's checkpoint is written (on rank 0).
     Under ``torchrun`` (``WORLD_SIZE > 1``) this trains with DistributedDataParallel and only rank 0 writes.
     """
     # The saved config is the resolved one: preset head and class weights spelled out, scratch without weights.
@@ -302,6 +305,9 @@ def fit(cfg: RunConfig, *, run_dir: str | Path | None = None, resume: bool | Non
     if cfg.augment.enabled and cfg.augment.corruptions:  # a misspelt corruption fails now, not after data loading
         parse_corruptions(cfg.augment.corruptions)
     check_distillation(cfg, cfg.train.distill_from)
+    if cfg.train.ensemble_seeds:
+        return fit_seed_ensemble(cfg, Path(run_dir) if run_dir else default_run_dir(cfg), resume, progress, callbacks,
+                                 fit_member=fit, check_run_dir=check_run_dir)
     ctx = dist_utils.setup(cfg.train.device)
     try:
         return _fit(cfg, ctx, Path(run_dir) if run_dir else default_run_dir(cfg), resume, progress, callbacks)

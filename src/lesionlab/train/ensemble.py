@@ -6,16 +6,22 @@ The ensemble directory is an ordinary run (``model.safetensors`` with every memb
 network with: preprocessing, metadata encoder, test-time views, and the split they were trained on (an ensemble of
 runs that saw different images would make its test figures meaningless). ``evaluate --calibrate`` then fits the
 ensemble's own temperature and referral threshold on the shared validation split.
+
+:func:`fit_seed_ensemble` is the one-command form behind ``train.ensemble_seeds`` (the ``best`` preset): it trains
+the config once per seed into ``RUN/members/seed-<s>`` and writes their ensemble into ``RUN``. Each member is an
+ordinary run (resumable, with its own manifest, left out of the ensemble's), identical to training the config with
+``train.seed=<s>``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lesionlab.config import RunConfig, build_config, with_legacy_defaults
+from lesionlab.config import RunConfig, build_config, dump_config, with_legacy_defaults
 from lesionlab.core.io import file_sha256
 from lesionlab.core.version import __version__
 from lesionlab.runs import (
@@ -23,6 +29,7 @@ from lesionlab.runs import (
     FORMAT_VERSION,
     INFO_FILE,
     WEIGHTS_FILE,
+    RunError,
     atomic_save_state_dict,
     atomic_write_text,
     read_info,
@@ -30,6 +37,11 @@ from lesionlab.runs import (
     seal_run,
 )
 from lesionlab.train.pieces import TrainError
+
+log = logging.getLogger(__name__)
+
+#: The folder of a seed ensemble's member runs, inside the ensemble's run directory.
+MEMBERS_DIR = "members"
 
 #: run.json fields every member must share (what the network is fed with, and what it was trained on).
 SHARED = (("preprocessing",), ("metadata_encoder",), ("split", "hash"))
@@ -55,8 +67,12 @@ def _shared(info: dict[str, Any], where: Path) -> dict[str, Any]:
             **{f"config.train.{key}": getattr(train.train, key) for key in SHARED_TRAIN}}
 
 
-def make_ensemble(runs: Sequence[str | Path], out_dir: str | Path) -> Path:
-    """Write the ensemble of ``runs`` (at least two) into ``out_dir``; returns it."""
+def make_ensemble(runs: Sequence[str | Path], out_dir: str | Path, config: RunConfig | None = None) -> Path:
+    """Write the ensemble of ``runs`` (at least two) into ``out_dir``; returns it.
+
+    ``config``: the recipe that trained the members (``train.ensemble_seeds``), saved as the ensemble's config so that
+    the same command finds the ensemble complete; without it the first member's config is kept, commented.
+    """
     paths = [Path(r) for r in runs]
     if len(paths) < 2:
         raise TrainError("an ensemble needs at least two runs")
@@ -93,7 +109,55 @@ def make_ensemble(runs: Sequence[str | Path], out_dir: str | Path) -> Path:
             "training": {"mode": "ensemble", "seconds": sum(seconds)},
             "best": None, "temperature": None, "referral_threshold": None, "calibration": None, "referral": None,
             "status": "complete"}
-    config_text = (paths[0] / CONFIG_FILE).read_text(encoding="utf-8") if (paths[0] / CONFIG_FILE).is_file() else ""
-    atomic_write_text(out / CONFIG_FILE, f"# ensemble of {len(paths)} runs; the first member's config:\n{config_text}")
+    if config is not None:
+        info["config"] = config.model_dump(mode="json")
+        atomic_write_text(out / CONFIG_FILE, dump_config(config))
+    else:
+        config_text = ((paths[0] / CONFIG_FILE).read_text(encoding="utf-8") if (paths[0] / CONFIG_FILE).is_file()
+                       else "")
+        atomic_write_text(out / CONFIG_FILE, f"# ensemble of {len(paths)} runs; the first member's config:\n"
+                                             f"{config_text}")
     seal_run(out, info)
     return out
+
+
+def member_config(cfg: RunConfig, seed: int) -> RunConfig:
+    """The config of a seed ensemble's member: the recipe with ``train.seed=seed`` and no ensemble (pure)."""
+    return cfg.model_copy(update={"name": f"{cfg.name}-seed{seed}",
+                                  "train": cfg.train.model_copy(update={"seed": seed, "ensemble_seeds": []})})
+
+
+def fit_seed_ensemble(cfg: RunConfig, run_dir: Path, resume: bool | None, progress: bool,
+                      callbacks: Sequence[Any] = (), *, fit_member: Callable[..., Path],
+                      check_run_dir: Callable[[Path, RunConfig, bool | None], str]) -> Path:
+    """Train ``cfg`` once per ``train.ensemble_seeds`` into ``run_dir/members/seed-<s>``, then write their ensemble
+    into ``run_dir``; returns ``run_dir``.
+
+    Called again, it resumes the member that was interrupted, skips the finished ones and ends as an uninterrupted
+    call would; a complete ensemble with the same config is left as it is. ``resume`` as for
+    :func:`lesionlab.train.fit`: ``True`` requires members to continue, ``False`` refuses a used directory.
+    ``fit_member`` and ``check_run_dir`` are the engine's (passed in, so that this module does not import it).
+    """
+    from lesionlab.train.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        raise TrainError("train.ensemble_seeds trains its members one after another in one process; run it without "
+                         "torchrun, or train each member data-parallel and join them with `lesionlab ensemble`")
+    members_dir = run_dir / MEMBERS_DIR
+    if resume is False and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise RunError(f"{run_dir}: already holds a run; resume it (--resume), or choose another run directory")
+    if (run_dir / INFO_FILE).is_file() and check_run_dir(run_dir, cfg, None) == "complete":
+        log.info("%s already holds a complete ensemble; nothing to do", run_dir)
+        return run_dir
+    if resume and not members_dir.is_dir():
+        raise RunError(f"{members_dir}: nothing to resume (no member runs in {run_dir})")
+    seeds = cfg.train.ensemble_seeds
+    members = []
+    for i, seed in enumerate(seeds, start=1):
+        member_dir = members_dir / f"seed-{seed}"
+        log.info("ensemble member %d of %d (train.seed=%d): %s", i, len(seeds), seed, member_dir)
+        members.append(fit_member(member_config(cfg, seed), run_dir=member_dir, resume=None, progress=progress,
+                                  callbacks=callbacks))
+    make_ensemble(members, run_dir, config=cfg)
+    log.info("%s: ensemble of %d members (seeds %s)", run_dir, len(members), ", ".join(map(str, seeds)))
+    return run_dir
