@@ -152,6 +152,8 @@ def fit_seed_ensemble(cfg: RunConfig, run_dir: Path, resume: bool | None, progre
     if resume and not members_dir.is_dir():
         raise RunError(f"{members_dir}: nothing to resume (no member runs in {run_dir})")
     seeds = cfg.train.ensemble_seeds
+    run_dir.mkdir(parents=True, exist_ok=True)  # the recipe first, so that `train RUN --resume` finds it after a kill
+    atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg))
     members = []
     for i, seed in enumerate(seeds, start=1):
         member_dir = members_dir / f"seed-{seed}"
