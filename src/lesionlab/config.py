@@ -335,44 +335,59 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], where: str = "ov
     return out
 
 
-#: Top-level key of a YAML file naming another file (relative to its own folder) that it extends.
-EXTENDS_KEY = "extends"
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``update`` laid over it, section by section (a list or scalar in ``update`` replaces; pure)."""
-    out = dict(base)
-    for key, value in update.items():
-        out[key] = (deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict)
-                    else value)
-    return out
-
-
-def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a YAML mapping, with errors naming the file.
-
-    A file may begin with ``extends: other.yaml`` (relative to its own folder): it is then that file with its own
-    keys laid over it, so that a preset that differs from another in one setting says only that setting.
-    """
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}" + (f" (extended by {_seen[-1]})" if _seen else ""))
+        raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    if EXTENDS_KEY not in data:
-        return data
-    base_name = data.pop(EXTENDS_KEY)
-    if not isinstance(base_name, str) or not base_name:
-        raise ConfigError(f"{path}: {EXTENDS_KEY}: expected the path of another YAML file, got {base_name!r}")
-    base_path = path.parent / base_name
-    if base_path.resolve() in {p.resolve() for p in (*_seen, path)}:
-        chain = " -> ".join(str(p) for p in (*_seen, path, base_path))
-        raise ConfigError(f"{path}: {EXTENDS_KEY} goes round in a circle ({chain})")
-    return deep_merge(read_yaml(base_path, (*_seen, path)), data)
+    return data
+
+
+def merge_mappings(inherited: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """``own`` on top of ``inherited``: mappings merge key by key at every depth; lists and scalars replace (pure)."""
+    out = dict(inherited)
+    for key, value in own.items():
+        old = out.get(key)
+        out[key] = merge_mappings(old, value) if isinstance(value, dict) and isinstance(old, dict) else value
+    return out
+
+
+#: Rewrites an inherited mapping for the extending file: ``(inherited, parent path, extending path) -> mapping``.
+Rebase = Callable[[dict[str, Any], Path, Path], dict[str, Any]]
+
+
+def read_extending_yaml(path: str | Path, rebase: Rebase | None = None, _chain: tuple[Path, ...] = ()
+                        ) -> dict[str, Any]:
+    """A YAML mapping with its ``extends`` chain merged underneath (the file's own keys win).
+
+    ``extends`` names one file, relative to the extending file; it may extend another in turn, so that a preset or
+    grid that differs from another in a few settings says only those. ``rebase`` adjusts what a file inherits (a
+    grid's relative ``base_config``, for instance) before the file's own keys are laid over it.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"{path}: extends must be one file path, relative to this file; got {parent!r}")
+    parent_path = path.parent / parent
+    chain = (*_chain, path.resolve())
+    if parent_path.resolve() in chain:
+        loop = " -> ".join(str(p) for p in (*chain, parent_path.resolve()))
+        raise ConfigError(f"{path}: extends makes a cycle: {loop}")
+    if not parent_path.is_file():
+        raise ConfigError(f"{path}: extends: no such file {parent_path}")
+    inherited = read_extending_yaml(parent_path, rebase, chain)
+    if rebase is not None:
+        inherited = rebase(inherited, parent_path, path)
+    return merge_mappings(inherited, raw)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -381,7 +396,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
     ``saved_run``: ``path`` is a run directory's config.yaml, read with :func:`with_legacy_defaults`.
     """
-    data = read_yaml(path) if path is not None else {}
+    data = (read_yaml(path) if saved_run else read_extending_yaml(path)) if path is not None else {}
     if saved_run:
         data = with_legacy_defaults(data)
     data = apply_overrides(data, overrides or [], where=str(path or "overrides"))

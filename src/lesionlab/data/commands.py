@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lesionlab.config import CONFIG_SECTIONS, DataConfig, apply_overrides, build_config, read_yaml
+from lesionlab.config import CONFIG_SECTIONS, DataConfig, apply_overrides, build_config, read_extending_yaml
 from lesionlab.core.argparsing import rich_table
 from lesionlab.core.io import atomic_write_json
 
@@ -45,7 +45,7 @@ def _source_args(parser: argparse.ArgumentParser, split: bool = True) -> None:
 
 def data_config(args: argparse.Namespace) -> DataConfig:
     """The DataConfig that the command-line arguments describe (file, then overrides, then flags)."""
-    raw: dict[str, Any] = read_yaml(args.config) if args.config else {}
+    raw: dict[str, Any] = read_extending_yaml(args.config) if args.config else {}
     where = str(args.config or "command line")
     if isinstance(raw.get("data"), dict) and set(raw) <= set(CONFIG_SECTIONS):
         raw = raw["data"]

@@ -103,7 +103,7 @@ def _allow_args(p: argparse.ArgumentParser, verb: str) -> None:
 
 def _data_config(args: argparse.Namespace) -> Any | None:
     """The data config to evaluate on, or ``None`` for the run's own (resolved once the run is loaded)."""
-    from lesionlab.config import DataConfig, apply_overrides, build_config, read_yaml
+    from lesionlab.config import DataConfig, apply_overrides, build_config, read_extending_yaml
     from lesionlab.runs import read_info
 
     overrides = [o.removeprefix("data.") for o in [*args.overrides, *args.old_overrides]]
@@ -112,7 +112,7 @@ def _data_config(args: argparse.Namespace) -> Any | None:
         return None
     run_data = (read_info(args.run).get("config") or {}).get("data", {})
     if args.config is not None:
-        base = read_yaml(args.config).get("data", {})
+        base = read_extending_yaml(args.config).get("data", {})
         where = f"{args.config} (data)"
     else:
         base, where = run_data, "run data config"

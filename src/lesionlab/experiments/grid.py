@@ -16,7 +16,15 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lesionlab.config import ConfigError, RunConfig, Strict, apply_overrides, build_config, near_matches, read_yaml
+from lesionlab.config import (
+    ConfigError,
+    RunConfig,
+    Strict,
+    apply_overrides,
+    build_config,
+    near_matches,
+    read_extending_yaml,
+)
 
 #: Label columns the repeat dimension adds next to the axes; axis names may not reuse them.
 REPEAT_LABELS = ("seed", "fold")
@@ -217,7 +225,7 @@ def base_dict(cfg: ExperimentConfig, grid_path: Path | None) -> dict[str, Any]:
         path = cfg.base_config
         if not path.is_absolute() and grid_path is not None:
             path = grid_path.parent / path
-        data = read_yaml(path)
+        data = read_extending_yaml(path)
     return apply_overrides(data, override_strings(flatten(cfg.base)), where=f"{grid_path or 'grid'}: base")
 
 
@@ -274,40 +282,21 @@ def _keep_order(new: Any, original: Any) -> Any:
     return {k: _keep_order(new[k], original.get(k)) for k in keys}
 
 
-def merge_mappings(inherited: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
-    """``own`` on top of ``inherited``: mappings merge key by key at every depth; lists and scalars replace."""
-    out = dict(inherited)
-    for key, value in own.items():
-        old = out.get(key)
-        out[key] = merge_mappings(old, value) if isinstance(value, dict) and isinstance(old, dict) else value
-    return out
+def _rebase_base_config(inherited: dict[str, Any], parent_path: Path, path: Path) -> dict[str, Any]:
+    """An inherited relative ``base_config``, rewritten to name the file its own grid file meant."""
+    base_config = inherited.get("base_config")
+    if isinstance(base_config, str) and not Path(base_config).is_absolute():
+        inherited = {**inherited, "base_config": os.path.relpath(parent_path.parent / base_config, path.parent)}
+    return inherited
 
 
-def read_grid_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_grid_file(path: str | Path) -> dict[str, Any]:
     """A grid file's raw mapping with its ``extends`` chain merged underneath (the file's own keys win).
 
     ``extends`` names one file, relative to the extending file; it may extend another in turn. An inherited
     relative ``base_config`` is rebased so that it still names the file its own grid file meant.
     """
-    path = Path(path)
-    raw = read_yaml(path)
-    parent = raw.pop("extends", None)
-    if parent is None:
-        return raw
-    if not isinstance(parent, str) or not parent.strip():
-        raise ConfigError(f"{path}: extends must be one file path, relative to this grid file; got {parent!r}")
-    parent_path = path.parent / parent
-    chain = (*_chain, path.resolve())
-    if parent_path.resolve() in chain:
-        loop = " -> ".join(str(p) for p in (*chain, parent_path.resolve()))
-        raise ConfigError(f"{path}: extends makes a cycle: {loop}")
-    if not parent_path.is_file():
-        raise ConfigError(f"{path}: extends: no such file {parent_path}")
-    inherited = read_grid_file(parent_path, chain)
-    base_config = inherited.get("base_config")
-    if isinstance(base_config, str) and not Path(base_config).is_absolute():
-        inherited["base_config"] = os.path.relpath(parent_path.parent / base_config, path.parent)
-    return merge_mappings(inherited, raw)
+    return read_extending_yaml(path, _rebase_base_config)
 
 
 def load_grid(path: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig, dict[str, Any]]:
