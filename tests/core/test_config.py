@@ -170,3 +170,15 @@ def test_the_best_preset_is_the_robust_preset_with_seeds() -> None:
 def test_an_ensemble_needs_distinct_seeds(seeds: str, message: str) -> None:
     with pytest.raises(ConfigError, match=rf"train.ensemble_seeds.*{message}"):
         load_config(None, [f"train.ensemble_seeds={seeds}"])
+
+
+def test_commands_that_read_only_the_data_section_follow_extends() -> None:
+    import argparse
+
+    from lesionlab.data.commands import data_config
+
+    args = argparse.Namespace(config=REPO / "configs" / "cpu-lite0-64-best.yaml", overrides=[], metadata=None,
+                              images=None, npz=None, source=None, convert_mode=False)
+    data = data_config(args)
+    assert data == load_config(REPO / "configs" / "cpu-lite0-64-robust.yaml").data
+    assert data.colour_constancy == "shades_of_gray" and data.image_size == (128, 128)
