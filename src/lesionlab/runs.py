@@ -137,8 +137,7 @@ def save_run(run_dir: str | Path, model: torch.nn.Module, cfg: RunConfig, prepro
     }
     info.update(extra or {})
     atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg))
-    info["files"] = file_manifest(run_dir, exclude=(INFO_FILE, *TRANSIENT_FILES), own_marker=INFO_FILE)
-    atomic_write_json(run_dir / INFO_FILE, info)
+    seal_run(run_dir, info)
     return run_dir
 
 
