@@ -75,6 +75,12 @@ def plan_lines(cfg: RunConfig, preset: Path, quick: bool) -> list[str]:
              f"train {cfg.model.name} ({cfg.train.mode}, {cfg.train.epochs} epochs"
              f"{', with age, sex and site' if cfg.model.fusion != 'none' else ''})")
     duration = EXPECTED_DURATION.get(preset, "unknown for a custom preset")
+    if preset in EXPECTED_DURATION and cfg.train.mode != "frozen" and cfg.train.bf16 == "on":
+        from lesionlab.train.precision import cpu_has_native_bf16
+
+        if not cpu_has_native_bf16():  # measured with bf16; emulated it is slower than float32, which runs instead
+            duration += (" with native bf16; this CPU has none, so it trains in float32, roughly three times longer "
+                         "(docs/BENCHMARKS.md, 'A CPU without native bf16')")
     lines = [f"lesionlab demo: preset {preset}; expected duration on 2 CPU cores: {duration}",
              "steps: data summary, leakage audit, split file, decode-once image cache, "
              f"{train}, evaluation on the test split (calibrated on validation) and its report, a reader study "

@@ -187,3 +187,17 @@ def test_mode_seeking_training_logs_its_ratio_and_stays_deterministic(tmp_path: 
     assert "ms_ratio" in history and history["ms_ratio"].notna().all() and (history["ms_ratio"] > 0).all()
     wa, wb = load_file(a / "generator.safetensors"), load_file(b / "generator.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_is_used_only_where_the_cpu_has_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    """Emulated bf16 is several times slower than float32: a CPU without it trains in float32 and the run says so."""
+    from lesionlab.synth.training import build_trainer
+
+    monkeypatch.setattr("lesionlab.synth.training.cpu_has_native_bf16", lambda: native)
+    tr = build_trainer(tiny_config(tmp_path, "train.bf16=true", "train.device=cpu"), tmp_path / "run", resume=False,
+                       progress=False)
+    assert tr.bf16 is native
+    assert any("no native bf16" in n for n in tr.notes) is not native
+    with tr.autocast():
+        assert torch.is_autocast_enabled("cpu") is native

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from lesionlab.cli import main
 from lesionlab.config import ModelConfig, load_config
 from lesionlab.models import create_model
-from lesionlab.train.bench import bench_frozen, bench_throughput
+from lesionlab.train.bench import PRECISIONS, bench_frozen, bench_precision, bench_throughput
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +76,29 @@ def test_train_bench_is_a_lesionlab_command(tmp_path: Path, folder: Path, capsys
     assert main(args) == 0
     out = capsys.readouterr().out
     assert '"speedup"' in out and '"command": "lesionlab' in out
+
+
+def test_bench_precision_times_every_precision_from_the_same_weights(tmp_path: Path, folder: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("lesionlab.train.bench.cpu_has_native_bf16", lambda: False)
+    out = bench_precision(_cfg(tmp_path, folder, "model.pretrained=false"), batches=2, warmup=1, progress=False,
+                          rounds=3)
+    assert out["native_bf16"] is False and set(out["images_per_s"]) == set(PRECISIONS)
+    for name, rates in out["per_round"].items():
+        assert len(rates) == 3 and all(r > 0 for r in rates)
+        assert out["images_per_s"][name] == pytest.approx(sorted(rates)[1])
+    assert out["relative_to_float32"]["float32"] == 1.0
+    bf16 = out["relative_to_float32"]["bf16_channels_last"]
+    assert bf16 == pytest.approx(out["images_per_s"]["bf16_channels_last"] / out["images_per_s"]["float32"])
+
+
+def test_bench_precision_cli(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("name: c\n")
+    args = ["train-bench", "precision", "--config", str(cfg_file), "data.source=ham10000",
+            f"data.metadata_csv={folder}", "data.split=lesion", "data.image_size=32", f"data.cache_dir={tmp_path}",
+            "model.name=test_efficientnet", "model.pretrained=false", "train.batch_size=16", "--batches", "1",
+            "--rounds", "1", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert '"bf16_channels_last"' in out and '"native_bf16"' in out and '"benchmark": "precision"' in out

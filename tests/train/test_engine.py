@@ -224,8 +224,9 @@ def test_frozen_mode_caches_embeddings_and_keeps_the_backbone(tmp_path: Path, ba
 
 @pytest.mark.parametrize(("second", "val_cached"), [("train.bf16=off", True), ("train.bf16=on", False)])
 def test_bf16_embeddings_never_share_the_float32_cache(tmp_path: Path, backbone_file: Path, second: str,
-                                                       val_cached: bool) -> None:
+                                                       val_cached: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Augmentation without cached views runs the backbone in the run's precision, validation embeddings included."""
+    monkeypatch.setattr("lesionlab.train.precision.cpu_has_native_bf16", lambda: True)  # bf16 even where emulated
     common = ("train.epochs=1", "augment.enabled=true", "train.embed_cache_views=0")
     fit(_frozen_cfg(tmp_path, backbone_file, "name=p32", "train.bf16=off", *common), progress=False)
     run = fit(_frozen_cfg(tmp_path, backbone_file, "name=p2", second, *common), progress=False)
@@ -307,7 +308,8 @@ def test_early_stopping_stops_and_says_so(tmp_path: Path) -> None:
     assert info["stopped_early"] is True and info["epochs_run"] == 2  # lr 0: epoch 2 cannot improve the nll
 
 
-def test_bf16_and_channels_last_run_records_its_precision(tmp_path: Path) -> None:
+def test_bf16_and_channels_last_run_records_its_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("lesionlab.train.precision.cpu_has_native_bf16", lambda: True)  # computes (emulated) anywhere
     run_dir = fit(cfg_for(tmp_path, "name=bf", "train.bf16=on", "train.channels_last=on"), progress=False)
     prec = json.loads((run_dir / INFO_FILE).read_text())["training"]["precision"]
     assert prec["bf16"] is True and prec["channels_last"] is True

@@ -43,11 +43,29 @@ def test_auto_is_resolved_by_rule_without_timing_and_leaves_the_model_untouched(
     assert check_cpu_precision(linear, x, None, channels_last="auto", bf16="off")[0] is False
 
 
-@pytest.mark.parametrize(("cl", "bf", "dtype"), [("on", "on", torch.bfloat16), ("off", "off", None)])
-def test_fixed_settings_need_no_check(cl: str, bf: str, dtype: torch.dtype | None) -> None:
+@pytest.mark.parametrize(("cl", "bf", "native", "dtype"), [
+    ("on", "on", True, torch.bfloat16),
+    ("on", "on", False, None),  # emulated bf16 is several times slower than float32: float32, said so
+    ("off", "off", True, None),
+    ("off", "off", False, None),
+])
+def test_fixed_settings_need_no_check(cl: str, bf: str, native: bool, dtype: torch.dtype | None,
+                                      monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("lesionlab.train.precision.cpu_has_native_bf16", lambda: native)
     precision, report = choose_precision(TrainConfig(channels_last=cl, bf16=bf), torch.device("cpu"))
     assert precision.dtype == dtype and precision.channels_last == (cl == "on")
-    assert report["reason"] == "set in the config"
+    assert report["reason"] == "set in the config" and report["bf16"] is (dtype is not None)
+    fell_back = bf == "on" and not native
+    assert ("bf16_fallback" in report) is fell_back and ("no native bf16" in caplog.text) is fell_back
+    if fell_back:
+        assert report["bf16_native"] is False and "train.bf16=off" in report["bf16_fallback"]
+
+
+def test_bf16_on_beside_auto_channels_last_falls_back_the_same_way(model: torch.nn.Module,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("lesionlab.train.precision.cpu_has_native_bf16", lambda: False)
+    cl, bf, report = check_cpu_precision(model, torch.randn(4, 3, 32, 32), None, channels_last="auto", bf16="on")
+    assert cl is True and bf is False and report["bf16"] is False and "bf16_fallback" in report
 
 
 def test_yaml_on_off_booleans_are_accepted() -> None:

@@ -69,6 +69,7 @@ from lesionlab.synth.run import (
 )
 from lesionlab.synth.schedule import Stage, current_lr, ema_beta, stage_at, stage_plan
 from lesionlab.train.loop import resolve_device
+from lesionlab.train.precision import cpu_has_native_bf16, no_native_bf16
 
 log = logging.getLogger(__name__)
 StepCallback = Callable[[int, dict[str, Any]], None]
@@ -129,6 +130,7 @@ class Trainer:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     last_gp: float | None = None
     notes: list[str] = field(default_factory=list)
+    bf16: bool = False  # train.bf16 as honoured here: on a CPU only where it computes bf16 natively
 
     def state(self) -> dict[str, Any]:
         return {"generator": self.g.state_dict(), "critic": self.d.state_dict(),
@@ -156,7 +158,7 @@ class Trainer:
         atomic_write_text(self.run_dir / HISTORY_FILE, pd.DataFrame(self.history).to_csv(index=False))
 
     def autocast(self) -> AbstractContextManager[Any]:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.train.bf16 else nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """DiffAugment of anything the critic scores (identity unless ``train.diffaug`` names operations)."""
@@ -180,8 +182,13 @@ def build_trainer(cfg: SynthConfig, run_dir: Path, resume: bool, progress: bool)
     g_ema = copy.deepcopy(g).eval()
     _set_requires_grad(g_ema, False)
     opt_g, opt_d = make_optimizers(cfg, g, d)
+    bf16 = tc.bf16 and (device.type != "cpu" or cpu_has_native_bf16())
+    if tc.bf16 and not bf16:
+        message = no_native_bf16("train.bf16=true", "train.bf16=false")
+        log.warning(message)
+        notes = [*notes, message]
     tr = Trainer(cfg, run_dir, data, layout, stage_plan(cfg), device, g, d, g_ema,
-                 torch.Generator().manual_seed(tc.seed), opt_g, opt_d, notes=notes)
+                 torch.Generator().manual_seed(tc.seed), opt_g, opt_d, notes=notes, bf16=bf16)
     if resume:
         tr.load(load_checkpoint(run_dir / CHECKPOINT_FILE))
         log.info("resuming %s at %d images (step %d)", run_dir, tr.images, tr.step)

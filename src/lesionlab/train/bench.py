@@ -12,10 +12,17 @@ the config uses workers, again with as many.
 The sides alternate over a few rounds; the speed-up is the median of the rounds' ratios (a shared machine's slow
 spells move single figures by 20% and more).
 
+``precision``: fine-tuning images/s of the engine's training step on the same data and initial weights in float32,
+float32 channels-last, and bf16 autocast on channels-last (depthwise convolutions in float32, as ``train.bf16=on``
+computes where the CPU has native bf16), alternating over a few rounds. It says whether this CPU has native bf16:
+without it, bf16 is emulated, and the engine trains in float32 whatever the config asks
+(:mod:`lesionlab.train.precision`); the benchmark shows why.
+
 Run alone on the machine (``flock -x /tmp/lesionlab-cpu.lock`` on a shared one)::
 
     lesionlab train-bench frozen --config configs/frozen-simple-64.yaml
     lesionlab train-bench throughput --config configs/cpu-lite0-64.yaml data.image_size=64
+    lesionlab train-bench precision --config configs/cpu-lite0-64-robust.yaml
 
 The data and model are prepared with the engine's own public functions (:mod:`lesionlab.train.plans`), so both
 sides measure what training does.
@@ -39,7 +46,7 @@ from lesionlab.train.embeddings import FeatureDataset, HeadOnly, compute_embeddi
 from lesionlab.train.loop import Precision, seed_everything, train_one_epoch
 from lesionlab.train.pieces import class_counts, make_loss, make_optimizer
 from lesionlab.train.plans import build_model, image_dataset, make_loader, prepare_data, preprocessing_for
-from lesionlab.train.precision import choose_precision
+from lesionlab.train.precision import choose_precision, cpu_has_native_bf16
 
 
 def _environment() -> dict[str, Any]:
@@ -214,3 +221,38 @@ def bench_throughput(cfg: RunConfig, batches: int = 30, warmup: int = 3, progres
             "per_round": {"plain": plain, "plain_with_workers": plain_w or plain, "engine": ours, "speedup": ratios},
             "plain_data_only_images_per_s": plain_data, "engine_data_only_images_per_s": ours_data,
             "engine_precision": precision.describe(), "precision_check": report, **_environment()}
+
+
+PRECISIONS = {"float32": (None, False), "float32_channels_last": (None, True),
+              "bf16_channels_last": (torch.bfloat16, True)}
+
+
+def bench_precision(cfg: RunConfig, batches: int = 10, warmup: int = 2, progress: bool = True,
+                    rounds: int = 3) -> dict[str, Any]:
+    """Fine-tuning images/s of the engine's step under each of :data:`PRECISIONS`, on the config's data, model and
+    augmentation, every side from the same initial weights; the sides alternate for ``rounds`` rounds and each
+    figure is the median over the rounds. bf16 is measured even where the CPU emulates it (that is the question)."""
+    tc = cfg.train
+    seed_everything(tc.seed)
+    data = prepare_data(cfg, progress)
+    device = torch.device("cpu")
+    model = build_model(cfg, int(data.meta.shape[1]) if data.meta is not None else 0)
+    pre = preprocessing_for(cfg, model, data.source_size)
+    counts = class_counts(data.train_labels)
+    dataset = image_dataset(data, data.train_rows, build_train_transform(cfg.augment, pre), tc.seed)
+    loader = make_loader(dataset, tc.batch_size, shuffle=True, generator=torch.Generator().manual_seed(tc.seed),
+                         num_workers=tc.num_workers, drop_last=True)
+    models = {name: copy.deepcopy(model).to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+              for name, (_, cl) in PRECISIONS.items()}
+    rates: dict[str, list[float]] = {name: [] for name in PRECISIONS}
+    for r in range(rounds):
+        for name, (dtype, cl) in PRECISIONS.items():
+            rates[name].append(_train_rate(models[name], loader, tc, counts, Precision(device, dtype, cl), batches,
+                                           warmup, progress, f"{name} (round {r + 1}/{rounds})"))
+    medians = {name: float(np.median(v)) for name, v in rates.items()}
+    base = medians["float32"]
+    return {"benchmark": "precision", "model": cfg.model.name, "input_size": list(cfg.data.image_size),
+            "batch_size": tc.batch_size, "batches": batches, "rounds": rounds, "native_bf16": cpu_has_native_bf16(),
+            "images_per_s": medians, "per_round": rates,
+            "relative_to_float32": {name: v / base for name, v in medians.items()},
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), **_environment()}

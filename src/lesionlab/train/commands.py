@@ -61,24 +61,31 @@ def register(subparsers: Any) -> None:
     ens.set_defaults(func=run_ensemble)
 
     bench = subparsers.add_parser(
-        "train-bench", help="training benchmarks: embedding cache vs frozen backbone, engine vs a plain JPEG loop",
+        "train-bench", help="training benchmarks: embedding cache vs frozen backbone, engine vs a plain JPEG loop, "
+                            "float32 vs bf16",
         description="frozen: seconds per head-training epoch on cached embeddings vs running the frozen backbone "
                     "every epoch. throughput: fine-tuning images/s of the engine's input path vs a plain loop that "
-                    "decodes the JPEGs every epoch. Run alone on the machine (e.g. under flock -x).",
+                    "decodes the JPEGs every epoch. precision: fine-tuning images/s in float32, float32 "
+                    "channels-last and bf16 on this CPU. Run alone on the machine (e.g. under flock -x).",
         epilog="examples:\n  lesionlab train-bench frozen --config configs/frozen-simple-64.yaml\n"
-               "  lesionlab train-bench throughput --config configs/cpu-lite0-64.yaml data.image_size=64",
+               "  lesionlab train-bench throughput --config configs/cpu-lite0-64.yaml data.image_size=64\n"
+               "  lesionlab train-bench precision --config configs/cpu-lite0-64-robust.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     # sub-parsers rather than a positional choice, so that key=value overrides may follow options
-    which = bench.add_subparsers(dest="which", metavar="{frozen,throughput}", required=True)
+    which = bench.add_subparsers(dest="which", metavar="{frozen,throughput,precision}", required=True)
     for name, text in (("frozen", "seconds per head epoch: embedding cache vs the frozen backbone every epoch"),
-                       ("throughput", "fine-tuning images/s: the engine's input path vs a plain JPEG-decoding loop")):
+                       ("throughput", "fine-tuning images/s: the engine's input path vs a plain JPEG-decoding loop"),
+                       ("precision", "fine-tuning images/s in float32, float32 channels-last and bf16 (native or "
+                                     "emulated) on this CPU")):
         sub = which.add_parser(name, help=text, description=text)
         sub.add_argument("overrides", nargs="*", metavar="key=value")
         sub.add_argument("--config", type=Path, required=True)
         sub.add_argument("--epochs", type=int, default=5, help="frozen: cached head epochs timed")
         sub.add_argument("--keras-epochs", type=int, default=1, help="frozen: backbone-every-epoch epochs timed")
-        sub.add_argument("--batches", type=int, default=30, help="throughput: timed batches per side and round")
-        sub.add_argument("--rounds", type=int, default=3, help="throughput: alternating rounds (medians compared)")
+        sub.add_argument("--batches", type=int, default=30 if name == "throughput" else 10,
+                         help="throughput, precision: timed batches per side and round")
+        sub.add_argument("--rounds", type=int, default=3,
+                         help="throughput, precision: alternating rounds (medians compared)")
         sub.add_argument("--json", type=Path, help="also write the result here")
         sub.add_argument("--no-progress", action="store_true")
         sub.set_defaults(func=run_bench)
@@ -93,6 +100,8 @@ def run_bench(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if args.which == "frozen":
         result = bench.bench_frozen(cfg, args.epochs, args.keras_epochs, progress)
+    elif args.which == "precision":
+        result = bench.bench_precision(cfg, args.batches, progress=progress, rounds=args.rounds)
     else:
         result = bench.bench_throughput(cfg, args.batches, progress=progress, rounds=args.rounds)
     result["command"] = " ".join(["lesionlab", *sys.argv[1:]])

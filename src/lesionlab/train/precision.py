@@ -10,7 +10,10 @@ resumed or repeated run computes exactly as the first:
   on only where the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX) *and* eval-mode predictions of one real
   batch agree with float32: the arg-max on at least ``min_agreement`` of the samples, no probability moving by more
   than ``max_prob_diff`` (a deterministic comparison). The default is ``off``: a forward-pass check cannot prove
-  that a whole training run ends the same (see docs/BENCHMARKS.md for the end-to-end comparison);
+  that a whole training run ends the same (see docs/BENCHMARKS.md for the end-to-end comparison). ``on`` (the CPU
+  presets) means bf16 where the CPU has it natively: elsewhere oneDNN emulates it, several times *slower* than
+  float32 (4.0x for a Lite0 training step at 128 px on an AVX2-only CPU, docs/BENCHMARKS.md), so the run computes
+  in float32 and says so (a warning, and ``bf16_native: false`` with the reason in the report);
 * CUDA: AMP with bf16 where the GPU supports it, else fp16 with a gradient scaler; channels-last on.
 
 What was decided, and why, is stored in ``run.json`` under ``training.precision``.
@@ -19,6 +22,7 @@ What was decided, and why, is stored in ``run.json`` under ``training.precision`
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +34,14 @@ from lesionlab.train.loop import Precision, unwrap
 
 MIN_AGREEMENT = 0.99
 MAX_PROB_DIFF = 0.05
+
+log = logging.getLogger(__name__)
+
+
+def no_native_bf16(setting: str, off: str) -> str:
+    """The warning for a bf16 setting that this CPU cannot honour at speed (``off``: how to silence it)."""
+    return (f"{setting}, but this CPU has no native bf16 arithmetic (AVX-512 BF16 or AMX): emulated bf16 is several "
+            f"times slower than float32 here, so this run computes in float32 (set {off} to silence this)")
 
 
 @torch.inference_mode()
@@ -47,6 +59,18 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def _requested_bf16(bf16: str, report: dict[str, Any]) -> bool:
+    """``train.bf16=on`` honoured where the CPU computes bf16 natively; elsewhere float32, noted in ``report``."""
+    if bf16 != "on":
+        return False
+    if cpu_has_native_bf16():
+        return True
+    message = no_native_bf16("train.bf16=on", "train.bf16=off")
+    report.update(bf16_native=False, bf16_fallback=message)
+    log.warning(message)
+    return False
+
+
 def has_convolutions(model: nn.Module) -> bool:
     """Whether the network convolves images (channels-last only changes convolution kernels)."""
     return any(isinstance(m, nn.Conv2d) for m in unwrap(model).modules())
@@ -60,7 +84,7 @@ def check_cpu_precision(model: nn.Module, x: torch.Tensor, meta: torch.Tensor | 
     use_cl = channels_last == "on" or (channels_last == "auto" and has_convolutions(model))
     if channels_last == "auto":
         report["channels_last_rule"] = "on for a convolutional network" if use_cl else "off: no convolutions"
-    use_bf16 = bf16 == "on"
+    use_bf16 = _requested_bf16(bf16, report)
     if bf16 == "auto":
         native = cpu_has_native_bf16()
         report["bf16_native"] = native
@@ -104,6 +128,7 @@ def choose_precision(cfg: TrainConfig, device: torch.device, model: nn.Module | 
                                                        bf16=cfg.bf16)
         report["reason"] = "auto resolved by rule (no timing); recorded in the run's config"
     else:
-        use_cl, use_bf16 = cfg.channels_last == "on", cfg.bf16 == "on"
-        report = {"channels_last": use_cl, "bf16": use_bf16, "reason": "set in the config"}
+        report = {"reason": "set in the config"}
+        use_cl, use_bf16 = cfg.channels_last == "on", _requested_bf16(cfg.bf16, report)
+        report.update(channels_last=use_cl, bf16=use_bf16)
     return Precision(device, torch.bfloat16 if use_bf16 else None, use_cl), report
