@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lesionlab.config import RunConfig, load_config
 from lesionlab.core.errors import MissingFileError
 from lesionlab.core.io import atomic_write_json
@@ -160,7 +162,6 @@ def run_demo(cfg: RunConfig, out: Path, progress: bool = True, console: Any = No
     """
     from lesionlab.core.console import make_console
     from lesionlab.data.audit import audit_split
-    from lesionlab.data.cache import cached_images
     from lesionlab.data.commands import _counts_table, _header, render_audit
     from lesionlab.data.sources import open_source
     from lesionlab.data.splits import split_frame, split_hash, write_split_csv
@@ -169,6 +170,7 @@ def run_demo(cfg: RunConfig, out: Path, progress: bool = True, console: Any = No
     from lesionlab.evaluate.report import render_run_report
     from lesionlab.runs import read_info
     from lesionlab.train import fit
+    from lesionlab.train.plans import training_image_cache
 
     console = console or make_console(highlight=False)
     started = time.perf_counter()
@@ -198,8 +200,8 @@ def run_demo(cfg: RunConfig, out: Path, progress: bool = True, console: Any = No
     timings["split_s"] = time.perf_counter() - start
 
     start = step("4/7 decode-once cache")
-    images = cached_images(source, cfg.data.image_size, cfg.data.resize, cache_dir=cfg.data.cache_dir,
-                           progress=progress)
+    train_rows = np.flatnonzero(source.table["split"].astype(str).to_numpy() == "train")
+    images, _ = training_image_cache(source, cfg, train_rows, progress)  # the very cache training reads
     console.print(f"{images.shape[0]:,} images cached at {images.shape[1]}x{images.shape[2]}")
     timings["cache_s"] = time.perf_counter() - start
 
@@ -214,7 +216,9 @@ def run_demo(cfg: RunConfig, out: Path, progress: bool = True, console: Any = No
     else:
         run_dir = fit(cfg, run_dir=out / "run", progress=progress)
     best = read_info(run_dir).get("best") or {}
-    console.print(f"run: {run_dir}; best epoch {best.get('epoch')} by validation {cfg.train.monitor}")
+    epoch = best.get("epoch")  # run.json counts from 0; the console, like `lesionlab train`, from 1
+    console.print(f"run: {run_dir}; best epoch {'?' if epoch is None else int(epoch) + 1} of {cfg.train.epochs} by "
+                  f"validation {cfg.train.monitor}")
     timings["train_s"] = time.perf_counter() - start
 
     start = step("6/7 evaluate on the test split (calibrated on validation) and report")

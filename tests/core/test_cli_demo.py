@@ -107,6 +107,10 @@ def test_demo_on_synthetic_data_end_to_end(tmp_path: Path) -> None:
     assert Path(summary["report"]).is_file() and (Path(summary["run_dir"]) / "run.json").is_file()
     assert Path(summary["study_report"]).is_file() and "SIMULATED readers" in out.stdout
     assert 0.0 <= summary["balanced_accuracy"] <= 1.0
+    best = json.loads((Path(summary["run_dir"]) / "run.json").read_text())["best"]["epoch"]
+    assert f"best epoch {best + 1} of 3 by validation" in out.stdout  # counted from 1, as `lesionlab train` does
+    caches = sorted((tmp_path / "cache" / "images").glob("*.npy"))
+    assert len(caches) == 1, caches  # the demo's cache step builds the one training and evaluation read
 
 
 @pytest.mark.parametrize(("candidates", "majority", "chosen"), [

@@ -104,9 +104,7 @@ def prepare_data(cfg: RunConfig, progress: bool = True) -> PreparedData:
                              "has none; set model.fusion=none or use a source with metadata")
         encoder = MetadataEncoder.fit(table.iloc[train_rows])
         meta = encoder.encode_table(table)
-    stored = source_image_size(source, train_rows)
-    images = cached_images(source, tuple(cfg.data.image_size), cfg.data.resize, progress=progress,
-                           source_size=tuple(stored) if stored else None)
+    images, stored = training_image_cache(source, cfg, train_rows, progress)
     labels = table["label"].to_numpy()
     info = {"source": source.name, "synthetic": source.synthetic, "fingerprint": source.fingerprint(),
             "n_train": len(train_rows), "n_val": len(val_rows),
@@ -114,6 +112,16 @@ def prepare_data(cfg: RunConfig, progress: bool = True) -> PreparedData:
             "source_image_size": stored}
     return PreparedData(source=source, table=table, images=images, train_rows=train_rows, val_rows=val_rows,
                         split_hash=split_hash(table), meta_encoder=encoder, meta=meta, info=info)
+
+
+def training_image_cache(source: DataSource, cfg: RunConfig, train_rows: np.ndarray, progress: bool = True
+                         ) -> tuple[np.ndarray, list[int] | None]:
+    """The decode-once cache that training reads (built on first use) and the training images' stored size, which
+    is part of its key (see :func:`source_image_size`)."""
+    stored = source_image_size(source, train_rows)
+    images = cached_images(source, tuple(cfg.data.image_size), cfg.data.resize, cache_dir=cfg.data.cache_dir,
+                           progress=progress, source_size=tuple(stored) if stored else None)
+    return images, stored
 
 
 def source_image_size(source: DataSource, rows: np.ndarray, samples: int = 32) -> list[int] | None:
