@@ -81,8 +81,8 @@ def plan_lines(cfg: RunConfig, preset: Path, quick: bool) -> list[str]:
         from lesionlab.train.precision import cpu_has_native_bf16
 
         if not cpu_has_native_bf16():  # measured with bf16; emulated it is slower than float32, which runs instead
-            duration += (" with native bf16; this CPU has none, so it trains in float32, roughly three times longer "
-                         "(docs/BENCHMARKS.md, 'A CPU without native bf16')")
+            duration += (" with native bf16; this CPU has none, so it trains in float32, about twice as long "
+                         "(34 minutes on an AVX2-only CPU: docs/BENCHMARKS.md, 'make demo on real data')")
     lines = [f"lesionlab demo: preset {preset}; expected duration on 2 CPU cores: {duration}",
              "steps: data summary, leakage audit, split file, decode-once image cache, "
              f"{train}, evaluation on the test split (calibrated on validation) and its report, a reader study "

@@ -137,7 +137,7 @@ def test_demo_says_what_it_will_do_and_how_long(native_bf16: bool, monkeypatch: 
     monkeypatch.setattr("lesionlab.train.precision.cpu_has_native_bf16", lambda: native_bf16)
     full = plan_lines(load_config(REPO / REAL_PRESET), REAL_PRESET, quick=False)
     assert "about 15 minutes" in full[0] and "lesionlab demo --quick" in full[-1]
-    assert ("trains in float32, roughly three times longer" in full[0]) is not native_bf16
+    assert ("trains in float32, about twice as long" in full[0]) is not native_bf16
     assert "with age, sex and site" in full[1]
     quick = plan_lines(load_config(REPO / QUICK_REAL_PRESET), QUICK_REAL_PRESET, quick=True)
     assert "2-3 minutes" in quick[0] and all(name in quick[1] for name in QUICK_HEADS) and "float32" not in quick[0]
